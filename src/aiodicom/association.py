@@ -1,0 +1,1164 @@
+"""The association: the thin async shell around the sans-IO Upper Layer.
+
+Theory of operation
+-------------------
+One association is one transport stream, one :class:`~aiodicom.fsm.UpperLayer`
+and one *reader* coroutine. The reader reads a whole PDU at a time (the 6-byte
+header, checked against our maximum before the body is read), feeds it to the
+Upper Layer and carries out the effects it returns: writing PDUs, closing the
+transport and acting on indications. Writes go through one lock, so the
+fragments of a DIMSE message are never interleaved with another's.
+
+DIMSE requests we send wait on a :class:`_Pending` slot keyed by Message ID;
+the reader fills the slot when the response arrives, so any number of tasks
+may have operations in flight (up to the negotiated Asynchronous Operations
+Window, enforced by a semaphore). Requests we receive are served in tasks of
+the association's task group, so a slow handler never stalls the reader.
+
+Nothing here polls or sleeps: every wait is on the stream, an event or a
+deadline (ARTIM from the Upper Layer, the network timeout, the ACSE and DIMSE
+timeouts), and the transport is always closed under a shield.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from . import evt
+from .dimse import (
+    NO_DATASET,
+    CommandField,
+    Message,
+    Reassembler,
+    encode_command,
+    fragment,
+    status_dataset,
+)
+from .dsutils import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .errors import (
+    AssociationAborted,
+    AssociationRejected,
+    DicomNetworkError,
+    LocalProtocolError,
+    NoAcceptedContext,
+    PDUError,
+)
+from .fsm import (
+    AbortIndication,
+    Action,
+    AssociateAccepted,
+    AssociateIndication,
+    AssociateRejected,
+    CloseTransport,
+    DataIndication,
+    Effect,
+    Event,
+    Indicate,
+    ReleaseConfirmation,
+    ReleaseIndication,
+    SendPDU,
+    State,
+    UpperLayer,
+)
+from .pdu import (
+    PDU,
+    AAssociateAC,
+    AAssociateRJ,
+    AAssociateRQ,
+    PresentationContextRQ,
+    check_header,
+    decode,
+    encode,
+    summary,
+)
+from .pdu_primitives import (
+    AsynchronousOperationsWindowNegotiation,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+    SOPClassCommonExtendedNegotiation,
+    SOPClassExtendedNegotiation,
+    UserIdentityNegotiation,
+    UserItem,
+)
+from .presentation import (
+    PresentationContext,
+    negotiate_as_acceptor,
+    negotiate_as_requestor,
+    to_ac_items,
+)
+
+if TYPE_CHECKING:
+    from .ae import AE
+
+__all__ = ("Association", "ServiceUser")
+
+LOGGER = logging.getLogger("aiodicom")
+
+VERIFICATION = UID("1.2.840.10008.1.1")
+#: The most operations we perform or invoke at once when a peer asks for more
+#: (or for an unlimited window, 0).
+MAX_ASYNC_WINDOW = 64
+_READ_SIZE = 65536
+
+
+@dataclass(slots=True)
+class ServiceUser:
+    """One end of an association: what it said about itself in negotiation."""
+
+    ae_title: str = ""
+    address: str = ""
+    port: int = 0
+    maximum_length: int = 0
+    implementation_class_uid: UID | None = None
+    implementation_version_name: str | None = None
+    user_identity: UserIdentityNegotiation | None = None
+    role_selection: dict[UID, SCP_SCU_RoleSelectionNegotiation] = field(default_factory=dict)
+    sop_class_extended: dict[UID, bytes] = field(default_factory=dict)
+    sop_class_common_extended: dict[UID, SOPClassCommonExtendedNegotiation] = field(
+        default_factory=dict
+    )
+    asynchronous_operations: tuple[int, int] = (1, 1)
+    primitive: AAssociateRQ | AAssociateAC | None = None
+
+    def _absorb(self, items: Sequence[UserItem]) -> None:
+        for item in items:
+            if isinstance(item, MaximumLengthNotification):
+                self.maximum_length = item.maximum_length_received
+            elif isinstance(item, ImplementationClassUIDNotification):
+                self.implementation_class_uid = UID(str(item.implementation_class_uid))
+            elif isinstance(item, ImplementationVersionNameNotification):
+                self.implementation_version_name = item.implementation_version_name
+            elif isinstance(item, AsynchronousOperationsWindowNegotiation):
+                self.asynchronous_operations = (
+                    item.maximum_number_operations_invoked,
+                    item.maximum_number_operations_performed,
+                )
+            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
+                self.role_selection[UID(str(item.sop_class_uid))] = item
+            elif isinstance(item, SOPClassExtendedNegotiation):
+                info = item.service_class_application_information or b""
+                self.sop_class_extended[UID(str(item.sop_class_uid))] = info
+            elif isinstance(item, SOPClassCommonExtendedNegotiation):
+                self.sop_class_common_extended[UID(str(item.sop_class_uid))] = item
+            elif isinstance(item, UserIdentityNegotiation):
+                self.user_identity = item
+
+
+class _Pending:
+    """The slot a DIMSE request waits on until its response arrives."""
+
+    __slots__ = ("done", "response", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.response: Message | None = None
+        self.error: BaseException | None = None
+
+
+class _NoLimit:
+    """Stands in for the window semaphore when the window is unlimited."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _window(size: int) -> anyio.Semaphore | _NoLimit:
+    return _NoLimit() if size == 0 else anyio.Semaphore(size)
+
+
+class _TransportError(Exception):
+    """Internal: the transport failed under a read or write."""
+
+
+class Association:
+    """An association with a peer AE, as requestor or acceptor.
+
+    Made by :meth:`AE.associate` (requestor) or by a server (acceptor); users
+    never construct one. While :attr:`is_established`, its ``send_*`` methods
+    may be awaited from any task, concurrently.
+    """
+
+    def __init__(
+        self,
+        ae: AE,
+        stream: anyio.abc.ByteStream,
+        *,
+        requestor: bool,
+        handlers: evt.HandlerRegistry,
+        local_ae_title: str,
+        max_pdu: int,
+        peer_address: tuple[str, int] = ("", 0),
+        server: Any = None,
+    ) -> None:
+        self.ae = ae
+        self.is_requestor = requestor
+        self.mode = "requestor" if requestor else "acceptor"
+        self.acse_timeout: float | None = ae.acse_timeout
+        self.dimse_timeout: float | None = ae.dimse_timeout
+        self.network_timeout: float | None = ae.network_timeout
+        self.connection_timeout: float | None = ae.connection_timeout
+        self.server = server
+        local = ServiceUser(ae_title=local_ae_title, maximum_length=max_pdu)
+        local.implementation_class_uid = UID(ae.implementation_class_uid)
+        local.implementation_version_name = ae.implementation_version_name
+        remote = ServiceUser(address=peer_address[0], port=peer_address[1])
+        self.requestor, self.acceptor = (local, remote) if requestor else (remote, local)
+        self._local, self._remote = local, remote
+        self._handlers = handlers
+        self._stream = stream
+        self._max_pdu = max_pdu
+        self._ul = UpperLayer(
+            requestor=requestor,
+            artim_timeout=self.acse_timeout,
+            on_transition=self._on_transition if evt.EVT_FSM_TRANSITION in handlers else None,
+        )
+        self._transitions: list[tuple[State, Event, Action, State]] = []
+        self._buffer = bytearray()
+        self._send_lock = anyio.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 0
+        self._contexts: dict[int, PresentationContext] = {}
+        self._rejected: list[PresentationContext] = []
+        self._reassembler = Reassembler(self._contexts)
+        self._invoke_window: anyio.Semaphore | _NoLimit = _window(1)
+        self._established = anyio.Event()
+        self._closed = anyio.Event()
+        self._released = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._inflight = 0
+        self._release_requested = False
+        self._error: BaseException | None = None
+        self._rejection: AssociationRejected | None = None
+        self._was_released = False
+        self._was_aborted = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._debug = LOGGER.isEnabledFor(logging.DEBUG)
+
+    # ------------------------------------------------------------------
+    # Public state
+
+    @property
+    def is_established(self) -> bool:
+        """True while the association can carry DIMSE messages (Sta6)."""
+        return self._ul.state is State.STA6
+
+    @property
+    def is_released(self) -> bool:
+        """True once the association was released."""
+        return self._was_released
+
+    @property
+    def is_aborted(self) -> bool:
+        """True once the association was aborted (by either side or the provider)."""
+        return self._was_aborted
+
+    @property
+    def is_rejected(self) -> bool:
+        """True if the association request was rejected."""
+        return self._rejection is not None
+
+    @property
+    def is_acceptor(self) -> bool:
+        """True for the association acceptor."""
+        return not self.is_requestor
+
+    @property
+    def accepted_contexts(self) -> list[PresentationContext]:
+        """The accepted presentation contexts, by ID."""
+        return [self._contexts[k] for k in sorted(self._contexts)]
+
+    @property
+    def rejected_contexts(self) -> list[PresentationContext]:
+        """The rejected presentation contexts."""
+        return list(self._rejected)
+
+    @property
+    def state(self) -> State:
+        """The Upper Layer state (Sta1-Sta13)."""
+        return self._ul.state
+
+    @property
+    def max_async_invoked(self) -> int:
+        """How many of our requests may be outstanding at once (0: unlimited)."""
+        return self._invoke_size
+
+    _invoke_size = 1
+
+    def bind(self, event: evt.EventType, handler: evt.Handler, args: Sequence[Any] | None = None) -> None:
+        """Bind ``handler`` to ``event`` on this association."""
+        self._handlers.bind(event, handler, args)
+        if event is evt.EVT_FSM_TRANSITION:
+            self._ul.on_transition = self._on_transition
+
+    def unbind(self, event: evt.EventType, handler: evt.Handler) -> None:
+        """Unbind ``handler`` from ``event``."""
+        self._handlers.unbind(event, handler)
+
+    def get_handlers(self, event: evt.EventType) -> list[tuple[evt.Handler, tuple[Any, ...]]]:
+        """The handlers bound to ``event``."""
+        return self._handlers.get(event)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Association {self.mode} {self.requestor.ae_title!r}->{self.acceptor.ae_title!r} "
+            f"{self._ul.state.name}>"
+        )
+
+    # ------------------------------------------------------------------
+    # Transport
+
+    async def _write(self, data: bytes, pdu: PDU | None = None) -> None:
+        """Write one encoded PDU under the send lock and the network timeout."""
+        try:
+            with anyio.fail_after(self.network_timeout):
+                await self._stream.send(data)
+        except TimeoutError:
+            LOGGER.error("Network timeout: the peer stopped reading; closing the connection")
+            raise _TransportError("network timeout while sending") from None
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise _TransportError(str(exc) or type(exc).__name__) from exc
+        if self._debug or evt.EVT_PDU_SENT in self._handlers:
+            obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
+            if self._debug:
+                LOGGER.debug("-> %s", summary(obj))
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_SENT, pdu=obj))
+
+    async def _fill(self, n: int) -> None:
+        buf = self._buffer
+        while len(buf) < n:
+            chunk = await self._stream.receive(max(_READ_SIZE, n - len(buf)))
+            buf += chunk
+
+    async def _read_pdu(self) -> tuple[int, bytes]:
+        """Read one PDU: the header, checked, then the body."""
+        await self._fill(6)
+        pdu_type, length = check_header(self._buffer[:6], self._max_pdu)
+        total = 6 + length
+        await self._fill(total)
+        body = bytes(memoryview(self._buffer)[6:total])
+        del self._buffer[:total]
+        return pdu_type, body
+
+    async def _close_transport(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                with anyio.move_on_after(1.0):
+                    await self._stream.aclose()
+            except Exception:  # pragma: no cover - closing a broken stream
+                pass
+
+    # ------------------------------------------------------------------
+    # Effects
+
+    def _on_transition(self, old: State, event: Event, action: Action, new: State) -> None:
+        self._transitions.append((old, event, action, new))
+
+    async def _apply(self, effects: tuple[Effect, ...]) -> None:
+        """Carry out the Upper Layer's effects, in order."""
+        if self._transitions:
+            await self._notify_transitions()
+        for effect in effects:
+            if isinstance(effect, SendPDU):
+                pdu = effect.pdu
+                if isinstance(pdu, bytes):
+                    data, obj = pdu, None
+                else:
+                    data, obj = encode(pdu), pdu
+                async with self._send_lock:
+                    try:
+                        await self._write(data, obj)
+                    except _TransportError as exc:
+                        await self._transport_failed(str(exc))
+                        return
+            elif isinstance(effect, Indicate):
+                await self._indicate(effect.primitive)
+            elif isinstance(effect, CloseTransport):
+                await self._close_transport()
+
+    async def _notify_transitions(self) -> None:
+        pending, self._transitions = self._transitions, []
+        for old, event, action, new in pending:
+            await evt.notify(
+                self._handlers,
+                evt.Event(
+                    self,
+                    evt.EVT_FSM_TRANSITION,
+                    current_state=f"Sta{old.value}",
+                    fsm_event=f"Evt{event.value}",
+                    action=action.value,
+                    next_state=f"Sta{new.value}",
+                ),
+            )
+
+    async def _transport_failed(self, why: str) -> None:
+        """The stream broke: close it and tell the Upper Layer (Evt17)."""
+        await self._close_transport()
+        if self._error is None:
+            self._error = AssociationAborted(2, 0, f"connection lost: {why}")
+        await self._apply(self._ul.transport_closed())
+
+    async def _indicate(self, primitive: object) -> None:
+        if isinstance(primitive, DataIndication):
+            await self._on_data(primitive)
+        elif isinstance(primitive, AssociateIndication):
+            await self._negotiate(primitive.request)
+        elif isinstance(primitive, AssociateAccepted):
+            await self._on_accepted(primitive.accept)
+        elif isinstance(primitive, AssociateRejected):
+            rj = primitive.reject
+            self._rejection = AssociationRejected(rj.result, rj.source, rj.reason)
+            self._error = self._rejection
+            LOGGER.info("Association rejected: %s", self._rejection)
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_REJECTED))
+            self._established.set()
+        elif isinstance(primitive, ReleaseIndication):
+            await self._on_release_indication(primitive.collision)
+        elif isinstance(primitive, ReleaseConfirmation):
+            if self._ul.state is State.STA12:
+                # Release collision, acceptor side: now answer the peer (AR-4).
+                await self._apply(self._ul.release_response(anyio.current_time()))
+            self._mark_released()
+        elif isinstance(primitive, AbortIndication):
+            await self._on_abort(primitive)
+
+    def _mark_released(self) -> None:
+        if not self._was_released:
+            self._was_released = True
+            if self._error is None:
+                self._error = DicomNetworkError("the association has been released")
+            LOGGER.info("Association released")
+        self._released.set()
+        self._fail_pending()
+
+    async def _on_abort(self, ind: AbortIndication) -> None:
+        self._was_aborted = True
+        if self._error is None or not isinstance(self._error, AssociationAborted | TimeoutError):
+            self._error = AssociationAborted(ind.source, ind.reason, ind.detail or None)
+        if ind.local:
+            LOGGER.warning("Association aborted: %s", ind.detail or "provider abort")
+        else:
+            LOGGER.info("Association aborted by the peer (source %d, reason %d)", ind.source, ind.reason)
+        self._established.set()
+        self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        error = self._error or AssociationAborted(2, 0, "the association ended")
+        for pending in self._pending.values():
+            if not pending.done.is_set():
+                pending.error = error
+                pending.done.set()
+
+    # ------------------------------------------------------------------
+    # The reader
+
+    def _deadline(self) -> float:
+        artim = self._ul.get_timer()
+        if artim is not None:
+            return artim
+        if self.network_timeout is None:
+            return math.inf
+        return anyio.current_time() + self.network_timeout
+
+    async def _run(self) -> None:
+        """The reader: runs until the Upper Layer is back in Sta1."""
+        try:
+            await self._read_loop()
+        except BaseException:
+            # Cancelled (or a bug): abort under a shield, then let it propagate.
+            with anyio.CancelScope(shield=True):
+                await self._abort_now()
+            raise
+        finally:
+            with anyio.CancelScope(shield=True):
+                if not self._ul.is_closed:
+                    await self._close_transport()
+                    self._ul.state = State.STA1
+                if self._error is None:
+                    self._error = AssociationAborted(2, 0, "the association ended")
+                self._fail_pending()
+                self._established.set()
+                self._released.set()
+                self._closed.set()
+                if self._tg is not None:
+                    self._tg.cancel_scope.cancel()
+                await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_CLOSE))
+                if self._was_aborted:
+                    await evt.notify(self._handlers, evt.Event(self, evt.EVT_ABORTED))
+                elif self._was_released:
+                    await evt.notify(self._handlers, evt.Event(self, evt.EVT_RELEASED))
+
+    async def _read_loop(self) -> None:
+        broken = False  # after a framing error the byte stream cannot be parsed
+        while not self._ul.is_closed:
+            deadline = self._deadline()
+            with anyio.CancelScope(deadline=deadline) as scope:
+                try:
+                    if broken:
+                        await self._stream.receive()
+                        continue
+                    pdu_type, body = await self._read_pdu()
+                except PDUError as exc:
+                    LOGGER.error("Invalid PDU received: %s", exc)
+                    broken = True
+                    await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
+                    continue
+                except (
+                    anyio.EndOfStream,
+                    anyio.BrokenResourceError,
+                    anyio.ClosedResourceError,
+                    OSError,
+                ) as exc:
+                    if not self._ul.is_closed and self._ul.state is not State.STA13:
+                        LOGGER.debug("Transport closed by the peer (%s)", type(exc).__name__)
+                    await self._close_transport()
+                    await self._apply(self._ul.transport_closed())
+                    continue
+            if scope.cancelled_caught:
+                await self._on_read_timeout()
+                continue
+            if self._debug or evt.EVT_PDU_RECV in self._handlers:
+                await self._log_received(pdu_type, body)
+            await self._apply(self._ul.receive_pdu(pdu_type, body, anyio.current_time()))
+
+    async def _log_received(self, pdu_type: int, body: bytes) -> None:
+        try:
+            obj = decode(pdu_type, body)
+        except PDUError:
+            return
+        if self._debug:
+            LOGGER.debug("<- %s", summary(obj))
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_RECV, pdu=obj))
+
+    async def _on_read_timeout(self) -> None:
+        now = anyio.current_time()
+        if self._ul.get_timer() is not None:
+            if self._ul.state is State.STA2:
+                LOGGER.warning("No A-ASSOCIATE-RQ within the ACSE timeout: closing the connection")
+            effects = self._ul.handle_timer(now)
+            await self._apply(effects)
+            return
+        LOGGER.error("Network timeout: nothing received for %s s, aborting", self.network_timeout)
+        self._error = TimeoutError(f"no data from the peer for {self.network_timeout} s")
+        await self._apply(self._ul.abort(0, 0, now))
+
+    async def _abort_now(self) -> None:
+        """Abort under cancellation: send A-ABORT if we can and close at once."""
+        if self._ul.is_closed:
+            return
+        if self._ul.state is not State.STA13:
+            self._was_aborted = True
+            if self._error is None:
+                self._error = AssociationAborted(0, 0, "the association was aborted locally")
+            effects = self._ul.abort(0, 0, anyio.current_time())
+            for effect in effects:
+                if isinstance(effect, SendPDU) and not isinstance(effect.pdu, bytes):
+                    with anyio.move_on_after(1.0):
+                        try:
+                            await self._write(encode(effect.pdu), effect.pdu)
+                        except _TransportError:
+                            pass
+        await self._close_transport()
+        self._ul.transport_closed()
+
+    # ------------------------------------------------------------------
+    # Acceptor: negotiation
+
+    async def _run_acceptor(self) -> None:
+        """Serve one incoming connection until it closes."""
+        self._ul.transport_connected(anyio.current_time())
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_OPEN))
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await self._run()
+
+    async def _negotiate(self, rq: AAssociateRQ) -> None:
+        ae = self.ae
+        self._remote.ae_title = rq.calling_ae_title
+        self._remote.primitive = rq
+        self._remote._absorb(rq.user_information)
+        LOGGER.info(
+            "Association requested by %r for %r (%d contexts)",
+            rq.calling_ae_title, rq.called_ae_title, len(rq.presentation_contexts),
+        )
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_REQUESTED))
+        now = anyio.current_time
+
+        reject: AAssociateRJ | None = None
+        if ae.require_calling_aet and rq.calling_ae_title not in [
+            t.strip() for t in ae.require_calling_aet
+        ]:
+            reject = AAssociateRJ(result=1, source=1, reason=3)
+        if ae.require_called_aet and rq.called_ae_title != self._local.ae_title.strip():
+            reject = AAssociateRJ(result=1, source=1, reason=7)
+        if rq.application_context_name != "1.2.840.10008.3.1.1.1":
+            reject = AAssociateRJ(result=1, source=1, reason=2)
+
+        reply_items: list[UserItem] = []
+        identity = self._remote.user_identity
+        if reject is None and identity is not None:
+            ok, response = await self._check_user_identity(identity)
+            if not ok:
+                LOGGER.info("User identity failed verification")
+                reject = AAssociateRJ(result=2, source=2, reason=1)
+            elif identity.positive_response_requested:
+                if identity.user_identity_type in (3, 4, 5):
+                    if response is not None:
+                        reply_items.append(UserIdentityNegotiation(server_response=response))
+                else:
+                    reply_items.append(UserIdentityNegotiation(server_response=b""))
+
+        if reject is None and self.server is not None and not self.server._admit(self):
+            reject = AAssociateRJ(result=2, source=3, reason=2)
+
+        if reject is not None:
+            self._rejection = AssociationRejected(reject.result, reject.source, reject.reason)
+            LOGGER.info("Rejecting association: %s", self._rejection)
+            await self._apply(self._ul.reject(reject, now()))
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_REJECTED))
+            return
+
+        # Extended negotiation (answers from the intervention handlers).
+        reply_items.extend(await self._check_sop_extended())
+        await self._check_sop_common()
+        async_reply = await self._check_async_ops()
+        if async_reply is not None:
+            reply_items.append(async_reply)
+
+        roles = {
+            uid: (bool(item.scu_role), bool(item.scp_role))
+            for uid, item in self._remote.role_selection.items()
+        }
+        supported = self._supported_contexts()
+        results, role_replies = negotiate_as_acceptor(rq.presentation_contexts, supported, roles)
+        for cx in results:
+            if cx.result == 0 and cx.context_id is not None:
+                self._contexts[cx.context_id] = cx
+            else:
+                self._rejected.append(cx)
+        self._remote_max_pdu = self._remote.maximum_length
+
+        user_info: list[UserItem] = [
+            MaximumLengthNotification(maximum_length_received=self._max_pdu),
+            ImplementationClassUIDNotification(
+                implementation_class_uid=self._local.implementation_class_uid
+            ),
+        ]
+        user_info.extend(role_replies)
+        if async_reply is not None:
+            user_info.append(async_reply)
+            reply_items.remove(async_reply)
+        if self._local.implementation_version_name:
+            user_info.append(
+                ImplementationVersionNameNotification(
+                    implementation_version_name=self._local.implementation_version_name
+                )
+            )
+        user_info.extend(reply_items)
+        ac = AAssociateAC(
+            called_ae_title=rq.called_ae_title,
+            calling_ae_title=rq.calling_ae_title,
+            presentation_contexts=to_ac_items(results),
+            user_information=tuple(user_info),
+        )
+        self._local.primitive = ac
+        self._local._absorb(user_info[2:])
+        await self._apply(self._ul.accept(ac))
+        if self._ul.state is State.STA6:
+            LOGGER.info(
+                "Association accepted: %d of %d contexts",
+                len(self._contexts), len(rq.presentation_contexts),
+            )
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
+            self._established.set()
+
+    def _supported_contexts(self) -> list[PresentationContext]:
+        if self.server is not None and self.server.contexts is not None:
+            return list(self.server.contexts)
+        return list(self.ae.supported_contexts)
+
+    async def _intervene(self, event: evt.EventType, **attrs: Any) -> tuple[bool, Any]:
+        """Call the handler bound to an intervention event: ``(bound, result)``."""
+        bound = self._handlers.get(event)
+        if not bound:
+            return False, None
+        handler, args = bound[0]
+        return True, await evt.call_handler(handler, evt.Event(self, event, **attrs), args)
+
+    async def _check_user_identity(self, item: UserIdentityNegotiation) -> tuple[bool, bytes | None]:
+        try:
+            bound, result = await self._intervene(
+                evt.EVT_USER_ID,
+                user_id_type=item.user_identity_type,
+                primary_field=item.primary_field,
+                secondary_field=item.secondary_field,
+            )
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to EVT_USER_ID")
+            return False, None
+        if not bound:
+            return True, None
+        ok, response = result
+        return bool(ok), response
+
+    async def _check_sop_extended(self) -> list[UserItem]:
+        app_info = dict(self._remote.sop_class_extended)
+        if not app_info:
+            return []
+        try:
+            bound, result = await self._intervene(evt.EVT_SOP_EXTENDED, app_info=app_info)
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to EVT_SOP_EXTENDED")
+            return []
+        if not bound or not result:
+            return []
+        return [
+            SOPClassExtendedNegotiation(
+                sop_class_uid=UID(str(uid)), service_class_application_information=info
+            )
+            for uid, info in result.items()
+            if info is not None
+        ]
+
+    async def _check_sop_common(self) -> None:
+        items = dict(self._remote.sop_class_common_extended)
+        if not items:
+            return
+        try:
+            bound, result = await self._intervene(evt.EVT_SOP_COMMON, items=items)
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to EVT_SOP_COMMON")
+            return
+        self._local.sop_class_common_extended = dict(result or {}) if bound else {}
+
+    async def _check_async_ops(self) -> AsynchronousOperationsWindowNegotiation | None:
+        proposal = self._remote.asynchronous_operations
+        if proposal == (1, 1) and not any(
+            isinstance(i, AsynchronousOperationsWindowNegotiation)
+            for i in self._remote.primitive.user_information  # type: ignore[union-attr]
+        ):
+            return None
+        invoked, performed = proposal
+        try:
+            bound, result = await self._intervene(
+                evt.EVT_ASYNC_OPS, invoked=invoked, performed=performed
+            )
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to EVT_ASYNC_OPS")
+            bound, result = True, (1, 1)
+        if bound:
+            our_invoked, our_performed = (int(v) for v in result)
+        else:
+            # We invoke at most what the requestor performs, and perform at
+            # most what it invokes (PS3.7 D.3.3.3), within our own limit.
+            our_invoked = _cap(performed)
+            our_performed = _cap(invoked)
+        self._set_windows(invoke=our_invoked)
+        return AsynchronousOperationsWindowNegotiation(
+            maximum_number_operations_invoked=our_invoked,
+            maximum_number_operations_performed=our_performed,
+        )
+
+    def _set_windows(self, *, invoke: int) -> None:
+        self._invoke_size = invoke
+        self._invoke_window = _window(invoke)
+
+    # ------------------------------------------------------------------
+    # Requestor: the request and the answer
+
+    def _build_request(
+        self,
+        called_ae_title: str,
+        contexts: Sequence[PresentationContext],
+        ext_neg: Sequence[UserItem],
+    ) -> AAssociateRQ:
+        self._acceptor_title = called_ae_title
+        self._remote.ae_title = called_ae_title
+        roles = {
+            UID(str(i.sop_class_uid)): i
+            for i in ext_neg
+            if isinstance(i, SCP_SCU_RoleSelectionNegotiation)
+        }
+        requested: list[PresentationContext] = []
+        items: list[PresentationContextRQ] = []
+        for n, cx in enumerate(contexts):
+            cid = 2 * n + 1
+            if cid > 255:
+                raise ValueError("at most 128 presentation contexts may be requested")
+            role = roles.get(cx.abstract_syntax)
+            requested.append(
+                PresentationContext(
+                    abstract_syntax=cx.abstract_syntax,
+                    transfer_syntax=list(cx.transfer_syntax),
+                    context_id=cid,
+                    scu_role=None if role is None else bool(role.scu_role),
+                    scp_role=None if role is None else bool(role.scp_role),
+                )
+            )
+            items.append(
+                PresentationContextRQ(
+                    context_id=cid,
+                    abstract_syntax=cx.abstract_syntax,
+                    transfer_syntaxes=tuple(cx.transfer_syntax),
+                )
+            )
+        self._requested = requested
+        user_info: list[UserItem] = [
+            MaximumLengthNotification(maximum_length_received=self._max_pdu),
+            ImplementationClassUIDNotification(
+                implementation_class_uid=self._local.implementation_class_uid
+            ),
+        ]
+        for item in ext_neg:
+            if isinstance(item, AsynchronousOperationsWindowNegotiation):
+                user_info.append(item)
+        user_info.extend(roles.values())
+        if self._local.implementation_version_name:
+            user_info.append(
+                ImplementationVersionNameNotification(
+                    implementation_version_name=self._local.implementation_version_name
+                )
+            )
+        for item in ext_neg:
+            if isinstance(
+                item,
+                SOPClassExtendedNegotiation
+                | SOPClassCommonExtendedNegotiation
+                | UserIdentityNegotiation,
+            ):
+                user_info.append(item)
+            elif not isinstance(
+                item, AsynchronousOperationsWindowNegotiation | SCP_SCU_RoleSelectionNegotiation
+            ):
+                raise TypeError(f"{type(item).__name__} cannot be sent in ext_neg")
+        rq = AAssociateRQ(
+            called_ae_title=called_ae_title,
+            calling_ae_title=self._local.ae_title,
+            presentation_contexts=tuple(items),
+            user_information=tuple(user_info),
+        )
+        self._local.primitive = rq
+        self._local._absorb(user_info[2:])
+        return rq
+
+    async def _request(self, rq: AAssociateRQ) -> None:
+        """Send the A-ASSOCIATE-RQ and wait for the answer (ACSE timeout)."""
+        self._ul.request_association(rq)
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_OPEN))
+        await self._apply(self._ul.transport_connected(anyio.current_time()))
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_REQUESTED))
+        with anyio.move_on_after(self.acse_timeout) as scope:
+            await self._established.wait()
+        if scope.cancelled_caught:
+            LOGGER.error("ACSE timeout waiting for the association response")
+            self._error = TimeoutError("no answer to the association request within acse_timeout")
+            await self.abort()
+            raise TimeoutError("no answer to the association request within acse_timeout")
+        if self._rejection is not None:
+            raise self._rejection
+        if self._ul.state is not State.STA6:
+            raise self._error or AssociationAborted(2, 0, "association failed")
+
+    async def _on_accepted(self, ac: AAssociateAC) -> None:
+        self._remote.primitive = ac
+        self._remote._absorb(ac.user_information)
+        roles = {
+            uid: (bool(item.scu_role), bool(item.scp_role))
+            for uid, item in self._remote.role_selection.items()
+        }
+        for cx in negotiate_as_requestor(self._requested, ac.presentation_contexts, roles):
+            if cx.result == 0 and cx.context_id is not None:
+                self._contexts[cx.context_id] = cx
+            else:
+                self._rejected.append(cx)
+        self._remote_max_pdu = self._remote.maximum_length
+        # Our requests in flight: at most what the acceptor performs.
+        if any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in ac.user_information):
+            self._set_windows(invoke=self._remote.asynchronous_operations[1])
+        LOGGER.info("Association accepted: %d contexts accepted", len(self._contexts))
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
+        self._established.set()
+
+    _remote_max_pdu = 0
+    _requested: list[PresentationContext] = []
+
+    # ------------------------------------------------------------------
+    # Release and abort
+
+    async def release(self) -> None:
+        """Release the association (A-RELEASE), waiting up to ``acse_timeout``.
+
+        Our requests still in flight are answered first. On a timeout the
+        association is aborted and :class:`TimeoutError` raised.
+        """
+        if self._ul.state is not State.STA6:
+            if self._ul.state in (State.STA7, State.STA9, State.STA10, State.STA11, State.STA12):
+                await self._released.wait()
+            return
+        LOGGER.info("Releasing association")
+        await self._apply(self._ul.release())
+        with anyio.move_on_after(self.acse_timeout) as scope:
+            await self._released.wait()
+        if scope.cancelled_caught:
+            LOGGER.error("ACSE timeout waiting for the release response; aborting")
+            await self.abort()
+            raise TimeoutError("no A-RELEASE-RP within acse_timeout")
+        # AR-3 closes the transport; wait for the reader to finish.
+        await self._closed.wait()
+
+    async def abort(self) -> None:
+        """Abort the association (A-ABORT) and wait for the connection to close.
+
+        The peer is expected to close the connection on receiving the A-ABORT;
+        if it does not, the ARTIM timer (``acse_timeout``) closes it.
+        """
+        if self._ul.is_closed or self._ul.state is State.STA13:
+            await self._closed.wait()
+            return
+        self._was_aborted = True
+        if self._error is None:
+            self._error = AssociationAborted(0, 0, "the association was aborted locally")
+        LOGGER.info("Aborting association")
+        with anyio.CancelScope(shield=True):
+            await self._apply(self._ul.abort(0, 0, anyio.current_time()))
+            self._fail_pending()
+            await self._closed.wait()
+
+    async def _on_release_indication(self, collision: bool) -> None:
+        self._release_requested = True
+        if collision:
+            if self._ul.state is State.STA9:
+                # Requestor side of a collision: answer at once (AR-9).
+                await self._apply(self._ul.release_response(anyio.current_time()))
+            return  # acceptor side (Sta10) waits for the A-RELEASE-RP first
+        assert self._tg is not None
+        self._tg.start_soon(self._answer_release)
+
+    async def _answer_release(self) -> None:
+        """Answer a peer's A-RELEASE-RQ once our own operations are done (AR-4)."""
+        await self._idle.wait()
+        if self._ul.state is State.STA8:
+            self._mark_released()
+            await self._apply(self._ul.release_response(anyio.current_time()))
+
+    # ------------------------------------------------------------------
+    # DIMSE
+
+    async def _on_data(self, ind: DataIndication) -> None:
+        for pdv in ind.pdu.pdvs:
+            try:
+                msg = self._reassembler.feed(pdv)
+            except PDUError as exc:
+                LOGGER.error("DIMSE protocol violation: %s", exc)
+                await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
+                return
+            if msg is not None:
+                await self._on_message(msg)
+
+    async def _on_message(self, msg: Message) -> None:
+        if self._debug:
+            LOGGER.debug("<- %s (context %d)", msg.name, msg.context_id)
+        if evt.EVT_DIMSE_RECV in self._handlers:
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_DIMSE_RECV, message=msg))
+        if msg.is_response:
+            pending = self._pending.get(msg.message_id or -1)
+            if pending is None or pending.done.is_set():
+                LOGGER.warning("Dropping %s for unknown message ID %s", msg.name, msg.message_id)
+                return
+            pending.response = msg
+            pending.done.set()
+            return
+        if msg.command_field == CommandField.C_CANCEL_RQ:
+            return  # nothing cancellable is served yet
+        assert self._tg is not None
+        self._inflight += 1
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._tg.start_soon(self._serve, msg)
+
+    async def _serve(self, msg: Message) -> None:
+        try:
+            if msg.command_field == CommandField.C_ECHO_RQ:
+                await self._serve_c_echo(msg)
+            else:
+                await self._refuse(msg, 0x0211)
+        except (DicomNetworkError, _TransportError) as exc:
+            LOGGER.debug("Could not answer %s: %s", msg.name, exc)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _refuse(self, msg: Message, status: int) -> None:
+        """Answer a request we do not serve with a failure status."""
+        LOGGER.warning("%s is not supported: answering 0x%04X", msg.name, status)
+        fields = {
+            "CommandField": msg.command_field | 0x8000,
+            "MessageIDBeingRespondedTo": msg.message_id,
+            "CommandDataSetType": NO_DATASET,
+            "Status": status,
+        }
+        sop = msg.command.get("AffectedSOPClassUID") or msg.command.get("RequestedSOPClassUID")
+        if sop:
+            fields["AffectedSOPClassUID"] = sop
+        await self._send_message(msg.context_id, encode_command(fields), None)
+
+    def _event_for(self, kind: evt.EventType, msg: Message) -> evt.Event:
+        cx = self._contexts[msg.context_id]
+        return evt.Event(
+            self, kind, context=cx.as_tuple(), request=msg.command, message_id=msg.message_id
+        )
+
+    async def _serve_c_echo(self, msg: Message) -> None:
+        status: Any = 0x0000
+        bound = self._handlers.get(evt.EVT_C_ECHO)
+        if bound:
+            handler, args = bound[0]
+            try:
+                status = await evt.call_handler(handler, self._event_for(evt.EVT_C_ECHO, msg), args)
+            except Exception:
+                LOGGER.exception("Exception in the handler bound to EVT_C_ECHO")
+                status = 0x0110
+        fields: dict[str, Any] = {
+            "CommandField": CommandField.C_ECHO_RSP,
+            "MessageIDBeingRespondedTo": msg.message_id,
+            "AffectedSOPClassUID": msg.command.get("AffectedSOPClassUID", VERIFICATION),
+            "CommandDataSetType": NO_DATASET,
+        }
+        fields.update(_status_fields(status, 0x0110))
+        await self._send_message(msg.context_id, encode_command(fields), None)
+
+    async def _send_message(
+        self, context_id: int, command: bytes, dataset: bytes | None
+    ) -> None:
+        """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
+        async with self._send_lock:
+            for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
+                if not self._ul.can_send_data():
+                    raise self._error or AssociationAborted(2, 0, "association not established")
+                self._ul.send_data(pdu)
+                try:
+                    await self._write(pdu)
+                except _TransportError as exc:
+                    failure = str(exc)
+                    break
+            else:
+                return
+        await self._transport_failed(failure)
+        raise self._error or AssociationAborted(2, 0, failure)
+
+    def _check_usable(self) -> None:
+        if self._ul.state is not State.STA6:
+            raise self._error or LocalProtocolError("the association is not established")
+
+    def _context_for(self, abstract_syntax: UID, *, as_scu: bool = True) -> PresentationContext:
+        for cx in self.accepted_contexts:
+            if cx.abstract_syntax == abstract_syntax and (cx.as_scu if as_scu else cx.as_scp):
+                return cx
+        raise NoAcceptedContext(
+            f"no accepted presentation context for {abstract_syntax} ({abstract_syntax.name})"
+            f" with the {'SCU' if as_scu else 'SCP'} role"
+        )
+
+    def _allocate_id(self, msg_id: int | None) -> int:
+        if msg_id is not None:
+            if not 0 <= msg_id <= 0xFFFF:
+                raise ValueError("msg_id must be 0-65535")
+            if msg_id in self._pending:
+                raise ValueError(f"message ID {msg_id} is already in use on this association")
+            return msg_id
+        for _ in range(0x10000):
+            self._next_id = (self._next_id + 1) & 0xFFFF
+            if self._next_id and self._next_id not in self._pending:
+                return self._next_id
+        raise LocalProtocolError("every message ID is in use")
+
+    async def _invoke(
+        self, context_id: int, fields: dict[str, Any], dataset: bytes | None, msg_id: int | None
+    ) -> Message:
+        """Send a request and wait (``dimse_timeout``) for its single response."""
+        self._check_usable()
+        async with self._invoke_window:
+            self._check_usable()
+            mid = self._allocate_id(msg_id)
+            fields["MessageID"] = mid
+            pending = _Pending()
+            self._pending[mid] = pending
+            try:
+                await self._send_message(context_id, encode_command(fields), dataset)
+                with anyio.move_on_after(self.dimse_timeout) as scope:
+                    await pending.done.wait()
+                if scope.cancelled_caught:
+                    LOGGER.error("DIMSE timeout: no response to message %d; aborting", mid)
+                    self._error = TimeoutError(
+                        f"no response to message {mid} within dimse_timeout"
+                    )
+                    await self.abort()
+                    raise TimeoutError(f"no response to message {mid} within dimse_timeout")
+            finally:
+                del self._pending[mid]
+        if pending.error is not None:
+            raise pending.error
+        assert pending.response is not None
+        return pending.response
+
+    async def send_c_echo(self, msg_id: int | None = None) -> Dataset:
+        """Send a C-ECHO request (Verification, PS3.4 Annex A) and return the status.
+
+        Returns the response's command set as a Dataset (``.Status`` is 0x0000
+        on success). Raises :class:`NoAcceptedContext` if Verification was not
+        accepted, :class:`TimeoutError` after ``dimse_timeout`` (the association
+        is then aborted) and :class:`AssociationAborted` if the association ends
+        first.
+        """
+        cx = self._context_for(VERIFICATION)
+        assert cx.context_id is not None
+        rsp = await self._invoke(
+            cx.context_id,
+            {
+                "CommandField": CommandField.C_ECHO_RQ,
+                "AffectedSOPClassUID": VERIFICATION,
+                "CommandDataSetType": NO_DATASET,
+            },
+            None,
+            msg_id,
+        )
+        return status_dataset(rsp.command)
+
+
+def _cap(value: int) -> int:
+    return MAX_ASYNC_WINDOW if value == 0 else min(value, MAX_ASYNC_WINDOW)
+
+
+def _status_fields(status: Any, failure: int) -> dict[str, Any]:
+    """The Status (and optional comment elements) of a handler's answer."""
+    if isinstance(status, Dataset):
+        out: dict[str, Any] = {}
+        for keyword in ("Status", "ErrorComment", "ErrorID", "OffendingElement"):
+            if keyword in status:
+                out[keyword] = status[keyword].value
+        if "Status" not in out:
+            LOGGER.error("Handler status Dataset has no Status: answering 0x%04X", failure)
+            out["Status"] = failure
+        return out
+    try:
+        return {"Status": int(status)}
+    except (TypeError, ValueError):
+        LOGGER.error("Handler returned an invalid status %r: answering 0x%04X", status, failure)
+        return {"Status": failure}

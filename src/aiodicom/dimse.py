@@ -1,0 +1,362 @@
+"""DIMSE messages: command set codec, fragmentation and reassembly (PS3.7, PS3.8 Annex E).
+
+Sans-IO. The command set (group 0000) is always Implicit VR Little Endian with
+the Command Group Length first (PS3.7 6.3.1). It is small and fixed, so it is
+encoded and decoded here directly from a table of its elements rather than
+through pydicom, which keeps the per-message cost to a few microseconds.
+
+:class:`Message` is a decoded command plus its context ID and data set bytes.
+:func:`fragment` turns a message into P-DATA-TF PDUs no larger than the peer's
+maximum; :class:`Reassembler` turns received PDVs back into messages, checking
+the fragment order and the presentation context (PS3.8 E.2) and raising
+:class:`~aiodicom.errors.PDUError` on a violation so the caller aborts.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from .errors import DIMSEError, PDUError
+from .pdu import PDV, encode_p_data
+
+__all__ = (
+    "COMMAND_ELEMENTS",
+    "NO_DATASET",
+    "CommandField",
+    "Message",
+    "Reassembler",
+    "decode_command",
+    "encode_command",
+    "fragment",
+    "status_dataset",
+)
+
+#: CommandDataSetType value meaning "no data set follows" (PS3.7 E.1).
+NO_DATASET: Final = 0x0101
+#: The value we send when a data set follows (any other value means present).
+DATASET_PRESENT: Final = 0x0001
+#: PDV payload size used when the peer announced no maximum (0).
+UNLIMITED_CHUNK: Final = 1 << 20
+
+
+class CommandField:
+    """Command Field (0000,0100) values, PS3.7 E.1."""
+
+    C_STORE_RQ: Final = 0x0001
+    C_STORE_RSP: Final = 0x8001
+    C_GET_RQ: Final = 0x0010
+    C_GET_RSP: Final = 0x8010
+    C_FIND_RQ: Final = 0x0020
+    C_FIND_RSP: Final = 0x8020
+    C_MOVE_RQ: Final = 0x0021
+    C_MOVE_RSP: Final = 0x8021
+    C_ECHO_RQ: Final = 0x0030
+    C_ECHO_RSP: Final = 0x8030
+    N_EVENT_REPORT_RQ: Final = 0x0100
+    N_EVENT_REPORT_RSP: Final = 0x8100
+    N_GET_RQ: Final = 0x0110
+    N_GET_RSP: Final = 0x8110
+    N_SET_RQ: Final = 0x0120
+    N_SET_RSP: Final = 0x8120
+    N_ACTION_RQ: Final = 0x0130
+    N_ACTION_RSP: Final = 0x8130
+    N_CREATE_RQ: Final = 0x0140
+    N_CREATE_RSP: Final = 0x8140
+    N_DELETE_RQ: Final = 0x0150
+    N_DELETE_RSP: Final = 0x8150
+    C_CANCEL_RQ: Final = 0x0FFF
+
+
+COMMAND_NAMES: Final[Mapping[int, str]] = {
+    v: k.replace("_RQ", "-RQ").replace("_RSP", "-RSP").replace("_", "-")
+    for k, v in vars(CommandField).items()
+    if k.isupper()
+}
+
+# (element number in group 0000) -> (keyword, VR), PS3.7 Annex E table E.1-1.
+COMMAND_ELEMENTS: Final[Mapping[int, tuple[str, str]]] = {
+    0x0000: ("CommandGroupLength", "UL"),
+    0x0002: ("AffectedSOPClassUID", "UI"),
+    0x0003: ("RequestedSOPClassUID", "UI"),
+    0x0100: ("CommandField", "US"),
+    0x0110: ("MessageID", "US"),
+    0x0120: ("MessageIDBeingRespondedTo", "US"),
+    0x0600: ("MoveDestination", "AE"),
+    0x0700: ("Priority", "US"),
+    0x0800: ("CommandDataSetType", "US"),
+    0x0900: ("Status", "US"),
+    0x0901: ("OffendingElement", "AT"),
+    0x0902: ("ErrorComment", "LO"),
+    0x0903: ("ErrorID", "US"),
+    0x1000: ("AffectedSOPInstanceUID", "UI"),
+    0x1001: ("RequestedSOPInstanceUID", "UI"),
+    0x1002: ("EventTypeID", "US"),
+    0x1005: ("AttributeIdentifierList", "AT"),
+    0x1008: ("ActionTypeID", "US"),
+    0x1020: ("NumberOfRemainingSuboperations", "US"),
+    0x1021: ("NumberOfCompletedSuboperations", "US"),
+    0x1022: ("NumberOfFailedSuboperations", "US"),
+    0x1023: ("NumberOfWarningSuboperations", "US"),
+    0x1030: ("MoveOriginatorApplicationEntityTitle", "AE"),
+    0x1031: ("MoveOriginatorMessageID", "US"),
+}
+_BY_KEYWORD: Final = {kw: (elem, vr) for elem, (kw, vr) in COMMAND_ELEMENTS.items()}
+
+_ELEM_HEADER = struct.Struct("<HHL")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+_GROUP_LENGTH_HEADER = b"\x00\x00\x00\x00\x04\x00\x00\x00"
+
+
+def _encode_value(vr: str, value: Any) -> bytes:
+    if vr == "US":
+        if isinstance(value, list | tuple):
+            return b"".join(_U16.pack(int(v)) for v in value)
+        return _U16.pack(int(value))
+    if vr == "UL":
+        return _U32.pack(int(value))
+    if vr == "AT":
+        tags = value if isinstance(value, list | tuple) else [value]
+        out = []
+        for t in tags:
+            tag = Tag(t)
+            out.append(_U16.pack(tag.group) + _U16.pack(tag.element))
+        return b"".join(out)
+    raw = str(value).encode("ascii") if vr in ("UI", "AE") else str(value).encode("latin-1")
+    if len(raw) % 2:
+        raw += b"\x00" if vr == "UI" else b" "
+    return raw
+
+
+def encode_command(fields: Mapping[str, Any]) -> bytes:
+    """Encode a command set given as ``{keyword: value}`` (``None`` values skipped).
+
+    Elements are written in tag order after a computed Command Group Length.
+    """
+    parts: list[tuple[int, bytes]] = []
+    for keyword, value in fields.items():
+        if value is None or keyword == "CommandGroupLength":
+            continue
+        try:
+            elem, vr = _BY_KEYWORD[keyword]
+        except KeyError:
+            raise DIMSEError(f"{keyword!r} is not a command set element") from None
+        raw = _encode_value(vr, value)
+        parts.append((elem, _ELEM_HEADER.pack(0, elem, len(raw)) + raw))
+    parts.sort()
+    body = b"".join(p for _, p in parts)
+    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
+    if vr == "US":
+        if len(raw) == 2:
+            return _U16.unpack(raw)[0]
+        if len(raw) % 2:
+            raise DIMSEError(f"US value of odd length {len(raw)}")
+        return [v for (v,) in _U16.iter_unpack(raw)]
+    if vr == "UL":
+        if len(raw) != 4:
+            raise DIMSEError(f"UL value of length {len(raw)}")
+        return _U32.unpack(raw)[0]
+    if vr == "AT":
+        if len(raw) % 4:
+            raise DIMSEError(f"AT value of length {len(raw)}")
+        return [Tag(g, e) for g, e in struct.iter_unpack("<HH", raw)]
+    text = bytes(raw).decode("latin-1")
+    return text.rstrip("\x00 ") if vr != "LO" else text.rstrip(" \x00")
+
+
+def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Decode an Implicit VR Little Endian command set to ``{keyword: value}``.
+
+    Raises :class:`DIMSEError` if it is not a well-formed group 0000 set;
+    unknown group 0000 elements (retired ones) are skipped.
+    """
+    view = memoryview(data)
+    out: dict[str, Any] = {}
+    pos, end = 0, len(view)
+    while pos < end:
+        if end - pos < 8:
+            raise DIMSEError("command set: truncated element header")
+        group, elem, length = _ELEM_HEADER.unpack_from(view, pos)
+        pos += 8
+        if group != 0:
+            raise DIMSEError(f"command set holds an element of group 0x{group:04X}")
+        if length > end - pos:
+            raise DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
+        spec = COMMAND_ELEMENTS.get(elem)
+        if spec is not None:
+            out[spec[0]] = _decode_value(spec[1], view[pos : pos + length])
+        pos += length
+    if "CommandField" not in out:
+        raise DIMSEError("command set has no Command Field (0000,0100)")
+    return out
+
+
+def status_dataset(fields: Mapping[str, Any]) -> Dataset:
+    """The response command set as a pydicom Dataset, as pynetdicom returns it."""
+    ds = Dataset()
+    for keyword, value in fields.items():
+        if keyword != "CommandGroupLength":
+            setattr(ds, keyword, value)
+    return ds
+
+
+@dataclass(slots=True)
+class Message:
+    """A DIMSE message: its command set, context and (encoded) data set."""
+
+    context_id: int
+    command: dict[str, Any]
+    data: bytes | None = None
+
+    @property
+    def command_field(self) -> int:
+        """The Command Field (0000,0100)."""
+        return int(self.command["CommandField"])
+
+    @property
+    def name(self) -> str:
+        """E.g. ``'C-ECHO-RQ'``."""
+        return COMMAND_NAMES.get(self.command_field, f"0x{self.command_field:04X}")
+
+    @property
+    def is_response(self) -> bool:
+        """True for a response (bit 15 of the command field set)."""
+        return bool(self.command_field & 0x8000)
+
+    @property
+    def message_id(self) -> int | None:
+        """MessageID for a request, MessageIDBeingRespondedTo for a response."""
+        key = "MessageIDBeingRespondedTo" if self.is_response else "MessageID"
+        value = self.command.get(key)
+        return None if value is None else int(value)
+
+    @property
+    def has_dataset(self) -> bool:
+        """True if the command says a data set follows."""
+        return int(self.command.get("CommandDataSetType", NO_DATASET)) != NO_DATASET
+
+
+def fragment(
+    context_id: int,
+    command: bytes,
+    dataset: bytes | memoryview | None,
+    max_pdu: int,
+) -> Iterator[bytes]:
+    """Encode a message as P-DATA-TF PDUs, each no larger than ``max_pdu``.
+
+    ``max_pdu`` is the peer's maximum PDU length (the P-DATA-TF length field
+    value, PS3.8 D.1); 0 means no limit. A small message goes out in a single
+    PDU holding the command PDV and the data set PDV. Data set chunks are
+    memoryview slices: the data set is copied once, into the PDU.
+    """
+    chunk = (max_pdu - 6) if max_pdu else UNLIMITED_CHUNK
+    if chunk < 1:
+        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
+        yield b"".join(
+            (
+                struct.pack(
+                    ">BxLLBB", 0x04, len(command) + len(dataset) + 12, len(command) + 2,
+                    context_id, 0x03,
+                ),
+                command,
+                struct.pack(">LBB", len(dataset) + 2, context_id, 0x02),
+                dataset,
+            )
+        )
+        return
+    view = memoryview(command)
+    for start in range(0, len(view), chunk):
+        last = start + chunk >= len(view)
+        yield encode_p_data(context_id, 0x03 if last else 0x01, view[start : start + chunk])
+    if dataset is None:
+        return
+    view = memoryview(dataset)
+    if not view:
+        yield encode_p_data(context_id, 0x02, b"")
+        return
+    for start in range(0, len(view), chunk):
+        last = start + chunk >= len(view)
+        yield encode_p_data(context_id, 0x02 if last else 0x00, view[start : start + chunk])
+
+
+class Reassembler:
+    """Rebuild DIMSE messages from PDVs (PS3.8 Annex E, PS3.7 6.3.1).
+
+    Rules enforced, each violation a :class:`PDUError` (A-ABORT source 2):
+    the context ID must be one that was accepted (reason 6); a message starts
+    with command fragments; a data set fragment arrives only after the last
+    command fragment of a command that announces a data set; all fragments of
+    a message share its context ID; a new command starts only once the
+    previous message is complete (reason 5, unexpected parameter).
+    """
+
+    __slots__ = ("accepted", "_current", "_command_parts", "_data_parts", "_expect", "_context")
+
+    def __init__(self, accepted: Collection[int]) -> None:
+        self.accepted = accepted
+        self._current: Message | None = None
+        self._command_parts: list[bytes] = []
+        self._data_parts: list[bytes] = []
+        self._expect = "command"
+        self._context = 0
+
+    @property
+    def in_progress(self) -> bool:
+        """True while a message has been started but not completed."""
+        return self._expect != "command" or bool(self._command_parts)
+
+    def feed(self, pdv: PDV) -> Message | None:
+        """Take one PDV; return the message it completes, if any."""
+        if pdv.context_id not in self.accepted:
+            raise PDUError(f"PDV on presentation context {pdv.context_id}, which was not accepted")
+        if self._expect == "command":
+            if not pdv.is_command:
+                raise PDUError("data set fragment received where a command was expected", reason=5)
+            if self._command_parts and self._context != pdv.context_id:
+                raise PDUError("command fragments on different presentation contexts", reason=5)
+            self._context = pdv.context_id
+            self._command_parts.append(bytes(pdv.data))
+            if not pdv.is_last:
+                return None
+            raw = (
+                self._command_parts[0]
+                if len(self._command_parts) == 1
+                else b"".join(self._command_parts)
+            )
+            self._command_parts = []
+            try:
+                command = decode_command(raw)
+            except DIMSEError as exc:
+                raise PDUError(f"malformed command set: {exc}") from None
+            msg = Message(context_id=pdv.context_id, command=command)
+            if msg.has_dataset:
+                self._current = msg
+                self._expect = "data"
+                return None
+            return msg
+        # expecting data set fragments
+        assert self._current is not None
+        if pdv.is_command:
+            raise PDUError("command fragment received inside a data set", reason=5)
+        if pdv.context_id != self._current.context_id:
+            raise PDUError("data set fragment on another presentation context", reason=5)
+        self._data_parts.append(bytes(pdv.data))
+        if pdv.is_last:
+            msg = self._current
+            parts = self._data_parts
+            msg.data = parts[0] if len(parts) == 1 else b"".join(parts)
+            self._current = None
+            self._data_parts = []
+            self._expect = "command"
+            return msg
+        return None

@@ -1,0 +1,320 @@
+"""Events and their handlers, as pynetdicom's ``evt`` module, made async.
+
+There are two kinds of event. *Notification* events (EVT_CONN_OPEN,
+EVT_PDU_RECV, EVT_ESTABLISHED, ...) tell every bound handler that something
+happened; what they return is ignored and an exception they raise is logged.
+*Intervention* events (EVT_C_ECHO, EVT_C_STORE, EVT_USER_ID, ...) ask the one
+bound handler for an answer; when none is bound the default answer applies.
+
+A handler is ``handler(event)`` or, bound as ``(EVT_X, handler, [a, b])``,
+``handler(event, a, b)``. It may be a plain function (run on the event loop: it
+must not block) or an ``async def``. See the docs for each event's contract.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from pydicom.dataset import Dataset, FileMetaDataset
+
+if TYPE_CHECKING:
+    from .association import Association
+    from .presentation import ContextTuple
+
+__all__ = (
+    "EVT_ABORTED",
+    "EVT_ACCEPTED",
+    "EVT_ASYNC_OPS",
+    "EVT_CONN_CLOSE",
+    "EVT_CONN_OPEN",
+    "EVT_C_ECHO",
+    "EVT_C_FIND",
+    "EVT_C_GET",
+    "EVT_C_MOVE",
+    "EVT_C_STORE",
+    "EVT_DIMSE_RECV",
+    "EVT_DIMSE_SENT",
+    "EVT_ESTABLISHED",
+    "EVT_FSM_TRANSITION",
+    "EVT_N_ACTION",
+    "EVT_N_CREATE",
+    "EVT_N_DELETE",
+    "EVT_N_EVENT_REPORT",
+    "EVT_N_GET",
+    "EVT_N_SET",
+    "EVT_PDU_RECV",
+    "EVT_PDU_SENT",
+    "EVT_REJECTED",
+    "EVT_RELEASED",
+    "EVT_REQUESTED",
+    "EVT_SOP_COMMON",
+    "EVT_SOP_EXTENDED",
+    "EVT_USER_ID",
+    "Event",
+    "EventHandlerType",
+    "EventType",
+    "InterventionEvent",
+    "NotificationEvent",
+)
+
+LOGGER = logging.getLogger("aiodicom")
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    """An event type: its name, a description and whether it is an intervention."""
+
+    name: str
+    description: str
+    is_intervention: bool
+
+    @property
+    def is_notification(self) -> bool:
+        """True for a notification event."""
+        return not self.is_intervention
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def NotificationEvent(name: str, description: str) -> EventType:  # noqa: N802 - pynetdicom's name
+    """A notification event type."""
+    return EventType(name, description, False)
+
+
+def InterventionEvent(name: str, description: str) -> EventType:  # noqa: N802 - pynetdicom's name
+    """An intervention event type."""
+    return EventType(name, description, True)
+
+
+# Notification events
+EVT_CONN_OPEN = NotificationEvent("EVT_CONN_OPEN", "Connection with remote opened")
+EVT_CONN_CLOSE = NotificationEvent("EVT_CONN_CLOSE", "Connection with remote closed")
+EVT_REQUESTED = NotificationEvent("EVT_REQUESTED", "Association requested")
+EVT_ACCEPTED = NotificationEvent("EVT_ACCEPTED", "Association request accepted")
+EVT_REJECTED = NotificationEvent("EVT_REJECTED", "Association request rejected")
+EVT_ESTABLISHED = NotificationEvent("EVT_ESTABLISHED", "Association established")
+EVT_RELEASED = NotificationEvent("EVT_RELEASED", "Association released")
+EVT_ABORTED = NotificationEvent("EVT_ABORTED", "Association aborted")
+EVT_PDU_RECV = NotificationEvent("EVT_PDU_RECV", "PDU received")
+EVT_PDU_SENT = NotificationEvent("EVT_PDU_SENT", "PDU sent")
+EVT_DIMSE_RECV = NotificationEvent("EVT_DIMSE_RECV", "DIMSE message received")
+EVT_DIMSE_SENT = NotificationEvent("EVT_DIMSE_SENT", "DIMSE message sent")
+EVT_FSM_TRANSITION = NotificationEvent("EVT_FSM_TRANSITION", "State machine transitioning")
+
+# Intervention events
+EVT_C_ECHO = InterventionEvent("EVT_C_ECHO", "C-ECHO request received")
+EVT_C_STORE = InterventionEvent("EVT_C_STORE", "C-STORE request received")
+EVT_C_FIND = InterventionEvent("EVT_C_FIND", "C-FIND request received")
+EVT_C_GET = InterventionEvent("EVT_C_GET", "C-GET request received")
+EVT_C_MOVE = InterventionEvent("EVT_C_MOVE", "C-MOVE request received")
+EVT_N_ACTION = InterventionEvent("EVT_N_ACTION", "N-ACTION request received")
+EVT_N_CREATE = InterventionEvent("EVT_N_CREATE", "N-CREATE request received")
+EVT_N_DELETE = InterventionEvent("EVT_N_DELETE", "N-DELETE request received")
+EVT_N_EVENT_REPORT = InterventionEvent("EVT_N_EVENT_REPORT", "N-EVENT-REPORT request received")
+EVT_N_GET = InterventionEvent("EVT_N_GET", "N-GET request received")
+EVT_N_SET = InterventionEvent("EVT_N_SET", "N-SET request received")
+EVT_USER_ID = InterventionEvent("EVT_USER_ID", "User identity negotiation requested")
+EVT_SOP_EXTENDED = InterventionEvent("EVT_SOP_EXTENDED", "SOP class extended negotiation")
+EVT_SOP_COMMON = InterventionEvent("EVT_SOP_COMMON", "SOP class common extended negotiation")
+EVT_ASYNC_OPS = InterventionEvent("EVT_ASYNC_OPS", "Asynchronous operations negotiation")
+
+Handler: TypeAlias = Callable[..., Any]
+#: What ``evt_handlers`` takes: ``(EVT_X, handler)`` or ``(EVT_X, handler, [args])``.
+EventHandlerType: TypeAlias = tuple[EventType, Handler] | tuple[EventType, Handler, Sequence[Any]]
+
+
+class Event:
+    """What a handler receives: the event's type, association and details.
+
+    Only the attributes that make sense for the event are set; the others are
+    ``None``. ``event.event`` (pynetdicom's name) and ``event.event_kind`` are
+    the :class:`EventType`.
+    """
+
+    def __init__(
+        self,
+        assoc: Association,
+        event: EventType,
+        **attrs: Any,
+    ) -> None:
+        self.assoc = assoc
+        self.event = event
+        self.timestamp = datetime.now()
+        self.context: ContextTuple | None = None
+        self.request: Any = None
+        self.message_id: int | None = None
+        self._dataset: Dataset | None = None
+        self._encoded: bytes | None = None
+        self._transfer_syntax: Any = None
+        self.is_cancelled = False
+        self.move_destination: str | None = None
+        self.pdu: Any = None
+        self.message: Any = None
+        self.current_state: str | None = None
+        self.fsm_event: str | None = None
+        self.action: str | None = None
+        self.next_state: str | None = None
+        self.user_id_type: int | None = None
+        self.primary_field: bytes | None = None
+        self.secondary_field: bytes | None = None
+        self.app_info: dict[Any, bytes] | None = None
+        self.items: dict[Any, Any] | None = None
+        self.invoked: int | None = None
+        self.performed: int | None = None
+        self.address: tuple[str, int] | None = None
+        self.dataset_path: str | None = None
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    @property
+    def event_kind(self) -> EventType:
+        """The event type (same as ``event.event``)."""
+        return self.event
+
+    @property
+    def dataset(self) -> Dataset:
+        """The request's data set, decoded on first access (C-STORE, N-*)."""
+        if self._dataset is None:
+            if self._encoded is None:
+                raise AttributeError(f"{self.event.name} has no data set")
+            from .dsutils import decode_dataset
+
+            self._dataset = decode_dataset(self._encoded, self._transfer_syntax)
+        return self._dataset
+
+    @property
+    def identifier(self) -> Dataset:
+        """The request's identifier (C-FIND, C-GET, C-MOVE), decoded on first access."""
+        return self.dataset
+
+    def encoded_dataset(self) -> bytes:
+        """The data set exactly as received, in its transfer syntax."""
+        if self._encoded is None:
+            raise AttributeError(f"{self.event.name} has no data set")
+        return self._encoded
+
+    @property
+    def file_meta(self) -> FileMetaDataset:
+        """File meta information for saving the received data set as Part 10."""
+        from .dsutils import file_meta_for
+
+        assert self.context is not None and self.request is not None
+        return file_meta_for(
+            self.request.get("AffectedSOPClassUID"),
+            self.request.get("AffectedSOPInstanceUID"),
+            self.context.transfer_syntax,
+        )
+
+    # N-service aliases, as pynetdicom's Event.
+    @property
+    def action_type(self) -> int | None:
+        """N-ACTION Action Type ID."""
+        return None if self.request is None else self.request.get("ActionTypeID")
+
+    @property
+    def event_type(self) -> int | None:
+        """N-EVENT-REPORT Event Type ID."""
+        return None if self.request is None else self.request.get("EventTypeID")
+
+    @property
+    def attribute_identifiers(self) -> list[Any] | None:
+        """N-GET Attribute Identifier List."""
+        return None if self.request is None else self.request.get("AttributeIdentifierList")
+
+    @property
+    def action_information(self) -> Dataset:
+        """N-ACTION Action Information (the data set)."""
+        return self.dataset
+
+    @property
+    def event_information(self) -> Dataset:
+        """N-EVENT-REPORT Event Information (the data set)."""
+        return self.dataset
+
+    @property
+    def attribute_list(self) -> Dataset:
+        """N-CREATE Attribute List (the data set)."""
+        return self.dataset
+
+    @property
+    def modification_list(self) -> Dataset:
+        """N-SET Modification List (the data set)."""
+        return self.dataset
+
+    def __repr__(self) -> str:
+        return f"<Event {self.event.name} at {self.timestamp.isoformat()}>"
+
+
+class HandlerRegistry:
+    """The handlers bound on an AE or association: ``{EventType: [(handler, args)]}``."""
+
+    __slots__ = ("_handlers",)
+
+    def __init__(self, handlers: Sequence[EventHandlerType] | None = None) -> None:
+        self._handlers: dict[EventType, list[tuple[Handler, tuple[Any, ...]]]] = {}
+        for entry in handlers or ():
+            self.bind(*entry)
+
+    def bind(self, event: EventType, handler: Handler, args: Sequence[Any] | None = None) -> None:
+        """Bind ``handler``; an intervention event keeps only its latest handler."""
+        if not isinstance(event, EventType):
+            raise TypeError(f"{event!r} is not an event type")
+        if not callable(handler):
+            raise TypeError(f"handler {handler!r} is not callable")
+        entry = (handler, tuple(args or ()))
+        if event.is_intervention:
+            self._handlers[event] = [entry]
+        else:
+            bound = self._handlers.setdefault(event, [])
+            if all(h is not handler for h, _ in bound):
+                bound.append(entry)
+
+    def unbind(self, event: EventType, handler: Handler) -> None:
+        """Remove ``handler`` from ``event``."""
+        bound = self._handlers.get(event, [])
+        self._handlers[event] = [(h, a) for h, a in bound if h is not handler]
+        if not self._handlers[event]:
+            del self._handlers[event]
+
+    def get(self, event: EventType) -> list[tuple[Handler, tuple[Any, ...]]]:
+        """The handlers bound to ``event`` (empty list if none)."""
+        return self._handlers.get(event, [])
+
+    def __contains__(self, event: object) -> bool:
+        return event in self._handlers
+
+    def copy(self) -> HandlerRegistry:
+        """A shallow copy, for an association to extend."""
+        new = HandlerRegistry()
+        new._handlers = {k: list(v) for k, v in self._handlers.items()}
+        return new
+
+    def as_list(self) -> list[EventHandlerType]:
+        """Every binding as ``(event, handler, args)``."""
+        return [(e, h, list(a)) for e, hs in self._handlers.items() for h, a in hs]
+
+
+async def call_handler(handler: Handler, event: Event, args: tuple[Any, ...]) -> Any:
+    """Call a handler, awaiting its result if it is awaitable."""
+    result = handler(event, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def notify(registry: HandlerRegistry, event: Event) -> None:
+    """Call every handler bound to a notification event, logging their failures."""
+    for handler, args in registry.get(event.event):
+        try:
+            await call_handler(handler, event, args)
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to %s", event.event.name)
+
+
+AwaitableOrValue: TypeAlias = Awaitable[Any] | Any
