@@ -1,0 +1,660 @@
+#!/usr/bin/env python3
+"""A pynetdicom 3 peer for aiodicom's interop tests, run as a subprocess.
+
+    python tests/peers/pynetdicom_peer.py scp --port 0 --out events.jsonl
+    python tests/peers/pynetdicom_peer.py scu --port 11112 --echo 3 --out events.jsonl
+
+Both modes write one JSON object per line for every event of interest (to
+``--out``, or to stdout).  The ``scp`` mode prints ``READY <port>`` (flushed)
+on stdout once its socket listens, then serves until SIGTERM or SIGINT, and
+exits 0.  The ``scu`` mode exits 0 if the association was accepted and every
+operation succeeded, 1 if it was rejected, 2 if it was aborted (or the
+connection failed), 3 if an operation failed.
+
+Bytes values (user identity fields, server response) are written twice: as a
+latin-1 decoded string under the field's name and as base64 under
+``<name>_b64``.
+
+With ``TCP_NODELAY=1`` in the environment, TCP_NODELAY is set on every
+association socket from an ``EVT_CONN_OPEN`` handler: pynetdicom 3 has no
+option for it, but the handler runs after connect()/accept() and before the
+first PDU is sent, on both the requestor and the acceptor side.
+
+This script never imports aiodicom: it is the independent peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import itertools
+import json
+import os
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from typing import Any, TextIO
+
+from pydicom import dcmread
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    StoragePresentationContexts,
+    _config,
+    build_role,
+    evt,
+)
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_ABORTED = 2
+EXIT_FAILED = 3
+
+USER_ID_TYPES = {"username": 1, "password": 2, "kerberos": 3, "saml": 4, "jwt": 5}
+
+
+# --------------------------------------------------------------------------- output
+
+
+class EventWriter:
+    """Thread-safe JSON-lines writer; every line is flushed at once."""
+
+    def __init__(self, stream: TextIO, *, close: bool) -> None:
+        self._stream = stream
+        self._close = close
+        self._lock = threading.Lock()
+
+    def write(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields}, sort_keys=False, default=str)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stream.flush()
+            if self._close:
+                self._stream.close()
+
+
+def open_writer(path: str | None) -> EventWriter:
+    if path:
+        return EventWriter(open(path, "a", encoding="utf-8"), close=True)
+    return EventWriter(sys.stdout, close=False)
+
+
+def bytes_fields(name: str, value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        return {name: None, f"{name}_b64": None}
+    value = bytes(value)
+    return {name: value.decode("latin-1"), f"{name}_b64": base64.b64encode(value).decode("ascii")}
+
+
+def parse_bool(text: str) -> bool | None:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "y", "t"):
+        return True
+    if t in ("0", "false", "no", "n", "f"):
+        return False
+    if t in ("", "none", "-", "null"):
+        return None
+    raise argparse.ArgumentTypeError(f"not a role value: {text!r} (use 1/0/none)")
+
+
+def parse_role(text: str) -> tuple[str, bool | None, bool | None]:
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise argparse.ArgumentTypeError(f"--role wants SOPUID:SCU:SCP, got {text!r}")
+    return parts[0], parse_bool(parts[1]), parse_bool(parts[2])
+
+
+def parse_user_identity(text: str) -> UserIdentityNegotiation:
+    """``TYPE:PRIMARY[:SECONDARY][:positive]``; TYPE is 1-5 or a name."""
+    parts = text.split(":")
+    if len(parts) < 2:
+        raise argparse.ArgumentTypeError(
+            "--user-identity wants TYPE:PRIMARY[:SECONDARY][:positive]"
+        )
+    positive = False
+    if len(parts) >= 3 and parts[-1].lower() == "positive":
+        positive = True
+        parts = parts[:-1]
+    kind = parts[0].lower()
+    id_type = USER_ID_TYPES[kind] if kind in USER_ID_TYPES else int(kind)
+    item = UserIdentityNegotiation()
+    item.user_identity_type = id_type
+    item.primary_field = parts[1].encode("utf-8")
+    if len(parts) >= 3:
+        item.secondary_field = ":".join(parts[2:]).encode("utf-8")
+    elif id_type == 2:
+        raise argparse.ArgumentTypeError("user identity type 2 needs a secondary field")
+    item.positive_response_requested = positive
+    return item
+
+
+def role_items(assoc_user: Any) -> list[dict[str, Any]]:
+    return [
+        {"sop_class_uid": str(uid), "scu_role": item.scu_role, "scp_role": item.scp_role}
+        for uid, item in assoc_user.role_selection.items()
+    ]
+
+
+def context_dict(cx: Any) -> dict[str, Any]:
+    return {
+        "context_id": cx.context_id,
+        "abstract_syntax": str(cx.abstract_syntax),
+        "transfer_syntax": str(cx.transfer_syntax[0]) if cx.transfer_syntax else None,
+        "as_scu": cx.as_scu,
+        "as_scp": cx.as_scp,
+    }
+
+
+def set_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: set TCP_NODELAY on the association's socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def get_nodelay(event: evt.Event) -> bool | None:
+    """TCP_NODELAY as read back from the association's socket."""
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is None:
+        return None
+    return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+def nodelay_wanted() -> bool:
+    return os.environ.get("TCP_NODELAY", "") == "1"
+
+
+# --------------------------------------------------------------------------- SCP
+
+
+class SCP:
+    def __init__(self, args: argparse.Namespace, out: EventWriter) -> None:
+        self.args = args
+        self.out = out
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def assoc_id(self, assoc: Any) -> int:
+        with self._lock:
+            n = getattr(assoc, "_peer_assoc_id", None)
+            if n is None:
+                n = next(self._ids)
+                assoc._peer_assoc_id = n
+            return n
+
+    def common(self, event: evt.Event) -> dict[str, Any]:
+        assoc = event.assoc
+        prim = assoc.requestor.primitive
+        return {
+            "assoc_id": self.assoc_id(assoc),
+            "calling_ae": _title(getattr(prim, "calling_ae_title", None)),
+            "called_ae": _title(getattr(prim, "called_ae_title", None)),
+        }
+
+    # Notification handlers -------------------------------------------------
+
+    def on_conn_open(self, event: evt.Event) -> None:
+        if nodelay_wanted():
+            set_nodelay(event)
+        self.out.write(
+            "conn_open",
+            assoc_id=self.assoc_id(event.assoc),
+            address=list(event.address),  # type: ignore[attr-defined]
+            tcp_nodelay=get_nodelay(event),
+        )
+
+    def on_requested(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor
+        uid = rq.user_identity
+        user_identity = None
+        if uid is not None:
+            user_identity = {
+                "type": uid.user_identity_type,
+                **bytes_fields("primary", uid.primary_field),
+                **bytes_fields("secondary", uid.secondary_field),
+                "positive_response_requested": bool(uid.positive_response_requested),
+            }
+        self.out.write(
+            "requested",
+            **self.common(event),
+            max_pdu=rq.maximum_length,
+            implementation_class_uid=str(rq.implementation_class_uid),
+            implementation_version_name=rq.implementation_version_name,
+            roles=role_items(rq),
+            user_identity=user_identity,
+            async_ops=list(rq.asynchronous_operations),
+            requested_contexts=[
+                {
+                    "context_id": cx.context_id,
+                    "abstract_syntax": str(cx.abstract_syntax),
+                    "transfer_syntaxes": [str(ts) for ts in cx.transfer_syntax],
+                }
+                for cx in rq.requested_contexts
+            ],
+        )
+
+    def on_accepted(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        self.out.write(
+            "accepted",
+            **self.common(event),
+            contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
+            rejected_contexts=[
+                {"context_id": cx.context_id, "abstract_syntax": str(cx.abstract_syntax),
+                 "result": cx.result}
+                for cx in assoc.rejected_contexts
+            ],
+            roles=role_items(assoc.acceptor),
+        )
+
+    def on_rejected(self, event: evt.Event) -> None:
+        prim = event.assoc.acceptor.primitive
+        self.out.write(
+            "rejected",
+            **self.common(event),
+            result=getattr(prim, "result", None),
+            source=getattr(prim, "result_source", None),
+            reason=getattr(prim, "diagnostic", None),
+        )
+
+    def on_released(self, event: evt.Event) -> None:
+        self.out.write("released", **self.common(event))
+
+    def on_aborted(self, event: evt.Event) -> None:
+        info = getattr(event.assoc, "_peer_abort", None) or {
+            "source": None, "reason": None, "by": "local",
+        }
+        self.out.write("aborted", **self.common(event), **info)
+
+    def on_pdu_recv(self, event: evt.Event) -> None:
+        pdu = event.pdu  # type: ignore[attr-defined]
+        if isinstance(pdu, A_ABORT_RQ):
+            event.assoc._peer_abort = {
+                "source": pdu.source, "reason": pdu.reason_diagnostic, "by": "peer",
+            }
+
+    def on_conn_close(self, event: evt.Event) -> None:
+        self.out.write("conn_close", assoc_id=self.assoc_id(event.assoc))
+
+    # Intervention handlers -------------------------------------------------
+
+    def on_user_id(
+        self, event: evt.Event
+    ) -> tuple[bool, bytes | None]:
+        primary = bytes(event.primary_field)  # type: ignore[attr-defined]
+        rejected = self.args.reject_user is not None and primary == self.args.reject_user.encode()
+        response = None
+        if self.args.user_identity_response is not None:
+            response = self.args.user_identity_response.encode("utf-8")
+        self.out.write(
+            "user_id",
+            **self.common(event),
+            type=event.user_id_type,  # type: ignore[attr-defined]
+            **bytes_fields("primary", primary),
+            **bytes_fields("secondary", event.secondary_field),  # type: ignore[attr-defined]
+            authorised=not rejected,
+            **bytes_fields("response", None if rejected else response),
+        )
+        if rejected:
+            return False, None
+        return True, response
+
+    def on_c_echo(self, event: evt.Event) -> int:
+        self.out.write(
+            "c_echo",
+            **self.common(event),
+            message_id=event.request.MessageID,
+            context_id=event.context.context_id,
+        )
+        return 0x0000
+
+    def on_c_store(self, event: evt.Event) -> int:
+        req = event.request
+        data = req.DataSet
+        length = len(data.getbuffer()) if data is not None else None
+        self.out.write(
+            "c_store",
+            **self.common(event),
+            message_id=req.MessageID,
+            context_id=event.context.context_id,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            priority=req.Priority,
+            move_originator_ae=getattr(req, "MoveOriginatorApplicationEntityTitle", None),
+            dataset_length=length,
+        )
+        return 0x0000
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_PDU_RECV, self.on_pdu_recv),
+            (evt.EVT_USER_ID, self.on_user_id),
+            (evt.EVT_C_ECHO, self.on_c_echo),
+            (evt.EVT_C_STORE, self.on_c_store),
+        ]
+
+
+def _title(title: Any) -> str | None:
+    if isinstance(title, bytes):
+        title = title.decode("ascii", "replace")
+    return title.strip() if isinstance(title, str) else None
+
+
+def run_scp(args: argparse.Namespace) -> int:
+    out = open_writer(args.out)
+    scp = SCP(args, out)
+
+    ae = AE(ae_title=args.ae_title)
+    ae.require_called_aet = args.require_called_aet
+    if args.require_calling_aet:
+        ae.require_calling_aet = args.require_calling_aet
+    if args.max_pdu is not None:
+        ae.maximum_pdu_size = args.max_pdu
+    ae.maximum_associations = args.max_associations
+    ae.network_timeout = args.network_timeout
+    ae.acse_timeout = args.acse_timeout
+    ae.dimse_timeout = args.dimse_timeout
+
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES[:])
+    if args.accept_all_storage:
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES[:])
+    else:
+        for cx in StoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax)
+    for uid, scu_role, scp_role in args.role:
+        # Already supported abstract syntaxes keep their transfer syntaxes and
+        # get the roles; new ones get the default transfer syntaxes.
+        ae.add_supported_context(uid, scu_role=scu_role, scp_role=scp_role)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    # AE.make_server() binds and listens in the constructor (socketserver), so
+    # READY is printed only once connections can be accepted. We run
+    # serve_forever() ourselves (as start_server(block=False) would) to get a
+    # short poll interval, so that SIGTERM stops the peer in ~50 ms, not 0.5 s.
+    server = ae.make_server(
+        (args.host, args.port), evt_handlers=scp.handlers(),
+        server_class=ThreadedAssociationServer,
+    )
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="AcceptorServer",
+        daemon=True,
+    )
+    thread.start()
+    port = server.server_address[1]
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+
+    try:
+        # The handler runs in this (main) thread: a lock wait is interrupted
+        # by the signal, the handler sets the event, and the wait returns.
+        stop.wait()
+    finally:
+        for assoc in ae.active_associations:
+            assoc.abort()  # peers see an A-ABORT
+        socketserver.BaseServer.shutdown(server)  # stop serve_forever, wait for it
+        server.server_close()
+        thread.join(timeout=5)
+        out.write("shutdown")
+        out.close()
+    return 0
+
+
+# --------------------------------------------------------------------------- SCU
+
+
+def run_scu(args: argparse.Namespace) -> int:
+    out = open_writer(args.out)
+    try:
+        code = _run_scu(args, out)
+    except Exception as exc:  # report, do not hide
+        out.write("error", error=f"{type(exc).__name__}: {exc}")
+        code = EXIT_FAILED
+    out.write("exit", code=code)
+    out.close()
+    return code
+
+
+def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
+    ae = AE(ae_title=args.calling)
+    ae.acse_timeout = args.acse_timeout
+    ae.dimse_timeout = args.dimse_timeout
+    ae.network_timeout = args.network_timeout
+    if args.max_pdu is not None:
+        ae.maximum_pdu_size = args.max_pdu
+
+    # Requested contexts: Verification for --echo (or when nothing else is
+    # asked), one context per (SOP class, transfer syntax) for --store, and
+    # one per --role SOP class not otherwise requested.
+    stores = []
+    for path in args.store:
+        ds = dcmread(path)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        stores.append((path, ds, str(ds.SOPClassUID), ts))
+    requested: list[tuple[str, list[str] | None]] = []
+    seen: set[tuple[str, str | None]] = set()
+
+    def want(uid: str, ts: str | None) -> None:
+        if (uid, ts) not in seen:
+            seen.add((uid, ts))
+            requested.append((uid, [ts] if ts else None))
+
+    if args.echo or not (stores or args.role):
+        want(str(Verification), None)
+    for _path, _ds, uid, ts in stores:
+        want(uid, ts)
+    for uid, _scu, _scp in args.role:
+        if not any(u == uid for u, _ in seen):
+            want(uid, None)
+    for uid, tss in requested:
+        if tss is None:
+            ae.add_requested_context(uid)
+        else:
+            ae.add_requested_context(uid, tss)
+
+    ext_neg: list[Any] = []
+    for uid, scu_role, scp_role in args.role:
+        ext_neg.append(build_role(uid, scu_role=bool(scu_role), scp_role=bool(scp_role)))
+    if args.user_identity is not None:
+        ext_neg.append(args.user_identity)
+
+    abort_info: dict[str, Any] = {}
+
+    def on_pdu_recv(event: evt.Event) -> None:
+        pdu = event.pdu  # type: ignore[attr-defined]
+        if isinstance(pdu, A_ABORT_RQ):
+            abort_info.update(source=pdu.source, reason=pdu.reason_diagnostic, by="peer")
+
+    def on_conn_open(event: evt.Event) -> None:
+        if nodelay_wanted():
+            set_nodelay(event)
+        out.write(
+            "conn_open",
+            address=list(event.address),  # type: ignore[attr-defined]
+            tcp_nodelay=get_nodelay(event),
+        )
+
+    handlers: list[Any] = [(evt.EVT_PDU_RECV, on_pdu_recv), (evt.EVT_CONN_OPEN, on_conn_open)]
+
+    assoc = ae.associate(
+        args.host,
+        args.port,
+        ae_title=args.called,
+        ext_neg=ext_neg or None,
+        evt_handlers=handlers,
+        max_pdu=args.max_pdu if args.max_pdu is not None else ae.maximum_pdu_size,
+    )
+
+    if assoc.is_rejected:
+        prim = assoc.acceptor.primitive
+        out.write(
+            "association",
+            status="rejected",
+            result=getattr(prim, "result", None),
+            source=getattr(prim, "result_source", None),
+            reason=getattr(prim, "diagnostic", None),
+        )
+        return EXIT_REJECTED
+    if not assoc.is_established:
+        out.write(
+            "association",
+            status="aborted",
+            source=abort_info.get("source"),
+            reason=abort_info.get("reason"),
+            by=abort_info.get("by", "local"),
+        )
+        return EXIT_ABORTED
+
+    acc = assoc.acceptor
+    uid_rsp = acc.user_identity
+    out.write(
+        "association",
+        status="accepted",
+        calling_ae=args.calling,
+        called_ae=args.called,
+        peer_max_pdu=acc.maximum_length,
+        peer_implementation_class_uid=str(acc.implementation_class_uid),
+        peer_implementation_version_name=acc.implementation_version_name,
+        **bytes_fields(
+            "user_identity_response", uid_rsp.server_response if uid_rsp is not None else None
+        ),
+        roles=role_items(acc),
+        contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
+        rejected_contexts=[
+            {"context_id": cx.context_id, "abstract_syntax": str(cx.abstract_syntax),
+             "result": cx.result}
+            for cx in assoc.rejected_contexts
+        ],
+    )
+
+    failed = False
+    msg_id = itertools.count(1)
+
+    def status_of(call: Any) -> tuple[int | None, str | None]:
+        try:
+            status = call()
+        except Exception as exc:  # e.g. no accepted context: record, go on, release
+            return None, f"{type(exc).__name__}: {exc}"
+        return (int(status.Status) if "Status" in status else None), None
+
+    for _ in range(args.echo):
+        if not assoc.is_established:
+            break
+        mid = next(msg_id)
+        code, error = status_of(lambda mid=mid: assoc.send_c_echo(msg_id=mid))
+        out.write("c_echo", message_id=mid, status=code, **({"error": error} if error else {}))
+        failed |= code != 0x0000
+    for path, ds, _uid, ts in stores:
+        if not assoc.is_established:
+            break
+        mid = next(msg_id)
+        code, error = status_of(lambda ds=ds, mid=mid: assoc.send_c_store(ds, msg_id=mid))
+        out.write(
+            "c_store",
+            message_id=mid,
+            file=str(path),
+            sop_instance_uid=str(ds.SOPInstanceUID),
+            transfer_syntax=ts,
+            status=code,
+            **({"error": error} if error else {}),
+        )
+        failed |= code != 0x0000
+
+    if assoc.is_established:
+        assoc.release()
+        if assoc.is_released:
+            out.write("released")
+            return EXIT_FAILED if failed else EXIT_OK
+    out.write(
+        "aborted",
+        source=abort_info.get("source"),
+        reason=abort_info.get("reason"),
+        by=abort_info.get("by", "local"),
+    )
+    return EXIT_ABORTED
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = p.add_subparsers(dest="mode", required=True)
+
+    def timeouts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--acse-timeout", type=float, default=30.0)
+        sp.add_argument("--dimse-timeout", type=float, default=30.0)
+        sp.add_argument("--network-timeout", type=float, default=60.0)
+
+    scp = sub.add_parser("scp", help="serve Verification and Storage")
+    scp.add_argument("--host", default="127.0.0.1")
+    scp.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    scp.add_argument("--ae-title", default="PYNETDICOM")
+    scp.add_argument("--require-called-aet", action="store_true")
+    scp.add_argument("--require-calling-aet", action="append", default=[], metavar="AET")
+    scp.add_argument("--user-identity-response", metavar="TEXT",
+                     help="EVT_USER_ID returns (True, TEXT utf-8) (sent for types 3-5 when asked)")
+    scp.add_argument("--reject-user", metavar="PRIMARY", help="EVT_USER_ID fails for this user")
+    scp.add_argument("--role", type=parse_role, action="append", default=[],
+                     metavar="SOPUID:SCU:SCP", help="add_supported_context(scu_role, scp_role)")
+    scp.add_argument("--accept-all-storage", action="store_true",
+                     help="every storage class, every transfer syntax, unknown classes too")
+    scp.add_argument("--max-pdu", type=int, default=None)
+    scp.add_argument("--max-associations", type=int, default=64)
+    scp.add_argument("--out", metavar="FILE", help="JSON lines (default stdout after READY)")
+    timeouts(scp)
+
+    scu = sub.add_parser("scu", help="associate, echo and/or store, release")
+    scu.add_argument("--host", default="127.0.0.1")
+    scu.add_argument("--port", type=int, required=True)
+    scu.add_argument("--called", default="ANY-SCP")
+    scu.add_argument("--calling", default="PYNETDICOM_SCU")
+    scu.add_argument("--echo", type=int, default=0, metavar="N")
+    scu.add_argument("--user-identity", type=parse_user_identity, default=None,
+                     metavar="TYPE:PRIMARY[:SECONDARY][:positive]")
+    scu.add_argument("--role", type=parse_role, action="append", default=[],
+                     metavar="SOPUID:SCU:SCP")
+    scu.add_argument("--store", action="append", default=[], metavar="FILE")
+    scu.add_argument("--max-pdu", type=int, default=None)
+    scu.add_argument("--out", metavar="FILE")
+    timeouts(scu)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.mode == "scp":
+        return run_scp(args)
+    return run_scu(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
