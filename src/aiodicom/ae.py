@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -219,17 +219,29 @@ class AE:
             raise ValueError("no presentation contexts to request: add_requested_context() first")
         if len(cxs) > 128:
             raise ValueError("at most 128 presentation contexts may be requested")
+        local_host = bind_address if isinstance(bind_address, str) else (
+            bind_address[0] if bind_address else None
+        )
+
+        async def connect() -> anyio.abc.ByteStream:
+            with anyio.fail_after(self.connection_timeout):
+                return await anyio.connect_tcp(
+                    host,
+                    port,
+                    local_host=local_host or None,
+                    ssl_context=ssl_context,
+                    tls_standard_compatible=False,
+                )
+
         return _AssociateContext(
             self,
-            host,
-            port,
+            connect,
+            (host, port),
             called,
             cxs,
             list(ext_neg or ()),
             evt.HandlerRegistry(evt_handlers),
-            ssl_context,
             self.maximum_pdu_size if max_pdu is None else max_pdu,
-            bind_address,
         )
 
     # -- server ---------------------------------------------------------------
@@ -309,26 +321,22 @@ class _AssociateContext:
     def __init__(
         self,
         ae: AE,
-        host: str,
-        port: int,
+        connect: Callable[[], Awaitable[anyio.abc.ByteStream]],
+        peer: tuple[str, int],
         called: str,
         contexts: list[PresentationContext],
         ext_neg: list[UserItem],
         handlers: evt.HandlerRegistry,
-        ssl_context: ssl.SSLContext | None,
         max_pdu: int,
-        bind_address: str | tuple[str, int] | None,
     ) -> None:
         self._ae = ae
-        self._host = host
-        self._port = port
+        self._connect = connect
+        self._peer = peer
         self._called = called
         self._contexts = contexts
         self._ext_neg = ext_neg
         self._handlers = handlers
-        self._ssl = ssl_context
         self._max_pdu = max_pdu
-        self._bind = bind_address
         self._tg: anyio.abc.TaskGroup | None = None
         self._assoc: Association | None = None
 
@@ -337,15 +345,7 @@ class _AssociateContext:
 
     async def __aenter__(self) -> Association:
         ae = self._ae
-        local_host = self._bind if isinstance(self._bind, str) or self._bind is None else self._bind[0]
-        with anyio.fail_after(ae.connection_timeout):
-            stream: anyio.abc.ByteStream = await anyio.connect_tcp(
-                self._host,
-                self._port,
-                local_host=local_host or None,
-                ssl_context=self._ssl,
-                tls_standard_compatible=False,
-            )
+        stream = await self._connect()
         assoc = Association(
             ae,
             stream,
@@ -353,9 +353,14 @@ class _AssociateContext:
             handlers=self._handlers,
             local_ae_title=ae.ae_title,
             max_pdu=self._max_pdu,
-            peer_address=(self._host, self._port),
+            peer_address=self._peer,
         )
-        rq = assoc._build_request(self._called, self._contexts, self._ext_neg)
+        try:
+            rq = assoc._build_request(self._called, self._contexts, self._ext_neg)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         assoc._tg = tg

@@ -496,11 +496,11 @@ class Association:
                 self._closed.set()
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
-                await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_CLOSE))
                 if self._was_aborted:
                     await evt.notify(self._handlers, evt.Event(self, evt.EVT_ABORTED))
                 elif self._was_released:
                     await evt.notify(self._handlers, evt.Event(self, evt.EVT_RELEASED))
+                await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_CLOSE))
 
     async def _read_loop(self) -> None:
         broken = False  # after a framing error the byte stream cannot be parsed

@@ -1,0 +1,33 @@
+"""nox sessions: tests, lint (ruff), types (mypy --strict), bench."""
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "types"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (interop tests skip when a peer is missing)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and import order."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".[lint]")
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmarks, side by side with pynetdicom and dcmtk (needs dcmtk)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench_echo.py", *session.posargs)

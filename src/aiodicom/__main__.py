@@ -1,0 +1,7 @@
+"""``python -m aiodicom``: the same program as the ``aiodicom`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
