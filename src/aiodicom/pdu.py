@@ -22,6 +22,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from pydicom import config as _pydicom_config
 from pydicom.uid import UID
 
 from .errors import PDUError
@@ -394,7 +395,9 @@ def _text_uid(raw: bytes | memoryview, what: str) -> UID:
     text = text.rstrip("\x00 ")
     if not text:
         raise PDUError(f"{what} is empty")
-    return UID(text)
+    # Peers do send slightly non-conformant UIDs; accept them without letting
+    # pydicom's reading validation warn (or raise, if so configured) per UID.
+    return UID(text, validation_mode=_pydicom_config.IGNORE)
 
 
 class _Reader:
@@ -530,6 +533,11 @@ def _decode_associate(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssoci
             raise PDUError(f"{name}: unrecognized item type 0x{item_type:02X}", reason=4)
     if app_context is None:
         raise PDUError(f"{name} has no application context item", reason=6)
+    if pdu_type == PDUType.A_ASSOCIATE_RQ and not (called.isascii() and calling.isascii()):
+        # ISO 646 G0 only (PS3.8 Table 9-11); the acceptor echoes these in its
+        # A-ASSOCIATE-AC, which could not be encoded. In an A-ASSOCIATE-AC
+        # they are not tested (Table 9-17), hence latin-1 below.
+        raise PDUError(f"{name}: AE title is not ASCII")
     called_title = called.decode("latin-1").strip(" \x00")
     calling_title = calling.decode("latin-1").strip(" \x00")
     if pdu_type == PDUType.A_ASSOCIATE_RQ:
@@ -587,13 +595,13 @@ def _decode_context_ac(value: memoryview) -> PresentationContextAC:
                 f"presentation context {context_id}: unrecognized sub-item 0x{sub_type:02X}",
                 reason=4,
             )
-        text = bytes(sub).decode("ascii", "replace").rstrip("\x00 ")
-        ts = UID(text) if text else None
+        # Significant only for an accepted context: otherwise not tested
+        # (PS3.8 9.3.3.2).
+        if result == 0:
+            ts = _text_uid(sub, "transfer syntax")
     if result == 0 and ts is None:
         raise PDUError(f"accepted presentation context {context_id} has no transfer syntax")
-    return PresentationContextAC(
-        context_id=context_id, result=result, transfer_syntax=ts if result == 0 else None
-    )
+    return PresentationContextAC(context_id=context_id, result=result, transfer_syntax=ts)
 
 
 def _decode_p_data(body: memoryview) -> PDataTF:

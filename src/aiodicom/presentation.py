@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from pydicom import config as _pydicom_config
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .pdu import PresentationContextAC, PresentationContextRQ
@@ -94,7 +95,9 @@ class PresentationContext:
 
 
 def _check_uid(value: str | UID, what: str) -> UID:
-    uid = UID(str(value))
+    # Validated here (ValueError); pydicom's own validation would only add a
+    # warning (or raise its own error, depending on its global settings).
+    uid = UID(str(value), validation_mode=_pydicom_config.IGNORE)
     if not uid or len(uid) > 64 or not uid.is_valid:
         raise ValueError(f"{what} {value!r} is not a valid UID")
     return uid
