@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -288,11 +289,33 @@ class AE:
         that association. Cancelling this task aborts every open association
         (their peers see an A-ABORT) and closes the listener.
         """
-        host, port = address
-        title = validate_ae_title(ae_title) if ae_title is not None else None
-        cxs = None if contexts is None else _context_list(contexts, "contexts")
-        listener = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
-        server = Server(self, listener, evt.HandlerRegistry(evt_handlers), ssl_context, title, cxs)
+        listener = await anyio.create_tcp_listener(
+            local_host=address[0] or None, local_port=address[1]
+        )
+        await self._serve_on(
+            listener, evt_handlers, ssl_context, ae_title, contexts, task_status=task_status
+        )
+
+    async def _serve_on(
+        self,
+        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        evt_handlers: Sequence[evt.EventHandlerType] | None,
+        ssl_context: ssl.SSLContext | None,
+        ae_title: str | None,
+        contexts: Sequence[PresentationContext] | None,
+        *,
+        task_status: anyio.abc.TaskStatus[Server] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            title = validate_ae_title(ae_title) if ae_title is not None else None
+            cxs = None if contexts is None else _context_list(contexts, "contexts")
+            server = Server(
+                self, listener, evt.HandlerRegistry(evt_handlers), ssl_context, title, cxs
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            raise
         self._servers.append(server)
         try:
             async with anyio.create_task_group() as tg:
@@ -534,19 +557,16 @@ class _ServerContext:
 
     async def __aenter__(self) -> Server:
         ae, address, handlers, ssl_context, ae_title, contexts = self._args
+        # Bind first, outside any task group, so a bind error is a plain OSError.
+        listener = await anyio.create_tcp_listener(
+            local_host=address[0] or None, local_port=address[1]
+        )
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
             self._server = await tg.start(
-                lambda task_status: ae.serve(
-                    address,
-                    evt_handlers=handlers,
-                    ssl_context=ssl_context,
-                    ae_title=ae_title,
-                    contexts=contexts,
-                    task_status=task_status,
-                )
+                functools.partial(ae._serve_on, listener, handlers, ssl_context, ae_title, contexts)
             )
         except BaseException as exc:
             tg.cancel_scope.cancel()

@@ -41,7 +41,7 @@ from .dimse import (
     Reassembler,
     encode_command,
     fragment,
-    status_dataset,
+    command_dataset,
 )
 from .dsutils import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import (
@@ -66,6 +66,7 @@ from .fsm import (
     ReleaseConfirmation,
     ReleaseIndication,
     SendPDU,
+    StartARTIM,
     State,
     UpperLayer,
 )
@@ -158,12 +159,13 @@ class ServiceUser:
 class _Pending:
     """The slot a DIMSE request waits on until its response arrives."""
 
-    __slots__ = ("done", "response", "error")
+    __slots__ = ("done", "response", "error", "sent_at")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.response: Message | None = None
         self.error: BaseException | None = None
+        self.sent_at = math.inf
 
 
 class _NoLimit:
@@ -177,7 +179,7 @@ class _NoLimit:
 
 
 def _window(size: int) -> anyio.Semaphore | _NoLimit:
-    return _NoLimit() if size == 0 else anyio.Semaphore(size)
+    return _NoLimit() if size == 0 else anyio.Semaphore(size, fast_acquire=True)
 
 
 class _TransportError(Exception):
@@ -228,7 +230,7 @@ class Association:
         )
         self._transitions: list[tuple[State, Event, Action, State]] = []
         self._buffer = bytearray()
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
         self._contexts: dict[int, PresentationContext] = {}
@@ -247,6 +249,11 @@ class Association:
         self._was_released = False
         self._was_aborted = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self._send_started: float | None = None
+        self._send_timed_out = False
+        self._last_rx = 0.0
+        self._watch_target = math.inf
+        self._watch_kick = anyio.Event()
         self._debug = LOGGER.isEnabledFor(logging.DEBUG)
 
     # ------------------------------------------------------------------
@@ -323,15 +330,22 @@ class Association:
     # Transport
 
     async def _write(self, data: bytes, pdu: PDU | None = None) -> None:
-        """Write one encoded PDU under the send lock and the network timeout."""
+        """Write one encoded PDU; the caller holds the send lock.
+
+        The network timeout of a write is watched by the reader (see
+        :meth:`_deadline`), so the hot path opens no cancel scope.
+        """
+        if self.network_timeout is not None:
+            self._send_started = started = anyio.current_time()
+            self._kick(started + self.network_timeout)
         try:
-            with anyio.fail_after(self.network_timeout):
-                await self._stream.send(data)
-        except TimeoutError:
-            LOGGER.error("Network timeout: the peer stopped reading; closing the connection")
-            raise _TransportError("network timeout while sending") from None
+            await self._stream.send(data)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            if self._send_timed_out:
+                raise _TransportError("network timeout: the peer stopped reading") from None
             raise _TransportError(str(exc) or type(exc).__name__) from exc
+        finally:
+            self._send_started = None
         if self._debug or evt.EVT_PDU_SENT in self._handlers:
             obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
             if self._debug:
@@ -379,16 +393,27 @@ class Association:
                     data, obj = pdu, None
                 else:
                     data, obj = encode(pdu), pdu
-                async with self._send_lock:
-                    try:
-                        await self._write(data, obj)
-                    except _TransportError as exc:
-                        await self._transport_failed(str(exc))
-                        return
+                # Bounded: a writer stuck on a peer that stopped reading must
+                # not also stall the reader, which watches the timeouts.
+                with anyio.move_on_after(self.network_timeout) as scope:
+                    async with self._send_lock:
+                        try:
+                            await self._write(data, obj)
+                        except _TransportError as exc:
+                            await self._transport_failed(str(exc))
+                            return
+                if scope.cancelled_caught:
+                    self._send_timed_out = True
+                    await self._transport_failed("network timeout while sending")
+                    return
             elif isinstance(effect, Indicate):
                 await self._indicate(effect.primitive)
             elif isinstance(effect, CloseTransport):
                 await self._close_transport()
+            elif isinstance(effect, StartARTIM):
+                artim = self._ul.get_timer()
+                if artim is not None:
+                    self._kick(artim)
 
     async def _notify_transitions(self) -> None:
         pending, self._transitions = self._transitions, []
@@ -466,13 +491,94 @@ class Association:
     # ------------------------------------------------------------------
     # The reader
 
-    def _deadline(self) -> float:
+    # The timers. One watchdog task per association sleeps until the earliest
+    # deadline and acts only if it has really passed; the hot path (every PDU
+    # read or written, every request) opens no cancel scope and only moves
+    # timestamps. Deadlines that move later need no wake-up: the watchdog
+    # re-arms when it finds its target not yet reached.
+
+    def _deadlines(self, now: float) -> float:
+        """The earliest of: ARTIM, the network timeout of the last receive or
+        of a write in progress, the DIMSE timeout of the oldest request."""
         artim = self._ul.get_timer()
-        if artim is not None:
-            return artim
-        if self.network_timeout is None:
-            return math.inf
-        return anyio.current_time() + self.network_timeout
+        deadline = math.inf if artim is None else artim
+        net = self.network_timeout
+        if net is not None and artim is None and not self._ul.is_closed:
+            deadline = min(deadline, self._last_rx + net)
+        if net is not None and self._send_started is not None:
+            deadline = min(deadline, self._send_started + net)
+        if self.dimse_timeout is not None and self._pending:
+            oldest = next(iter(self._pending.values()))
+            deadline = min(deadline, oldest.sent_at + self.dimse_timeout)
+        return deadline
+
+    def _kick(self, deadline: float) -> None:
+        """Wake the watchdog if ``deadline`` is earlier than what it sleeps for."""
+        if deadline < self._watch_target:
+            self._watch_kick.set()
+
+    async def _watchdog(self) -> None:
+        while not self._ul.is_closed:
+            now = anyio.current_time()
+            await self._check_timers(now)
+            if self._ul.is_closed:
+                return
+            self._watch_target = self._deadlines(anyio.current_time())
+            self._watch_kick = anyio.Event()
+            with anyio.CancelScope(deadline=self._watch_target):
+                await self._watch_kick.wait()
+
+    async def _check_timers(self, now: float) -> None:
+        artim = self._ul.get_timer()
+        if artim is not None and now >= artim:
+            if self._ul.state is State.STA2:
+                LOGGER.warning("No A-ASSOCIATE-RQ within the ACSE timeout: closing the connection")
+            await self._apply(self._ul.handle_timer(now))
+            return
+        net = self.network_timeout
+        started = self._send_started
+        if net is not None and started is not None and now >= started + net:
+            # A write is stuck: the peer stopped reading. No A-ABORT can get
+            # through, so close the connection; the writer sees it fail.
+            LOGGER.error("Network timeout: the peer stopped reading for %s s; closing", net)
+            self._timed_out(TimeoutError(f"the peer did not read for {net} s"))
+            self._send_timed_out = True
+            await self._close_transport()
+            await self._apply(self._ul.transport_closed())
+            return
+        if self.dimse_timeout is not None and self._pending:
+            mid, oldest = next(iter(self._pending.items()))
+            if now >= oldest.sent_at + self.dimse_timeout:
+                LOGGER.error("DIMSE timeout: no response to message %d; aborting", mid)
+                self._timed_out(
+                    TimeoutError(f"no response to message {mid} within dimse_timeout")
+                )
+                await self._abort_from_timer(now)
+                return
+        if (
+            net is not None
+            and artim is None
+            and not self._ul.is_closed
+            and now >= self._last_rx + net
+        ):
+            LOGGER.error("Network timeout: nothing received for %s s, aborting", net)
+            self._timed_out(TimeoutError(f"no data from the peer for {net} s"))
+            await self._abort_from_timer(now)
+
+    def _timed_out(self, error: TimeoutError) -> None:
+        self._was_aborted = True
+        if self._error is None or not isinstance(self._error, TimeoutError):
+            self._error = error
+        self._fail_pending()
+
+    async def _abort_from_timer(self, now: float) -> None:
+        if self._ul.state in (State.STA1, State.STA2, State.STA4, State.STA13):
+            await self._close_transport()
+            await self._apply(self._ul.abort(0, 0, now))
+            if not self._ul.is_closed:
+                await self._apply(self._ul.transport_closed())
+            return
+        await self._apply(self._ul.abort(0, 0, now))
 
     async def _run(self) -> None:
         """The reader: runs until the Upper Layer is back in Sta1."""
@@ -504,36 +610,35 @@ class Association:
 
     async def _read_loop(self) -> None:
         broken = False  # after a framing error the byte stream cannot be parsed
+        self._last_rx = anyio.current_time()
+        assert self._tg is not None
+        self._tg.start_soon(self._watchdog)
         while not self._ul.is_closed:
-            deadline = self._deadline()
-            with anyio.CancelScope(deadline=deadline) as scope:
-                try:
-                    if broken:
-                        await self._stream.receive()
-                        continue
-                    pdu_type, body = await self._read_pdu()
-                except PDUError as exc:
-                    LOGGER.error("Invalid PDU received: %s", exc)
-                    broken = True
-                    await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
+            try:
+                if broken:
+                    await self._stream.receive()
                     continue
-                except (
-                    anyio.EndOfStream,
-                    anyio.BrokenResourceError,
-                    anyio.ClosedResourceError,
-                    OSError,
-                ) as exc:
-                    if not self._ul.is_closed and self._ul.state is not State.STA13:
-                        LOGGER.debug("Transport closed by the peer (%s)", type(exc).__name__)
-                    await self._close_transport()
-                    await self._apply(self._ul.transport_closed())
-                    continue
-            if scope.cancelled_caught:
-                await self._on_read_timeout()
+                pdu_type, body = await self._read_pdu()
+            except PDUError as exc:
+                LOGGER.error("Invalid PDU received: %s", exc)
+                broken = True
+                await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
                 continue
+            except (
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ) as exc:
+                if self._ul.state not in (State.STA1, State.STA13):
+                    LOGGER.debug("Transport closed (%s)", type(exc).__name__)
+                await self._close_transport()
+                await self._apply(self._ul.transport_closed())
+                continue
+            now = self._last_rx = anyio.current_time()
             if self._debug or evt.EVT_PDU_RECV in self._handlers:
                 await self._log_received(pdu_type, body)
-            await self._apply(self._ul.receive_pdu(pdu_type, body, anyio.current_time()))
+            await self._apply(self._ul.receive_pdu(pdu_type, body, now))
 
     async def _log_received(self, pdu_type: int, body: bytes) -> None:
         try:
@@ -543,18 +648,6 @@ class Association:
         if self._debug:
             LOGGER.debug("<- %s", summary(obj))
         await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_RECV, pdu=obj))
-
-    async def _on_read_timeout(self) -> None:
-        now = anyio.current_time()
-        if self._ul.get_timer() is not None:
-            if self._ul.state is State.STA2:
-                LOGGER.warning("No A-ASSOCIATE-RQ within the ACSE timeout: closing the connection")
-            effects = self._ul.handle_timer(now)
-            await self._apply(effects)
-            return
-        LOGGER.error("Network timeout: nothing received for %s s, aborting", self.network_timeout)
-        self._error = TimeoutError(f"no data from the peer for {self.network_timeout} s")
-        await self._apply(self._ul.abort(0, 0, now))
 
     async def _abort_now(self) -> None:
         """Abort under cancellation: send A-ABORT if we can and close at once."""
@@ -1102,15 +1195,10 @@ class Association:
             self._pending[mid] = pending
             try:
                 await self._send_message(context_id, encode_command(fields), dataset)
-                with anyio.move_on_after(self.dimse_timeout) as scope:
-                    await pending.done.wait()
-                if scope.cancelled_caught:
-                    LOGGER.error("DIMSE timeout: no response to message %d; aborting", mid)
-                    self._error = TimeoutError(
-                        f"no response to message {mid} within dimse_timeout"
-                    )
-                    await self.abort()
-                    raise TimeoutError(f"no response to message {mid} within dimse_timeout")
+                pending.sent_at = now = anyio.current_time()
+                if self.dimse_timeout is not None:
+                    self._kick(now + self.dimse_timeout)
+                await pending.done.wait()
             finally:
                 del self._pending[mid]
         if pending.error is not None:
@@ -1139,7 +1227,7 @@ class Association:
             None,
             msg_id,
         )
-        return status_dataset(rsp.command)
+        return command_dataset(rsp.raw_command)
 
 
 def _cap(value: int) -> int:

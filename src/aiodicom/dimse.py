@@ -19,8 +19,9 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 
 from .errors import DIMSEError, PDUError
 from .pdu import PDV, encode_p_data
@@ -34,7 +35,7 @@ __all__ = (
     "decode_command",
     "encode_command",
     "fragment",
-    "status_dataset",
+    "command_dataset",
 )
 
 #: CommandDataSetType value meaning "no data set follows" (PS3.7 E.1).
@@ -200,13 +201,25 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return out
 
 
-def status_dataset(fields: Mapping[str, Any]) -> Dataset:
-    """The response command set as a pydicom Dataset, as pynetdicom returns it."""
-    ds = Dataset()
-    for keyword, value in fields.items():
-        if keyword != "CommandGroupLength":
-            setattr(ds, keyword, value)
-    return ds
+def command_dataset(raw: bytes) -> Dataset:
+    """An encoded command set as a pydicom Dataset, as pynetdicom returns it.
+
+    The elements are left raw (pydicom converts each on first access), so a
+    caller that reads only ``.Status`` pays for one element. The Command Group
+    Length is dropped.
+    """
+    elements: dict[BaseTag, RawDataElement] = {}
+    pos, end = 0, len(raw)
+    while pos + 8 <= end:
+        group, elem, length = _ELEM_HEADER.unpack_from(raw, pos)
+        pos += 8
+        if elem:
+            tag = BaseTag((group << 16) | elem)
+            elements[tag] = RawDataElement(
+                tag, None, length, raw[pos : pos + length], pos, True, True, True, False
+            )
+        pos += length
+    return Dataset(elements)
 
 
 @dataclass(slots=True)
@@ -216,6 +229,7 @@ class Message:
     context_id: int
     command: dict[str, Any]
     data: bytes | None = None
+    raw_command: bytes = b""
 
     @property
     def command_field(self) -> int:
@@ -338,7 +352,7 @@ class Reassembler:
                 command = decode_command(raw)
             except DIMSEError as exc:
                 raise PDUError(f"malformed command set: {exc}") from None
-            msg = Message(context_id=pdv.context_id, command=command)
+            msg = Message(context_id=pdv.context_id, command=command, raw_command=raw)
             if msg.has_dataset:
                 self._current = msg
                 self._expect = "data"

@@ -137,38 +137,35 @@ class Event:
     the :class:`EventType`.
     """
 
-    def __init__(
-        self,
-        assoc: Association,
-        event: EventType,
-        **attrs: Any,
-    ) -> None:
+    # Defaults, overridden per instance by the attributes the event carries.
+    context: ContextTuple | None = None
+    request: Any = None
+    message_id: int | None = None
+    is_cancelled = False
+    move_destination: str | None = None
+    pdu: Any = None
+    message: Any = None
+    current_state: str | None = None
+    fsm_event: str | None = None
+    action: str | None = None
+    next_state: str | None = None
+    user_id_type: int | None = None
+    primary_field: bytes | None = None
+    secondary_field: bytes | None = None
+    app_info: dict[Any, bytes] | None = None
+    items: dict[Any, Any] | None = None
+    invoked: int | None = None
+    performed: int | None = None
+    address: tuple[str, int] | None = None
+    dataset_path: str | None = None
+    _dataset: Dataset | None = None
+    _encoded: bytes | None = None
+    _transfer_syntax: Any = None
+
+    def __init__(self, assoc: Association, event: EventType, **attrs: Any) -> None:
         self.assoc = assoc
         self.event = event
         self.timestamp = datetime.now()
-        self.context: ContextTuple | None = None
-        self.request: Any = None
-        self.message_id: int | None = None
-        self._dataset: Dataset | None = None
-        self._encoded: bytes | None = None
-        self._transfer_syntax: Any = None
-        self.is_cancelled = False
-        self.move_destination: str | None = None
-        self.pdu: Any = None
-        self.message: Any = None
-        self.current_state: str | None = None
-        self.fsm_event: str | None = None
-        self.action: str | None = None
-        self.next_state: str | None = None
-        self.user_id_type: int | None = None
-        self.primary_field: bytes | None = None
-        self.secondary_field: bytes | None = None
-        self.app_info: dict[Any, bytes] | None = None
-        self.items: dict[Any, Any] | None = None
-        self.invoked: int | None = None
-        self.performed: int | None = None
-        self.address: tuple[str, int] | None = None
-        self.dataset_path: str | None = None
         for key, value in attrs.items():
             setattr(self, key, value)
 
