@@ -44,9 +44,7 @@ def validate_ae_title(title: str) -> str:
     return stripped
 
 
-def _context_list(
-    contexts: Sequence[PresentationContext], what: str
-) -> list[PresentationContext]:
+def _context_list(contexts: Sequence[PresentationContext], what: str) -> list[PresentationContext]:
     out = []
     for cx in contexts:
         if not isinstance(cx, PresentationContext):
@@ -133,7 +131,10 @@ class AE:
         if transfer_syntax is None:
             self._requested = [cx for cx in self._requested if cx.abstract_syntax != uid]
             return
-        drop = {UID(str(t)) for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)}
+        drop = {
+            UID(str(t))
+            for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)
+        }
         kept = []
         for cx in self._requested:
             if cx.abstract_syntax == uid:
@@ -152,7 +153,9 @@ class AE:
     def supported_contexts(self, contexts: Sequence[PresentationContext]) -> None:
         self._supported = {}
         for cx in _context_list(contexts, "supported_contexts"):
-            self.add_supported_context(cx.abstract_syntax, cx.transfer_syntax, cx.scu_role, cx.scp_role)
+            self.add_supported_context(
+                cx.abstract_syntax, cx.transfer_syntax, cx.scu_role, cx.scp_role
+            )
 
     def add_supported_context(
         self,
@@ -186,7 +189,10 @@ class AE:
         cx = self._supported.get(uid)
         if cx is None:
             return
-        drop = {UID(str(t)) for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)}
+        drop = {
+            UID(str(t))
+            for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)
+        }
         cx.transfer_syntax = [t for t in cx.transfer_syntax if t not in drop]
         if not cx.transfer_syntax:
             del self._supported[uid]
@@ -220,12 +226,16 @@ class AE:
             raise ValueError("no presentation contexts to request: add_requested_context() first")
         if len(cxs) > 128:
             raise ValueError("at most 128 presentation contexts may be requested")
-        local_host = bind_address if isinstance(bind_address, str) else (
-            bind_address[0] if bind_address else None
+        local_host = (
+            bind_address
+            if isinstance(bind_address, str)
+            else (bind_address[0] if bind_address else None)
         )
 
         async def connect() -> anyio.abc.ByteStream:
             with anyio.fail_after(self.connection_timeout):
+                if ssl_context is None:
+                    return await anyio.connect_tcp(host, port, local_host=local_host or None)
                 return await anyio.connect_tcp(
                     host,
                     port,
@@ -504,11 +514,18 @@ class Server:
             try:
                 with anyio.fail_after(self.ae.acse_timeout):
                     stream = await TLSStream.wrap(
-                        raw, server_side=True, ssl_context=self.ssl_context,
+                        raw,
+                        server_side=True,
+                        ssl_context=self.ssl_context,
                         standard_compatible=False,
                     )
-            except (TimeoutError, ssl.SSLError, OSError, anyio.BrokenResourceError,
-                    anyio.EndOfStream) as exc:
+            except (
+                TimeoutError,
+                ssl.SSLError,
+                OSError,
+                anyio.BrokenResourceError,
+                anyio.EndOfStream,
+            ) as exc:
                 LOGGER.warning("TLS handshake with %s failed: %s", peer, exc)
                 with anyio.CancelScope(shield=True):
                     await raw.aclose()

@@ -39,11 +39,10 @@ from .dimse import (
     CommandField,
     Message,
     Reassembler,
+    command_dataset,
     encode_command,
     fragment,
-    command_dataset,
 )
-from .dsutils import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .errors import (
     AssociationAborted,
     AssociationRejected,
@@ -159,7 +158,7 @@ class ServiceUser:
 class _Pending:
     """The slot a DIMSE request waits on until its response arrives."""
 
-    __slots__ = ("done", "response", "error", "sent_at")
+    __slots__ = ("done", "error", "response", "sent_at")
 
     def __init__(self) -> None:
         self.done = anyio.Event()
@@ -306,7 +305,9 @@ class Association:
 
     _invoke_size = 1
 
-    def bind(self, event: evt.EventType, handler: evt.Handler, args: Sequence[Any] | None = None) -> None:
+    def bind(
+        self, event: evt.EventType, handler: evt.Handler, args: Sequence[Any] | None = None
+    ) -> None:
         """Bind ``handler`` to ``event`` on this association."""
         self._handlers.bind(event, handler, args)
         if event is evt.EVT_FSM_TRANSITION:
@@ -477,7 +478,9 @@ class Association:
         if ind.local:
             LOGGER.warning("Association aborted: %s", ind.detail or "provider abort")
         else:
-            LOGGER.info("Association aborted by the peer (source %d, reason %d)", ind.source, ind.reason)
+            LOGGER.info(
+                "Association aborted by the peer (source %d, reason %d)", ind.source, ind.reason
+            )
         self._established.set()
         self._fail_pending()
 
@@ -550,9 +553,7 @@ class Association:
             mid, oldest = next(iter(self._pending.items()))
             if now >= oldest.sent_at + self.dimse_timeout:
                 LOGGER.error("DIMSE timeout: no response to message %d; aborting", mid)
-                self._timed_out(
-                    TimeoutError(f"no response to message {mid} within dimse_timeout")
-                )
+                self._timed_out(TimeoutError(f"no response to message {mid} within dimse_timeout"))
                 await self._abort_from_timer(now)
                 return
         if (
@@ -686,7 +687,9 @@ class Association:
         self._remote._absorb(rq.user_information)
         LOGGER.info(
             "Association requested by %r for %r (%d contexts)",
-            rq.calling_ae_title, rq.called_ae_title, len(rq.presentation_contexts),
+            rq.calling_ae_title,
+            rq.called_ae_title,
+            len(rq.presentation_contexts),
         )
         await evt.notify(self._handlers, evt.Event(self, evt.EVT_REQUESTED))
         now = anyio.current_time
@@ -774,7 +777,8 @@ class Association:
         if self._ul.state is State.STA6:
             LOGGER.info(
                 "Association accepted: %d of %d contexts",
-                len(self._contexts), len(rq.presentation_contexts),
+                len(self._contexts),
+                len(rq.presentation_contexts),
             )
             await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
             await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
@@ -793,7 +797,9 @@ class Association:
         handler, args = bound[0]
         return True, await evt.call_handler(handler, evt.Event(self, event, **attrs), args)
 
-    async def _check_user_identity(self, item: UserIdentityNegotiation) -> tuple[bool, bytes | None]:
+    async def _check_user_identity(
+        self, item: UserIdentityNegotiation
+    ) -> tuple[bool, bytes | None]:
         try:
             bound, result = await self._intervene(
                 evt.EVT_USER_ID,
@@ -1137,9 +1143,7 @@ class Association:
         fields.update(_status_fields(status, 0x0110))
         await self._send_message(msg.context_id, encode_command(fields), None)
 
-    async def _send_message(
-        self, context_id: int, command: bytes, dataset: bytes | None
-    ) -> None:
+    async def _send_message(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
         """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
         async with self._send_lock:
             for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):

@@ -26,7 +26,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-aet", "--aetitle", default="AIODICOM", help="our AE title")
     parser.add_argument("--max-pdu", type=int, default=None, help="largest PDU we accept")
     parser.add_argument("-ta", "--acse-timeout", type=float, default=30.0, help="ACSE timeout (s)")
-    parser.add_argument("-td", "--dimse-timeout", type=float, default=30.0, help="DIMSE timeout (s)")
+    parser.add_argument(
+        "-td", "--dimse-timeout", type=float, default=30.0, help="DIMSE timeout (s)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,8 +87,12 @@ async def _echoscp(args: argparse.Namespace) -> int:
         logging.getLogger("aiodicom").info("C-ECHO from %s", event.assoc.requestor.ae_title)
         return 0x0000
 
-    async with ae.start_server((args.bind, args.port), evt_handlers=[(evt.EVT_C_ECHO, on_echo)]) as server:
-        print(f"aiodicom echoscp {ae.ae_title!r} listening on {server.host}:{server.port}", flush=True)
+    async with ae.start_server(
+        (args.bind, args.port), evt_handlers=[(evt.EVT_C_ECHO, on_echo)]
+    ) as server:
+        print(
+            f"aiodicom echoscp {ae.ae_title!r} listening on {server.host}:{server.port}", flush=True
+        )
         await server.serve_forever()
     return 0
 

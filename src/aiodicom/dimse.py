@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
@@ -32,10 +32,10 @@ __all__ = (
     "CommandField",
     "Message",
     "Reassembler",
+    "command_dataset",
     "decode_command",
     "encode_command",
     "fragment",
-    "command_dataset",
 )
 
 #: CommandDataSetType value meaning "no data set follows" (PS3.7 E.1).
@@ -208,7 +208,7 @@ def command_dataset(raw: bytes) -> Dataset:
     caller that reads only ``.Status`` pays for one element. The Command Group
     Length is dropped.
     """
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     pos, end = 0, len(raw)
     while pos + 8 <= end:
         group, elem, length = _ELEM_HEADER.unpack_from(raw, pos)
@@ -279,8 +279,12 @@ def fragment(
         yield b"".join(
             (
                 struct.pack(
-                    ">BxLLBB", 0x04, len(command) + len(dataset) + 12, len(command) + 2,
-                    context_id, 0x03,
+                    ">BxLLBB",
+                    0x04,
+                    len(command) + len(dataset) + 12,
+                    len(command) + 2,
+                    context_id,
+                    0x03,
                 ),
                 command,
                 struct.pack(">LBB", len(dataset) + 2, context_id, 0x02),
@@ -314,7 +318,7 @@ class Reassembler:
     previous message is complete (reason 5, unexpected parameter).
     """
 
-    __slots__ = ("accepted", "_current", "_command_parts", "_data_parts", "_expect", "_context")
+    __slots__ = ("_command_parts", "_context", "_current", "_data_parts", "_expect", "accepted")
 
     def __init__(self, accepted: Collection[int]) -> None:
         self.accepted = accepted

@@ -12,7 +12,12 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEnd
 from ._version import __version__
 from .errors import DIMSEError
 
-__all__ = ("IMPLEMENTATION_CLASS_UID", "IMPLEMENTATION_VERSION_NAME", "decode_dataset", "file_meta_for")
+__all__ = (
+    "IMPLEMENTATION_CLASS_UID",
+    "IMPLEMENTATION_VERSION_NAME",
+    "decode_dataset",
+    "file_meta_for",
+)
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = UID("2.25.217634072652467703769261908766645506195")

@@ -15,8 +15,8 @@ __all__ = (
     "AbortSource",
     "AssociationAborted",
     "AssociationRejected",
-    "DicomNetworkError",
     "DIMSEError",
+    "DicomNetworkError",
     "LocalProtocolError",
     "NoAcceptedContext",
     "PDUError",
@@ -84,9 +84,7 @@ class AssociationRejected(DicomNetworkError):
         self.reason = reason
         kind = {1: "permanent", 2: "transient"}.get(result, f"result {result}")
         why = self._REASONS.get((source, reason), f"reason {reason}")
-        super().__init__(
-            f"association rejected ({kind}, source {source}): {why}"
-        )
+        super().__init__(f"association rejected ({kind}, source {source}): {why}")
 
 
 class AssociationAborted(DicomNetworkError):

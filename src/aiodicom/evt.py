@@ -82,12 +82,12 @@ class EventType:
         return self.name
 
 
-def NotificationEvent(name: str, description: str) -> EventType:  # noqa: N802 - pynetdicom's name
+def NotificationEvent(name: str, description: str) -> EventType:
     """A notification event type."""
     return EventType(name, description, False)
 
 
-def InterventionEvent(name: str, description: str) -> EventType:  # noqa: N802 - pynetdicom's name
+def InterventionEvent(name: str, description: str) -> EventType:
     """An intervention event type."""
     return EventType(name, description, True)
 

@@ -53,11 +53,11 @@ from .pdu import (
 
 __all__ = (
     "TRANSITIONS",
+    "AbortIndication",
     "Action",
     "AssociateAccepted",
     "AssociateIndication",
     "AssociateRejected",
-    "AbortIndication",
     "CloseTransport",
     "ConnectTransport",
     "DataIndication",
@@ -527,12 +527,12 @@ class UpperLayer:
     """
 
     __slots__ = (
+        "_artim_deadline",
+        "artim_timeout",
+        "on_transition",
+        "request",
         "requestor",
         "state",
-        "artim_timeout",
-        "request",
-        "_artim_deadline",
-        "on_transition",
     )
 
     def __init__(

@@ -42,23 +42,23 @@ from .pdu_primitives import (
 __all__ = (
     "APPLICATION_CONTEXT_NAME",
     "PDU",
+    "PDV",
     "AAbort",
     "AAssociateAC",
     "AAssociateRJ",
     "AAssociateRQ",
     "AReleaseRP",
     "AReleaseRQ",
+    "PDUType",
     "PDataTF",
-    "PDV",
     "PresentationContextAC",
     "PresentationContextRQ",
-    "PDUType",
     "check_header",
     "decode",
     "decode_pdu",
     "encode",
-    "summary",
     "encode_p_data",
+    "summary",
 )
 
 #: The DICOM Application Context Name, PS3.7 Annex A.2.1.
@@ -403,7 +403,7 @@ def _text_uid(raw: bytes | memoryview, what: str) -> UID:
 class _Reader:
     """Bounds-checked cursor over a memoryview (aioquic's Buffer, minimal)."""
 
-    __slots__ = ("buf", "pos", "end", "what")
+    __slots__ = ("buf", "end", "pos", "what")
 
     def __init__(self, buf: memoryview, what: str) -> None:
         self.buf = buf
@@ -477,7 +477,9 @@ def _decode_user_item(item_type: int, reserved: int, value: memoryview) -> UserI
     if item_type == 0x54:
         uid = _text_uid(r.lv(), "role selection SOP class UID")
         scu, scp = r.u8(), r.u8()
-        return SCP_SCU_RoleSelectionNegotiation(sop_class_uid=uid, scu_role=bool(scu), scp_role=bool(scp))
+        return SCP_SCU_RoleSelectionNegotiation(
+            sop_class_uid=uid, scu_role=bool(scu), scp_role=bool(scp)
+        )
     if item_type == 0x56:
         uid = _text_uid(r.lv(), "extended negotiation SOP class UID")
         return SOPClassExtendedNegotiation(
@@ -492,7 +494,9 @@ def _decode_user_item(item_type: int, reserved: int, value: memoryview) -> UserI
             while rr.pos < rr.end:
                 related.append(_text_uid(rr.lv(), "related general SOP class UID"))
         return SOPClassCommonExtendedNegotiation(
-            sop_class_uid=uid, service_class_uid=svc, related_general_sop_class_identification=related
+            sop_class_uid=uid,
+            service_class_uid=svc,
+            related_general_sop_class_identification=related,
         )
     if item_type == 0x58:
         kind, positive = r.u8(), r.u8()
@@ -677,9 +681,9 @@ def summary(pdu: PDU) -> str:
         )
     if isinstance(pdu, AAssociateRQ | AAssociateAC):
         kind = "A-ASSOCIATE-RQ" if isinstance(pdu, AAssociateRQ) else "A-ASSOCIATE-AC"
+        items = _describe_items(pdu.user_information)
         return (
             f"{kind} called={pdu.called_ae_title!r} calling={pdu.calling_ae_title!r} "
-            f"contexts={len(pdu.presentation_contexts)} user=[{_describe_items(pdu.user_information)}]"
+            f"contexts={len(pdu.presentation_contexts)} user=[{items}]"
         )
     return repr(pdu)
-

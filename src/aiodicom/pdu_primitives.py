@@ -75,7 +75,7 @@ class AsynchronousOperationsWindowNegotiation:
 
 
 @dataclass(slots=True)
-class SCP_SCU_RoleSelectionNegotiation:  # noqa: N801 - pynetdicom's name
+class SCP_SCU_RoleSelectionNegotiation:
     """SCP/SCU Role Selection sub-item (0x54), PS3.7 D.3.3.4.
 
     In a request, ``scu_role``/``scp_role`` propose the roles the requestor

@@ -32,7 +32,14 @@ from ..association import Association
 from ..pdu_primitives import UserItem
 from ..presentation import PresentationContext
 
-__all__ = ("MemoryByteStream", "RecordingHandlers", "free_port", "make_dataset", "memory_pair", "stream_pair")
+__all__ = (
+    "MemoryByteStream",
+    "RecordingHandlers",
+    "free_port",
+    "make_dataset",
+    "memory_pair",
+    "stream_pair",
+)
 
 
 class MemoryByteStream(anyio.abc.ByteStream):
@@ -158,8 +165,14 @@ class RecordingHandlers:
     def handlers(self) -> list[evt.EventHandlerType]:
         """``evt_handlers`` for an AE or server."""
         notes = [
-            evt.EVT_CONN_OPEN, evt.EVT_CONN_CLOSE, evt.EVT_REQUESTED, evt.EVT_ACCEPTED,
-            evt.EVT_REJECTED, evt.EVT_ESTABLISHED, evt.EVT_RELEASED, evt.EVT_ABORTED,
+            evt.EVT_CONN_OPEN,
+            evt.EVT_CONN_CLOSE,
+            evt.EVT_REQUESTED,
+            evt.EVT_ACCEPTED,
+            evt.EVT_REJECTED,
+            evt.EVT_ESTABLISHED,
+            evt.EVT_RELEASED,
+            evt.EVT_ABORTED,
         ]
         out: list[evt.EventHandlerType] = [(e, self._record) for e in notes]
         out.append((evt.EVT_C_ECHO, self._echo))
