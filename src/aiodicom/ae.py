@@ -26,6 +26,10 @@ __all__ = ("AE", "ApplicationEntity", "Server")
 
 LOGGER = logging.getLogger("aiodicom")
 
+#: How long leaving ``async with ae.associate()`` by an exception waits for the
+#: peer to close the connection after our A-ABORT, before closing it ourselves.
+ABORT_GRACE = 1.0
+
 #: Errors from accept() that mean "out of resources": log, back off, go on.
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -416,7 +420,7 @@ class _AssociateContext:
                 if exc is None:
                     await assoc.release()
                 else:
-                    await assoc.abort()
+                    await assoc._abort(grace=ABORT_GRACE)
         finally:
             if assoc in self._ae._client_associations:
                 self._ae._client_associations.remove(assoc)

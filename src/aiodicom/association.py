@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -242,6 +243,11 @@ class Association:
         self._idle = anyio.Event()
         self._idle.set()
         self._inflight = 0
+        self._jobs: deque[Message] = deque()
+        self._jobs_ready = anyio.Event()
+        self._workers = 0
+        self._idle_workers = 0
+        self._max_workers = 1
         self._release_requested = False
         self._error: BaseException | None = None
         self._rejection: AssociationRejected | None = None
@@ -867,15 +873,18 @@ class Association:
             # most what it invokes (PS3.7 D.3.3.3), within our own limit.
             our_invoked = _cap(performed)
             our_performed = _cap(invoked)
-        self._set_windows(invoke=our_invoked)
+        self._set_windows(invoke=our_invoked, perform=our_performed)
         return AsynchronousOperationsWindowNegotiation(
             maximum_number_operations_invoked=our_invoked,
             maximum_number_operations_performed=our_performed,
         )
 
-    def _set_windows(self, *, invoke: int) -> None:
+    def _set_windows(self, *, invoke: int, perform: int) -> None:
+        """The negotiated windows: requests we may have outstanding, and
+        requests we serve at once (0: unlimited, capped at MAX_ASYNC_WINDOW)."""
         self._invoke_size = invoke
         self._invoke_window = _window(invoke)
+        self._max_workers = MAX_ASYNC_WINDOW if perform == 0 else perform
 
     # ------------------------------------------------------------------
     # Requestor: the request and the answer
@@ -988,7 +997,8 @@ class Association:
         self._remote_max_pdu = self._remote.maximum_length
         # Our requests in flight: at most what the acceptor performs.
         if any(isinstance(i, AsynchronousOperationsWindowNegotiation) for i in ac.user_information):
-            self._set_windows(invoke=self._remote.asynchronous_operations[1])
+            invoked, performed = self._remote.asynchronous_operations
+            self._set_windows(invoke=performed, perform=invoked)
         LOGGER.info("Association accepted: %d contexts accepted", len(self._contexts))
         await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
         await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
@@ -1027,17 +1037,31 @@ class Association:
         The peer is expected to close the connection on receiving the A-ABORT;
         if it does not, the ARTIM timer (``acse_timeout``) closes it.
         """
-        if self._ul.is_closed or self._ul.state is State.STA13:
-            await self._closed.wait()
-            return
-        self._was_aborted = True
-        if self._error is None:
-            self._error = AssociationAborted(0, 0, "the association was aborted locally")
-        LOGGER.info("Aborting association")
+        await self._abort(grace=None)
+
+    async def _abort(self, grace: float | None) -> None:
+        """Send A-ABORT (unless already aborting) and wait for the close.
+
+        With ``grace``, wait at most that long for the peer to close before
+        closing ourselves, as if the ARTIM timer had expired: used when the
+        user leaves ``async with`` by an error and must get it back promptly.
+        """
         with anyio.CancelScope(shield=True):
-            await self._apply(self._ul.abort(0, 0, anyio.current_time()))
-            self._fail_pending()
-            await self._closed.wait()
+            if not self._ul.is_closed and self._ul.state is not State.STA13:
+                self._was_aborted = True
+                if self._error is None:
+                    self._error = AssociationAborted(0, 0, "the association was aborted locally")
+                LOGGER.info("Aborting association")
+                await self._apply(self._ul.abort(0, 0, anyio.current_time()))
+                self._fail_pending()
+            if grace is None:
+                await self._closed.wait()
+                return
+            with anyio.move_on_after(grace):
+                await self._closed.wait()
+            if not self._closed.is_set():
+                await self._close_transport()
+                await self._closed.wait()
 
     async def _on_release_indication(self, collision: bool) -> None:
         self._release_requested = True
@@ -1085,11 +1109,39 @@ class Association:
             return
         if msg.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing cancellable is served yet
-        assert self._tg is not None
         self._inflight += 1
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._tg.start_soon(self._serve, msg)
+        self._jobs.append(msg)
+        if self._idle_workers == 0 and self._workers < self._max_workers:
+            # Workers are started as the window fills and then kept: starting
+            # a task costs far more than waking one.
+            assert self._tg is not None
+            self._workers += 1
+            self._tg.start_soon(self._worker)
+        else:
+            self._jobs_ready.set()
+
+    async def _worker(self) -> None:
+        """Serve received requests, one at a time, until the association ends.
+
+        There are at most as many workers as the negotiated window of
+        operations we perform (1 unless the peer asked for more), so requests
+        beyond the window wait their turn in order, and the reader is never
+        the one running a handler.
+        """
+        jobs = self._jobs
+        while True:
+            while jobs:
+                await self._serve(jobs.popleft())
+            ready = self._jobs_ready
+            self._idle_workers += 1
+            try:
+                await ready.wait()
+            finally:
+                self._idle_workers -= 1
+            if self._jobs_ready is ready:
+                self._jobs_ready = anyio.Event()
 
     async def _serve(self, msg: Message) -> None:
         try:
