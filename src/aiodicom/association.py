@@ -1070,8 +1070,11 @@ class Association:
                 # Requestor side of a collision: answer at once (AR-9).
                 await self._apply(self._ul.release_response(anyio.current_time()))
             return  # acceptor side (Sta10) waits for the A-RELEASE-RP first
-        assert self._tg is not None
-        self._tg.start_soon(self._answer_release)
+        if self._idle.is_set():
+            await self._answer_release()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._answer_release)
 
     async def _answer_release(self) -> None:
         """Answer a peer's A-RELEASE-RQ once our own operations are done (AR-4)."""
