@@ -1,0 +1,199 @@
+"""Benchmark peers, each run as its own process by the bench_*.py scripts.
+
+Servers print ``READY <port>`` once listening and serve until killed.
+Clients print one JSON line of results. Every side sets TCP_NODELAY (aiodicom
+and anyio do by default; pynetdicom gets it from an EVT_CONN_OPEN handler).
+
+    python benchmarks/_peers.py aiodicom-scp [--uvloop]
+    python benchmarks/_peers.py aiodicom-scu PORT --echoes N --cycles M [--uvloop]
+    python benchmarks/_peers.py pynetdicom-scp
+    python benchmarks/_peers.py pynetdicom-scu PORT --echoes N --cycles M
+    python benchmarks/_peers.py raw-echo-server
+    python benchmarks/_peers.py raw-echo-client PORT --echoes N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import socket
+import sys
+import time
+from typing import Any
+
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _emit(result: dict[str, Any]) -> None:
+    result["peak_rss_mib"] = round(_rss_mib(), 1)
+    print(json.dumps(result), flush=True)
+
+
+# -- aiodicom -----------------------------------------------------------------
+
+
+def aiodicom_scp(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, evt, sop_class
+
+    async def main() -> None:
+        ae = AE("BENCH_SCP")
+        ae.add_supported_context(sop_class.Verification)
+        ae.maximum_associations = 1000
+        handlers = [(evt.EVT_C_ECHO, lambda event: 0x0000)]
+        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
+            print(f"READY {server.port}", flush=True)
+            await server.serve_forever()
+
+    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+
+
+def aiodicom_scu(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, sop_class
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(sop_class.Verification)
+        out: dict[str, Any] = {}
+        if args.echoes:
+            async with ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP") as assoc:
+                for _ in range(50):  # warm up
+                    await assoc.send_c_echo()
+                start = time.perf_counter()
+                for _ in range(args.echoes):
+                    status = await assoc.send_c_echo()
+                    assert status.Status == 0
+                out["echo_per_s"] = args.echoes / (time.perf_counter() - start)
+        if args.cycles:
+            start = time.perf_counter()
+            for _ in range(args.cycles):
+                async with ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP") as assoc:
+                    await assoc.send_c_echo()
+            out["cycles_per_s"] = args.cycles / (time.perf_counter() - start)
+        return out
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
+# -- pynetdicom -----------------------------------------------------------------
+
+
+def _nodelay(event: Any) -> None:
+    sock = event.assoc.dul.socket.socket
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def pynetdicom_scp(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title="BENCH_SCP")
+    ae.add_supported_context(VERIFICATION)
+    ae.maximum_associations = 1000
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_ECHO, lambda event: 0x0000)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+def pynetdicom_scu(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title="BENCH_SCU")
+    ae.add_requested_context(VERIFICATION)
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
+    out: dict[str, Any] = {}
+    if args.echoes:
+        assoc = ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers)
+        assert assoc.is_established
+        for _ in range(20):
+            assoc.send_c_echo()
+        start = time.perf_counter()
+        for _ in range(args.echoes):
+            status = assoc.send_c_echo()
+            assert status.Status == 0
+        out["echo_per_s"] = args.echoes / (time.perf_counter() - start)
+        assoc.release()
+    if args.cycles:
+        start = time.perf_counter()
+        for _ in range(args.cycles):
+            assoc = ae.associate(
+                "127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers
+            )
+            assert assoc.is_established
+            assoc.send_c_echo()
+            assoc.release()
+        out["cycles_per_s"] = args.cycles / (time.perf_counter() - start)
+    _emit(out)
+
+
+# -- the bound: a bare asyncio echo of 16-byte messages -------------------------
+
+
+def raw_echo_server(args: argparse.Namespace) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def raw_echo_client(args: argparse.Namespace) -> None:
+    async def main() -> dict[str, Any]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        message = b"x" * 16
+        for _ in range(100):
+            writer.write(message)
+            await reader.readexactly(16)
+        start = time.perf_counter()
+        for _ in range(args.echoes):
+            writer.write(message)
+            await reader.readexactly(16)
+        writer.close()
+        return {"echo_per_s": args.echoes / (time.perf_counter() - start)}
+
+    _emit(asyncio.run(main()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role")
+    parser.add_argument("port", type=int, nargs="?", default=0)
+    parser.add_argument("--echoes", type=int, default=0)
+    parser.add_argument("--cycles", type=int, default=0)
+    parser.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args(argv)
+    roles = {
+        "aiodicom-scp": aiodicom_scp,
+        "aiodicom-scu": aiodicom_scu,
+        "pynetdicom-scp": pynetdicom_scp,
+        "pynetdicom-scu": pynetdicom_scu,
+        "raw-echo-server": raw_echo_server,
+        "raw-echo-client": raw_echo_client,
+    }
+    try:
+        roles[args.role](args)
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
