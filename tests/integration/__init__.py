@@ -1,0 +1,1 @@
+"""Integration tests: aiodicom over loopback TCP, TLS and memory streams."""

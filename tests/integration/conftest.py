@@ -1,0 +1,342 @@
+"""Shared helpers for the integration tests: AEs, servers, raw PDUs and raw peers.
+
+Every test here runs on both anyio backends (asyncio and trio). Waits are on
+events, handlers and sockets; ``anyio.fail_after`` is only ever a hang guard.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from aiodicom import AE, Server, evt, sop_class
+from aiodicom.dimse import NO_DATASET, CommandField, encode_command, fragment
+from aiodicom.pdu import (
+    PDU,
+    AAssociateAC,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    PDataTF,
+    PresentationContextAC,
+    PresentationContextRQ,
+    decode_pdu,
+    encode,
+)
+from aiodicom.pdu_primitives import (
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+
+#: Hang guard for any single wait in these tests (never reached when all is well).
+GUARD = 10.0
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+VERIFICATION = sop_class.Verification
+RAW_IMPL_UID = "1.2.826.0.1.3680043.9.9999.1"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+# ---------------------------------------------------------------------------
+# AEs and servers
+
+
+def make_scp_ae(title: str = "TEST_SCP", **attrs: Any) -> AE:
+    """A Verification SCP AE with short ACSE timeout (attrs override)."""
+    ae = AE(title)
+    ae.add_supported_context(VERIFICATION)
+    ae.acse_timeout = 2.0
+    for key, value in attrs.items():
+        setattr(ae, key, value)
+    return ae
+
+
+def make_scu_ae(title: str = "TEST_SCU", **attrs: Any) -> AE:
+    """A Verification SCU AE (attrs override)."""
+    ae = AE(title)
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = 5.0
+    ae.dimse_timeout = 5.0
+    for key, value in attrs.items():
+        setattr(ae, key, value)
+    return ae
+
+
+@asynccontextmanager
+async def running_server(
+    ae: AE | None = None,
+    handlers: Sequence[evt.EventHandlerType] | None = None,
+    **kwargs: Any,
+) -> AsyncIterator[Server]:
+    """``ae.start_server`` on a free loopback port."""
+    ae = ae or make_scp_ae()
+    async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers, **kwargs) as server:
+        yield server
+
+
+async def echo_once(port: int, ae: AE | None = None, **kwargs: Any) -> int:
+    """Open an association, C-ECHO once, release; return the status."""
+    ae = ae or make_scu_ae()
+    with anyio.fail_after(GUARD):
+        async with ae.associate("127.0.0.1", port, **kwargs) as assoc:
+            status = await assoc.send_c_echo()
+    return int(status.Status)
+
+
+class Recorder:
+    """Records notification events (by name) and sets an anyio.Event per type."""
+
+    NOTES = (
+        evt.EVT_CONN_OPEN,
+        evt.EVT_CONN_CLOSE,
+        evt.EVT_REQUESTED,
+        evt.EVT_ACCEPTED,
+        evt.EVT_REJECTED,
+        evt.EVT_ESTABLISHED,
+        evt.EVT_RELEASED,
+        evt.EVT_ABORTED,
+    )
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.events: list[evt.Event] = []
+        self._changed: anyio.Event | None = None
+
+    def _record(self, event: evt.Event) -> None:
+        self.names.append(event.event.name)
+        self.events.append(event)
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    @property
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [(e, self._record) for e in self.NOTES]
+
+    async def wait_for(self, name: str, n: int = 1, timeout: float = GUARD) -> None:
+        """Wait until ``name`` was recorded ``n`` times."""
+        with anyio.fail_after(timeout):
+            while self.count(name) < n:
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+
+    def count(self, name: str) -> int:
+        return self.names.count(name)
+
+
+# ---------------------------------------------------------------------------
+# Raw PDUs
+
+
+def verification_rq(
+    called: str = "TEST_SCP",
+    calling: str = "RAW_SCU",
+    *,
+    protocol_version: int = 1,
+    max_pdu: int = 16384,
+    context_id: int = 1,
+) -> AAssociateRQ:
+    """An A-ASSOCIATE-RQ proposing Verification on ``context_id``."""
+    return AAssociateRQ(
+        protocol_version=protocol_version,
+        called_ae_title=called,
+        calling_ae_title=calling,
+        presentation_contexts=(
+            PresentationContextRQ(
+                context_id=context_id,
+                abstract_syntax=VERIFICATION,
+                transfer_syntaxes=(EXPLICIT_LE, IMPLICIT_LE),
+            ),
+        ),
+        user_information=(
+            MaximumLengthNotification(maximum_length_received=max_pdu),
+            ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+        ),
+    )
+
+
+def verification_ac(rq: AAssociateRQ, max_pdu: int = 16384) -> AAssociateAC:
+    """An A-ASSOCIATE-AC accepting every context of ``rq`` with Implicit VR LE."""
+    return AAssociateAC(
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        presentation_contexts=tuple(
+            PresentationContextAC(context_id=cx.context_id, result=0, transfer_syntax=IMPLICIT_LE)
+            for cx in rq.presentation_contexts
+        ),
+        user_information=(
+            MaximumLengthNotification(maximum_length_received=max_pdu),
+            ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+        ),
+    )
+
+
+def c_echo_rq_command(msg_id: int = 1) -> bytes:
+    """The encoded command set of a C-ECHO-RQ."""
+    return encode_command(
+        {
+            "CommandField": CommandField.C_ECHO_RQ,
+            "MessageID": msg_id,
+            "AffectedSOPClassUID": VERIFICATION,
+            "CommandDataSetType": NO_DATASET,
+        }
+    )
+
+
+def c_echo_rq_pdus(context_id: int = 1, msg_id: int = 1, max_pdu: int = 16384) -> list[bytes]:
+    """A C-ECHO-RQ as encoded P-DATA-TF PDUs."""
+    return list(fragment(context_id, c_echo_rq_command(msg_id), None, max_pdu))
+
+
+# ---------------------------------------------------------------------------
+# Raw streams
+
+
+class RawPeer:
+    """A raw byte stream with whole-PDU reads (bounded waits)."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.eof = False
+
+    async def send(self, data: bytes | PDU) -> None:
+        await self.stream.send(data if isinstance(data, bytes | bytearray) else encode(data))
+
+    async def _fill(self, n: int) -> bool:
+        while len(self.buffer) < n:
+            try:
+                chunk = await self.stream.receive()
+            except (
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                anyio.ClosedResourceError,
+                OSError,
+            ):
+                self.eof = True
+                return False
+            self.buffer += chunk
+        return True
+
+    async def read_raw(self, timeout: float = GUARD) -> bytes | None:
+        """One whole PDU as bytes, or None at EOF."""
+        with anyio.fail_after(timeout):
+            if not await self._fill(6):
+                return None
+            length = int.from_bytes(self.buffer[2:6], "big")
+            if not await self._fill(6 + length):
+                return None
+            data = bytes(self.buffer[: 6 + length])
+            del self.buffer[: 6 + length]
+            return data
+
+    async def read_pdu(self, timeout: float = GUARD) -> PDU | None:
+        """One whole decoded PDU, or None at EOF."""
+        raw = await self.read_raw(timeout)
+        return None if raw is None else decode_pdu(raw)
+
+    async def read_until_eof(self, timeout: float = GUARD) -> list[PDU]:
+        """Every PDU until the peer closes (the EOF must come within ``timeout``)."""
+        out: list[PDU] = []
+        with anyio.fail_after(timeout):
+            while True:
+                pdu = await self.read_pdu(timeout)
+                if pdu is None:
+                    return out
+                out.append(pdu)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+@asynccontextmanager
+async def raw_connection(port: int) -> AsyncIterator[RawPeer]:
+    """A raw TCP connection to 127.0.0.1:``port``."""
+    with anyio.fail_after(GUARD):
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+    peer = RawPeer(stream)
+    try:
+        yield peer
+    finally:
+        await peer.aclose()
+
+
+async def raw_associate(peer: RawPeer, rq: AAssociateRQ | None = None) -> AAssociateAC:
+    """Send an A-ASSOCIATE-RQ for Verification and return the A-ASSOCIATE-AC."""
+    await peer.send(rq or verification_rq())
+    ac = await peer.read_pdu()
+    assert isinstance(ac, AAssociateAC), ac
+    assert ac.presentation_contexts[0].result == 0
+    return ac
+
+
+async def raw_release(peer: RawPeer) -> None:
+    """Release as a well-behaved requestor: A-RELEASE-RQ, wait for the RP (AR-3)."""
+    await peer.send(AReleaseRQ())
+    while True:
+        pdu = await peer.read_pdu()
+        assert pdu is not None, "connection closed before the A-RELEASE-RP"
+        if isinstance(pdu, AReleaseRP):
+            return
+        assert isinstance(pdu, PDataTF), pdu
+
+
+@asynccontextmanager
+async def fake_scp(
+    behaviour: Callable[[RawPeer], Any],
+) -> AsyncIterator[int]:
+    """A one-connection raw TCP server running ``behaviour(peer)``; yields its port."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+    done = anyio.Event()
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        peer = RawPeer(stream)
+        try:
+            await behaviour(peer)
+        finally:
+            await peer.aclose()
+            done.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            try:
+                yield port
+                with anyio.fail_after(GUARD):
+                    await done.wait()
+            finally:
+                tg.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await listener.aclose()
+
+
+def blocking_socket(port: int, rcvbuf: int | None = None, mss: int | None = None) -> socket.socket:
+    """A connected plain socket (loopback connect completes in the kernel).
+
+    A small ``rcvbuf`` and ``mss`` (set before connecting, so they are
+    negotiated) keep the peer's send buffer small: on loopback the MSS is
+    ~64 KiB and the sender's buffer autotunes to megabytes otherwise.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if mss is not None and hasattr(socket, "TCP_MAXSEG"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+    sock.settimeout(GUARD)
+    sock.connect(("127.0.0.1", port))
+    return sock

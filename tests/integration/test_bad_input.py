@@ -1,0 +1,522 @@
+"""Hostile or broken peers: what the server (and the client) answer, and that
+they keep working afterwards."""
+
+from __future__ import annotations
+
+import resource
+import struct
+import sys
+
+import anyio
+import pytest
+
+from aiodicom import evt
+from aiodicom.dimse import NO_DATASET, CommandField, encode_command
+from aiodicom.errors import AssociationAborted, AssociationRejected, DicomNetworkError
+from aiodicom.pdu import (
+    PDV,
+    AAbort,
+    AAssociateRJ,
+    AReleaseRQ,
+    PDataTF,
+    decode_pdu,
+    encode,
+    encode_p_data,
+)
+
+from .conftest import (
+    GUARD,
+    RawPeer,
+    Recorder,
+    blocking_socket,
+    c_echo_rq_command,
+    c_echo_rq_pdus,
+    echo_once,
+    fake_scp,
+    make_scp_ae,
+    make_scu_ae,
+    raw_associate,
+    raw_connection,
+    raw_release,
+    running_server,
+    verification_ac,
+    verification_rq,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def _scp() -> object:
+    # short ARTIM so that connections we leave open are closed quickly
+    return make_scp_ae(acse_timeout=0.3)
+
+
+async def _expect_abort_then_close(peer: RawPeer, source: int, reason: int | None = None) -> AAbort:
+    """The server's answer is an A-ABORT, then it closes the connection (ARTIM)."""
+    pdus = await peer.read_until_eof()
+    aborts = [p for p in pdus if isinstance(p, AAbort)]
+    assert aborts, f"no A-ABORT in {pdus!r}"
+    assert isinstance(pdus[-1], AAbort), pdus
+    abort = aborts[0]
+    assert abort.source == source, abort
+    if reason is not None:
+        assert abort.reason == reason, abort
+    return abort
+
+
+# ---------------------------------------------------------------------------
+# Before the association (Sta2)
+
+
+async def test_garbage_before_association() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await peer.send(b"GET / HTTP/1.1\r\nHost: dicom\r\n\r\n")
+            # Sta2 Evt19 -> AA-1: A-ABORT (service-user source, reason 0)
+            await _expect_abort_then_close(peer, source=0, reason=0)
+        await rec.wait_for("EVT_CONN_CLOSE")
+        assert "EVT_REQUESTED" not in rec.names
+        assert await echo_once(server.port) == 0
+
+
+async def test_p_data_before_association() -> None:
+    async with running_server(_scp()) as server:
+        async with raw_connection(server.port) as peer:
+            for pdu in c_echo_rq_pdus():
+                await peer.send(pdu)
+            await _expect_abort_then_close(peer, source=0, reason=0)  # Sta2 Evt10: AA-1
+        assert await echo_once(server.port) == 0
+
+
+async def test_release_rq_before_association() -> None:
+    async with running_server(_scp()) as server:
+        async with raw_connection(server.port) as peer:
+            await peer.send(AReleaseRQ())
+            await _expect_abort_then_close(peer, source=0, reason=0)  # Sta2 Evt12: AA-1
+        assert await echo_once(server.port) == 0
+
+
+async def test_protocol_version_2_is_rejected() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await peer.send(verification_rq(protocol_version=2))
+            pdus = await peer.read_until_eof()
+        assert pdus == [AAssociateRJ(result=1, source=2, reason=2)]
+        await rec.wait_for("EVT_CONN_CLOSE")
+        assert "EVT_ESTABLISHED" not in rec.names
+        assert await echo_once(server.port) == 0
+
+
+async def test_protocol_version_3_is_accepted() -> None:
+    """Bit 0 set means version 1 is supported, whatever the other bits (PS3.8 9.3.2)."""
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer, verification_rq(protocol_version=3))
+        await raw_release(peer)
+
+
+# ---------------------------------------------------------------------------
+# After the association (Sta6)
+
+
+async def test_unknown_pdu_type_after_association() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(b"\x99\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+            # Sta6 Evt19 -> AA-8: A-ABORT, service-provider, unrecognized PDU
+            await _expect_abort_then_close(peer, source=2, reason=1)
+        await rec.wait_for("EVT_ABORTED")
+        assert await echo_once(server.port) == 0
+
+
+def _maxrss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
+@pytest.mark.parametrize("pdu_type", [0x04, 0x01])
+async def test_huge_pdu_length_after_association(pdu_type: int) -> None:
+    rec = Recorder()
+    before = _maxrss_bytes()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(bytes([pdu_type, 0]) + struct.pack(">L", 0xFFFFFFFF) + b"\x00" * 64)
+            # invalid PDU parameter value, refused from the header alone
+            await _expect_abort_then_close(peer, source=2, reason=6)
+        await rec.wait_for("EVT_ABORTED")
+        assert await echo_once(server.port) == 0
+    assert _maxrss_bytes() - before < 100 * 1024 * 1024
+
+
+async def test_truncated_pdu_then_close() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            whole = c_echo_rq_pdus()[0]
+            await peer.send(whole[: len(whole) // 2])
+        # the connection closed mid-PDU: a provider abort on the server's side
+        await rec.wait_for("EVT_ABORTED")
+        await rec.wait_for("EVT_CONN_CLOSE")
+        assert "EVT_RELEASED" not in rec.names
+        assert await echo_once(server.port) == 0
+
+
+async def test_close_without_release() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+        await rec.wait_for("EVT_ABORTED")
+        await rec.wait_for("EVT_CONN_CLOSE")
+        assert await echo_once(server.port) == 0
+
+
+async def test_p_data_on_unaccepted_context() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            for pdu in c_echo_rq_pdus(context_id=3):
+                await peer.send(pdu)
+            await _expect_abort_then_close(peer, source=2, reason=6)
+        await rec.wait_for("EVT_ABORTED")
+        assert await echo_once(server.port) == 0
+
+
+async def test_data_set_fragment_where_command_expected() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(encode_p_data(1, 0x02, b"\x08\x00\x18\x00\x00\x00\x00\x00"))
+            await _expect_abort_then_close(peer, source=2)
+        await rec.wait_for("EVT_ABORTED")
+        assert await echo_once(server.port) == 0
+
+
+async def test_malformed_command_set() -> None:
+    async with running_server(_scp()) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            # a "command" that is not group 0000 at all
+            await peer.send(encode_p_data(1, 0x03, b"\x08\x00\x18\x00\x04\x00\x00\x00abcd"))
+            await _expect_abort_then_close(peer, source=2)
+        assert await echo_once(server.port) == 0
+
+
+async def test_pipelined_requests_are_all_answered() -> None:
+    """Many C-ECHO-RQ sent in one write (a peer ignoring the window) are still answered."""
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer)
+        n = 50
+        await peer.send(b"".join(c_echo_rq_pdus(msg_id=i)[0] for i in range(1, n + 1)))
+        ids = set()
+        for _ in range(n):
+            pdu = await peer.read_pdu()
+            assert isinstance(pdu, PDataTF)
+            ids.add(struct.unpack("<H", _element(pdu.pdvs[0].data, 0x0120))[0])
+        assert ids == set(range(1, n + 1))
+        await raw_release(peer)
+
+
+def _element(command: bytes | memoryview, elem: int) -> bytes:
+    data = bytes(command)
+    pos = 0
+    while pos < len(data):
+        group, element, length = struct.unpack_from("<HHL", data, pos)
+        pos += 8
+        if group == 0 and element == elem:
+            return data[pos : pos + length]
+        pos += length
+    raise KeyError(hex(elem))
+
+
+async def test_peer_that_stops_reading() -> None:
+    """The peer pipelines thousands of C-ECHO-RQ and never reads the responses:
+    the server's writes stall, it gives up after network_timeout and closes,
+    and it goes on serving other peers meanwhile and afterwards."""
+    rec = Recorder()
+    scp = make_scp_ae(acse_timeout=0.5, network_timeout=0.5)
+    async with running_server(scp, rec.handlers) as server:
+        sock = blocking_socket(server.port, rcvbuf=4096, mss=536)
+        try:
+            await anyio.to_thread.run_sync(sock.sendall, encode(verification_rq()))
+            header = await anyio.to_thread.run_sync(sock.recv, 6)
+            assert header[0] == 0x02  # A-ASSOCIATE-AC (its body stays unread)
+            await rec.wait_for("EVT_ESTABLISHED")
+            burst = b"".join(c_echo_rq_pdus(msg_id=(i % 65535) + 1)[0] for i in range(3000))
+
+            def send_burst() -> None:
+                try:
+                    sock.sendall(burst)
+                except OSError:
+                    pass  # the server closed on us: that is the point
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, send_burst)
+                # served meanwhile: the stuck peer does not block the server
+                assert await echo_once(server.port) == 0
+                await rec.wait_for("EVT_ABORTED")
+                await rec.wait_for("EVT_CONN_CLOSE", 2)
+            # the server closed: reading drains to EOF (or a reset), never hangs
+            sock.settimeout(GUARD)
+
+            def drain() -> None:
+                try:
+                    while sock.recv(1 << 20):
+                        pass
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+
+            await anyio.to_thread.run_sync(drain)
+        finally:
+            sock.close()
+        assert await echo_once(server.port) == 0
+
+
+# ---------------------------------------------------------------------------
+# The client facing a broken SCP
+
+
+async def test_client_scp_answers_garbage() -> None:
+    async def garbage(peer: RawPeer) -> None:
+        await peer.read_pdu()
+        await peer.send(b"\xde\xad\xbe\xef" * 8)
+        got.append(await peer.read_pdu())  # the A-ABORT; then we close (AA-3)
+
+    got: list[object] = []
+    scu = make_scu_ae(acse_timeout=1.0)
+    client_rec = Recorder()
+    async with fake_scp(garbage) as port:
+        with anyio.fail_after(GUARD), pytest.raises(DicomNetworkError) as info:
+            async with scu.associate("127.0.0.1", port, evt_handlers=client_rec.handlers):
+                pytest.fail("should not be established")
+    assert isinstance(info.value, AssociationAborted)
+    assert "EVT_ESTABLISHED" not in client_rec.names
+    assert isinstance(got[0], AAbort) and got[0].source == 2  # AA-8: provider abort
+
+
+async def test_client_scp_answers_garbage_and_keeps_socket_open() -> None:
+    """PS3.8 AA-8 issues the A-P-ABORT indication at once: the user gets the
+    error at once, without waiting out the ARTIM timer for a peer that sent
+    garbage and keeps its socket open (an HTTP server with keep-alive, say)."""
+    got: list[object] = []
+
+    async def garbage(peer: RawPeer) -> None:
+        await peer.read_pdu()
+        await peer.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        got.append(await peer.read_pdu())
+        # keep the connection open until the client is done (or the guard fires)
+        with anyio.move_on_after(GUARD):
+            await finished.wait()
+
+    finished = anyio.Event()
+    scu = make_scu_ae(acse_timeout=60.0)  # ARTIM far beyond the hang guard
+    async with fake_scp(garbage) as port:
+        try:
+            with anyio.fail_after(GUARD / 2), pytest.raises(DicomNetworkError):
+                async with scu.associate("127.0.0.1", port):
+                    pytest.fail("should not be established")
+        finally:
+            finished.set()
+    assert isinstance(got[0], AAbort) and got[0].source == 2
+
+
+async def test_client_scp_rejects() -> None:
+    async def rejecting(peer: RawPeer) -> None:
+        await peer.read_pdu()
+        await peer.send(AAssociateRJ(result=2, source=3, reason=1))
+        await peer.read_until_eof()
+
+    client_rec = Recorder()
+    async with fake_scp(rejecting) as port:
+        with anyio.fail_after(GUARD), pytest.raises(AssociationRejected) as info:
+            async with make_scu_ae().associate("127.0.0.1", port, evt_handlers=client_rec.handlers):
+                pytest.fail("should have been rejected")
+    assert (info.value.result, info.value.source, info.value.reason) == (2, 3, 1)
+    assert "EVT_REJECTED" in client_rec.names
+
+
+async def test_client_scp_accepts_then_aborts() -> None:
+    async def aborting(peer: RawPeer) -> None:
+        rq = await peer.read_pdu()
+        await peer.send(verification_ac(rq))
+        assert isinstance(await peer.read_pdu(), PDataTF)
+        await peer.send(AAbort(source=0, reason=0))
+        await peer.read_until_eof()
+
+    async with fake_scp(aborting) as port:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", port) as assoc:
+                with pytest.raises(AssociationAborted) as info:
+                    await assoc.send_c_echo()
+    assert info.value.source == 0
+    assert assoc.is_aborted
+
+
+async def test_client_response_with_unknown_message_id_is_ignored() -> None:
+    """A C-ECHO-RSP for a message ID we never sent is dropped; the real one counts."""
+
+    async def scp(peer: RawPeer) -> None:
+        rq = await peer.read_pdu()
+        await peer.send(verification_ac(rq))
+        request = await peer.read_pdu()
+        assert isinstance(request, PDataTF)
+        msg_id = struct.unpack("<H", _element(request.pdvs[0].data, 0x0110))[0]
+        for responding_to, status in ((msg_id + 100, 0xC000), (msg_id, 0x0000)):
+            rsp = encode_command(
+                {
+                    "CommandField": CommandField.C_ECHO_RSP,
+                    "MessageIDBeingRespondedTo": responding_to,
+                    "AffectedSOPClassUID": "1.2.840.10008.1.1",
+                    "CommandDataSetType": NO_DATASET,
+                    "Status": status,
+                }
+            )
+            await peer.send(
+                PDataTF(pdvs=(PDV(context_id=1, is_command=True, is_last=True, data=rsp),))
+            )
+        assert isinstance(await peer.read_pdu(), AReleaseRQ)
+        await peer.send(b"\x06\x00\x00\x00\x00\x04\x00\x00\x00\x00")
+        await peer.read_until_eof()
+
+    async with fake_scp(scp) as port:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", port) as assoc:
+                status = await assoc.send_c_echo()
+    assert status.Status == 0
+    assert assoc.is_released
+
+
+async def test_c_echo_rq_command_helper_roundtrip() -> None:
+    """Self-check of the raw helpers against a real server."""
+    seen: list[int | None] = []
+    handlers = [(evt.EVT_C_ECHO, lambda e: seen.append(e.message_id))]
+    async with running_server(_scp(), handlers) as s, raw_connection(s.port) as peer:
+        await raw_associate(peer)
+        await peer.send(encode_p_data(1, 0x03, c_echo_rq_command(msg_id=7)))
+        rsp = await peer.read_pdu()
+        assert isinstance(rsp, PDataTF)
+        assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0120))[0] == 7
+        await raw_release(peer)
+    assert seen == [7]
+
+
+# ---------------------------------------------------------------------------
+# More protocol cases against the server
+
+
+async def test_wrong_application_context_name_is_rejected() -> None:
+    rq = verification_rq()
+    bad = type(rq)(
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        application_context_name="1.2.3.4.5",
+        presentation_contexts=rq.presentation_contexts,
+        user_information=rq.user_information,
+    )
+    async with running_server(_scp()) as server:
+        async with raw_connection(server.port) as peer:
+            await peer.send(bad)
+            rj = await peer.read_pdu()  # then we close, as a requestor does (AE-4)
+        # rejected-permanent, service-user, application-context-name-not-supported
+        assert rj == AAssociateRJ(result=1, source=1, reason=2)
+        assert await echo_once(server.port) == 0
+
+
+async def test_second_associate_rq_after_association() -> None:
+    async with running_server(_scp()) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(verification_rq())
+            # Sta6 Evt6 -> AA-8: unexpected PDU
+            assert await peer.read_pdu() == AAbort(source=2, reason=2)
+        assert await echo_once(server.port) == 0
+
+
+async def test_peer_abort_after_association() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(AAbort(source=0, reason=0))
+            # AA-3: the server closes at once and sends nothing
+            assert await peer.read_until_eof() == []
+        await rec.wait_for("EVT_ABORTED")
+        assert "EVT_RELEASED" not in rec.names
+        assert await echo_once(server.port) == 0
+
+
+async def test_requestor_that_does_not_close_after_release() -> None:
+    rec = Recorder()
+    async with running_server(_scp(), rec.handlers) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer)
+            await peer.send(AReleaseRQ())
+            # A-RELEASE-RP, then (Sta13) the ARTIM timer closes the connection
+            pdus = await peer.read_until_eof()
+        assert [type(p).__name__ for p in pdus] == ["AReleaseRP"]
+        await rec.wait_for("EVT_CONN_CLOSE")
+        assert "EVT_RELEASED" in rec.names
+        assert await echo_once(server.port) == 0
+
+
+async def test_associate_rq_one_byte_at_a_time() -> None:
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        data = encode(verification_rq())
+        for i in range(len(data)):
+            await peer.send(data[i : i + 1])
+        ac = await peer.read_pdu()
+        assert type(ac).__name__ == "AAssociateAC"
+        await raw_release(peer)
+
+
+async def test_command_split_over_pdvs_and_pdus() -> None:
+    """A command in several PDVs of one P-DATA-TF, then over two P-DATA-TFs."""
+    command = c_echo_rq_command(msg_id=5)
+    a, b, c = command[:10], command[10:30], command[30:]
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer)
+        await peer.send(
+            PDataTF(
+                pdvs=(
+                    PDV(context_id=1, is_command=True, is_last=False, data=a),
+                    PDV(context_id=1, is_command=True, is_last=False, data=b),
+                )
+            )
+        )
+        await peer.send(encode_p_data(1, 0x03, c))
+        rsp = await peer.read_pdu()
+        assert isinstance(rsp, PDataTF)
+        assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0120))[0] == 5
+        assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0900))[0] == 0
+        await raw_release(peer)
+
+
+async def test_server_respects_peer_maximum_pdu_length() -> None:
+    """We send PDUs no larger than the peer's maximum (PS3.8 D.1)."""
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer, verification_rq(max_pdu=32))
+        for pdu in c_echo_rq_pdus(msg_id=3):
+            await peer.send(pdu)
+        pieces: list[bytes] = []
+        while True:
+            raw = await peer.read_raw()
+            assert raw is not None and raw[0] == 0x04
+            assert int.from_bytes(raw[2:6], "big") <= 32
+            pdu = decode_pdu(raw)
+            assert isinstance(pdu, PDataTF)
+            for pdv in pdu.pdvs:
+                assert pdv.is_command
+                pieces.append(bytes(pdv.data))
+            if pdu.pdvs[-1].is_last:
+                break
+        assert len(pieces) > 1
+        command = b"".join(pieces)
+        assert struct.unpack("<H", _element(command, 0x0120))[0] == 3
+        await raw_release(peer)
