@@ -16,7 +16,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 from pydicom.uid import UID
 
-from . import evt
+from . import _transport, evt
 from .association import Association
 from .dsutils import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .pdu_primitives import UserItem
@@ -238,14 +238,8 @@ class AE:
 
         async def connect() -> anyio.abc.ByteStream:
             with anyio.fail_after(self.connection_timeout):
-                if ssl_context is None:
-                    return await anyio.connect_tcp(host, port, local_host=local_host or None)
-                return await anyio.connect_tcp(
-                    host,
-                    port,
-                    local_host=local_host or None,
-                    ssl_context=ssl_context,
-                    tls_standard_compatible=False,
+                return await _transport.connect(
+                    host, port, local_host=local_host or None, ssl_context=ssl_context
                 )
 
         return _AssociateContext(
@@ -303,16 +297,14 @@ class AE:
         that association. Cancelling this task aborts every open association
         (their peers see an A-ABORT) and closes the listener.
         """
-        listener = await anyio.create_tcp_listener(
-            local_host=address[0] or None, local_port=address[1]
-        )
+        listener = await _transport.listen(address[0] or None, address[1])
         await self._serve_on(
             listener, evt_handlers, ssl_context, ae_title, contexts, task_status=task_status
         )
 
     async def _serve_on(
         self,
-        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        listener: _transport.Listener,
         evt_handlers: Sequence[evt.EventHandlerType] | None,
         ssl_context: ssl.SSLContext | None,
         ae_title: str | None,
@@ -334,7 +326,7 @@ class AE:
         try:
             async with anyio.create_task_group() as tg:
                 server._tg = tg
-                for sub in getattr(listener, "listeners", [listener]):
+                for sub in listener.sub_listeners:
                     tg.start_soon(server._accept_loop, sub)
                 task_status.started(server)
                 await server._stopped.wait()
@@ -442,7 +434,7 @@ class Server:
     def __init__(
         self,
         ae: AE,
-        listener: anyio.abc.Listener[anyio.abc.SocketStream],
+        listener: _transport.Listener,
         handlers: evt.HandlerRegistry,
         ssl_context: ssl.SSLContext | None,
         ae_title: str | None,
@@ -462,9 +454,7 @@ class Server:
         self._admitted: set[int] = set()
         self._none_active = anyio.Event()
         self._none_active.set()
-        sockname = listener.extra(SocketAttribute.local_address)
-        self.host: str = str(sockname[0]) if isinstance(sockname, tuple) else str(sockname)
-        self.port: int = int(listener.extra(SocketAttribute.local_port))
+        self.host, self.port = listener.address
 
     @property
     def active_associations(self) -> list[Association]:
@@ -498,7 +488,7 @@ class Server:
         with self._accept_scope:
             while self._accepting:
                 try:
-                    stream = await listener.accept()
+                    stream = await self._listener.accept(listener)
                 except OSError as exc:
                     if exc.errno in _ACCEPT_RESOURCE_ERRORS:
                         LOGGER.error("accept() failed (%s); pausing before accepting again", exc)
@@ -508,7 +498,7 @@ class Server:
                 assert self._tg is not None
                 self._tg.start_soon(self._handle, stream)
 
-    async def _handle(self, raw: anyio.abc.SocketStream) -> None:
+    async def _handle(self, raw: anyio.abc.ByteStream) -> None:
         stream: anyio.abc.ByteStream = raw
         try:
             peer = raw.extra(SocketAttribute.remote_address)
@@ -579,9 +569,7 @@ class _ServerContext:
     async def __aenter__(self) -> Server:
         ae, address, handlers, ssl_context, ae_title, contexts = self._args
         # Bind first, outside any task group, so a bind error is a plain OSError.
-        listener = await anyio.create_tcp_listener(
-            local_host=address[0] or None, local_port=address[1]
-        )
+        listener = await _transport.listen(address[0] or None, address[1])
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg

@@ -41,6 +41,7 @@ from .dimse import (
     Message,
     Reassembler,
     command_dataset,
+    decode_command,
     encode_command,
     fragment,
 )
@@ -1152,7 +1153,8 @@ class Association:
                 await self._serve_c_echo(msg)
             else:
                 await self._refuse(msg, 0x0211)
-        except (DicomNetworkError, _TransportError) as exc:
+        except (DicomNetworkError, _TransportError, TimeoutError) as exc:
+            # The association ended (aborted, timed out) before we could answer.
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
             self._inflight -= 1
@@ -1211,9 +1213,22 @@ class Association:
                     failure = str(exc)
                     break
             else:
+                if self._debug or evt.EVT_DIMSE_SENT in self._handlers:
+                    await self._message_sent(context_id, command, dataset)
                 return
         await self._transport_failed(failure)
         raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _message_sent(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+        msg = Message(
+            context_id=context_id,
+            command=decode_command(command),
+            data=dataset,
+            raw_command=command,
+        )
+        if self._debug:
+            LOGGER.debug("-> %s (context %d)", msg.name, context_id)
+        await evt.notify(self._handlers, evt.Event(self, evt.EVT_DIMSE_SENT, message=msg))
 
     def _check_usable(self) -> None:
         if self._ul.state is not State.STA6:

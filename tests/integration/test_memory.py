@@ -13,10 +13,6 @@ from .conftest import GUARD, make_scp_ae, make_scu_ae
 
 pytestmark = pytest.mark.anyio
 
-_GROUPED = (
-    "BUG: memory_pair yields inside its own task group, so a rejection or an "
-    "exception from the block comes out wrapped in an ExceptionGroup"
-)
 
 
 async def test_memory_pair_c_echo() -> None:
@@ -50,7 +46,6 @@ async def test_memory_pair_handler_status() -> None:
             assert (await assoc.send_c_echo()).Status == 0x0110
 
 
-@pytest.mark.xfail(strict=True, reason=_GROUPED)
 async def test_memory_pair_rejection() -> None:
     """As with ae.associate(), a rejection raises AssociationRejected on entry."""
     scp = make_scp_ae("MEM_SCP", require_called_aet=True)
@@ -60,7 +55,6 @@ async def test_memory_pair_rejection() -> None:
     assert (info.value.result, info.value.source, info.value.reason) == (1, 1, 7)
 
 
-@pytest.mark.xfail(strict=True, reason=_GROUPED)
 async def test_memory_pair_exception_aborts() -> None:
     """As with ae.associate(), an exception aborts and propagates unchanged."""
     recorder = RecordingHandlers()

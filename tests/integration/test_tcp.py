@@ -712,7 +712,6 @@ async def test_dimse_recv_events() -> None:
     assert client_sink["recv"][0].message is not None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: EVT_DIMSE_SENT is declared in evt but never notified")
 async def test_dimse_sent_events() -> None:
     """API.md lists EVT_DIMSE_SENT among the notification events."""
     server_sink, server_handlers = _dimse_recorders()

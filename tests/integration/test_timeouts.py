@@ -166,10 +166,6 @@ async def test_silent_peer_closed_after_acse_timeout() -> None:
         assert await echo_once(srv.port) == 0
 
 
-_TIMEOUT_ESCAPES = (
-    "BUG: Association._serve catches only DicomNetworkError/_TransportError, but "
-    "_send_message re-raises self._error, a TimeoutError after a network/DIMSE timeout"
-)
 
 
 def _abort_sent_flag() -> tuple[anyio.Event, evt.EventHandlerType]:
@@ -183,7 +179,6 @@ def _abort_sent_flag() -> tuple[anyio.Event, evt.EventHandlerType]:
     return flag, (evt.EVT_PDU_SENT, on_sent)
 
 
-@pytest.mark.xfail(strict=True, reason=_TIMEOUT_ESCAPES)
 async def test_network_timeout_while_handler_runs_server_side(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -217,7 +212,6 @@ async def test_network_timeout_while_handler_runs_server_side(
     assert crashes == []
 
 
-@pytest.mark.xfail(strict=True, reason=_TIMEOUT_ESCAPES)
 async def test_network_timeout_while_handler_runs_client_side() -> None:
     """The same on the requestor: the SCP sends a C-ECHO-RQ to the SCU, the
     SCU's network timeout fires while its handler runs. Leaving the block must

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
 import anyio
@@ -85,8 +85,7 @@ def stream_pair(buffer: int = 16) -> tuple[MemoryByteStream, MemoryByteStream]:
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
 
 
-@asynccontextmanager
-async def memory_pair(
+def memory_pair(
     scu_ae: AE,
     scp_ae: AE,
     *,
@@ -95,45 +94,78 @@ async def memory_pair(
     contexts: Sequence[PresentationContext] | None = None,
     ext_neg: Sequence[UserItem] | None = None,
     ae_title: str | None = None,
-) -> AsyncIterator[Association]:
+) -> _MemoryPair:
     """An association from ``scu_ae`` to ``scp_ae`` served in-process over memory streams.
 
-    Leaving the block releases the association (or aborts it on an exception)
-    and waits for the SCP side to finish.
+    Use it as ``async with memory_pair(...) as assoc``. Leaving the block
+    releases the association (or aborts it on an exception, which then
+    propagates unchanged, as with :meth:`AE.associate`) and waits for the SCP
+    side to finish.
     """
     client, server = stream_pair()
-    registry = evt.HandlerRegistry(scp_handlers)
-
-    async def serve() -> None:
-        assoc = Association(
-            scp_ae,
-            server,
-            requestor=False,
-            handlers=registry,
-            local_ae_title=scp_ae.ae_title,
-            max_pdu=scp_ae.maximum_pdu_size,
-            peer_address=("memory", 0),
-        )
-        await assoc._run_acceptor()
 
     async def connect() -> anyio.abc.ByteStream:
         return client
 
-    cxs = list(contexts if contexts is not None else scu_ae.requested_contexts)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve)
-        ctx = _AssociateContext(
-            scu_ae,
-            connect,
-            ("memory", 0),
-            ae_title or scp_ae.ae_title,
-            cxs,
-            list(ext_neg or ()),
-            evt.HandlerRegistry(scu_handlers),
-            scu_ae.maximum_pdu_size,
-        )
-        async with ctx as assoc:
-            yield assoc
+    scp = Association(
+        scp_ae,
+        server,
+        requestor=False,
+        handlers=evt.HandlerRegistry(scp_handlers),
+        local_ae_title=scp_ae.ae_title,
+        max_pdu=scp_ae.maximum_pdu_size,
+        peer_address=("memory", 0),
+    )
+    ctx = _AssociateContext(
+        scu_ae,
+        connect,
+        ("memory", 0),
+        ae_title or scp_ae.ae_title,
+        list(contexts if contexts is not None else scu_ae.requested_contexts),
+        list(ext_neg or ()),
+        evt.HandlerRegistry(scu_handlers),
+        scu_ae.maximum_pdu_size,
+    )
+    return _MemoryPair(scp, ctx)
+
+
+class _MemoryPair:
+    """The async context manager :func:`memory_pair` returns."""
+
+    def __init__(self, scp: Association, ctx: _AssociateContext) -> None:
+        self._scp = scp
+        self._ctx = ctx
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> Association:
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._scp._run_acceptor)
+        try:
+            return await self._ctx.__aenter__()
+        except BaseException:
+            await self._finish()
+            raise
+
+    async def _finish(self) -> None:
+        assert self._tg is not None
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                await self._scp._closed.wait()
+        finally:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._ctx.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._finish()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
