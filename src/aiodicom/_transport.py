@@ -22,7 +22,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -58,8 +58,8 @@ class _Protocol(asyncio.Protocol):
         self.reading_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -198,7 +198,6 @@ async def connect(
             _Protocol, host, port, local_addr=(local_host, 0) if local_host else None
         )
         _nodelay(transport)
-        assert isinstance(transport, asyncio.Transport)
         stream = AsyncioStream(transport, protocol)
     else:
         stream = await anyio.connect_tcp(host, port, local_host=local_host)
@@ -255,7 +254,6 @@ class Listener:
             conn.close()
             raise
         _nodelay(transport)
-        assert isinstance(transport, asyncio.Transport)
         return AsyncioStream(transport, protocol)
 
     async def aclose(self) -> None:
