@@ -56,6 +56,7 @@ class _Protocol(asyncio.Protocol):
         self.exception: BaseException | None = None
         self.transport: asyncio.Transport | None = None
         self.reading_paused = False
+        self.consumer: Callable[[bytes], bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -67,6 +68,10 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self.consumer is not None and not self.chunks:
+            data = self.consumer(data)
+            if not data:
+                return
         self.chunks.append(data)
         self.buffered += len(data)
         self._wake()
@@ -105,6 +110,15 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
+
+    def set_consumer(self, consumer: Callable[[bytes], bytes] | None) -> None:
+        """Give arriving bytes to ``consumer`` first, while nothing is buffered.
+
+        It is called synchronously from the event loop with the new bytes and
+        returns what it did not consume, which :meth:`receive` then returns
+        in order.
+        """
+        self._protocol.consumer = consumer
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol

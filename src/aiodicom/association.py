@@ -22,6 +22,7 @@ timeouts), and the transport is always closed under a shield.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import deque
@@ -35,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import evt
+from ._transport import AsyncioStream
 from .dimse import (
     NO_DATASET,
     CommandField,
@@ -76,6 +78,7 @@ from .pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
+    PDataTF,
     PresentationContextRQ,
     check_header,
     decode,
@@ -241,9 +244,10 @@ class Association:
         self._established = anyio.Event()
         self._closed = anyio.Event()
         self._released = anyio.Event()
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # created only by a release waiting for it
         self._inflight = 0
+        self._need_workers = 0  # workers to start (from the fast path, by a task)
+        self._deferred_error: PDUError | None = None
         self._jobs: deque[Message] = deque()
         self._jobs_ready = anyio.Event()
         self._workers = 0
@@ -539,6 +543,13 @@ class Association:
                 await self._watch_kick.wait()
 
     async def _check_timers(self, now: float) -> None:
+        if self._need_workers:
+            self._start_workers()
+        error, self._deferred_error = self._deferred_error, None
+        if error is not None:
+            LOGGER.error("DIMSE protocol violation: %s", error)
+            await self._apply(self._ul.receive_invalid(error, now))
+            return
         artim = self._ul.get_timer()
         if artim is not None and now >= artim:
             if self._ul.state is State.STA2:
@@ -621,6 +632,13 @@ class Association:
         self._last_rx = anyio.current_time()
         assert self._tg is not None
         self._tg.start_soon(self._watchdog)
+        if isinstance(self._stream, AsyncioStream) and not (
+            self._debug
+            or evt.EVT_PDU_RECV in self._handlers
+            or evt.EVT_DIMSE_RECV in self._handlers
+            or evt.EVT_FSM_TRANSITION in self._handlers
+        ):
+            self._stream.set_consumer(self._consume)
         while not self._ul.is_closed:
             try:
                 if broken:
@@ -647,6 +665,51 @@ class Association:
             if self._debug or evt.EVT_PDU_RECV in self._handlers:
                 await self._log_received(pdu_type, body)
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
+
+    def _consume(self, data: bytes) -> bytes:
+        """The asyncio fast path: handle whole P-DATA-TF PDUs as they arrive.
+
+        Called synchronously by the transport's protocol with bytes nobody has
+        buffered yet. In Sta6 a P-DATA-TF is always DT-2 (a P-DATA
+        indication), so complete ones are run through the same table,
+        reassembler and routing as the reader would, without waking the
+        reader: the waiting task or a worker is the only one woken. Anything
+        else (another PDU, a partial one, another state) is returned for the
+        reader, in order. Work that needs a task (starting a worker, answering
+        a protocol error) goes to the watchdog.
+        """
+        if self._buffer or self._ul.state is not State.STA6 or self._deferred_error:
+            return data
+        pos, end = 0, len(data)
+        now = -1.0
+        while end - pos >= 6 and data[pos] == 0x04:
+            length = int.from_bytes(data[pos + 2 : pos + 6], "big")
+            if pos + 6 + length > end or length < 6 or (self._max_pdu and length > self._max_pdu):
+                break
+            try:
+                pdata = decode(0x04, data[pos + 6 : pos + 6 + length])
+            except PDUError:
+                break  # the reader reports it
+            if now < 0:
+                now = _loop_time()
+            self._ul.fire(Event.EVT10, pdata, now)
+            pos += 6 + length
+            assert isinstance(pdata, PDataTF)
+            for pdv in pdata.pdvs:
+                try:
+                    msg = self._reassembler.feed(pdv)
+                except PDUError as exc:
+                    # Abort from a task; what follows a violation is moot.
+                    self._deferred_error = exc
+                    self._watch_kick.set()
+                    return b""
+                if msg is not None:
+                    self._route(msg)
+        if now >= 0:
+            self._last_rx = now
+        if self._need_workers:
+            self._watch_kick.set()
+        return data[pos:] if pos else data
 
     async def _log_received(self, pdu_type: int, body: bytes) -> None:
         try:
@@ -1071,7 +1134,7 @@ class Association:
                 # Requestor side of a collision: answer at once (AR-9).
                 await self._apply(self._ul.release_response(anyio.current_time()))
             return  # acceptor side (Sta10) waits for the A-RELEASE-RP first
-        if self._idle.is_set():
+        if not self._inflight:
             await self._answer_release()
         else:
             assert self._tg is not None
@@ -1079,7 +1142,9 @@ class Association:
 
     async def _answer_release(self) -> None:
         """Answer a peer's A-RELEASE-RQ once our own operations are done (AR-4)."""
-        await self._idle.wait()
+        while self._inflight:
+            self._idle = anyio.Event()
+            await self._idle.wait()
         if self._ul.state is State.STA8:
             self._mark_released()
             await self._apply(self._ul.release_response(anyio.current_time()))
@@ -1103,6 +1168,13 @@ class Association:
             LOGGER.debug("<- %s (context %d)", msg.name, msg.context_id)
         if evt.EVT_DIMSE_RECV in self._handlers:
             await evt.notify(self._handlers, evt.Event(self, evt.EVT_DIMSE_RECV, message=msg))
+        self._route(msg)
+        if self._need_workers:
+            self._start_workers()
+
+    def _route(self, msg: Message) -> None:
+        """Hand a complete message on, synchronously: a response to the task
+        waiting on its Message ID, a request to the workers."""
         if msg.is_response:
             pending = self._pending.get(msg.message_id or -1)
             if pending is None or pending.done.is_set():
@@ -1114,17 +1186,20 @@ class Association:
         if msg.command_field == CommandField.C_CANCEL_RQ:
             return  # nothing cancellable is served yet
         self._inflight += 1
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         self._jobs.append(msg)
-        if self._idle_workers == 0 and self._workers < self._max_workers:
+        waiting = len(self._jobs) - self._idle_workers
+        if waiting > 0 and self._workers + self._need_workers < self._max_workers:
             # Workers are started as the window fills and then kept: starting
             # a task costs far more than waking one.
-            assert self._tg is not None
+            self._need_workers += 1
+        self._jobs_ready.set()
+
+    def _start_workers(self) -> None:
+        assert self._tg is not None
+        while self._need_workers:
+            self._need_workers -= 1
             self._workers += 1
             self._tg.start_soon(self._worker)
-        else:
-            self._jobs_ready.set()
 
     async def _worker(self) -> None:
         """Serve received requests, one at a time, until the association ends.
@@ -1158,7 +1233,7 @@ class Association:
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
             self._inflight -= 1
-            if self._inflight == 0:
+            if self._inflight == 0 and self._idle is not None:
                 self._idle.set()
 
     async def _refuse(self, msg: Message, status: int) -> None:
@@ -1302,6 +1377,11 @@ class Association:
             msg_id,
         )
         return command_dataset(rsp.raw_command)
+
+
+def _loop_time() -> float:
+    """The asyncio loop's clock (anyio's current_time() needs a task)."""
+    return asyncio.get_running_loop().time()
 
 
 def _cap(value: int) -> int:
