@@ -14,8 +14,9 @@ the fragment order and the presentation context (PS3.8 E.2) and raising
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -112,7 +113,10 @@ _BY_KEYWORD: Final = {kw: (elem, vr) for elem, (kw, vr) in COMMAND_ELEMENTS.item
 _ELEM_HEADER = struct.Struct("<HHL")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<L")
+_US_ELEMENT = struct.Struct("<HHLH")
 _GROUP_LENGTH_HEADER = b"\x00\x00\x00\x00\x04\x00\x00\x00"
+# keyword -> (element, VR, encoder of the whole element); the hot path is US
+_ENCODERS: Final[dict[str, tuple[int, str]]] = dict(_BY_KEYWORD)
 
 
 def _encode_value(vr: str, value: Any) -> bytes:
@@ -129,7 +133,13 @@ def _encode_value(vr: str, value: Any) -> bytes:
             tag = Tag(t)
             out.append(_U16.pack(tag.group) + _U16.pack(tag.element))
         return b"".join(out)
-    raw = str(value).encode("ascii") if vr in ("UI", "AE") else str(value).encode("latin-1")
+    return _encode_text(vr, str(value))
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_text(vr: str, value: str) -> bytes:
+    """UI/AE/LO/... values, padded to even length (UIDs repeat: cached)."""
+    raw = value.encode("ascii") if vr in ("UI", "AE") else value.encode("latin-1")
     if len(raw) % 2:
         raw += b"\x00" if vr == "UI" else b" "
     return raw
@@ -145,13 +155,16 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
         if value is None or keyword == "CommandGroupLength":
             continue
         try:
-            elem, vr = _BY_KEYWORD[keyword]
+            elem, vr = _ENCODERS[keyword]
         except KeyError:
             raise DIMSEError(f"{keyword!r} is not a command set element") from None
+        if vr == "US" and type(value) is int:
+            parts.append((elem, _US_ELEMENT.pack(0, elem, 2, value)))
+            continue
         raw = _encode_value(vr, value)
         parts.append((elem, _ELEM_HEADER.pack(0, elem, len(raw)) + raw))
     parts.sort()
-    body = b"".join(p for _, p in parts)
+    body = b"".join([p for _, p in parts])
     return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
 
 
@@ -180,25 +193,60 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     Raises :class:`DIMSEError` if it is not a well-formed group 0000 set;
     unknown group 0000 elements (retired ones) are skipped.
     """
-    view = memoryview(data)
     out: dict[str, Any] = {}
-    pos, end = 0, len(view)
+    pos, end = 0, len(data)
+    unpack_header = _ELEM_HEADER.unpack_from
+    elements = COMMAND_ELEMENTS
     while pos < end:
         if end - pos < 8:
             raise DIMSEError("command set: truncated element header")
-        group, elem, length = _ELEM_HEADER.unpack_from(view, pos)
+        group, elem, length = unpack_header(data, pos)
         pos += 8
         if group != 0:
             raise DIMSEError(f"command set holds an element of group 0x{group:04X}")
         if length > end - pos:
             raise DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
-        spec = COMMAND_ELEMENTS.get(elem)
+        spec = elements.get(elem)
         if spec is not None:
-            out[spec[0]] = _decode_value(spec[1], view[pos : pos + length])
+            if spec[1] == "US" and length == 2:
+                out[spec[0]] = data[pos] | (data[pos + 1] << 8)
+            else:
+                out[spec[0]] = _decode_value(spec[1], memoryview(data)[pos : pos + length])
         pos += length
     if "CommandField" not in out:
         raise DIMSEError("command set has no Command Field (0000,0100)")
     return out
+
+
+def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]], Dataset]:
+    """A fast way to make a Dataset around ready elements.
+
+    ``Dataset.__init__`` sets a dozen attributes through pydicom's checked
+    ``__setattr__``; for the response of every DIMSE operation that is most of
+    the cost of the status. A template's instance dictionary is copied instead
+    (fresh containers for its mutable values). If pydicom's Dataset does not
+    look as expected, the plain constructor is used.
+    """
+    template = Dataset()
+    state = dict(template.__dict__)
+    if "_dict" not in state or not isinstance(state["_dict"], dict):
+        return Dataset
+    mutable = [k for k, v in state.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    new = object.__new__
+
+    def make(elements: dict[BaseTag, DataElement | RawDataElement]) -> Dataset:
+        ds: Dataset = new(Dataset)
+        d = ds.__dict__
+        d.update(state)
+        for key in mutable:
+            d[key] = type(state[key])()
+        d["_dict"] = elements
+        return ds
+
+    return make
+
+
+_new_dataset = _dataset_factory()
 
 
 def command_dataset(raw: bytes) -> Dataset:
@@ -210,16 +258,21 @@ def command_dataset(raw: bytes) -> Dataset:
     """
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     pos, end = 0, len(raw)
+    unpack_header = _ELEM_HEADER.unpack_from
     while pos + 8 <= end:
-        group, elem, length = _ELEM_HEADER.unpack_from(raw, pos)
+        group, elem, length = unpack_header(raw, pos)
         pos += 8
-        if elem:
+        if elem == 0x0900 and length == 2:
+            # Nearly every caller reads .Status: convert it now, cheaply.
+            tag = BaseTag(0x00000900)
+            elements[tag] = DataElement(tag, "US", raw[pos] | (raw[pos + 1] << 8))
+        elif elem:
             tag = BaseTag((group << 16) | elem)
             elements[tag] = RawDataElement(
                 tag, None, length, raw[pos : pos + length], pos, True, True, True, False
             )
         pos += length
-    return Dataset(elements)
+    return _new_dataset(elements)
 
 
 @dataclass(slots=True)
