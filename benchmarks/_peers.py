@@ -116,19 +116,32 @@ def pynetdicom_scu(args: argparse.Namespace) -> None:
     handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
     out: dict[str, Any] = {}
     if args.echoes:
+        # pynetdicom sometimes loses a fast response: its association thread
+        # takes it as "unexpected" and the caller waits out the DIMSE timeout
+        # (pydicom/pynetdicom#875). Keep the timeout short, count those stalls,
+        # leave their time out of the rate and carry on on a new association.
+        ae.dimse_timeout = 2
         assoc = ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers)
         assert assoc.is_established
         for _ in range(20):
             assoc.send_c_echo()
+        stalls, stalled, done = 0, 0.0, 0
         start = time.perf_counter()
-        for n in range(args.echoes):
+        while done < args.echoes:
+            t0 = time.perf_counter()
             status = assoc.send_c_echo()
-            if "Status" not in status:
-                raise RuntimeError(
-                    f"echo {n}: no response (established={assoc.is_established}, "
-                    f"aborted={assoc.is_aborted})"
-                )
-        out["echo_per_s"] = args.echoes / (time.perf_counter() - start)
+            if "Status" in status:
+                assert status.Status == 0
+                done += 1
+                continue
+            stalls += 1
+            stalled += time.perf_counter() - t0
+            assoc = ae.associate(
+                "127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers
+            )
+            assert assoc.is_established
+        out["echo_per_s"] = args.echoes / (time.perf_counter() - start - stalled)
+        out["pynetdicom_stalls"] = stalls
         assoc.release()
     if args.cycles:
         start = time.perf_counter()

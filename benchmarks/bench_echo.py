@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, float | None, float | None,
     n_echo, n_cycle = args.echoes, args.cycles
     p_echo, p_cycle = args.pyn_echoes, args.pyn_cycles
     reps = args.repeat
+    stalls = [0]
 
     def pair(scp: list[str], scu: list[str], echoes: int, cycles: int) -> tuple[float, float]:
         echo, cyc = [], []
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, float | None, float | None,
                 )
                 echo.append(res.get("echo_per_s", float("nan")))
                 cyc.append(res.get("cycles_per_s", float("nan")))
+                stalls[0] += res.get("pynetdicom_stalls", 0)
         return best(echo), best(cyc)
 
     with server([*PEERS, "raw-echo-server"]) as port:
@@ -217,6 +219,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, float | None, float | None,
             rows.append(("dcmtk echoscu -> aiodicom SCP", d_cyc, d_echo, "cycles: a process each"))
     else:
         rows.append(("dcmtk", None, None, "dcmtk not installed: apt-get install dcmtk"))
+    if stalls[0]:
+        rows.append(
+            (f"(pynetdicom SCU lost {stalls[0]} response(s): pynetdicom#875)", None, None, "")
+        )
     return rows
 
 

@@ -14,6 +14,7 @@ the fragment order and the presentation context (PS3.8 E.2) and raising
 
 from __future__ import annotations
 
+import copy
 import functools
 import struct
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -121,9 +122,10 @@ _ENCODERS: Final[dict[str, tuple[int, str]]] = dict(_BY_KEYWORD)
 
 def _encode_value(vr: str, value: Any) -> bytes:
     if vr == "US":
-        if isinstance(value, list | tuple):
-            return b"".join(_U16.pack(int(v)) for v in value)
-        return _U16.pack(int(value))
+        number = int(value)
+        if not 0 <= number <= 0xFFFF:
+            raise DIMSEError(f"US value {value!r} is out of range 0-65535")
+        return _U16.pack(number)
     if vr == "UL":
         return _U32.pack(int(value))
     if vr == "AT":
@@ -158,7 +160,7 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
             elem, vr = _ENCODERS[keyword]
         except KeyError:
             raise DIMSEError(f"{keyword!r} is not a command set element") from None
-        if vr == "US" and type(value) is int:
+        if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
             parts.append((elem, _US_ELEMENT.pack(0, elem, 2, value)))
             continue
         raw = _encode_value(vr, value)
@@ -170,11 +172,10 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
 
 def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
     if vr == "US":
-        if len(raw) == 2:
-            return _U16.unpack(raw)[0]
-        if len(raw) % 2:
-            raise DIMSEError(f"US value of odd length {len(raw)}")
-        return [v for (v,) in _U16.iter_unpack(raw)]
+        # Every US element of a command set has VM 1 (PS3.7 Table E.1-1).
+        if len(raw) != 2:
+            raise DIMSEError(f"US command element of length {len(raw)}, expected 2")
+        return _U16.unpack(raw)[0]
     if vr == "UL":
         if len(raw) != 4:
             raise DIMSEError(f"UL value of length {len(raw)}")
@@ -232,6 +233,7 @@ def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]]
     if "_dict" not in state or not isinstance(state["_dict"], dict):
         return Dataset
     mutable = [k for k, v in state.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    copy_ = copy.copy
     new = object.__new__
 
     def make(elements: dict[BaseTag, DataElement | RawDataElement]) -> Dataset:
@@ -239,7 +241,7 @@ def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]]
         d = ds.__dict__
         d.update(state)
         for key in mutable:
-            d[key] = type(state[key])()
+            d[key] = copy_(state[key])
         d["_dict"] = elements
         return ds
 
@@ -323,11 +325,28 @@ def fragment(
     ``max_pdu`` is the peer's maximum PDU length (the P-DATA-TF length field
     value, PS3.8 D.1); 0 means no limit. A small message goes out in a single
     PDU holding the command PDV and the data set PDV. Data set chunks are
+    memoryview slices: the data set is copied once, into the PDU. A maximum
+    too small to carry any data raises ValueError at once.
+    """
+    if max_pdu and max_pdu - 6 < 1:
+        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    return _fragments(context_id, command, dataset, max_pdu)
+
+
+def _fragments(
+    context_id: int,
+    command: bytes,
+    dataset: bytes | memoryview | None,
+    max_pdu: int,
+) -> Iterator[bytes]:
+    """Encode a message as P-DATA-TF PDUs, each no larger than ``max_pdu``.
+
+    ``max_pdu`` is the peer's maximum PDU length (the P-DATA-TF length field
+    value, PS3.8 D.1); 0 means no limit. A small message goes out in a single
+    PDU holding the command PDV and the data set PDV. Data set chunks are
     memoryview slices: the data set is copied once, into the PDU.
     """
     chunk = (max_pdu - 6) if max_pdu else UNLIMITED_CHUNK
-    if chunk < 1:
-        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
     if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
         yield b"".join(
             (

@@ -755,11 +755,6 @@ def test_decode_malformed(raw: bytes) -> None:
         decode_command(raw)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_command accepts a US element of length 0 or 4 although every "
-    "US element of PS3.7 Table E.1-1 has VM 1; it returns a list",
-)
 @pytest.mark.parametrize(
     ("elem", "value"),
     [(0x0100, b""), (0x0100, b"\x30\x00\x01\x00"), (0x0800, b"\x01\x01\x01\x01")],
@@ -856,12 +851,6 @@ def test_command_dataset_results_are_independent() -> None:
     assert Dataset()._private_blocks == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: dimse._dataset_factory replaces the template's mutable attributes with "
-    "empty containers, so _pixel_array_opts is {} instead of {'use_pdh': False} "
-    "(Dataset.convert_pixel_data then raises KeyError 'use_pdh')",
-)
 def test_command_dataset_state_is_that_of_a_new_dataset() -> None:
     ds = command_dataset(ECHO_RQ_GOLDEN)
     fresh = Dataset()
@@ -1259,12 +1248,6 @@ def test_malformed_command_set(raw: bytes) -> None:
     assert_pdu_error(exc, INVALID_PARAMETER_VALUE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a command set whose Command Field or Command Data Set Type has VM != 1 "
-    "escapes Reassembler.feed as TypeError (int(list) in Message.has_dataset) or is "
-    "returned as a Message with a list Command Field, instead of PDUError reason 6",
-)
 @pytest.mark.parametrize(
     ("elem", "value"),
     [
