@@ -14,7 +14,6 @@ from .conftest import GUARD, make_scp_ae, make_scu_ae
 pytestmark = pytest.mark.anyio
 
 
-
 async def test_memory_pair_c_echo() -> None:
     recorder = RecordingHandlers(echo_status=0x0000)
     with anyio.fail_after(GUARD):

@@ -166,8 +166,6 @@ async def test_silent_peer_closed_after_acse_timeout() -> None:
         assert await echo_once(srv.port) == 0
 
 
-
-
 def _abort_sent_flag() -> tuple[anyio.Event, evt.EventHandlerType]:
     """An event set when the association has sent an A-ABORT, and its handler."""
     flag = anyio.Event()

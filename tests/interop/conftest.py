@@ -66,16 +66,21 @@ def peers_required() -> bool:
 def missing_peer(message: str) -> NoReturn:
     """Skip, or fail when ``AIODICOM_REQUIRE_PEERS=1``."""
     if peers_required():
-        pytest.fail(f"{message} ({REQUIRE_PEERS_ENV}=1: a missing peer is a failure)",
-                    pytrace=False)
+        pytest.fail(
+            f"{message} ({REQUIRE_PEERS_ENV}=1: a missing peer is a failure)", pytrace=False
+        )
     pytest.skip(message)
 
 
 def _is_dcmtk(path: str) -> bool:
     try:
         cp = subprocess.run(
-            [path, "--version"], capture_output=True, text=True, timeout=10,
-            errors="replace", check=False,
+            [path, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            errors="replace",
+            check=False,
         )
     except (OSError, subprocess.SubprocessError):
         return False
@@ -178,15 +183,24 @@ class PeerResult(subprocess.CompletedProcess):  # type: ignore[type-arg]
 
 
 def run_command(
-    argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | None = None,
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
 ) -> PeerResult:
     """Run to completion with a timeout; a timeout fails the test with the output so far."""
     argv = [str(a) for a in argv]
     try:
         cp = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace", timeout=timeout,
-            env=peer_env(env), cwd=cwd, check=False,
+            argv,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            env=peer_env(env),
+            cwd=cwd,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
@@ -234,8 +248,12 @@ class PeerProcess:
     """
 
     def __init__(
-        self, argv: Sequence[str | os.PathLike[str]], *, name: str | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.argv = [str(a) for a in argv]
         self.name = name or Path(self.argv[0]).name
@@ -252,14 +270,23 @@ class PeerProcess:
     def start(self) -> PeerProcess:
         assert self.proc is None, "already started"
         self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1,
-            env=self.env, cwd=self.cwd, start_new_session=(os.name == "posix"),
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=(os.name == "posix"),
         )
         for stream_name in ("stdout", "stderr"):
             t = threading.Thread(
-                target=self._reader, args=(stream_name, getattr(self.proc, stream_name)),
-                name=f"{self.name}-{stream_name}", daemon=True,
+                target=self._reader,
+                args=(stream_name, getattr(self.proc, stream_name)),
+                name=f"{self.name}-{stream_name}",
+                daemon=True,
             )
             t.start()
             self._threads.append(t)
@@ -324,8 +351,9 @@ class PeerProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} did not exit within {timeout} s\n{self.describe()}",
-                        pytrace=False)
+            pytest.fail(
+                f"{self.name} did not exit within {timeout} s\n{self.describe()}", pytrace=False
+            )
 
     def __enter__(self) -> PeerProcess:
         return self if self.proc is not None else self.start()
@@ -357,7 +385,10 @@ class PeerProcess:
     # -- readiness (bounded waits; fine in a fixture, never in the library)
 
     def wait_for_line(
-        self, pattern: str | re.Pattern[str], *, timeout: float = DEFAULT_READY_TIMEOUT,
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        timeout: float = DEFAULT_READY_TIMEOUT,
         stream: str = "stdout",
     ) -> re.Match[str]:
         """Wait for a line of `stream` that re.search-matches `pattern`; return the match."""
@@ -390,7 +421,11 @@ class PeerProcess:
         )
 
     def wait_for_port(
-        self, port: int, *, host: str = HOST, timeout: float = DEFAULT_READY_TIMEOUT,
+        self,
+        port: int,
+        *,
+        host: str = HOST,
+        timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> None:
         """Wait until `host:port` accepts a TCP connection (short backoff, up to `timeout`)."""
         deadline = time.monotonic() + timeout
@@ -398,8 +433,10 @@ class PeerProcess:
         last_error: OSError | None = None
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                pytest.fail(f"{self.name} exited before listening on {host}:{port}\n"
-                            f"{self.describe()}", pytrace=False)
+                pytest.fail(
+                    f"{self.name} exited before listening on {host}:{port}\n{self.describe()}",
+                    pytrace=False,
+                )
             try:
                 with socket.create_connection((host, port), timeout=0.5):
                     return
@@ -422,9 +459,14 @@ class _Registry:
         self.procs: list[PeerProcess] = []
 
     def start(
-        self, argv: Sequence[str | os.PathLike[str]], *, name: str | None = None,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
-        ready_port: int | None = None, ready_line: str | None = None,
+        self,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        name: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        ready_port: int | None = None,
+        ready_line: str | None = None,
         timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> PeerProcess:
         p = PeerProcess(argv, name=name, env=env, cwd=cwd)
@@ -490,8 +532,11 @@ class DcmtkStoreSCP:
             if len(files) >= count:
                 return files
             if time.monotonic() > deadline:
-                pytest.fail(f"storescp received {len(files)} files, expected {count} within "
-                            f"{timeout} s\n{self.process.describe()}", pytrace=False)
+                pytest.fail(
+                    f"storescp received {len(files)} files, expected {count} within "
+                    f"{timeout} s\n{self.process.describe()}",
+                    pytrace=False,
+                )
             time.sleep(0.05)
 
     def __repr__(self) -> str:
@@ -500,7 +545,8 @@ class DcmtkStoreSCP:
 
 @pytest.fixture
 def dcmtk_storescp_factory(
-    _peer_registry: _Registry, tmp_path_factory: pytest.TempPathFactory,
+    _peer_registry: _Registry,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., DcmtkStoreSCP]:
     """Factory: start(*extra_args, ae_title="STORESCP", fork=True, output_dir=None,
     env=None, timeout=20.0) -> DcmtkStoreSCP.
@@ -514,19 +560,33 @@ def dcmtk_storescp_factory(
     tool = require_tool("storescp")
 
     def start(
-        *extra_args: str, ae_title: str = "STORESCP", fork: bool = True,
+        *extra_args: str,
+        ae_title: str = "STORESCP",
+        fork: bool = True,
         output_dir: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None, timeout: float = DEFAULT_READY_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> DcmtkStoreSCP:
         out = Path(output_dir) if output_dir is not None else tmp_path_factory.mktemp("storescp")
         out.mkdir(parents=True, exist_ok=True)
         for _attempt in range(3):  # free_port() can race with another process
             port = free_port()
-            argv = [tool, "-aet", ae_title, "-od", str(out), "+xa", "-dhl",
-                    *(["--fork"] if fork else []), *extra_args, str(port)]
+            argv = [
+                tool,
+                "-aet",
+                ae_title,
+                "-od",
+                str(out),
+                "+xa",
+                "-dhl",
+                *(["--fork"] if fork else []),
+                *extra_args,
+                str(port),
+            ]
             try:
-                p = _peer_registry.start(argv, name="storescp", env=env, ready_port=port,
-                                         timeout=timeout)
+                p = _peer_registry.start(
+                    argv, name="storescp", env=env, ready_port=port, timeout=timeout
+                )
             except pytest.fail.Exception:
                 p = _peer_registry.procs[-1]
                 p.stop()
@@ -553,11 +613,13 @@ def run_dcmtk() -> Callable[..., PeerResult]:
     """
 
     def run(
-        tool: str, *args: str | os.PathLike[str] | int, timeout: float = 30.0,
-        env: Mapping[str, str] | None = None, cwd: str | os.PathLike[str] | None = None,
+        tool: str,
+        *args: str | os.PathLike[str] | int,
+        timeout: float = 30.0,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> PeerResult:
-        return run_command([require_tool(tool), *map(str, args)], timeout=timeout, env=env,
-                           cwd=cwd)
+        return run_command([require_tool(tool), *map(str, args)], timeout=timeout, env=env, cwd=cwd)
 
     return run
 
@@ -584,7 +646,12 @@ class PynetdicomSCP:
         return [e for e in read_jsonl(self.out_path) if _matches(e, name, match)]
 
     def wait_for_event(
-        self, name: str, *, count: int = 1, timeout: float = 10.0, **match: Any,
+        self,
+        name: str,
+        *,
+        count: int = 1,
+        timeout: float = 10.0,
+        **match: Any,
     ) -> list[dict[str, Any]]:
         """Wait until at least `count` events named `name` (fields == match) were written;
         return all of them. Fails the test on timeout or if the peer died."""
@@ -612,7 +679,8 @@ class PynetdicomSCP:
 
 @pytest.fixture
 def pynetdicom_scp(
-    _peer_registry: _Registry, tmp_path_factory: pytest.TempPathFactory,
+    _peer_registry: _Registry,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., PynetdicomSCP]:
     """Factory: start(*args, ae_title="PYNETDICOM", env=None, timeout=20.0) -> PynetdicomSCP.
 
@@ -624,14 +692,27 @@ def pynetdicom_scp(
     require_pynetdicom()
 
     def start(
-        *args: str, ae_title: str = "PYNETDICOM", env: Mapping[str, str] | None = None,
+        *args: str,
+        ae_title: str = "PYNETDICOM",
+        env: Mapping[str, str] | None = None,
         timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> PynetdicomSCP:
         out = tmp_path_factory.mktemp("pynetdicom_scp") / "events.jsonl"
-        argv = [sys.executable, str(PEER_SCRIPT), "scp", "--port", "0", "--ae-title", ae_title,
-                "--out", str(out), *map(str, args)]
-        p = _peer_registry.start(argv, name="pynetdicom-scp", env=env, ready_line=r"^READY (\d+)$",
-                         timeout=timeout)
+        argv = [
+            sys.executable,
+            str(PEER_SCRIPT),
+            "scp",
+            "--port",
+            "0",
+            "--ae-title",
+            ae_title,
+            "--out",
+            str(out),
+            *map(str, args),
+        ]
+        p = _peer_registry.start(
+            argv, name="pynetdicom-scp", env=env, ready_line=r"^READY (\d+)$", timeout=timeout
+        )
         assert p.ready_match is not None
         return PynetdicomSCP(p, int(p.ready_match.group(1)), ae_title, out)
 
@@ -652,7 +733,8 @@ def run_pynetdicom_scu(
     require_pynetdicom()
 
     def run(
-        *args: str | os.PathLike[str] | int, timeout: float = 60.0,
+        *args: str | os.PathLike[str] | int,
+        timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
     ) -> tuple[PeerResult, list[dict[str, Any]]]:
         out = tmp_path_factory.mktemp("pynetdicom_scu") / "events.jsonl"

@@ -84,8 +84,7 @@ def by_abstract(contexts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def one(events: list[dict[str, Any]], name: str, **match: Any) -> dict[str, Any]:
     found = [
-        e for e in events
-        if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
+        e for e in events if e.get("event") == name and all(e.get(k) == v for k, v in match.items())
     ]
     assert len(found) == 1, f"expected exactly one {name!r} {match} in {events}"
     return found[0]
@@ -122,18 +121,21 @@ class SCPLog:
 
     def record_echo(self, event: evt.Event) -> None:
         assert event.context is not None
-        self.echoes.append({
-            "calling_ae": event.assoc.requestor.ae_title,
-            "called_ae": event.assoc.acceptor.ae_title,
-            "message_id": event.message_id,
-            "abstract_syntax": str(event.context.abstract_syntax),
-            "transfer_syntax": str(event.context.transfer_syntax),
-        })
+        self.echoes.append(
+            {
+                "calling_ae": event.assoc.requestor.ae_title,
+                "called_ae": event.assoc.acceptor.ae_title,
+                "message_id": event.message_id,
+                "abstract_syntax": str(event.context.abstract_syntax),
+                "transfer_syntax": str(event.context.transfer_syntax),
+            }
+        )
 
     def echo_handler(self, status: int = 0x0000) -> Any:
         def on_echo(event: evt.Event) -> int:
             self.record_echo(event)
             return status
+
         return (evt.EVT_C_ECHO, on_echo)
 
 
@@ -166,11 +168,21 @@ async def test_echoscu_to_aiodicom_scp_accepted(run_dcmtk, pdu_args, expected_ma
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "-aet", "ECHOSCU", "-aec", "AIOSCP", *pdu_args,
-                HOST, server.port, timeout=PEER_TIMEOUT,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "-aet",
+                "ECHOSCU",
+                "-aec",
+                "AIOSCP",
+                *pdu_args,
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
@@ -195,11 +207,22 @@ async def test_echoscu_repeat_5_to_aiodicom_scp(run_dcmtk):
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "-aet", "ECHOSCU", "-aec", "AIOSCP",
-                "--repeat", "5", HOST, server.port, timeout=PEER_TIMEOUT,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "-aet",
+                "ECHOSCU",
+                "-aec",
+                "AIOSCP",
+                "--repeat",
+                "5",
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
@@ -218,10 +241,18 @@ async def test_echoscu_abort_to_aiodicom_scp(run_dcmtk):
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "--abort", "-aec", "AIOSCP", HOST, server.port,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "--abort",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
@@ -252,16 +283,26 @@ async def test_echoscu_abort_to_aiodicom_scp(run_dcmtk):
     ids=["called-aet", "calling-aet"],
 )
 async def test_echoscu_rejected_by_aiodicom_scp(
-    run_dcmtk, configure, echoscu_args, reason, reason_text,
+    run_dcmtk,
+    configure,
+    echoscu_args,
+    reason,
+    reason_text,
 ):
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     configure(ae)
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", *echoscu_args, HOST, server.port,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                *echoscu_args,
+                HOST,
+                server.port,
                 timeout=PEER_TIMEOUT,
             )
             await wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
@@ -287,11 +328,20 @@ async def test_echoscu_allowed_calling_aet_is_accepted(run_dcmtk):
     ae.require_called_aet = True
     ae.require_calling_aet = ["ONLY_ME"]
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "-aet", "ONLY_ME", "-aec", "AIOSCP",
-                HOST, server.port, timeout=PEER_TIMEOUT,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "-aet",
+                "ONLY_ME",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
             )
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
     assert cp.returncode == 0, cp.describe()
@@ -305,11 +355,22 @@ async def test_echoscu_many_contexts_and_syntaxes_to_aiodicom_scp(run_dcmtk):
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "-ppc", "3", "-pts", "38", "-aec", "AIOSCP",
-                HOST, server.port, timeout=PEER_TIMEOUT,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "-ppc",
+                "3",
+                "-pts",
+                "38",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
@@ -330,10 +391,17 @@ async def test_echoscu_verification_not_supported_by_aiodicom_scp(run_dcmtk):
     ae = AE(ae_title="AIOSCP")
     ae.add_supported_context(CT)
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp = await in_thread(
-                run_dcmtk, "echoscu", "-v", "-aec", "AIOSCP", HOST, server.port,
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
                 timeout=PEER_TIMEOUT,
             )
             await wait_until(lambda: not server.active_associations, "association gone")
@@ -355,13 +423,26 @@ async def test_parallel_echoscu_to_aiodicom_scp(run_dcmtk):
     n = 4
     results: list[Any] = []
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
+
             async def one_echoscu(i: int) -> None:
-                results.append(await in_thread(
-                    run_dcmtk, "echoscu", "-aet", f"ECHO{i}", "-aec", "AIOSCP",
-                    "--repeat", "3", HOST, server.port, timeout=PEER_TIMEOUT,
-                ))
+                results.append(
+                    await in_thread(
+                        run_dcmtk,
+                        "echoscu",
+                        "-aet",
+                        f"ECHO{i}",
+                        "-aec",
+                        "AIOSCP",
+                        "--repeat",
+                        "3",
+                        HOST,
+                        server.port,
+                        timeout=PEER_TIMEOUT,
+                    )
+                )
 
             async with anyio.create_task_group() as tg:
                 for i in range(n):
@@ -415,8 +496,9 @@ async def test_aiodicom_scu_concurrent_associations_to_dcmtk_storescp(dcmtk_stor
     statuses: list[int] = []
 
     async def one_association() -> None:
-        async with ae.associate(HOST, dcmtk_storescp.port,
-                                ae_title=dcmtk_storescp.ae_title) as assoc:
+        async with ae.associate(
+            HOST, dcmtk_storescp.port, ae_title=dcmtk_storescp.ae_title
+        ) as assoc:
             for _ in range(3):
                 statuses.append(int((await assoc.send_c_echo()).Status))
 
@@ -450,7 +532,10 @@ async def test_aiodicom_scu_small_max_pdu_to_dcmtk_storescp(dcmtk_storescp_facto
     ae = scu_ae("AIOSCU")
     with deadline():
         async with ae.associate(
-            HOST, storescp.port, ae_title=storescp.ae_title, max_pdu=4096,
+            HOST,
+            storescp.port,
+            ae_title=storescp.ae_title,
+            max_pdu=4096,
         ) as assoc:
             statuses = [int((await assoc.send_c_echo()).Status) for _ in range(3)]
             assert assoc.acceptor.maximum_length == 4096
@@ -471,8 +556,10 @@ def _wait_text(process: Any, text: str, timeout: float, count: int = 1) -> None:
     end = time.monotonic() + timeout
     while (process.stdout + process.stderr).count(text) < count:
         if time.monotonic() > end:
-            pytest.fail(f"{text!r} not seen {count} times within {timeout} s\n"
-                        f"{process.describe()}", pytrace=False)
+            pytest.fail(
+                f"{text!r} not seen {count} times within {timeout} s\n{process.describe()}",
+                pytrace=False,
+            )
         time.sleep(0.02)
 
 
@@ -485,11 +572,20 @@ async def test_pynetdicom_scu_echo_to_aiodicom_scp(run_pynetdicom_scu):
     log = SCPLog()
     ae = scp_ae("AIOSCP")
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp, events = await in_thread(
-                run_pynetdicom_scu, "--port", server.port, "--called", "AIOSCP",
-                "--calling", "PYSCU", "--echo", "3", timeout=PEER_TIMEOUT,
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--calling",
+                "PYSCU",
+                "--echo",
+                "3",
+                timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
@@ -503,12 +599,16 @@ async def test_pynetdicom_scu_echo_to_aiodicom_scp(run_pynetdicom_scu):
     assert cx["transfer_syntax"] in OUR_SYNTAXES
     assert (cx["as_scu"], cx["as_scp"]) == (True, False)
     assert [(e["message_id"], e["status"]) for e in events if e["event"] == "c_echo"] == [
-        (1, 0), (2, 0), (3, 0),
+        (1, 0),
+        (2, 0),
+        (3, 0),
     ]
     assert [e["event"] for e in events][-2:] == ["released", "exit"]
 
     assert [(e["calling_ae"], e["message_id"]) for e in log.echoes] == [
-        ("PYSCU", 1), ("PYSCU", 2), ("PYSCU", 3),
+        ("PYSCU", 1),
+        ("PYSCU", 2),
+        ("PYSCU", 3),
     ]
     (assoc,) = log.accepted
     assert str(assoc.requestor.implementation_version_name).startswith("PYNETDICOM")
@@ -523,27 +623,43 @@ async def test_pynetdicom_scu_echo_to_aiodicom_scp(run_pynetdicom_scu):
         ("password:bob:s3cret", (2, b"bob", b"s3cret", False), None, None),
         # types 1/2 with a positive response requested: an empty server response
         ("username:carol:positive", (1, b"carol", None, True), None, ""),
-        ("jwt:header.payload.sig:positive", (5, b"header.payload.sig", None, True),
-         b"server-token", "server-token"),
+        (
+            "jwt:header.payload.sig:positive",
+            (5, b"header.payload.sig", None, True),
+            b"server-token",
+            "server-token",
+        ),
         ("kerberos:ticket:positive", (3, b"ticket", None, True), b"krb-reply", "krb-reply"),
         # no positive response requested: none sent, whatever the handler says
         ("saml:assertion", (4, b"assertion", None, False), b"ignored", None),
     ],
-    ids=["type1", "type2", "type1-positive", "type5-positive", "type3-positive",
-         "type4-no-positive"],
+    ids=[
+        "type1",
+        "type2",
+        "type1-positive",
+        "type5-positive",
+        "type3-positive",
+        "type4-no-positive",
+    ],
 )
 async def test_pynetdicom_scu_user_identity_to_aiodicom_scp(
-    run_pynetdicom_scu, identity, expected, server_response, expected_response,
+    run_pynetdicom_scu,
+    identity,
+    expected,
+    server_response,
+    expected_response,
 ):
     log = SCPLog()
 
     def on_user_id(event: evt.Event) -> tuple[bool, bytes | None]:
-        log.user_ids.append({
-            "type": event.user_id_type,
-            "primary": event.primary_field,
-            "secondary": event.secondary_field,
-            "positive": event.assoc.requestor.user_identity.positive_response_requested,
-        })
+        log.user_ids.append(
+            {
+                "type": event.user_id_type,
+                "primary": event.primary_field,
+                "secondary": event.secondary_field,
+                "positive": event.assoc.requestor.user_identity.positive_response_requested,
+            }
+        )
         return True, server_response
 
     ae = scp_ae("AIOSCP")
@@ -551,8 +667,16 @@ async def test_pynetdicom_scu_user_identity_to_aiodicom_scp(
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
             cp, events = await in_thread(
-                run_pynetdicom_scu, "--port", server.port, "--called", "AIOSCP", "--echo", "1",
-                "--user-identity", identity, timeout=PEER_TIMEOUT,
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--echo",
+                "1",
+                "--user-identity",
+                identity,
+                timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
@@ -583,8 +707,16 @@ async def test_pynetdicom_scu_user_identity_refused_by_aiodicom_scp(run_pynetdic
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
             cp, events = await in_thread(
-                run_pynetdicom_scu, "--port", server.port, "--called", "AIOSCP", "--echo", "1",
-                "--user-identity", "password:mallory:hunter2", timeout=PEER_TIMEOUT,
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--echo",
+                "1",
+                "--user-identity",
+                "password:mallory:hunter2",
+                timeout=PEER_TIMEOUT,
             )
             await wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
 
@@ -605,11 +737,23 @@ async def test_pynetdicom_scu_role_selection_to_aiodicom_scp(run_pynetdicom_scu)
     ae.add_supported_context(MR, scu_role=True, scp_role=True)
     ae.add_supported_context(SC)  # roles None: a proposal gets the default roles
     with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=[*log.handlers(),
-                                                            log.echo_handler()]) as server:
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*log.handlers(), log.echo_handler()]
+        ) as server:
             cp, events = await in_thread(
-                run_pynetdicom_scu, "--port", server.port, "--called", "AIOSCP", "--echo", "1",
-                "--role", f"{CT}:1:1", "--role", f"{MR}:0:1", "--role", f"{SC}:1:1",
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--echo",
+                "1",
+                "--role",
+                f"{CT}:1:1",
+                "--role",
+                f"{MR}:0:1",
+                "--role",
+                f"{SC}:1:1",
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
@@ -621,8 +765,9 @@ async def test_pynetdicom_scu_role_selection_to_aiodicom_scp(run_pynetdicom_scu)
         {"sop_class_uid": CT, "scu_role": True, "scp_role": True},
         {"sop_class_uid": MR, "scu_role": False, "scp_role": True},
     ]
-    theirs = {uid: (c["as_scu"], c["as_scp"]) for uid, c in
-              by_abstract(assoc_ev["contexts"]).items()}
+    theirs = {
+        uid: (c["as_scu"], c["as_scp"]) for uid, c in by_abstract(assoc_ev["contexts"]).items()
+    }
     assert theirs == {
         VERIFICATION: (True, False),
         CT: (True, True),
@@ -654,8 +799,18 @@ async def test_pynetdicom_scu_aborted_by_aiodicom_scp_echo_handler(run_pynetdico
                 # One echo, short timeouts: pynetdicom wakes the pending C-ECHO on the
                 # A-ABORT (AA-3) before its reactor thread clears is_established, so
                 # a second echo (or a release) may be attempted and wait a timeout.
-                run_pynetdicom_scu, "--port", server.port, "--called", "AIOSCP", "--echo", "1",
-                "--dimse-timeout", "5", "--acse-timeout", "5", timeout=PEER_TIMEOUT,
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--echo",
+                "1",
+                "--dimse-timeout",
+                "5",
+                "--acse-timeout",
+                "5",
+                timeout=PEER_TIMEOUT,
             )
             await wait_until(lambda: len(log.aborted) == 1, "EVT_ABORTED on the SCP")
             await wait_until(lambda: not server.active_associations, "association gone")
@@ -727,8 +882,9 @@ async def test_aiodicom_scu_small_max_pdu_to_pynetdicom_scp(pynetdicom_scp):
     assert one(scp.events(), "requested")["max_pdu"] == 4096
 
 
-def _identity(id_type: int, primary: bytes, secondary: bytes | None,
-              positive: bool) -> UserIdentityNegotiation:
+def _identity(
+    id_type: int, primary: bytes, secondary: bytes | None, positive: bool
+) -> UserIdentityNegotiation:
     item = UserIdentityNegotiation()
     item.user_identity_type = id_type
     item.primary_field = primary
@@ -749,11 +905,23 @@ def _identity(id_type: int, primary: bytes, secondary: bytes | None,
         (5, b"header.payload.sig", None, True, b"welcome"),
         (5, b"header.payload.sig", None, False, None),
     ],
-    ids=["type1", "type2", "type2-positive", "type3-positive", "type4-positive",
-         "type5-positive", "type5-no-positive"],
+    ids=[
+        "type1",
+        "type2",
+        "type2-positive",
+        "type3-positive",
+        "type4-positive",
+        "type5-positive",
+        "type5-no-positive",
+    ],
 )
 async def test_aiodicom_scu_user_identity_to_pynetdicom_scp(
-    pynetdicom_scp, id_type, primary, secondary, positive, expected_response,
+    pynetdicom_scp,
+    id_type,
+    primary,
+    secondary,
+    positive,
+    expected_response,
 ):
     scp = pynetdicom_scp("--user-identity-response", "welcome")
     ae = scu_ae("AIOSCU")
@@ -773,13 +941,23 @@ async def test_aiodicom_scu_user_identity_to_pynetdicom_scp(
     # pynetdicom reports an absent one as "".
     want_secondary = "" if secondary is None else secondary.decode("latin-1")
     sent = one(scp.events(), "requested")["user_identity"]
-    assert (sent["type"], sent["primary"], sent["secondary"],
-            sent["positive_response_requested"]) == (
-        id_type, primary.decode("latin-1"), want_secondary, positive,
+    assert (
+        sent["type"],
+        sent["primary"],
+        sent["secondary"],
+        sent["positive_response_requested"],
+    ) == (
+        id_type,
+        primary.decode("latin-1"),
+        want_secondary,
+        positive,
     )
     uid = one(scp.events(), "user_id")
     assert (uid["type"], uid["primary"], uid["secondary"], uid["authorised"]) == (
-        id_type, primary.decode("latin-1"), want_secondary, True,
+        id_type,
+        primary.decode("latin-1"),
+        want_secondary,
+        True,
     )
 
 
@@ -797,7 +975,10 @@ async def test_aiodicom_scu_user_rejected_by_pynetdicom_scp(pynetdicom_scp):
     assert (exc.result, exc.source, exc.reason) == (2, 2, 1)
     uid = one(scp.events(), "user_id")
     assert (uid["type"], uid["primary"], uid["secondary"], uid["authorised"]) == (
-        2, "mallory", "hunter2", False,
+        2,
+        "mallory",
+        "hunter2",
+        False,
     )
     assert not scp.events("c_echo")
     assert not ae.active_associations
@@ -825,15 +1006,18 @@ async def test_aiodicom_scu_role_selection_to_pynetdicom_scp(pynetdicom_scp):
     ae.add_requested_context(CT)
     ae.add_requested_context(MR)
     ae.add_requested_context(SC)  # no role item: default roles
-    roles = [build_role(CT, scu_role=True, scp_role=True),
-             build_role(MR, scu_role=False, scp_role=True)]
+    roles = [
+        build_role(CT, scu_role=True, scp_role=True),
+        build_role(MR, scu_role=False, scp_role=True),
+    ]
     with deadline():
         async with ae.associate(HOST, scp.port, ae_title=scp.ae_title, ext_neg=roles) as assoc:
             assert int((await assoc.send_c_echo()).Status) == 0
-            ours = {str(c.abstract_syntax): (c.as_scu, c.as_scp)
-                    for c in assoc.accepted_contexts}
-            reply = {str(uid): (item.scu_role, item.scp_role)
-                     for uid, item in assoc.acceptor.role_selection.items()}
+            ours = {str(c.abstract_syntax): (c.as_scu, c.as_scp) for c in assoc.accepted_contexts}
+            reply = {
+                str(uid): (item.scu_role, item.scp_role)
+                for uid, item in assoc.acceptor.role_selection.items()
+            }
         await in_thread(scp.wait_for_event, "released")
 
     assert ours == {
@@ -863,13 +1047,13 @@ async def test_aiodicom_scu_async_ops_window_concurrent_echoes_to_pynetdicom(pyn
     scp = pynetdicom_scp()
     ae = scu_ae("AIOSCU")
     window = AsynchronousOperationsWindowNegotiation(
-        maximum_number_operations_invoked=5, maximum_number_operations_performed=5,
+        maximum_number_operations_invoked=5,
+        maximum_number_operations_performed=5,
     )
     n = 8
     statuses: dict[int, int] = {}
     with deadline():
-        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title,
-                                ext_neg=[window]) as assoc:
+        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title, ext_neg=[window]) as assoc:
             # pynetdicom performs one operation at a time
             assert assoc.max_async_invoked == 1
             assert assoc.acceptor.asynchronous_operations == (1, 1)

@@ -21,8 +21,7 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 
 def _one(events, name, **match):
     found = [
-        e for e in events
-        if e["event"] == name and all(e.get(k) == v for k, v in match.items())
+        e for e in events if e["event"] == name and all(e.get(k) == v for k, v in match.items())
     ]
     assert len(found) == 1, f"expected one {name!r} {match} in {events}"
     return found[0]
@@ -31,20 +30,28 @@ def _one(events, name, **match):
 # --- pynetdicom <-> pynetdicom
 
 
-def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(
-    pynetdicom_scp, run_pynetdicom_scu
-):
+def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(pynetdicom_scp, run_pynetdicom_scu):
     scp = pynetdicom_scp(
         "--require-called-aet",
-        "--user-identity-response", "welcome",
-        "--role", f"{CT_IMAGE_STORAGE}:1:1",
+        "--user-identity-response",
+        "welcome",
+        "--role",
+        f"{CT_IMAGE_STORAGE}:1:1",
         ae_title="SELFSCP",
     )
     cp, events = run_pynetdicom_scu(
-        "--port", scp.port, "--called", "SELFSCP", "--calling", "SELFSCU",
-        "--echo", "3",
-        "--user-identity", "jwt:header.payload.sig:positive",
-        "--role", f"{CT_IMAGE_STORAGE}:1:1",
+        "--port",
+        scp.port,
+        "--called",
+        "SELFSCP",
+        "--calling",
+        "SELFSCU",
+        "--echo",
+        "3",
+        "--user-identity",
+        "jwt:header.payload.sig:positive",
+        "--role",
+        f"{CT_IMAGE_STORAGE}:1:1",
     )
     assert cp.returncode == 0, cp.describe()
 
@@ -52,8 +59,9 @@ def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(
     assoc = _one(events, "association")
     assert assoc["status"] == "accepted"
     assert assoc["user_identity_response"] == "welcome"
-    assert assoc["roles"] == [{"sop_class_uid": CT_IMAGE_STORAGE, "scu_role": True,
-                               "scp_role": True}]
+    assert assoc["roles"] == [
+        {"sop_class_uid": CT_IMAGE_STORAGE, "scu_role": True, "scp_role": True}
+    ]
     by_as = {c["abstract_syntax"]: c for c in assoc["contexts"]}
     assert by_as[VERIFICATION]["as_scu"] is True
     assert by_as[CT_IMAGE_STORAGE]["as_scu"] is True
@@ -67,8 +75,7 @@ def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(
     scp.wait_for_event("released")
     rq = _one(scp.events(), "requested")
     assert (rq["calling_ae"], rq["called_ae"]) == ("SELFSCU", "SELFSCP")
-    assert rq["roles"] == [{"sop_class_uid": CT_IMAGE_STORAGE, "scu_role": True,
-                            "scp_role": True}]
+    assert rq["roles"] == [{"sop_class_uid": CT_IMAGE_STORAGE, "scu_role": True, "scp_role": True}]
     assert rq["user_identity"]["type"] == 5
     assert rq["user_identity"]["primary"] == "header.payload.sig"
     assert rq["user_identity"]["positive_response_requested"] is True
@@ -80,7 +87,8 @@ def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(
     scp_cx = {c["abstract_syntax"]: c for c in acc["contexts"]}
     assert scp_cx[VERIFICATION]["as_scp"] is True
     assert (scp_cx[CT_IMAGE_STORAGE]["as_scu"], scp_cx[CT_IMAGE_STORAGE]["as_scp"]) == (
-        True, True,
+        True,
+        True,
     )
     assert [e["message_id"] for e in scp.events("c_echo")] == [1, 2, 3]
     assert _one(scp.events(), "conn_open")["tcp_nodelay"] is True
@@ -91,18 +99,30 @@ def test_pynetdicom_scu_to_scp_echo_with_user_identity_and_role(
 def test_pynetdicom_scp_rejects_unauthorised_user(pynetdicom_scp, run_pynetdicom_scu):
     scp = pynetdicom_scp("--reject-user", "mallory")
     cp, events = run_pynetdicom_scu(
-        "--port", scp.port, "--called", scp.ae_title, "--echo", "1",
-        "--user-identity", "password:mallory:hunter2",
+        "--port",
+        scp.port,
+        "--called",
+        scp.ae_title,
+        "--echo",
+        "1",
+        "--user-identity",
+        "password:mallory:hunter2",
     )
     assert cp.returncode == 1, cp.describe()
     assoc = _one(events, "association")
     # pynetdicom rejects a failed identity as rejected-transient, ACSE, no reason
     assert (assoc["status"], assoc["result"], assoc["source"], assoc["reason"]) == (
-        "rejected", 2, 2, 1,
+        "rejected",
+        2,
+        2,
+        1,
     )
     uid = scp.wait_for_event("user_id")[0]
     assert (uid["type"], uid["primary"], uid["secondary"], uid["authorised"]) == (
-        2, "mallory", "hunter2", False,
+        2,
+        "mallory",
+        "hunter2",
+        False,
     )
     rj = scp.wait_for_event("rejected")[0]
     assert (rj["result"], rj["source"], rj["reason"]) == (2, 2, 1)
@@ -119,8 +139,9 @@ def test_pynetdicom_scu_connection_refused_exits_2(run_pynetdicom_scu, free_port
 
 def test_dcmtk_echoscu_to_pynetdicom_scp(pynetdicom_scp, run_dcmtk):
     scp = pynetdicom_scp(ae_title="PYSCP")
-    cp = run_dcmtk("echoscu", "-v", "-aet", "ECHOSCU", "-aec", "PYSCP", "--repeat", "2",
-                   "127.0.0.1", scp.port)
+    cp = run_dcmtk(
+        "echoscu", "-v", "-aet", "ECHOSCU", "-aec", "PYSCP", "--repeat", "2", "127.0.0.1", scp.port
+    )
     assert cp.returncode == 0, cp.describe()
     scp.wait_for_event("released")
     rq = _one(scp.events(), "requested")
@@ -145,8 +166,14 @@ def test_pynetdicom_scu_to_dcmtk_storescp_echo_and_store(
     ct = dicom_testfile("CT_small.dcm")
     sent = dcmread(ct)
     cp, events = run_pynetdicom_scu(
-        "--port", dcmtk_storescp.port, "--called", dcmtk_storescp.ae_title,
-        "--echo", "1", "--store", ct,
+        "--port",
+        dcmtk_storescp.port,
+        "--called",
+        dcmtk_storescp.ae_title,
+        "--echo",
+        "1",
+        "--store",
+        ct,
     )
     assert cp.returncode == 0, f"{cp.describe()}\n{dcmtk_storescp.process.describe()}"
     assoc = _one(events, "association")
@@ -167,8 +194,16 @@ def test_pynetdicom_scu_to_dcmtk_storescp_echo_and_store(
 
 
 def test_echoscu_to_storescp(dcmtk_storescp, run_dcmtk):
-    cp = run_dcmtk("echoscu", "-v", "-aet", "ECHOSCU", "-aec", dcmtk_storescp.ae_title,
-                   "127.0.0.1", dcmtk_storescp.port)
+    cp = run_dcmtk(
+        "echoscu",
+        "-v",
+        "-aet",
+        "ECHOSCU",
+        "-aec",
+        dcmtk_storescp.ae_title,
+        "127.0.0.1",
+        dcmtk_storescp.port,
+    )
     assert cp.returncode == 0, f"{cp.describe()}\n{dcmtk_storescp.process.describe()}"
     assert dcmtk_storescp.files() == []
 

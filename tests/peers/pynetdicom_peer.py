@@ -252,8 +252,11 @@ class SCP:
             **self.common(event),
             contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
             rejected_contexts=[
-                {"context_id": cx.context_id, "abstract_syntax": str(cx.abstract_syntax),
-                 "result": cx.result}
+                {
+                    "context_id": cx.context_id,
+                    "abstract_syntax": str(cx.abstract_syntax),
+                    "result": cx.result,
+                }
                 for cx in assoc.rejected_contexts
             ],
             roles=role_items(assoc.acceptor),
@@ -274,7 +277,9 @@ class SCP:
 
     def on_aborted(self, event: evt.Event) -> None:
         info = getattr(event.assoc, "_peer_abort", None) or {
-            "source": None, "reason": None, "by": "local",
+            "source": None,
+            "reason": None,
+            "by": "local",
         }
         self.out.write("aborted", **self.common(event), **info)
 
@@ -282,7 +287,9 @@ class SCP:
         pdu = event.pdu  # type: ignore[attr-defined]
         if isinstance(pdu, A_ABORT_RQ):
             event.assoc._peer_abort = {
-                "source": pdu.source, "reason": pdu.reason_diagnostic, "by": "peer",
+                "source": pdu.source,
+                "reason": pdu.reason_diagnostic,
+                "by": "peer",
             }
 
     def on_conn_close(self, event: evt.Event) -> None:
@@ -290,9 +297,7 @@ class SCP:
 
     # Intervention handlers -------------------------------------------------
 
-    def on_user_id(
-        self, event: evt.Event
-    ) -> tuple[bool, bytes | None]:
+    def on_user_id(self, event: evt.Event) -> tuple[bool, bytes | None]:
         primary = bytes(event.primary_field)  # type: ignore[attr-defined]
         rejected = self.args.reject_user is not None and primary == self.args.reject_user.encode()
         response = None
@@ -401,11 +406,14 @@ def run_scp(args: argparse.Namespace) -> int:
     # serve_forever() ourselves (as start_server(block=False) would) to get a
     # short poll interval, so that SIGTERM stops the peer in ~50 ms, not 0.5 s.
     server = ae.make_server(
-        (args.host, args.port), evt_handlers=scp.handlers(),
+        (args.host, args.port),
+        evt_handlers=scp.handlers(),
         server_class=ThreadedAssociationServer,
     )
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="AcceptorServer",
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.05},
+        name="AcceptorServer",
         daemon=True,
     )
     thread.start()
@@ -549,8 +557,11 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
         roles=role_items(acc),
         contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
         rejected_contexts=[
-            {"context_id": cx.context_id, "abstract_syntax": str(cx.abstract_syntax),
-             "result": cx.result}
+            {
+                "context_id": cx.context_id,
+                "abstract_syntax": str(cx.abstract_syntax),
+                "result": cx.result,
+            }
             for cx in assoc.rejected_contexts
         ],
     )
@@ -620,13 +631,25 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("--ae-title", default="PYNETDICOM")
     scp.add_argument("--require-called-aet", action="store_true")
     scp.add_argument("--require-calling-aet", action="append", default=[], metavar="AET")
-    scp.add_argument("--user-identity-response", metavar="TEXT",
-                     help="EVT_USER_ID returns (True, TEXT utf-8) (sent for types 3-5 when asked)")
+    scp.add_argument(
+        "--user-identity-response",
+        metavar="TEXT",
+        help="EVT_USER_ID returns (True, TEXT utf-8) (sent for types 3-5 when asked)",
+    )
     scp.add_argument("--reject-user", metavar="PRIMARY", help="EVT_USER_ID fails for this user")
-    scp.add_argument("--role", type=parse_role, action="append", default=[],
-                     metavar="SOPUID:SCU:SCP", help="add_supported_context(scu_role, scp_role)")
-    scp.add_argument("--accept-all-storage", action="store_true",
-                     help="every storage class, every transfer syntax, unknown classes too")
+    scp.add_argument(
+        "--role",
+        type=parse_role,
+        action="append",
+        default=[],
+        metavar="SOPUID:SCU:SCP",
+        help="add_supported_context(scu_role, scp_role)",
+    )
+    scp.add_argument(
+        "--accept-all-storage",
+        action="store_true",
+        help="every storage class, every transfer syntax, unknown classes too",
+    )
     scp.add_argument("--max-pdu", type=int, default=None)
     scp.add_argument("--max-associations", type=int, default=64)
     scp.add_argument("--out", metavar="FILE", help="JSON lines (default stdout after READY)")
@@ -638,10 +661,15 @@ def build_parser() -> argparse.ArgumentParser:
     scu.add_argument("--called", default="ANY-SCP")
     scu.add_argument("--calling", default="PYNETDICOM_SCU")
     scu.add_argument("--echo", type=int, default=0, metavar="N")
-    scu.add_argument("--user-identity", type=parse_user_identity, default=None,
-                     metavar="TYPE:PRIMARY[:SECONDARY][:positive]")
-    scu.add_argument("--role", type=parse_role, action="append", default=[],
-                     metavar="SOPUID:SCU:SCP")
+    scu.add_argument(
+        "--user-identity",
+        type=parse_user_identity,
+        default=None,
+        metavar="TYPE:PRIMARY[:SECONDARY][:positive]",
+    )
+    scu.add_argument(
+        "--role", type=parse_role, action="append", default=[], metavar="SOPUID:SCU:SCP"
+    )
     scu.add_argument("--store", action="append", default=[], metavar="FILE")
     scu.add_argument("--max-pdu", type=int, default=None)
     scu.add_argument("--out", metavar="FILE")
