@@ -26,7 +26,6 @@ from typing import Any, cast
 
 import anyio
 import anyio.abc
-import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
@@ -37,10 +36,12 @@ _LOW_WATER = 1 << 18
 
 
 def _on_asyncio() -> bool:
+    """True when running on anyio's asyncio backend (an asyncio loop runs)."""
     try:
-        return sniffio.current_async_library() == "asyncio"
-    except sniffio.AsyncLibraryNotFoundError:  # pragma: no cover
+        asyncio.get_running_loop()
+    except RuntimeError:
         return False
+    return True
 
 
 class _Protocol(asyncio.Protocol):

@@ -156,3 +156,29 @@ def test_sop_class_context_lists() -> None:
         "AllStoragePresentationContexts",
     ):
         assert getattr(sop_class, name), name
+
+
+def test_imports_with_runtime_dependencies_only() -> None:
+    """pydicom and anyio are the only runtime dependencies: nothing else may be
+    imported (sniffio, for one, is no longer installed with anyio)."""
+    import subprocess
+    import sys
+
+    blocked = ["sniffio", "trio", "pynetdicom", "uvloop", "hypothesis", "pytest"]
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+        + "import aiodicom, aiodicom.cli, aiodicom.testing\n"
+        + "import anyio\n"
+        + "from aiodicom import AE, sop_class\n"
+        + "from aiodicom.testing import memory_pair\n"
+        + "async def main():\n"
+        + "    scu, scp = AE('A'), AE('B')\n"
+        + "    scu.add_requested_context(sop_class.Verification)\n"
+        + "    scp.add_supported_context(sop_class.Verification)\n"
+        + "    async with memory_pair(scu, scp) as assoc:\n"
+        + "        assert (await assoc.send_c_echo()).Status == 0\n"
+        + "anyio.run(main)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
