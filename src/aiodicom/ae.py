@@ -57,6 +57,20 @@ def _context_list(contexts: Sequence[PresentationContext], what: str) -> list[Pr
     return out
 
 
+def _syntaxes(transfer_syntax: str | UID | Sequence[str | UID] | None) -> set[UID] | None:
+    """The transfer syntaxes named, or None for "all of them"."""
+    if transfer_syntax is None:
+        return None
+    items = [transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax
+    return {UID(str(t)) for t in items}
+
+
+def _drop_syntaxes(cx: PresentationContext, drop: set[UID] | None) -> bool:
+    """Remove ``drop`` (all if None) from ``cx``; True if any transfer syntax is left."""
+    cx.transfer_syntax = [] if drop is None else [t for t in cx.transfer_syntax if t not in drop]
+    return bool(cx.transfer_syntax)
+
+
 class AE:
     """A DICOM Application Entity: both a client (SCU) and a server (SCP).
 
@@ -132,21 +146,10 @@ class AE:
     ) -> None:
         """Remove the contexts for ``abstract_syntax`` (or only those transfer syntaxes)."""
         uid = UID(str(abstract_syntax))
-        if transfer_syntax is None:
-            self._requested = [cx for cx in self._requested if cx.abstract_syntax != uid]
-            return
-        drop = {
-            UID(str(t))
-            for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)
-        }
-        kept = []
-        for cx in self._requested:
-            if cx.abstract_syntax == uid:
-                cx.transfer_syntax = [t for t in cx.transfer_syntax if t not in drop]
-                if not cx.transfer_syntax:
-                    continue
-            kept.append(cx)
-        self._requested = kept
+        drop = _syntaxes(transfer_syntax)
+        self._requested = [
+            cx for cx in self._requested if cx.abstract_syntax != uid or _drop_syntaxes(cx, drop)
+        ]
 
     @property
     def supported_contexts(self) -> list[PresentationContext]:
@@ -187,18 +190,8 @@ class AE:
     ) -> None:
         """Stop supporting ``abstract_syntax`` (or only those transfer syntaxes)."""
         uid = UID(str(abstract_syntax))
-        if transfer_syntax is None:
-            self._supported.pop(uid, None)
-            return
         cx = self._supported.get(uid)
-        if cx is None:
-            return
-        drop = {
-            UID(str(t))
-            for t in ([transfer_syntax] if isinstance(transfer_syntax, str) else transfer_syntax)
-        }
-        cx.transfer_syntax = [t for t in cx.transfer_syntax if t not in drop]
-        if not cx.transfer_syntax:
+        if cx is not None and not _drop_syntaxes(cx, _syntaxes(transfer_syntax)):
             del self._supported[uid]
 
     # -- client ---------------------------------------------------------------

@@ -339,13 +339,7 @@ def _fragments(
     dataset: bytes | memoryview | None,
     max_pdu: int,
 ) -> Iterator[bytes]:
-    """Encode a message as P-DATA-TF PDUs, each no larger than ``max_pdu``.
-
-    ``max_pdu`` is the peer's maximum PDU length (the P-DATA-TF length field
-    value, PS3.8 D.1); 0 means no limit. A small message goes out in a single
-    PDU holding the command PDV and the data set PDV. Data set chunks are
-    memoryview slices: the data set is copied once, into the PDU.
-    """
+    """The generator behind :func:`fragment`."""
     chunk = (max_pdu - 6) if max_pdu else UNLIMITED_CHUNK
     if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
         yield b"".join(
