@@ -328,6 +328,11 @@ class Association:
         """Unbind ``handler`` from ``event``."""
         self._handlers.unbind(event, handler)
 
+    async def _notify(self, kind: evt.EventType) -> None:
+        """Notify the handlers bound to ``kind``; build no Event when none are."""
+        if kind in self._handlers:
+            await evt.notify(self._handlers, evt.Event(self, kind))
+
     def get_handlers(self, event: evt.EventType) -> list[tuple[evt.Handler, tuple[Any, ...]]]:
         """The handlers bound to ``event``."""
         return self._handlers.get(event)
@@ -381,10 +386,9 @@ class Association:
         return pdu_type, body
 
     async def _close_transport(self) -> None:
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 1.0):
             try:
-                with anyio.move_on_after(1.0):
-                    await self._stream.aclose()
+                await self._stream.aclose()
             except Exception:  # pragma: no cover - closing a broken stream
                 pass
 
@@ -405,19 +409,14 @@ class Association:
                     data, obj = pdu, None
                 else:
                     data, obj = encode(pdu), pdu
-                # Bounded: a writer stuck on a peer that stopped reading must
-                # not also stall the reader, which watches the timeouts.
-                with anyio.move_on_after(self.network_timeout) as scope:
-                    async with self._send_lock:
-                        try:
-                            await self._write(data, obj)
-                        except _TransportError as exc:
-                            await self._transport_failed(str(exc))
-                            return
-                if scope.cancelled_caught:
-                    self._send_timed_out = True
-                    await self._transport_failed("network timeout while sending")
-                    return
+                # If another writer is stuck on a peer that stopped reading,
+                # the watchdog closes the transport and the lock is released.
+                async with self._send_lock:
+                    try:
+                        await self._write(data, obj)
+                    except _TransportError as exc:
+                        await self._transport_failed(str(exc))
+                        return
             elif isinstance(effect, Indicate):
                 await self._indicate(effect.primitive)
             elif isinstance(effect, CloseTransport):
@@ -461,7 +460,7 @@ class Association:
             self._rejection = AssociationRejected(rj.result, rj.source, rj.reason)
             self._error = self._rejection
             LOGGER.info("Association rejected: %s", self._rejection)
-            await evt.notify(self._handlers, evt.Event(self, evt.EVT_REJECTED))
+            await self._notify(evt.EVT_REJECTED)
             self._established.set()
         elif isinstance(primitive, ReleaseIndication):
             await self._on_release_indication(primitive.collision)
@@ -591,6 +590,14 @@ class Association:
         self._fail_pending()
 
     async def _abort_from_timer(self, now: float) -> None:
+        if self._send_lock.locked():
+            # A write is in progress and may be stuck on a peer that stopped
+            # reading: the watchdog must not wait behind it. Close instead.
+            self._send_timed_out = True
+            await self._close_transport()
+            if not self._ul.is_closed:
+                await self._apply(self._ul.transport_closed())
+            return
         if self._ul.state in (State.STA1, State.STA2, State.STA4, State.STA13):
             await self._close_transport()
             await self._apply(self._ul.abort(0, 0, now))
@@ -622,10 +629,10 @@ class Association:
                 if self._tg is not None:
                     self._tg.cancel_scope.cancel()
                 if self._was_aborted:
-                    await evt.notify(self._handlers, evt.Event(self, evt.EVT_ABORTED))
+                    await self._notify(evt.EVT_ABORTED)
                 elif self._was_released:
-                    await evt.notify(self._handlers, evt.Event(self, evt.EVT_RELEASED))
-                await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_CLOSE))
+                    await self._notify(evt.EVT_RELEASED)
+                await self._notify(evt.EVT_CONN_CLOSE)
 
     async def _read_loop(self) -> None:
         broken = False  # after a framing error the byte stream cannot be parsed
@@ -745,7 +752,7 @@ class Association:
     async def _run_acceptor(self) -> None:
         """Serve one incoming connection until it closes."""
         self._ul.transport_connected(anyio.current_time())
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_OPEN))
+        await self._notify(evt.EVT_CONN_OPEN)
         async with anyio.create_task_group() as tg:
             self._tg = tg
             await self._run()
@@ -761,7 +768,7 @@ class Association:
             rq.called_ae_title,
             len(rq.presentation_contexts),
         )
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_REQUESTED))
+        await self._notify(evt.EVT_REQUESTED)
         now = anyio.current_time
 
         reject: AAssociateRJ | None = None
@@ -795,7 +802,7 @@ class Association:
             self._rejection = AssociationRejected(reject.result, reject.source, reject.reason)
             LOGGER.info("Rejecting association: %s", self._rejection)
             await self._apply(self._ul.reject(reject, now()))
-            await evt.notify(self._handlers, evt.Event(self, evt.EVT_REJECTED))
+            await self._notify(evt.EVT_REJECTED)
             return
 
         # Extended negotiation (answers from the intervention handlers).
@@ -850,8 +857,8 @@ class Association:
                 len(self._contexts),
                 len(rq.presentation_contexts),
             )
-            await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
-            await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
+            await self._notify(evt.EVT_ACCEPTED)
+            await self._notify(evt.EVT_ESTABLISHED)
             self._established.set()
 
     def _supported_contexts(self) -> list[PresentationContext]:
@@ -1031,9 +1038,9 @@ class Association:
     async def _request(self, rq: AAssociateRQ) -> None:
         """Send the A-ASSOCIATE-RQ and wait for the answer (ACSE timeout)."""
         self._ul.request_association(rq)
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_CONN_OPEN))
+        await self._notify(evt.EVT_CONN_OPEN)
         await self._apply(self._ul.transport_connected(anyio.current_time()))
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_REQUESTED))
+        await self._notify(evt.EVT_REQUESTED)
         with anyio.move_on_after(self.acse_timeout) as scope:
             await self._established.wait()
         if scope.cancelled_caught:
@@ -1064,8 +1071,8 @@ class Association:
             invoked, performed = self._remote.asynchronous_operations
             self._set_windows(invoke=performed, perform=invoked)
         LOGGER.info("Association accepted: %d contexts accepted", len(self._contexts))
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_ACCEPTED))
-        await evt.notify(self._handlers, evt.Event(self, evt.EVT_ESTABLISHED))
+        await self._notify(evt.EVT_ACCEPTED)
+        await self._notify(evt.EVT_ESTABLISHED)
         self._established.set()
 
     _remote_max_pdu = 0
