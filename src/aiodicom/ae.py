@@ -90,7 +90,11 @@ class AE:
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid: UID = IMPLEMENTATION_CLASS_UID
         self.implementation_version_name: str | None = IMPLEMENTATION_VERSION_NAME
+        #: Received C-STORE data sets larger than this many bytes are spooled
+        #: to a temporary file as they arrive (``event.dataset_path``); 0: never.
         self.spool_threshold = 16 * 1024 * 1024
+        #: Where spool files go (``None``: the system's temporary directory).
+        self.spool_directory: str | None = None
         self._requested: list[PresentationContext] = []
         self._supported: dict[UID, PresentationContext] = {}
         self._servers: list[Server] = []

@@ -23,34 +23,51 @@ timeouts), and the transport is always closed under a shield.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import math
+import os
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import evt
+from ._spool import WRITE_BATCH, Spool, read_blocks
 from ._transport import AsyncioStream
 from .dimse import (
+    DATASET_PRESENT,
     NO_DATASET,
     CommandField,
     Message,
     Reassembler,
     command_dataset,
+    data_chunk_size,
+    data_fragments,
     decode_command,
     encode_command,
     fragment,
 )
+from .dsutils import (
+    Part10Info,
+    encode_dataset,
+    file_meta_for,
+    probe_part10,
+    transfer_syntax_of,
+)
 from .errors import (
     AssociationAborted,
     AssociationRejected,
+    DatasetMismatch,
     DicomNetworkError,
+    DIMSEError,
     LocalProtocolError,
     NoAcceptedContext,
     PDUError,
@@ -115,6 +132,23 @@ VERIFICATION = UID("1.2.840.10008.1.1")
 #: (or for an unlimited window, 0).
 MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
+#: Bytes read from a file per worker-thread call when sending it.
+_FILE_BLOCK = 4 << 20
+#: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
+_NO_RESOURCES = {errno.ENOSPC, errno.ENOMEM, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class _FileSource:
+    """A data set to send from an open binary file, from ``offset`` to its end."""
+
+    __slots__ = ("file", "offset")
+
+    def __init__(self, file: BinaryIO, offset: int) -> None:
+        self.file = file
+        self.offset = offset
+
+
+_Payload = bytes | memoryview | _FileSource | None
 
 
 @dataclass(slots=True)
@@ -239,7 +273,9 @@ class Association:
         self._next_id = 0
         self._contexts: dict[int, PresentationContext] = {}
         self._rejected: list[PresentationContext] = []
-        self._reassembler = Reassembler(self._contexts)
+        self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
+        self._spool: Spool | None = None
+        self._drained: anyio.Event | None = None
         self._invoke_window: anyio.Semaphore | _NoLimit = _window(1)
         self._established = anyio.Event()
         self._closed = anyio.Event()
@@ -623,6 +659,7 @@ class Association:
                 if self._error is None:
                     self._error = AssociationAborted(2, 0, "the association ended")
                 self._fail_pending()
+                self._discard_spools()
                 self._established.set()
                 self._released.set()
                 self._closed.set()
@@ -689,12 +726,18 @@ class Association:
             return data
         pos, end = 0, len(data)
         now = -1.0
+        view = memoryview(data)
+        reassembler = self._reassembler
         while end - pos >= 6 and data[pos] == 0x04:
             length = int.from_bytes(data[pos + 2 : pos + 6], "big")
             if pos + 6 + length > end or length < 6 or (self._max_pdu and length > self._max_pdu):
                 break
+            if reassembler.would_spill(length) or len(self._jobs) > self._max_workers:
+                # Spooling writes to disk and a backlog waits for the
+                # workers: both need the reader, which can await.
+                break
             try:
-                pdata = decode(0x04, data[pos + 6 : pos + 6 + length])
+                pdata = decode(0x04, view[pos + 6 : pos + 6 + length])
             except PDUError:
                 break  # the reader reports it
             if now < 0:
@@ -1160,15 +1203,58 @@ class Association:
     # DIMSE
 
     async def _on_data(self, ind: DataIndication) -> None:
+        reassembler = self._reassembler
         for pdv in ind.pdu.pdvs:
             try:
-                msg = self._reassembler.feed(pdv)
+                msg = reassembler.feed(pdv)
             except PDUError as exc:
                 LOGGER.error("DIMSE protocol violation: %s", exc)
                 await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
                 return
+            if reassembler.spilled:
+                await self._spill(msg)
             if msg is not None:
                 await self._on_message(msg)
+                # Backpressure: a peer that sends more requests than the
+                # window lets us perform waits (TCP) until workers catch up.
+                while len(self._jobs) > self._max_workers and not self._ul.is_closed:
+                    drained = self._drained = anyio.Event()
+                    await drained.wait()
+
+    async def _spill(self, msg: Message | None) -> None:
+        """Write the fragments the reassembler spilled to the message's spool file."""
+        reassembler = self._reassembler
+        spool = self._spool
+        if spool is None:
+            current = msg if msg is not None else reassembler.current
+            assert current is not None
+            cx = self._contexts[current.context_id]
+            spool = self._spool = Spool()
+            meta = file_meta_for(
+                current.command.get("AffectedSOPClassUID"),
+                current.command.get("AffectedSOPInstanceUID"),
+                cx.transfer_syntax[0],
+            )
+            await spool.open(meta, self.ae.spool_directory)
+            LOGGER.debug("Spooling %s data set to %s", current.name, spool.path)
+        chunks = reassembler.spilled
+        if msg is None and sum(map(len, chunks)) < WRITE_BATCH:
+            return  # batch small fragments into fewer worker-thread writes
+        reassembler.spilled = []
+        await spool.write(chunks)
+        if msg is not None:
+            await spool.finish()
+            msg.spool = spool
+            self._spool = None
+
+    def _discard_spools(self) -> None:
+        """Delete every spool file of a message that will not be served."""
+        if self._spool is not None:
+            self._spool.discard()
+            self._spool = None
+        for msg in self._jobs:
+            if isinstance(msg.spool, Spool):
+                msg.spool.discard()
 
     async def _on_message(self, msg: Message) -> None:
         if self._debug:
@@ -1219,7 +1305,12 @@ class Association:
         jobs = self._jobs
         while True:
             while jobs:
-                await self._serve(jobs.popleft())
+                msg = jobs.popleft()
+                drained = self._drained
+                if drained is not None and len(jobs) <= self._max_workers:
+                    self._drained = None
+                    drained.set()
+                await self._serve(msg)
             ready = self._jobs_ready
             self._idle_workers += 1
             try:
@@ -1231,7 +1322,10 @@ class Association:
 
     async def _serve(self, msg: Message) -> None:
         try:
-            if msg.command_field == CommandField.C_ECHO_RQ:
+            field = msg.command_field
+            if field == CommandField.C_STORE_RQ:
+                await self._serve_c_store(msg)
+            elif field == CommandField.C_ECHO_RQ:
                 await self._serve_c_echo(msg)
             else:
                 await self._refuse(msg, 0x0211)
@@ -1257,11 +1351,53 @@ class Association:
             fields["AffectedSOPClassUID"] = sop
         await self._send_message(msg.context_id, encode_command(fields), None)
 
-    def _event_for(self, kind: evt.EventType, msg: Message) -> evt.Event:
+    def _event_for(self, kind: evt.EventType, msg: Message, **attrs: Any) -> evt.Event:
         cx = self._contexts[msg.context_id]
         return evt.Event(
-            self, kind, context=cx.as_tuple(), request=msg.command, message_id=msg.message_id
+            self,
+            kind,
+            context=cx.as_tuple(),
+            request=command_dataset(msg.raw_command),
+            message_id=msg.message_id,
+            **attrs,
         )
+
+    async def _serve_c_store(self, msg: Message) -> None:
+        """Storage SCP (PS3.4 Annex B): give the instance to EVT_C_STORE, answer its status."""
+        spool = msg.spool if isinstance(msg.spool, Spool) else None
+        status: Any
+        try:
+            bound = self._handlers.get(evt.EVT_C_STORE)
+            if spool is not None and spool.error is not None:
+                LOGGER.error("Could not spool a received data set: %s", spool.error)
+                status = 0xA700
+            elif not bound:
+                LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
+                status = 0xC211
+            else:
+                cx = self._contexts[msg.context_id]
+                event = self._event_for(
+                    evt.EVT_C_STORE,
+                    msg,
+                    _encoded=msg.data,
+                    _transfer_syntax=cx.transfer_syntax[0],
+                    dataset_path=None if spool is None else spool.path,
+                    _data_offset=0 if spool is None else spool.data_offset,
+                )
+                handler, args = bound[0]
+                status = await _store_status(handler, event, args)
+        finally:
+            if spool is not None:
+                spool.discard()
+        fields: dict[str, Any] = {
+            "CommandField": CommandField.C_STORE_RSP,
+            "MessageIDBeingRespondedTo": msg.message_id,
+            "AffectedSOPClassUID": msg.command.get("AffectedSOPClassUID"),
+            "AffectedSOPInstanceUID": msg.command.get("AffectedSOPInstanceUID"),
+            "CommandDataSetType": NO_DATASET,
+        }
+        fields.update(_status_fields(status, 0xC211))
+        await self._send_message(msg.context_id, encode_command(fields), None)
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any = 0x0000
@@ -1282,8 +1418,11 @@ class Association:
         fields.update(_status_fields(status, 0x0110))
         await self._send_message(msg.context_id, encode_command(fields), None)
 
-    async def _send_message(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+    async def _send_message(self, context_id: int, command: bytes, dataset: _Payload) -> None:
         """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
+        if isinstance(dataset, _FileSource):
+            await self._send_streamed(context_id, command, dataset)
+            return
         async with self._send_lock:
             for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
                 if not self._ul.can_send_data():
@@ -1301,11 +1440,53 @@ class Association:
         await self._transport_failed(failure)
         raise self._error or AssociationAborted(2, 0, failure)
 
-    async def _message_sent(self, context_id: int, command: bytes, dataset: bytes | None) -> None:
+    async def _send_streamed(self, context_id: int, command: bytes, source: _FileSource) -> None:
+        """Send a message whose data set is read from a file, block by block.
+
+        Memory holds two blocks at most (one read ahead), whatever the file's
+        size. A read error after the command went out leaves a message the
+        peer cannot complete: the association is aborted and the error raised.
+        """
+        max_pdu = self._remote_max_pdu
+        chunk = data_chunk_size(max_pdu)
+        block = chunk * max(1, _FILE_BLOCK // chunk)
+        failure: str | None = None
+        read_error: OSError | None = None
+        async with self._send_lock:
+            try:
+                for pdu in fragment(context_id, command, None, max_pdu):
+                    await self._send_pdata(pdu)
+                async with contextlib.aclosing(read_blocks(source.file, block)) as blocks:
+                    async for data, last in blocks:
+                        for pdu in data_fragments(context_id, data, max_pdu, last=last):
+                            await self._send_pdata(pdu)
+            except _TransportError as exc:
+                failure = str(exc)
+            except OSError as exc:
+                read_error = exc
+            else:
+                if self._debug or evt.EVT_DIMSE_SENT in self._handlers:
+                    await self._message_sent(context_id, command, None)
+        if read_error is not None:
+            LOGGER.error("Reading the data set to send failed: %s", read_error)
+            await self._abort(grace=None)
+            raise read_error
+        if failure is not None:
+            await self._transport_failed(failure)
+            raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _send_pdata(self, pdu: bytes) -> None:
+        """Write one P-DATA-TF of a message; the caller holds the send lock."""
+        if not self._ul.can_send_data():
+            raise self._error or AssociationAborted(2, 0, "association not established")
+        self._ul.send_data(pdu)
+        await self._write(pdu)
+
+    async def _message_sent(self, context_id: int, command: bytes, dataset: _Payload) -> None:
         msg = Message(
             context_id=context_id,
             command=decode_command(command),
-            data=dataset,
+            data=None if isinstance(dataset, _FileSource | None) else bytes(dataset),
             raw_command=command,
         )
         if self._debug:
@@ -1339,7 +1520,7 @@ class Association:
         raise LocalProtocolError("every message ID is in use")
 
     async def _invoke(
-        self, context_id: int, fields: dict[str, Any], dataset: bytes | None, msg_id: int | None
+        self, context_id: int, fields: dict[str, Any], dataset: _Payload, msg_id: int | None
     ) -> Message:
         """Send a request and wait (``dimse_timeout``) for its single response."""
         self._check_usable()
@@ -1384,6 +1565,132 @@ class Association:
             msg_id,
         )
         return command_dataset(rsp.raw_command)
+
+    async def send_c_store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        msg_id: int | None = None,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Dataset:
+        """Send a C-STORE request (Storage, PS3.4 Annex B) and return the status.
+
+        ``dataset`` is a pydicom ``Dataset``, the path of a DICOM file (Part
+        10 with File Meta Information, or a bare data set), or a binary file
+        object open at the start of one. A file is sent as it is, in its own
+        transfer syntax, read in blocks as it goes out: memory does not grow
+        with its size. A ``Dataset`` is encoded in the transfer syntax of its
+        file meta, else the one it was read with, else the first accepted for
+        its SOP class. The context used must have been accepted for the SOP
+        class in exactly that transfer syntax, or :class:`NoAcceptedContext`
+        is raised. ``priority`` is 0 (medium), 1 (high) or 2 (low);
+        ``originator_aet`` and ``originator_id`` are the Move Originator's AE
+        title and message ID when storing as a C-MOVE sub-operation.
+
+        Returns the response's command set as a Dataset (``.Status``).
+        """
+        if priority not in (0, 1, 2):
+            raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
+        self._check_usable()
+        owned: BinaryIO | None = None
+        try:
+            payload: _Payload
+            if isinstance(dataset, Dataset):
+                sop_class, sop_instance = _instance_uids(dataset)
+                cx = self._store_context(sop_class, transfer_syntax_of(dataset))
+                payload = encode_dataset(dataset, cx.transfer_syntax[0])
+            else:
+                if isinstance(dataset, str | os.PathLike):
+                    owned = fp = await anyio.to_thread.run_sync(_open_binary, dataset)
+                elif hasattr(dataset, "read"):
+                    fp = cast(BinaryIO, dataset)
+                else:
+                    raise TypeError(
+                        "send_c_store() takes a Dataset, a path or a binary file object,"
+                        f" not {type(dataset).__name__}"
+                    )
+                info: Part10Info = await anyio.to_thread.run_sync(_probe, fp)
+                sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
+                cx = self._store_context(sop_class, info.transfer_syntax)
+                payload = _FileSource(fp, info.offset)
+            assert cx.context_id is not None
+            rsp = await self._invoke(
+                cx.context_id,
+                {
+                    "CommandField": CommandField.C_STORE_RQ,
+                    "AffectedSOPClassUID": sop_class,
+                    "Priority": priority,
+                    "CommandDataSetType": DATASET_PRESENT,
+                    "AffectedSOPInstanceUID": sop_instance,
+                    "MoveOriginatorApplicationEntityTitle": originator_aet,
+                    "MoveOriginatorMessageID": originator_id,
+                },
+                payload,
+                msg_id,
+            )
+        finally:
+            if owned is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(owned.close)
+        return command_dataset(rsp.raw_command)
+
+    def _store_context(self, sop_class: UID, transfer_syntax: UID | None) -> PresentationContext:
+        """The accepted SCU context for ``sop_class`` in ``transfer_syntax`` (any if None)."""
+        for cx in self.accepted_contexts:
+            if (
+                cx.abstract_syntax == sop_class
+                and cx.as_scu
+                and (transfer_syntax is None or cx.transfer_syntax[0] == transfer_syntax)
+            ):
+                return cx
+        what = f"{sop_class} ({sop_class.name})"
+        if transfer_syntax is not None:
+            what += f" in {transfer_syntax.name}"
+        raise NoAcceptedContext(f"no accepted presentation context for {what}")
+
+
+def _instance_uids(ds: Dataset) -> tuple[UID, UID]:
+    sop_class = ds.get("SOPClassUID")
+    sop_instance = ds.get("SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        raise ValueError("the data set to store has no SOP Class UID or SOP Instance UID")
+    return UID(str(sop_class)), UID(str(sop_instance))
+
+
+def _open_binary(path: str | os.PathLike[str]) -> BinaryIO:
+    return open(path, "rb")
+
+
+def _probe(fp: BinaryIO) -> Part10Info:
+    """Probe the file, then leave it positioned at its data set."""
+    info = probe_part10(fp)
+    fp.seek(info.offset)
+    return info
+
+
+async def _store_status(handler: evt.Handler, event: evt.Event, args: tuple[Any, ...]) -> Any:
+    """Call the EVT_C_STORE handler; map its failure to a Storage status (PS3.4 B.2.3)."""
+    try:
+        return await evt.call_handler(handler, event, args)
+    except DatasetMismatch as exc:
+        LOGGER.error("C-STORE: %s: answering 0xA900", exc)
+        return 0xA900
+    except DIMSEError as exc:
+        LOGGER.error("C-STORE: the data set cannot be decoded (%s): answering 0xC210", exc)
+        return 0xC210
+    except MemoryError:
+        LOGGER.exception("C-STORE handler ran out of memory: answering 0xA700")
+        return 0xA700
+    except OSError as exc:
+        if exc.errno in _NO_RESOURCES:
+            LOGGER.exception("C-STORE handler is out of resources: answering 0xA700")
+            return 0xA700
+        LOGGER.exception("Exception in the handler bound to EVT_C_STORE: answering 0xC211")
+        return 0xC211
+    except Exception:
+        LOGGER.exception("Exception in the handler bound to EVT_C_STORE: answering 0xC211")
+        return 0xC211
 
 
 def _loop_time() -> float:

@@ -18,7 +18,7 @@ import copy
 import functools
 import struct
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -35,6 +35,8 @@ __all__ = (
     "Message",
     "Reassembler",
     "command_dataset",
+    "data_chunk_size",
+    "data_fragments",
     "decode_command",
     "encode_command",
     "fragment",
@@ -285,6 +287,12 @@ class Message:
     command: dict[str, Any]
     data: bytes | None = None
     raw_command: bytes = b""
+    #: True when the data set was spilled to the caller (see :class:`Reassembler`).
+    spooled: bool = False
+    #: The data set's length in bytes (also when spooled).
+    data_size: int = field(default=0, compare=False)
+    #: Where the shell put a spooled data set (opaque here).
+    spool: Any = field(default=None, compare=False)
 
     @property
     def command_field(self) -> int:
@@ -373,6 +381,34 @@ def _fragments(
         yield encode_p_data(context_id, 0x02 if last else 0x00, view[start : start + chunk])
 
 
+def data_chunk_size(max_pdu: int) -> int:
+    """The largest data set fragment a P-DATA-TF of ``max_pdu`` (0: no limit) carries."""
+    return (max_pdu - 6) if max_pdu else UNLIMITED_CHUNK
+
+
+def data_fragments(
+    context_id: int, data: bytes | memoryview, max_pdu: int, *, last: bool
+) -> Iterator[bytes]:
+    """Data set P-DATA-TF PDUs for one block of a data set sent in blocks.
+
+    The last PDU of the block carries the last-fragment bit only if ``last``;
+    so a data set read from a file block by block goes out as if it were
+    fragmented whole. An empty last block gives one empty last fragment.
+    """
+    chunk = data_chunk_size(max_pdu)
+    if chunk < 1:
+        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    view = memoryview(data)
+    n = len(view)
+    if n == 0:
+        if last:
+            yield encode_p_data(context_id, 0x02, b"")
+        return
+    for start in range(0, n, chunk):
+        final = last and start + chunk >= n
+        yield encode_p_data(context_id, 0x02 if final else 0x00, view[start : start + chunk])
+
+
 class Reassembler:
     """Rebuild DIMSE messages from PDVs (PS3.8 Annex E, PS3.7 6.3.1).
 
@@ -382,22 +418,58 @@ class Reassembler:
     command fragment of a command that announces a data set; all fragments of
     a message share its context ID; a new command starts only once the
     previous message is complete (reason 5, unexpected parameter).
+
+    Spilling: once the data set of the message being received grows past
+    ``spool_threshold`` bytes (0: never), its fragments are no longer kept
+    here. What was held so far and every later fragment is appended to
+    :attr:`spilled`, which the caller drains after each :meth:`feed` (it
+    writes them to a file: no I/O happens here), and the completed message
+    comes out with ``data=None`` and ``spooled=True``. Memory then holds no
+    more than one PDU of the data set.
     """
 
-    __slots__ = ("_command_parts", "_context", "_current", "_data_parts", "_expect", "accepted")
+    __slots__ = (
+        "_command_parts",
+        "_context",
+        "_current",
+        "_data_parts",
+        "_data_size",
+        "_expect",
+        "accepted",
+        "spilled",
+        "spilling",
+        "spool_threshold",
+    )
 
-    def __init__(self, accepted: Collection[int]) -> None:
+    def __init__(self, accepted: Collection[int], spool_threshold: int = 0) -> None:
         self.accepted = accepted
+        self.spool_threshold = spool_threshold
         self._current: Message | None = None
-        self._command_parts: list[bytes] = []
-        self._data_parts: list[bytes] = []
+        self._command_parts: list[bytes | memoryview] = []
+        self._data_parts: list[bytes | memoryview] = []
+        self._data_size = 0
         self._expect = "command"
         self._context = 0
+        self.spilling = False
+        self.spilled: list[bytes | memoryview] = []
 
     @property
     def in_progress(self) -> bool:
         """True while a message has been started but not completed."""
         return self._expect != "command" or bool(self._command_parts)
+
+    @property
+    def current(self) -> Message | None:
+        """The message whose data set is being received, if any."""
+        return self._current
+
+    def would_spill(self, incoming: int) -> bool:
+        """True if ``incoming`` more data set bytes would start or continue spilling."""
+        return (
+            self._expect == "data"
+            and self.spool_threshold > 0
+            and (self.spilling or self._data_size + incoming > self.spool_threshold)
+        )
 
     def feed(self, pdv: PDV) -> Message | None:
         """Take one PDV; return the message it completes, if any."""
@@ -409,15 +481,14 @@ class Reassembler:
             if self._command_parts and self._context != pdv.context_id:
                 raise PDUError("command fragments on different presentation contexts", reason=5)
             self._context = pdv.context_id
-            self._command_parts.append(bytes(pdv.data))
-            if not pdv.is_last:
-                return None
-            raw = (
-                self._command_parts[0]
-                if len(self._command_parts) == 1
-                else b"".join(self._command_parts)
-            )
-            self._command_parts = []
+            if pdv.is_last and not self._command_parts:
+                raw = bytes(pdv.data)
+            else:
+                self._command_parts.append(pdv.data)
+                if not pdv.is_last:
+                    return None
+                raw = b"".join(self._command_parts)
+                self._command_parts = []
             try:
                 command = decode_command(raw)
             except DIMSEError as exc:
@@ -426,21 +497,39 @@ class Reassembler:
             if msg.has_dataset:
                 self._current = msg
                 self._expect = "data"
+                self._data_size = 0
                 return None
             return msg
         # expecting data set fragments
-        assert self._current is not None
+        current = self._current
+        assert current is not None
+        msg = current
         if pdv.is_command:
             raise PDUError("command fragment received inside a data set", reason=5)
-        if pdv.context_id != self._current.context_id:
+        if pdv.context_id != msg.context_id:
             raise PDUError("data set fragment on another presentation context", reason=5)
-        self._data_parts.append(bytes(pdv.data))
-        if pdv.is_last:
-            msg = self._current
-            parts = self._data_parts
-            msg.data = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._current = None
+        data = pdv.data
+        self._data_size += len(data)
+        if self.spilling:
+            self.spilled.append(data)
+        elif self.spool_threshold and self._data_size > self.spool_threshold:
+            self.spilling = True
+            self.spilled.extend(self._data_parts)
+            self.spilled.append(data)
             self._data_parts = []
-            self._expect = "command"
-            return msg
-        return None
+        else:
+            self._data_parts.append(data)
+        if not pdv.is_last:
+            return None
+        if self.spilling:
+            msg.spooled = True
+            self.spilling = False
+        else:
+            parts = self._data_parts
+            msg.data = bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        msg.data_size = self._data_size
+        self._current = None
+        self._data_parts = []
+        self._data_size = 0
+        self._expect = "command"
+        return msg

@@ -1,12 +1,22 @@
-"""Data set encoding helpers on top of pydicom (sans-IO)."""
+"""Data set encoding helpers on top of pydicom.
+
+Sans-IO except :func:`probe_part10`, which reads from a file object it is
+given (the shell runs it in a worker thread).
+"""
 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from io import BytesIO
+from typing import BinaryIO
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ._version import __version__
@@ -15,8 +25,14 @@ from .errors import DIMSEError
 __all__ = (
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
+    "Part10Info",
     "decode_dataset",
+    "encode_dataset",
+    "encoding_of",
     "file_meta_for",
+    "part10_header",
+    "probe_part10",
+    "transfer_syntax_of",
 )
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2).
@@ -57,3 +73,128 @@ def file_meta_for(
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     return meta
+
+
+_TS_FOR_ENCODING: dict[tuple[bool, bool], UID] = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): UID("1.2.840.10008.1.2.1"),
+    (False, False): UID("1.2.840.10008.1.2.2"),
+}
+
+
+def encoding_of(transfer_syntax: str | UID) -> tuple[bool, bool]:
+    """``(is_implicit_VR, is_little_endian)`` of a transfer syntax's data set encoding.
+
+    Every transfer syntax other than Implicit VR Little Endian and Explicit VR
+    Big Endian (the retired one) encodes its data set as Explicit VR Little
+    Endian; the compressed ones encapsulate only the pixel data (PS3.5 A.4).
+    """
+    ts = UID(str(transfer_syntax))
+    return ts == ImplicitVRLittleEndian, ts != UID("1.2.840.10008.1.2.2")
+
+
+def transfer_syntax_of(ds: Dataset) -> UID | None:
+    """The transfer syntax ``ds`` was read with (or will be written in), if known.
+
+    The file meta's Transfer Syntax UID if there is one, else the encoding the
+    data set was decoded from, else ``None``.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return UID(str(meta.TransferSyntaxUID))
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    return _TS_FOR_ENCODING.get((implicit, little))
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
+    """Encode ``ds`` (without its file meta) for sending in ``transfer_syntax``.
+
+    Deflated Explicit VR Little Endian is deflated here (PS3.5 A.5); for the
+    encapsulated syntaxes the pixel data is written as it is, never
+    re-compressed.
+    """
+    ts = UID(str(transfer_syntax))
+    implicit, little = encoding_of(ts)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = implicit
+    fp.is_little_endian = little
+    try:
+        write_dataset(fp, ds)
+    except Exception as exc:  # pydicom raises many types on bad values
+        raise DIMSEError(f"the data set does not encode in {ts.name}: {exc}") from exc
+    data = fp.getvalue()
+    if ts == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
+
+
+def part10_header(meta: FileMetaDataset) -> bytes:
+    """The 128-byte preamble, ``DICM`` and the encoded File Meta Information (PS3.10 7.1)."""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = False
+    fp.is_little_endian = True
+    fp.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    return fp.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Part10Info:
+    """What sending a DICOM file needs to know of it, without reading its data set."""
+
+    sop_class_uid: UID
+    sop_instance_uid: UID
+    transfer_syntax: UID
+    #: Where the data set starts in the file (after the File Meta Information).
+    offset: int
+
+
+def _stop_after_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag.group != 2
+
+
+def probe_part10(fp: BinaryIO) -> Part10Info:
+    """Read the File Meta Information of a DICOM file (or sniff a bare data set).
+
+    ``fp`` is a binary file positioned at the start of the file; it is left
+    at an unspecified position. Blocking: run it in a worker thread. A file
+    without ``DICM`` is taken as a bare data set whose encoding pydicom
+    detects; its SOP Class and Instance UIDs are read from the data set.
+    """
+    start = fp.tell()
+    head = fp.read(132)
+    meta: Dataset | None = None
+    offset = start
+    if len(head) == 132 and head[128:132] == b"DICM":
+        try:
+            meta = read_dataset(fp, False, True, stop_when=_stop_after_meta)
+        except Exception as exc:
+            raise DIMSEError(f"unreadable File Meta Information: {exc}") from exc
+        offset = fp.tell()
+    ts = None
+    if meta is not None and "TransferSyntaxUID" in meta:
+        ts = UID(str(meta.TransferSyntaxUID))
+    sop_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
+    sop_instance = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
+    if ts is None or not sop_class or not sop_instance:
+        fp.seek(offset)
+        try:
+            ds = dcmread(
+                fp,
+                force=True,
+                stop_before_pixels=True,
+                specific_tags=[BaseTag(0x00080016), BaseTag(0x00080018)],
+            )
+        except Exception as exc:
+            raise DIMSEError(f"not a DICOM file: {exc}") from exc
+        if ts is None:
+            implicit, little = ds.original_encoding
+            ts = _TS_FOR_ENCODING.get((bool(implicit), bool(little)), ImplicitVRLittleEndian)
+        sop_class = sop_class or ds.get("SOPClassUID")
+        sop_instance = sop_instance or ds.get("SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        raise DIMSEError("the file has no SOP Class UID or SOP Instance UID")
+    return Part10Info(UID(str(sop_class)), UID(str(sop_instance)), ts, offset)

@@ -16,6 +16,7 @@ __all__ = (
     "AssociationAborted",
     "AssociationRejected",
     "DIMSEError",
+    "DatasetMismatch",
     "DicomNetworkError",
     "LocalProtocolError",
     "NoAcceptedContext",
@@ -110,3 +111,12 @@ class NoAcceptedContext(DicomNetworkError, ValueError):
 
 class DIMSEError(DicomNetworkError):
     """A DIMSE message was malformed or did not fit the operation."""
+
+
+class DatasetMismatch(DIMSEError):
+    """A received data set's SOP Class UID is not the one its command names.
+
+    Raised by ``event.dataset`` of EVT_C_STORE; a handler that lets it
+    propagate answers 0xA900 (Error: Data Set does not match SOP Class,
+    PS3.4 B.2.3).
+    """

@@ -161,6 +161,7 @@ class Event:
     _dataset: Dataset | None = None
     _encoded: bytes | None = None
     _transfer_syntax: Any = None
+    _data_offset = 0
 
     def __init__(self, assoc: Association, event: EventType, **attrs: Any) -> None:
         self.assoc = assoc
@@ -176,13 +177,27 @@ class Event:
 
     @property
     def dataset(self) -> Dataset:
-        """The request's data set, decoded on first access (C-STORE, N-*)."""
+        """The request's data set, decoded on first access (C-STORE, N-*).
+
+        For a spooled C-STORE (see :attr:`dataset_path`) it is read from the
+        file, meta included. For C-STORE, a data set whose SOP Class UID is not
+        the command's Affected SOP Class UID raises
+        :class:`~aiodicom.errors.DatasetMismatch` (answered 0xA900 if the
+        handler lets it propagate); one that does not decode raises
+        :class:`~aiodicom.errors.DIMSEError` (answered 0xC210).
+        """
         if self._dataset is None:
-            if self._encoded is None:
-                raise AttributeError(f"{self.event.name} has no data set")
             from .dsutils import decode_dataset
 
-            self._dataset = decode_dataset(self._encoded, self._transfer_syntax)
+            if self.dataset_path is not None:
+                ds = _read_spooled(self.dataset_path)
+            elif self._encoded is None:
+                raise AttributeError(f"{self.event.name} has no data set")
+            else:
+                ds = decode_dataset(self._encoded, self._transfer_syntax)
+            if self.event is EVT_C_STORE:
+                _check_sop_class(ds, self.request)
+            self._dataset = ds
         return self._dataset
 
     @property
@@ -191,8 +206,16 @@ class Event:
         return self.dataset
 
     def encoded_dataset(self) -> bytes:
-        """The data set exactly as received, in its transfer syntax."""
+        """The data set exactly as received, in its transfer syntax.
+
+        For a spooled C-STORE this reads the whole data set from
+        :attr:`dataset_path` into memory: prefer the file.
+        """
         if self._encoded is None:
+            if self.dataset_path is not None:
+                with open(self.dataset_path, "rb") as f:
+                    f.seek(self._data_offset)
+                    return f.read()
             raise AttributeError(f"{self.event.name} has no data set")
         return self._encoded
 
@@ -315,3 +338,25 @@ async def notify(registry: HandlerRegistry, event: Event) -> None:
 
 
 AwaitableOrValue: TypeAlias = Awaitable[Any] | Any
+
+
+def _read_spooled(path: str) -> Dataset:
+    from pydicom import dcmread
+
+    from .errors import DIMSEError
+
+    try:
+        return dcmread(path)
+    except Exception as exc:  # pydicom raises many types on garbage
+        raise DIMSEError(f"spooled data set does not decode: {exc}") from exc
+
+
+def _check_sop_class(ds: Dataset, request: Any) -> None:
+    expected = None if request is None else request.get("AffectedSOPClassUID")
+    found = ds.get("SOPClassUID")
+    if expected and found and str(found) != str(expected):
+        from .errors import DatasetMismatch
+
+        raise DatasetMismatch(
+            f"the data set's SOP Class UID {found} is not the command's {expected}"
+        )

@@ -1,0 +1,109 @@
+"""Spooling received data sets to disk, and reading files to send (the I/O side).
+
+Blocking file work runs in anyio's worker threads (``anyio.to_thread``); the
+event loop only hands over buffers. A :class:`Spool` is a Part 10 file under
+construction: the preamble and File Meta Information first, then the data set
+fragments as they arrive, so a completed spool is a file a handler can move
+into its archive as it is. :meth:`Spool.discard` is synchronous on purpose:
+it runs in ``finally`` blocks, under cancellation, where nothing can be
+awaited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncGenerator
+from typing import IO, Any, BinaryIO
+
+import anyio
+import anyio.to_thread
+from pydicom.dataset import FileMetaDataset
+
+from .dsutils import part10_header
+
+__all__ = ("Spool", "read_blocks")
+
+#: Spilled fragments are written to disk once this many bytes are held.
+WRITE_BATCH = 1 << 20
+
+
+class Spool:
+    """A temporary Part 10 file receiving one data set."""
+
+    __slots__ = ("_file", "data_offset", "error", "path", "size")
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self.path: str | None = None
+        self.data_offset = 0
+        self.size = 0
+        #: The first write error (e.g. ENOSPC); later writes are skipped.
+        self.error: OSError | None = None
+
+    async def open(self, meta: FileMetaDataset, directory: str | None) -> None:
+        """Create the file and write its Part 10 header."""
+        header = part10_header(meta)
+
+        def create() -> None:
+            fd, path = tempfile.mkstemp(prefix="aiodicom-", suffix=".dcm", dir=directory)
+            self.path = path
+            self._file = os.fdopen(fd, "wb")
+            self._file.write(header)
+
+        try:
+            await anyio.to_thread.run_sync(create)
+        except OSError as exc:
+            self.error = exc
+        self.data_offset = len(header)
+
+    async def write(self, chunks: list[Any]) -> None:
+        """Append ``chunks`` (bytes-like); remember the first failure instead of raising."""
+        size = sum(len(c) for c in chunks)
+        self.size += size
+        if self.error is not None or self._file is None:
+            return
+        file = self._file
+        try:
+            await anyio.to_thread.run_sync(file.writelines, chunks)
+        except OSError as exc:
+            self.error = exc
+
+    async def finish(self) -> None:
+        """Flush and close the file (the data set is complete)."""
+        file, self._file = self._file, None
+        if file is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(file.close)
+        except OSError as exc:
+            self.error = self.error or exc
+
+    def discard(self) -> None:
+        """Close and delete the file, if it is still there (synchronous, best effort)."""
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        path, self.path = self.path, None
+        if path is not None:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.unlink(path)
+
+
+async def read_blocks(fp: BinaryIO, block: int) -> AsyncGenerator[tuple[bytes, bool], None]:
+    """Read ``fp`` to its end in blocks of ``block`` bytes, in a worker thread.
+
+    Yields ``(data, is_last)``; one block is read ahead so the last one is
+    known without knowing the file's length. An empty file yields one empty
+    last block.
+    """
+    read = fp.read
+    current: bytes = await anyio.to_thread.run_sync(read, block)
+    while True:
+        following: bytes = await anyio.to_thread.run_sync(read, block) if current else b""
+        yield current, not following
+        if not following:
+            return
+        current = following
