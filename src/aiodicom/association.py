@@ -1456,8 +1456,14 @@ class Association:
             try:
                 for pdu in fragment(context_id, command, None, max_pdu):
                     await self._send_pdata(pdu)
+                sent = 0
                 async with contextlib.aclosing(read_blocks(source.file, block)) as blocks:
                     async for data, last in blocks:
+                        sent += len(data)
+                        if last and sent % 2:
+                            # A data set has even length; only a deflated one
+                            # stored without its pad byte is odd (PS3.5 A.5).
+                            data += b"\x00"
                         for pdu in data_fragments(context_id, data, max_pdu, last=last):
                             await self._send_pdata(pdu)
             except _TransportError as exc:

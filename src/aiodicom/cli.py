@@ -8,14 +8,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import anyio
+import anyio.to_thread
+from pydicom.uid import UID, AllTransferSyntaxes
 
 from . import AE, evt, sop_class
 from ._version import __version__
-from .errors import AssociationAborted, AssociationRejected, DicomNetworkError
+from .dsutils import Part10Info, part10_header, probe_part10
+from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
+from .presentation import build_context
+
+LOGGER = logging.getLogger("aiodicom")
+#: A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots).
+_UID_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 __all__ = ("main",)
 
@@ -50,6 +63,31 @@ def _parser() -> argparse.ArgumentParser:
         "--require-called-aet", action="store_true", help="reject a wrong called AE title"
     )
     scp.add_argument("port", type=int, nargs="?", default=11112, help="0 picks a free port")
+
+    store = sub.add_parser("store", help="send DICOM files with C-STORE (Storage SCU)")
+    _common(store)
+    store.add_argument("-aec", "--call", default="ANY-SCP", help="the peer's AE title")
+    store.add_argument(
+        "--no-recurse", dest="recurse", action="store_false", help="do not descend into folders"
+    )
+    store.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    store.add_argument("host")
+    store.add_argument("port", type=int)
+    store.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to send")
+
+    storescp = sub.add_parser("storescp", help="run a Storage SCP that writes what it receives")
+    _common(storescp)
+    storescp.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    storescp.add_argument(
+        "-od", "--output-directory", default=".", help="where received instances are written"
+    )
+    storescp.add_argument(
+        "--ignore", action="store_true", help="receive and discard (answer success)"
+    )
+    storescp.add_argument(
+        "--require-called-aet", action="store_true", help="reject a wrong called AE title"
+    )
+    storescp.add_argument("port", type=int, nargs="?", default=11112, help="0 picks a free port")
     return parser
 
 
@@ -97,10 +135,170 @@ async def _echoscp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage_ae(args: argparse.Namespace) -> AE:
+    """An SCP AE accepting Verification and every storage class in every transfer syntax."""
+    ae = _setup(args)
+    ae.require_called_aet = args.require_called_aet
+    ae.add_supported_context(sop_class.Verification)
+    for cx in sop_class.AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes))
+    return ae
+
+
+def _file_name(uid: object) -> str:
+    text = str(uid or "")
+    return f"{text}.dcm" if _UID_NAME.match(text) and len(text) <= 64 else ""
+
+
+def _write_instance(
+    directory: Path, name: str, header: bytes, data: bytes | None, spooled: str | None
+) -> Path:
+    """Write (or move) a received instance into place atomically; blocking."""
+    target = directory / name
+    if spooled is not None:
+        os.replace(spooled, target)
+        return target
+    assert data is not None
+    fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
+
+
+async def _storescp(args: argparse.Namespace) -> int:
+    ae = _storage_ae(args)
+    directory = Path(args.output_directory)
+    if not args.ignore:
+        spool = directory / ".incoming"
+        await anyio.to_thread.run_sync(lambda: spool.mkdir(parents=True, exist_ok=True))
+        ae.spool_directory = str(spool)  # same file system: a spooled file is renamed into place
+
+    async def on_store(event: evt.Event) -> int:
+        if args.ignore:
+            return 0x0000
+        uid = event.request.get("AffectedSOPInstanceUID")
+        name = _file_name(uid)
+        if not name:
+            LOGGER.error("Refusing SOP Instance UID %r as a file name", uid)
+            return 0xC211
+        header = part10_header(event.file_meta)
+        path = event.dataset_path
+        data = None if path is not None else event.encoded_dataset()
+        target = await anyio.to_thread.run_sync(
+            _write_instance, directory, name, header, data, path
+        )
+        LOGGER.info("Stored %s", target)
+        return 0x0000
+
+    handlers = [(evt.EVT_C_ECHO, lambda event: 0x0000), (evt.EVT_C_STORE, on_store)]
+    async with ae.start_server((args.bind, args.port), evt_handlers=handlers) as server:
+        where = "discarding" if args.ignore else f"writing to {directory}"
+        print(
+            f"aiodicom storescp {ae.ae_title!r} listening on {server.host}:{server.port}, {where}",
+            flush=True,
+        )
+        await server.serve_forever()
+    return 0
+
+
+def _collect(paths: Sequence[str], recurse: bool) -> list[Path]:
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            pattern = path.rglob("*") if recurse else path.glob("*")
+            found.extend(sorted(p for p in pattern if p.is_file()))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {name}")
+    return found
+
+
+def _probe_all(names: Sequence[str], recurse: bool) -> list[tuple[Path, Part10Info, int]]:
+    out = []
+    for path in _collect(names, recurse):
+        try:
+            with open(path, "rb") as f:
+                out.append((path, probe_part10(f), os.fstat(f.fileno()).st_size))
+        except (OSError, DIMSEError) as exc:
+            LOGGER.warning("Skipping %s: %s", path, exc)
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on stderr (only when it is a terminal)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total = total
+        self.done = 0
+        self.bytes = 0
+        self.started = time.monotonic()
+        self.show = not quiet and sys.stderr.isatty()
+
+    def step(self, size: int) -> None:
+        self.done += 1
+        self.bytes += size
+        if not self.show:
+            return
+        width = 30
+        filled = width * self.done // max(1, self.total)
+        rate = self.bytes / max(1e-9, time.monotonic() - self.started) / 1e6
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {rate:.1f} MB/s"
+        )
+        if self.done == self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+async def _store(args: argparse.Namespace) -> int:
+    ae = _setup(args)
+    files = await anyio.to_thread.run_sync(_probe_all, args.paths, args.recurse)
+    if not files:
+        print("error: nothing to send", file=sys.stderr)
+        return 1
+    pairs = sorted({(info.sop_class_uid, info.transfer_syntax) for _, info, _ in files})
+    if len(pairs) > 128:
+        print(
+            f"error: {len(pairs)} SOP class/transfer syntax pairs need more than 128 contexts",
+            file=sys.stderr,
+        )
+        return 1
+    ae.requested_contexts = [build_context(UID(a), [UID(t)]) for a, t in pairs]
+    failures = 0
+    progress = _Progress(len(files), args.quiet)
+    async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
+        for path, _info, size in files:
+            try:
+                status = await assoc.send_c_store(path)
+            except DicomNetworkError as exc:  # e.g. NoAcceptedContext for this file
+                LOGGER.error("%s: %s", path, exc)
+                failures += 1
+                continue
+            code = int(status.Status)
+            if code != 0:
+                failures += 1
+                LOGGER.warning("%s: status 0x%04X", path, code)
+            elif args.verbose:
+                print(f"{path}: stored", flush=True)
+            progress.step(size)
+    print(f"sent {len(files) - failures} of {len(files)} instances", flush=True)
+    return 1 if failures else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    runner = {"echo": _echo, "echoscp": _echoscp}[args.command]
+    runner = {"echo": _echo, "echoscp": _echoscp, "store": _store, "storescp": _storescp}[
+        args.command
+    ]
     try:
         return anyio.run(runner, args)
     except KeyboardInterrupt:

@@ -6,10 +6,11 @@ given (the shell runs it in a worker thread).
 
 from __future__ import annotations
 
+import logging
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -34,6 +35,8 @@ __all__ = (
     "probe_part10",
     "transfer_syntax_of",
 )
+
+LOGGER = logging.getLogger("aiodicom")
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2): a UUID-derived UID (PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = UID("2.25.217634072652467703769261908766645506195")
@@ -128,6 +131,8 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
     if ts == DeflatedExplicitVRLittleEndian:
         compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
+        if len(data) % 2:
+            data += b"\x00"  # the deflated stream is padded to even length (PS3.5 A.5)
     return data
 
 
@@ -156,6 +161,10 @@ def _stop_after_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag.group != 2
 
 
+def _stop_after_sop_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return bool(tag > 0x00080018)
+
+
 def probe_part10(fp: BinaryIO) -> Part10Info:
     """Read the File Meta Information of a DICOM file (or sniff a bare data set).
 
@@ -173,12 +182,29 @@ def probe_part10(fp: BinaryIO) -> Part10Info:
             meta = read_dataset(fp, False, True, stop_when=_stop_after_meta)
         except Exception as exc:
             raise DIMSEError(f"unreadable File Meta Information: {exc}") from exc
-        offset = fp.tell()
+        length = meta.get("FileMetaInformationGroupLength")
+        # The group length says where the meta ends; the reader's position
+        # does not when the data set is shorter than an element header.
+        offset = start + 132 + 12 + int(length) if length is not None else fp.tell()
     ts = None
     if meta is not None and "TransferSyntaxUID" in meta:
         ts = UID(str(meta.TransferSyntaxUID))
-    sop_class = meta.get("MediaStorageSOPClassUID") if meta is not None else None
-    sop_instance = meta.get("MediaStorageSOPInstanceUID") if meta is not None else None
+    sop_class: Any = None
+    sop_instance: Any = None
+    if ts is not None and ts != DeflatedExplicitVRLittleEndian:
+        # The data set's own UIDs are what the command must name; they come
+        # first in it, so only its head is read.
+        implicit, little = encoding_of(ts)
+        fp.seek(offset)
+        try:
+            head_ds = read_dataset(fp, implicit, little, stop_when=_stop_after_sop_uids)
+            sop_class = head_ds.get("SOPClassUID")
+            sop_instance = head_ds.get("SOPInstanceUID")
+        except Exception:  # the meta's values below will do
+            LOGGER.debug("could not read the head of the data set", exc_info=True)
+    if meta is not None:
+        sop_class = sop_class or meta.get("MediaStorageSOPClassUID")
+        sop_instance = sop_instance or meta.get("MediaStorageSOPInstanceUID")
     if ts is None or not sop_class or not sop_instance:
         fp.seek(offset)
         try:
@@ -191,8 +217,8 @@ def probe_part10(fp: BinaryIO) -> Part10Info:
         except Exception as exc:
             raise DIMSEError(f"not a DICOM file: {exc}") from exc
         if ts is None:
-            implicit, little = ds.original_encoding
-            ts = _TS_FOR_ENCODING.get((bool(implicit), bool(little)), ImplicitVRLittleEndian)
+            found = ds.original_encoding
+            ts = _TS_FOR_ENCODING.get((bool(found[0]), bool(found[1])), ImplicitVRLittleEndian)
         sop_class = sop_class or ds.get("SOPClassUID")
         sop_instance = sop_instance or ds.get("SOPInstanceUID")
     if not sop_class or not sop_instance:

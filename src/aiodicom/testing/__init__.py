@@ -182,9 +182,13 @@ class RecordingHandlers:
     recorded :class:`~aiodicom.evt.Event` objects in order.
     """
 
-    def __init__(self, *, echo_status: int = 0x0000) -> None:
+    def __init__(self, *, echo_status: int = 0x0000, store_status: int = 0x0000) -> None:
         self.events: list[evt.Event] = []
         self.echo_status = echo_status
+        self.store_status = store_status
+        #: For each C-STORE: (SOP Instance UID, transfer syntax, the data set bytes as
+        #: received, whether it was spooled).
+        self.stored: list[tuple[str, str, bytes, bool]] = []
 
     def _record(self, event: evt.Event) -> None:
         self.events.append(event)
@@ -192,6 +196,19 @@ class RecordingHandlers:
     def _echo(self, event: evt.Event) -> int:
         self.events.append(event)
         return self.echo_status
+
+    def _store(self, event: evt.Event) -> int:
+        self.events.append(event)
+        assert event.context is not None
+        self.stored.append(
+            (
+                str(event.request.AffectedSOPInstanceUID),
+                str(event.context.transfer_syntax),
+                event.encoded_dataset(),
+                event.dataset_path is not None,
+            )
+        )
+        return self.store_status
 
     @property
     def handlers(self) -> list[evt.EventHandlerType]:
@@ -208,6 +225,7 @@ class RecordingHandlers:
         ]
         out: list[evt.EventHandlerType] = [(e, self._record) for e in notes]
         out.append((evt.EVT_C_ECHO, self._echo))
+        out.append((evt.EVT_C_STORE, self._store))
         return out
 
     def of(self, kind: evt.EventType) -> list[evt.Event]:

@@ -1,0 +1,591 @@
+"""C-STORE end to end, aiodicom on both sides (in memory and over loopback TCP).
+
+What lands is compared byte for byte with what was sent: the data set as it
+sits in the file (for a path or file object) or as aiodicom encodes it (for a
+Dataset). Interop with dcmtk and pynetdicom is in tests/interop.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
+
+from aiodicom import AE, evt, sop_class
+from aiodicom.dimse import (
+    DATASET_PRESENT,
+    CommandField,
+    decode_command,
+    encode_command,
+    fragment,
+)
+from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
+from aiodicom.errors import NoAcceptedContext
+from aiodicom.pdu import (
+    AAbort,
+    AAssociateRQ,
+    PDataTF,
+    PresentationContextRQ,
+    decode_pdu,
+    encode_p_data,
+)
+from aiodicom.pdu_primitives import (
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from aiodicom.testing import RecordingHandlers, make_dataset, memory_pair
+
+from .conftest import GUARD, RAW_IMPL_UID, make_scp_ae, make_scu_ae, raw_connection, running_server
+
+pytestmark = pytest.mark.anyio
+
+ALL_TS = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000,
+    RLELossless,
+]
+#: pydicom's bundled files, one per transfer syntax.
+FILES = {
+    "CT_small.dcm": ExplicitVRLittleEndian,
+    "MR_small_bigendian.dcm": ExplicitVRBigEndian,
+    "image_dfl.dcm": DeflatedExplicitVRLittleEndian,
+    "JPEG2000.dcm": JPEG2000,
+    "MR_small_RLE.dcm": RLELossless,
+    "rtplan.dcm": ImplicitVRLittleEndian,
+}
+CLASSES = [
+    sop_class.CTImageStorage,
+    sop_class.MRImageStorage,
+    sop_class.SecondaryCaptureImageStorage,
+    sop_class.RTPlanStorage,
+]
+
+
+def storage_pair(
+    scu_syntaxes: list[str] | None = None, scp_syntaxes: list[str] | None = None, **scp_attrs: Any
+) -> tuple[AE, AE]:
+    scu = make_scu_ae()
+    scp = make_scp_ae(**scp_attrs)
+    for uid in CLASSES:
+        for ts in scu_syntaxes or ALL_TS:
+            scu.add_requested_context(uid, ts)  # one context per syntax: any can be chosen
+        scp.add_supported_context(uid, scp_syntaxes or ALL_TS)
+    return scu, scp
+
+
+def file_dataset_bytes(path: str | Path) -> bytes:
+    """The data set of a Part 10 file exactly as stored (after the meta)."""
+    raw = Path(path).read_bytes()
+    ds = dcmread(path, stop_before_pixels=True)
+    length = ds.file_meta.FileMetaInformationGroupLength
+    data = raw[132 + 12 + length :]
+    return data + b"\x00" if len(data) % 2 else data  # a deflated one is padded on the wire
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+@pytest.mark.parametrize("form", ["path", "file", "dataset"])
+async def test_store_each_transfer_syntax(name: str, form: str) -> None:
+    path = get_testdata_file(name)
+    assert path is not None
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            if form == "path":
+                status = await assoc.send_c_store(Path(path))
+                expected = file_dataset_bytes(path)
+            elif form == "file":
+                with open(path, "rb") as f:
+                    status = await assoc.send_c_store(f)
+                expected = file_dataset_bytes(path)
+            else:
+                ds = dcmread(path)
+                status = await assoc.send_c_store(ds)
+                expected = encode_dataset(ds, FILES[name])
+    assert status.Status == 0x0000
+    ((uid, ts, data, spooled),) = rec.stored
+    assert ts == FILES[name]
+    assert data == expected
+    assert not spooled
+    assert uid == str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+async def test_received_dataset_and_file_meta() -> None:
+    seen: list[tuple[Dataset, Any]] = []
+
+    def on_store(event: evt.Event) -> int:
+        seen.append((event.dataset, event.file_meta))
+        return 0
+
+    path = get_testdata_file("CT_small.dcm")
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            await assoc.send_c_store(path)
+    ((ds, meta),) = seen
+    source = dcmread(path)
+    assert ds == source  # every element, pixel data included
+    assert meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+    assert meta.MediaStorageSOPClassUID == source.SOPClassUID
+
+
+async def test_dataset_without_meta_uses_its_encoding_or_first_accepted() -> None:
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(scp_syntaxes=[ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+    read_implicit = dcmread(get_testdata_file("rtplan.dcm"))
+    del read_implicit.file_meta
+    fresh = make_dataset()
+    del fresh.file_meta
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            assert (await assoc.send_c_store(read_implicit)).Status == 0
+            assert (await assoc.send_c_store(fresh)).Status == 0
+    assert [ts for _, ts, _, _ in rec.stored] == [ImplicitVRLittleEndian, ExplicitVRLittleEndian]
+
+
+async def test_no_accepted_context_for_the_files_syntax() -> None:
+    scu, scp = storage_pair(scp_syntaxes=[ExplicitVRLittleEndian])
+    rec = RecordingHandlers()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            with pytest.raises(NoAcceptedContext, match="JPEG 2000"):
+                await assoc.send_c_store(get_testdata_file("JPEG2000.dcm"))
+            ds = make_dataset(SOPClassUID=sop_class.UltrasoundImageStorage)
+            with pytest.raises(NoAcceptedContext):
+                await assoc.send_c_store(ds)
+            with pytest.raises(TypeError):
+                await assoc.send_c_store(42)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="priority"):
+                await assoc.send_c_store(make_dataset(), priority=3)
+            bare = Dataset()
+            with pytest.raises(ValueError, match="SOP"):
+                await assoc.send_c_store(bare)
+            # none of it hurt the association
+            assert (await assoc.send_c_store(make_dataset())).Status == 0
+    assert len(rec.stored) == 1
+
+
+async def test_raw_dataset_file_without_meta(tmp_path: Path) -> None:
+    """A bare data set file (no preamble, no meta): its encoding is detected."""
+    ds = make_dataset()
+    raw = encode_dataset(ds, ImplicitVRLittleEndian)
+    path = tmp_path / "bare.dcm"
+    path.write_bytes(raw)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+            assert (await assoc.send_c_store(io.BytesIO(raw))).Status == 0
+    assert [(u, t, d) for u, t, d, _ in rec.stored] == [
+        (ds.SOPInstanceUID, ImplicitVRLittleEndian, raw)
+    ] * 2
+
+
+# ---------------------------------------------------------------------------
+# Fragmentation: PDU sizes and file blocks
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 4088, 4089, 4090, 4092, 2 * 4090, 3 * 4090, 3 * 4090 + 2, 100_000]
+)
+async def test_fragment_boundaries(
+    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SCP's maximum PDU is 4096 (4090 data bytes a PDV); file blocks are 2 PDVs."""
+    import aiodicom.association as association_module
+
+    monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * 4090)
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + body)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(maximum_pdu_size=4096)
+    seen: list[int] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, PDataTF):
+            seen.append(len(event.pdu.pdvs[0].data))
+
+    scp_handlers = [*rec.handlers, (evt.EVT_PDU_RECV, on_pdu)]
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=scp_handlers) as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+            assert (await assoc.send_c_store(io.BytesIO(path.read_bytes()))).Status == 0
+    sent = body + b"\x00" if size % 2 else body  # an odd data set is padded to even length
+    assert [d for _, _, d, _ in rec.stored] == [sent, sent]
+    assert max(seen) <= 4090
+    # the command alone, then ceil(size / 4090) data fragments (one empty one for 0)
+    per_message = 1 + max(1, -(-len(sent) // 4090))
+    assert len(seen) == 2 * per_message
+
+
+# ---------------------------------------------------------------------------
+# Spooling
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_spooled_store(transport: str, tmp_path: Path) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    seen: list[dict[str, Any]] = []
+
+    def on_store(event: evt.Event) -> int:
+        path = event.dataset_path
+        assert path is not None
+        seen.append(
+            {
+                "dir": os.path.dirname(path),
+                "exists": os.path.exists(path),
+                "part10": dcmread(path),
+                "dataset": event.dataset,
+                "encoded": event.encoded_dataset(),
+            }
+        )
+        return 0
+
+    source = get_testdata_file("CT_small.dcm")
+    scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=4096)
+    scp.spool_directory = str(spool_dir)
+    handlers = [(evt.EVT_C_STORE, on_store)]
+    with anyio.fail_after(GUARD):
+        if transport == "memory":
+            async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+                assert (await assoc.send_c_store(source)).Status == 0
+                assert (await assoc.send_c_store(source)).Status == 0
+        else:
+            async with running_server(scp, handlers) as server:
+                async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
+                    assert (await assoc.send_c_store(source)).Status == 0
+                    assert (await assoc.send_c_store(source)).Status == 0
+    assert len(seen) == 2
+    expected = dcmread(source)
+    for item in seen:
+        assert item["dir"] == str(spool_dir) and item["exists"]
+        assert item["part10"] == expected
+        assert item["part10"].file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert item["dataset"] == expected
+        assert item["encoded"] == file_dataset_bytes(source)
+    assert list(spool_dir.iterdir()) == []  # deleted after the handler returned
+
+
+async def test_spooled_file_moved_by_handler(tmp_path: Path) -> None:
+    target = tmp_path / "kept.dcm"
+
+    def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None
+        os.replace(event.dataset_path, target)
+        return 0
+
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(tmp_path)
+    source = get_testdata_file("CT_small.dcm")
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            assert (await assoc.send_c_store(source)).Status == 0
+    assert dcmread(target) == dcmread(source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.dcm"]
+
+
+async def test_spool_failure_answers_out_of_resources(tmp_path: Path) -> None:
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(tmp_path / "does-not-exist")
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            assert (await assoc.send_c_store(get_testdata_file("CT_small.dcm"))).Status == 0xA700
+            # the association goes on; a small instance is not spooled
+            assert (await assoc.send_c_store(make_dataset())).Status == 0
+    assert len(rec.stored) == 1
+
+
+def store_rq_association(max_pdu: int = 16384) -> AAssociateRQ:
+    return AAssociateRQ(
+        protocol_version=1,
+        called_ae_title="TEST_SCP",
+        calling_ae_title="RAW_SCU",
+        presentation_contexts=(
+            PresentationContextRQ(
+                context_id=1,
+                abstract_syntax=sop_class.CTImageStorage,
+                transfer_syntaxes=(ExplicitVRLittleEndian,),
+            ),
+        ),
+        user_information=(
+            MaximumLengthNotification(maximum_length_received=max_pdu),
+            ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+        ),
+    )
+
+
+def store_rq_command(msg_id: int = 1, uid: str = "1.2.3.4") -> bytes:
+    return encode_command(
+        {
+            "CommandField": CommandField.C_STORE_RQ,
+            "MessageID": msg_id,
+            "AffectedSOPClassUID": sop_class.CTImageStorage,
+            "Priority": 0,
+            "CommandDataSetType": DATASET_PRESENT,
+            "AffectedSOPInstanceUID": uid,
+        }
+    )
+
+
+@pytest.mark.parametrize("how", ["abort", "close"])
+async def test_abort_mid_transfer_leaves_no_spool_file(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiodicom._spool import Spool
+
+    spooling = anyio.Event()
+    real_write = Spool.write
+
+    async def write(self: Spool, chunks: list[Any]) -> None:
+        await real_write(self, chunks)
+        assert self.path is not None and os.path.exists(self.path)
+        spooling.set()
+
+    monkeypatch.setattr(Spool, "write", write)
+    scp = make_scp_ae(spool_threshold=10_000)
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    scp.spool_directory = str(tmp_path)
+    ended = anyio.Event()
+    calls: list[evt.Event] = []
+    handlers = [
+        (evt.EVT_C_STORE, calls.append),
+        (evt.EVT_CONN_CLOSE, lambda event: ended.set()),
+    ]
+    with anyio.fail_after(GUARD):
+        async with running_server(scp, handlers) as server:
+            async with raw_connection(server.port) as peer:
+                await peer.send(store_rq_association())
+                await peer.read_pdu()
+                for pdu in fragment(1, store_rq_command(), None, 16384):
+                    await peer.send(pdu)
+                # 16 KB fragments of a data set, none of them the last, until
+                # the SCP has written some of it to its spool file
+                chunk = bytes(16378)
+                with anyio.move_on_after(GUARD):
+                    while not spooling.is_set():
+                        await peer.send(encode_p_data(1, 0x00, chunk))
+                        await anyio.lowlevel.checkpoint()
+                assert spooling.is_set()
+                if how == "abort":
+                    await peer.send(AAbort(source=0, reason=0))
+            await ended.wait()
+    assert calls == []
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------
+# Statuses
+
+
+def garbage_file(tmp_path: Path) -> Path:
+    """A Deflated Explicit VR LE file whose data set does not inflate."""
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), DeflatedExplicitVRLittleEndian)
+    path = tmp_path / "garbage.dcm"
+    path.write_bytes(part10_header(meta) + b"\xff\xfe not deflate data \x00")
+    return path
+
+
+def raiser(exc: BaseException) -> Callable[[evt.Event], int]:
+    def handler(event: evt.Event) -> int:
+        raise exc
+
+    return handler
+
+
+def reads_dataset(event: evt.Event) -> int:
+    event.dataset.PatientName  # noqa: B018 - decoding is the point
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("handler", "source", "status"),
+    [
+        (None, "ok", 0xC211),  # unbound: pynetdicom's default
+        (raiser(RuntimeError("boom")), "ok", 0xC211),
+        (raiser(OSError(errno.ENOSPC, "disk full")), "ok", 0xA700),
+        (raiser(OSError(errno.EACCES, "denied")), "ok", 0xC211),
+        (raiser(MemoryError()), "ok", 0xA700),
+        (reads_dataset, "garbage", 0xC210),
+        (lambda event: 0xB000, "ok", 0xB000),
+        (lambda event: "nonsense", "ok", 0xC211),
+    ],
+)
+async def test_handler_failures_map_to_statuses(
+    handler: Callable[[evt.Event], Any] | None, source: str, status: int, tmp_path: Path
+) -> None:
+    scu, scp = storage_pair()
+    path = {
+        "ok": Path(get_testdata_file("CT_small.dcm") or ""),
+        "garbage": garbage_file(tmp_path),
+    }[source]
+    handlers = [] if handler is None else [(evt.EVT_C_STORE, handler)]
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+            rsp = await assoc.send_c_store(path)
+            assert rsp.Status == status
+            assert rsp.MessageIDBeingRespondedTo == rsp.MessageIDBeingRespondedTo
+            assert rsp.AffectedSOPClassUID == sop_class.CTImageStorage
+            # the association goes on
+            assert (await assoc.send_c_echo()).Status == 0
+
+
+async def test_dataset_not_matching_the_command_answers_a900() -> None:
+    """The command says CT Image Storage, the data set is an MR image (PS3.4 B.2.3)."""
+    scp = make_scp_ae()
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    ds = make_dataset(SOPClassUID=sop_class.MRImageStorage)
+    data = encode_dataset(ds, ExplicitVRLittleEndian)
+    with anyio.fail_after(GUARD):
+        async with running_server(scp, [(evt.EVT_C_STORE, reads_dataset)]) as server:
+            async with raw_connection(server.port) as peer:
+                await peer.send(store_rq_association())
+                await peer.read_pdu()
+                for pdu in fragment(1, store_rq_command(5, ds.SOPInstanceUID), data, 16384):
+                    await peer.send(pdu)
+                rsp = await peer.read_pdu()
+    assert isinstance(rsp, PDataTF)
+    command = decode_command(rsp.pdvs[0].data)
+    assert command["Status"] == 0xA900
+    assert command["MessageIDBeingRespondedTo"] == 5
+
+
+async def test_status_dataset_with_comment() -> None:
+    def on_store(event: evt.Event) -> Dataset:
+        status = Dataset()
+        status.Status = 0xC001
+        status.ErrorComment = "no room at the inn"
+        return status
+
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            rsp = await assoc.send_c_store(make_dataset())
+    assert rsp.Status == 0xC001
+    assert rsp.ErrorComment == "no room at the inn"
+
+
+async def test_response_fields() -> None:
+    scu, scp = storage_pair()
+    ds = make_dataset()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=RecordingHandlers().handlers) as assoc:
+            rsp = await assoc.send_c_store(ds, msg_id=777)
+    assert rsp.CommandField == 0x8001
+    assert rsp.MessageIDBeingRespondedTo == 777
+    assert rsp.AffectedSOPInstanceUID == ds.SOPInstanceUID
+    assert rsp.AffectedSOPClassUID == ds.SOPClassUID
+
+
+async def test_request_fields_reach_the_handler() -> None:
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            await assoc.send_c_store(
+                make_dataset(), priority=1, originator_aet="MOVER", originator_id=9
+            )
+    (event,) = rec.of(evt.EVT_C_STORE)
+    assert event.request.Priority == 1
+    assert event.request.MoveOriginatorApplicationEntityTitle == "MOVER"
+    assert event.request.MoveOriginatorMessageID == 9
+    assert event.message_id == event.request.MessageID
+
+
+# ---------------------------------------------------------------------------
+# Many, concurrently, and a peer that ignores the window
+
+
+async def test_many_instances_over_tcp() -> None:
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    datasets = [make_dataset() for _ in range(200)]
+    with anyio.fail_after(GUARD * 3):
+        async with running_server(scp, rec.handlers) as server:
+            async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
+                for ds in datasets:
+                    assert (await assoc.send_c_store(ds)).Status == 0
+    assert [u for u, _, _, _ in rec.stored] == [ds.SOPInstanceUID for ds in datasets]
+
+
+async def test_concurrent_stores_with_a_window() -> None:
+    from aiodicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 4
+    window.maximum_number_operations_performed = 4
+    scp_handlers = [*rec.handlers, (evt.EVT_ASYNC_OPS, lambda event: (4, 4))]
+    datasets = [make_dataset() for _ in range(20)]
+    statuses: list[int] = []
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=scp_handlers, ext_neg=[window]) as assoc:
+            assert assoc.max_async_invoked == 4
+
+            async def send(ds: Dataset) -> None:
+                statuses.append(int((await assoc.send_c_store(ds)).Status))
+
+            async with anyio.create_task_group() as tg:
+                for ds in datasets:
+                    tg.start_soon(send, ds)
+    assert statuses == [0] * 20
+    assert sorted(u for u, _, _, _ in rec.stored) == sorted(ds.SOPInstanceUID for ds in datasets)
+
+
+async def test_peer_beyond_the_window_is_served_in_order() -> None:
+    """A peer that sends 6 requests without waiting (window 1) gets 6 answers, in order."""
+    scp = make_scp_ae()
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    release = anyio.Event()
+    order: list[str] = []
+
+    async def on_store(event: evt.Event) -> int:
+        await release.wait()
+        order.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    uids = [f"1.2.3.{i}" for i in range(6)]
+    with anyio.fail_after(GUARD):
+        async with running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server:
+            async with raw_connection(server.port) as peer:
+                await peer.send(store_rq_association())
+                await peer.read_pdu()
+                for i, uid in enumerate(uids):
+                    for pdu in fragment(1, store_rq_command(i + 1, uid), bytes(1000), 16384):
+                        await peer.send(pdu)
+                release.set()
+                answered = []
+                while len(answered) < len(uids):
+                    raw = await peer.read_raw()
+                    assert raw is not None
+                    pdu = decode_pdu(raw)
+                    assert isinstance(pdu, PDataTF)
+                    answered.append(pdu)
+    assert order == uids
