@@ -55,6 +55,7 @@ from .dimse import (
     encode_command,
     fragment,
 )
+from .dimse_messages import MESSAGE_SPECS, check_command
 from .dsutils import (
     Part10Info,
     encode_dataset,
@@ -1323,7 +1324,10 @@ class Association:
     async def _serve(self, msg: Message) -> None:
         try:
             field = msg.command_field
-            if field == CommandField.C_STORE_RQ:
+            problem = _check_request(msg)
+            if problem is not None:
+                await self._invalid_request(msg, problem)
+            elif field == CommandField.C_STORE_RQ:
                 await self._serve_c_store(msg)
             elif field == CommandField.C_ECHO_RQ:
                 await self._serve_c_echo(msg)
@@ -1337,19 +1341,39 @@ class Association:
             if self._inflight == 0 and self._idle is not None:
                 self._idle.set()
 
-    async def _refuse(self, msg: Message, status: int) -> None:
+    async def _refuse(self, msg: Message, status: int, comment: str | None = None) -> None:
         """Answer a request we do not serve with a failure status."""
-        LOGGER.warning("%s is not supported: answering 0x%04X", msg.name, status)
+        if comment is None:
+            LOGGER.warning("%s is not supported: answering 0x%04X", msg.name, status)
         fields = {
             "CommandField": msg.command_field | 0x8000,
             "MessageIDBeingRespondedTo": msg.message_id,
             "CommandDataSetType": NO_DATASET,
             "Status": status,
+            "ErrorComment": comment,
         }
         sop = msg.command.get("AffectedSOPClassUID") or msg.command.get("RequestedSOPClassUID")
         if sop:
             fields["AffectedSOPClassUID"] = sop
         await self._send_message(msg.context_id, encode_command(fields), None)
+
+    async def _invalid_request(self, msg: Message, problem: DIMSEError) -> None:
+        """A request whose command set breaks PS3.7: answer a failure, or abort.
+
+        Without a usable Message ID there is nothing to answer: the
+        association is aborted (A-ABORT, service-provider, invalid parameter).
+        """
+        LOGGER.error("Invalid request: %s", problem)
+        if isinstance(msg.message_id, int) and 0 <= msg.message_id <= 0xFFFF:
+            known = msg.command_field in MESSAGE_SPECS
+            status = _INVALID_STATUS.get(msg.command_field, 0x0110) if known else 0x0211
+            await self._refuse(msg, status, comment=str(problem)[:64])
+            return
+        await self._apply(
+            self._ul.receive_invalid(
+                PDUError(f"unanswerable request: {problem}", reason=6), anyio.current_time()
+            )
+        )
 
     def _event_for(self, kind: evt.EventType, msg: Message, **attrs: Any) -> evt.Event:
         cx = self._contexts[msg.context_id]
@@ -1654,6 +1678,26 @@ class Association:
         if transfer_syntax is not None:
             what += f" in {transfer_syntax.name}"
         raise NoAcceptedContext(f"no accepted presentation context for {what}")
+
+
+#: The failure status answering a request whose command set is invalid, per
+#: service (Storage: cannot understand, PS3.4 B.2.3; Q/R: unable to process,
+#: C.4.1.1.4); other requests get 0x0110 processing failure (PS3.7 C.4.2).
+_INVALID_STATUS: dict[int, int] = {
+    CommandField.C_STORE_RQ: 0xC210,
+    CommandField.C_FIND_RQ: 0xC000,
+    CommandField.C_GET_RQ: 0xC000,
+    CommandField.C_MOVE_RQ: 0xC000,
+}
+
+
+def _check_request(msg: Message) -> DIMSEError | None:
+    """The problem with a received request's command set, if any (PS3.7 9.3, 10.3)."""
+    try:
+        check_command(msg.command)
+    except DIMSEError as exc:
+        return exc
+    return None
 
 
 def _instance_uids(ds: Dataset) -> tuple[UID, UID]:

@@ -277,10 +277,12 @@ async def test_spooled_store(transport: str, tmp_path: Path) -> None:
                 assert (await assoc.send_c_store(source)).Status == 0
                 assert (await assoc.send_c_store(source)).Status == 0
         else:
-            async with running_server(scp, handlers) as server:
-                async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
-                    assert (await assoc.send_c_store(source)).Status == 0
-                    assert (await assoc.send_c_store(source)).Status == 0
+            async with (
+                running_server(scp, handlers) as server,
+                scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+            ):
+                assert (await assoc.send_c_store(source)).Status == 0
+                assert (await assoc.send_c_store(source)).Status == 0
     assert len(seen) == 2
     expected = dcmread(source)
     for item in seen:
@@ -379,22 +381,26 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
         (evt.EVT_CONN_CLOSE, lambda event: ended.set()),
     ]
     with anyio.fail_after(GUARD):
-        async with running_server(scp, handlers) as server:
-            async with raw_connection(server.port) as peer:
-                await peer.send(store_rq_association())
-                await peer.read_pdu()
-                for pdu in fragment(1, store_rq_command(), None, 16384):
-                    await peer.send(pdu)
-                # 16 KB fragments of a data set, none of them the last, until
-                # the SCP has written some of it to its spool file
-                chunk = bytes(16378)
-                with anyio.move_on_after(GUARD):
-                    while not spooling.is_set():
-                        await peer.send(encode_p_data(1, 0x00, chunk))
-                        await anyio.lowlevel.checkpoint()
-                assert spooling.is_set()
-                if how == "abort":
-                    await peer.send(AAbort(source=0, reason=0))
+        async with (
+            running_server(scp, handlers) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await peer.send(store_rq_association())
+            await peer.read_pdu()
+            for pdu in fragment(1, store_rq_command(), None, 16384):
+                await peer.send(pdu)
+            # 16 KB fragments of a data set, none of them the last, until
+            # the SCP has written some of it to its spool file
+            chunk = bytes(16378)
+            with anyio.move_on_after(GUARD):
+                while not spooling.is_set():
+                    await peer.send(encode_p_data(1, 0x00, chunk))
+                    await anyio.lowlevel.checkpoint()
+            assert spooling.is_set()
+            if how == "abort":
+                await peer.send(AAbort(source=0, reason=0))
+            else:
+                await peer.aclose()
             await ended.wait()
     assert calls == []
     assert list(tmp_path.iterdir()) == []
@@ -463,13 +469,15 @@ async def test_dataset_not_matching_the_command_answers_a900() -> None:
     ds = make_dataset(SOPClassUID=sop_class.MRImageStorage)
     data = encode_dataset(ds, ExplicitVRLittleEndian)
     with anyio.fail_after(GUARD):
-        async with running_server(scp, [(evt.EVT_C_STORE, reads_dataset)]) as server:
-            async with raw_connection(server.port) as peer:
-                await peer.send(store_rq_association())
-                await peer.read_pdu()
-                for pdu in fragment(1, store_rq_command(5, ds.SOPInstanceUID), data, 16384):
-                    await peer.send(pdu)
-                rsp = await peer.read_pdu()
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, reads_dataset)]) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await peer.send(store_rq_association())
+            await peer.read_pdu()
+            for pdu in fragment(1, store_rq_command(5, ds.SOPInstanceUID), data, 16384):
+                await peer.send(pdu)
+            rsp = await peer.read_pdu()
     assert isinstance(rsp, PDataTF)
     command = decode_command(rsp.pdvs[0].data)
     assert command["Status"] == 0xA900
@@ -527,10 +535,12 @@ async def test_many_instances_over_tcp() -> None:
     scu, scp = storage_pair()
     datasets = [make_dataset() for _ in range(200)]
     with anyio.fail_after(GUARD * 3):
-        async with running_server(scp, rec.handlers) as server:
-            async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
-                for ds in datasets:
-                    assert (await assoc.send_c_store(ds)).Status == 0
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            for ds in datasets:
+                assert (await assoc.send_c_store(ds)).Status == 0
     assert [u for u, _, _, _ in rec.stored] == [ds.SOPInstanceUID for ds in datasets]
 
 
@@ -573,19 +583,80 @@ async def test_peer_beyond_the_window_is_served_in_order() -> None:
 
     uids = [f"1.2.3.{i}" for i in range(6)]
     with anyio.fail_after(GUARD):
-        async with running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server:
-            async with raw_connection(server.port) as peer:
-                await peer.send(store_rq_association())
-                await peer.read_pdu()
-                for i, uid in enumerate(uids):
-                    for pdu in fragment(1, store_rq_command(i + 1, uid), bytes(1000), 16384):
-                        await peer.send(pdu)
-                release.set()
-                answered = []
-                while len(answered) < len(uids):
-                    raw = await peer.read_raw()
-                    assert raw is not None
-                    pdu = decode_pdu(raw)
-                    assert isinstance(pdu, PDataTF)
-                    answered.append(pdu)
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await peer.send(store_rq_association())
+            await peer.read_pdu()
+            for i, uid in enumerate(uids):
+                for pdu in fragment(1, store_rq_command(i + 1, uid), bytes(1000), 16384):
+                    await peer.send(pdu)
+            release.set()
+            answered = []
+            while len(answered) < len(uids):
+                raw = await peer.read_raw()
+                assert raw is not None
+                pdu = decode_pdu(raw)
+                assert isinstance(pdu, PDataTF)
+                answered.append(pdu)
     assert order == uids
+
+
+# ---------------------------------------------------------------------------
+# Invalid command sets
+
+
+async def _answer_to(command: dict[str, Any], data: bytes | None) -> list[Any]:
+    """Send one raw request on a CT storage context; return what the SCP sent back."""
+    scp = make_scp_ae()
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    rec = RecordingHandlers()
+    out: list[Any] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await peer.send(store_rq_association())
+            await peer.read_pdu()
+            for pdu in fragment(1, encode_command(command), data, 16384):
+                await peer.send(pdu)
+            pdu = await peer.read_pdu()
+            out.append(pdu)
+            if isinstance(pdu, PDataTF):
+                out.append(decode_command(pdu.pdvs[0].data))
+    assert rec.stored == []
+    return out
+
+
+async def test_store_request_missing_a_required_field() -> None:
+    command = {
+        "CommandField": CommandField.C_STORE_RQ,
+        "MessageID": 3,
+        "AffectedSOPClassUID": sop_class.CTImageStorage,
+        "Priority": 0,
+        "CommandDataSetType": DATASET_PRESENT,
+    }
+    _, rsp = await _answer_to(command, bytes(10))
+    assert rsp["Status"] == 0xC210
+    assert rsp["MessageIDBeingRespondedTo"] == 3
+    assert "Affected SOP Instance UID" in rsp["ErrorComment"]
+
+
+async def test_unknown_command_field_is_unrecognized() -> None:
+    command = {"CommandField": 0x0FFE, "MessageID": 4, "CommandDataSetType": 0x0101}
+    _, rsp = await _answer_to(command, None)
+    assert rsp["Status"] == 0x0211
+    assert rsp["CommandField"] == 0x8FFE
+
+
+async def test_request_without_message_id_aborts() -> None:
+    command = {
+        "CommandField": CommandField.C_ECHO_RQ,
+        "AffectedSOPClassUID": sop_class.Verification,
+        "CommandDataSetType": 0x0101,
+    }
+    (pdu,) = await _answer_to(command, None)
+    assert isinstance(pdu, AAbort)
+    assert (pdu.source, pdu.reason) == (2, 6)
