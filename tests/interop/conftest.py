@@ -50,6 +50,12 @@ DEFAULT_STOP_GRACE = 5.0
 # --------------------------------------------------------------------------- markers
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: takes minutes or gigabytes (1 GiB transfers); deselect with -m 'not slow'"
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.is_relative_to(HERE):

@@ -240,3 +240,45 @@ def test_readiness_waits_are_bounded(peer_process, free_port):
 def test_free_port_is_bindable(free_port):
     with socket.socket() as s:
         s.bind(("127.0.0.1", free_port))
+
+
+# --- storage: pynetdicom <-> pynetdicom, dcmtk -> pynetdicom
+
+
+def test_pynetdicom_store_every_syntax_to_pynetdicom_scp_output_dir(
+    pynetdicom_scp, run_pynetdicom_scu, tmp_path
+):
+    """--store-dir --chunked -> --accept-all-storage --output-dir: every file lands
+    with its own transfer syntax and its data set bytes unchanged."""
+    from _storage_data import ONE_PER_SYNTAX, OTHER_FILES, copy_test_files, dataset_bytes, file_info
+
+    folder = tmp_path / "send"
+    sources = copy_test_files(ONE_PER_SYNTAX + OTHER_FILES, folder)
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--accept-all-storage", "--output-dir", str(out))
+    cp, events = run_pynetdicom_scu(
+        "--port", scp.port, "--called", scp.ae_title, "--store-dir", folder, "--chunked"
+    )
+    assert cp.returncode == 0, cp.describe()
+    sent = [e for e in events if e["event"] == "c_store"]
+    assert [e["status"] for e in sent] == [0] * len(sources)
+    got = scp.wait_for_event("c_store", count=len(sources))
+    for event, source in zip(got, sorted(sources), strict=True):
+        assert event["transfer_syntax"] == file_info(source)[2]
+        assert dataset_bytes(event["stored"]) == dataset_bytes(source), source.name
+
+
+def test_storescu_to_pynetdicom_scp_output_dir(pynetdicom_scp, run_dcmtk, tmp_path):
+    """storescu -R -xb sends a big endian file as it is; the peer stores it."""
+    from _storage_data import assert_same_instance, bundled_file
+
+    source = bundled_file("MR_small_bigendian.dcm")
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--accept-all-storage", "--output-dir", str(out))
+    cp = run_dcmtk("storescu", "-R", "-xb", "-aec", scp.ae_title, "127.0.0.1", scp.port, source)
+    assert cp.returncode == 0, cp.describe()
+    (event,) = scp.wait_for_event("c_store")
+    assert event["transfer_syntax"] == "1.2.840.10008.1.2.2"
+    assert_same_instance(source, event["stored"], transfer_syntax="1.2.840.10008.1.2.2")

@@ -3,6 +3,8 @@
 
     python tests/peers/pynetdicom_peer.py scp --port 0 --out events.jsonl
     python tests/peers/pynetdicom_peer.py scu --port 11112 --echo 3 --out events.jsonl
+    python tests/peers/pynetdicom_peer.py scp --accept-all-storage --output-dir DIR
+    python tests/peers/pynetdicom_peer.py scu --port 11112 --store-dir DIR --chunked
 
 Both modes write one JSON object per line for every event of interest (to
 ``--out``, or to stdout).  The ``scp`` mode prints ``READY <port>`` (flushed)
@@ -19,6 +21,19 @@ With ``TCP_NODELAY=1`` in the environment, TCP_NODELAY is set on every
 association socket from an ``EVT_CONN_OPEN`` handler: pynetdicom 3 has no
 option for it, but the handler runs after connect()/accept() and before the
 first PDU is sent, on both the requestor and the acceptor side.
+
+Storage: the ``scp`` mode with ``--output-dir DIR`` writes every received
+instance to DIR as a Part 10 file (128-byte preamble, "DICM", File Meta
+Information built from the request and the context, then the data set bytes
+exactly as received), named ``<seq>_<SOP Instance UID>.dcm``, and logs its path
+as ``stored`` in the ``c_store`` event. ``--accept-all-storage`` accepts every
+storage SOP class with every transfer syntax pynetdicom knows (compressed ones
+included). The ``scu`` mode sends every ``--store FILE`` and every file under
+``--store-dir DIR`` (recursively, sorted by path) on one association, proposing
+one context per (SOP class, transfer syntax) found in the files, and logs one
+``c_store`` event per file with its status. ``--chunked`` sends each file from
+disk as it is (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``) instead of
+decoding it with pydicom and re-encoding it.
 
 This script never imports aiodicom: it is the independent peer.
 """
@@ -38,9 +53,13 @@ import threading
 from typing import Any, TextIO
 
 from pydicom import dcmread
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
     AllStoragePresentationContexts,
     StoragePresentationContexts,
     _config,
@@ -184,6 +203,7 @@ class SCP:
         self.out = out
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._stored = itertools.count(1)
 
     def assoc_id(self, assoc: Any) -> int:
         with self._lock:
@@ -329,6 +349,9 @@ class SCP:
         req = event.request
         data = req.DataSet
         length = len(data.getbuffer()) if data is not None else None
+        stored = None
+        if self.args.output_dir and data is not None:
+            stored = self.store(event)
         self.out.write(
             "c_store",
             **self.common(event),
@@ -340,8 +363,33 @@ class SCP:
             priority=req.Priority,
             move_originator_ae=getattr(req, "MoveOriginatorApplicationEntityTitle", None),
             dataset_length=length,
+            stored=stored,
         )
         return 0x0000
+
+    def store(self, event: evt.Event) -> str:
+        """Write the received data set as a Part 10 file; return its path."""
+        req = event.request
+        uid = str(req.AffectedSOPInstanceUID)
+        with self._lock:
+            seq = next(self._stored)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = req.AffectedSOPClassUID
+        meta.MediaStorageSOPInstanceUID = req.AffectedSOPInstanceUID
+        meta.TransferSyntaxUID = event.context.transfer_syntax
+        meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+        ae_title = _title(event.assoc.requestor.ae_title)
+        if ae_title:
+            meta.SourceApplicationEntityTitle = ae_title
+        path = os.path.join(self.args.output_dir, f"{seq:06d}_{uid}.dcm")
+        tmp = path + ".part"
+        with open(tmp, "wb") as f:
+            f.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(f, meta, enforce_standard=True)
+            f.write(req.DataSet.getbuffer())
+        os.replace(tmp, path)  # complete files only
+        return path
 
     def handlers(self) -> list[Any]:
         return [
@@ -462,11 +510,18 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
     # Requested contexts: Verification for --echo (or when nothing else is
     # asked), one context per (SOP class, transfer syntax) for --store, and
     # one per --role SOP class not otherwise requested.
+    if args.chunked:
+        _config.STORE_SEND_CHUNKED_DATASET = True
+    paths = list(args.store)
+    for folder in args.store_dir:
+        paths += sorted(
+            os.path.join(root, name) for root, _dirs, names in os.walk(folder) for name in names
+        )
     stores = []
-    for path in args.store:
-        ds = dcmread(path)
-        ts = str(ds.file_meta.TransferSyntaxUID)
-        stores.append((path, ds, str(ds.SOPClassUID), ts))
+    for path in paths:
+        head = dcmread(path, stop_before_pixels=True)
+        ts = str(head.file_meta.TransferSyntaxUID)
+        stores.append((path, str(head.SOPInstanceUID), str(head.SOPClassUID), ts))
     requested: list[tuple[str, list[str] | None]] = []
     seen: set[tuple[str, str | None]] = set()
 
@@ -583,16 +638,22 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
         code, error = status_of(lambda mid=mid: assoc.send_c_echo(msg_id=mid))
         out.write("c_echo", message_id=mid, status=code, **({"error": error} if error else {}))
         failed |= code != 0x0000
-    for path, ds, _uid, ts in stores:
+    for path, instance_uid, _uid, ts in stores:
         if not assoc.is_established:
             break
         mid = next(msg_id)
-        code, error = status_of(lambda ds=ds, mid=mid: assoc.send_c_store(ds, msg_id=mid))
+        # --chunked: pynetdicom streams the file from disk as it is; otherwise
+        # it is decoded here and re-encoded by pynetdicom (one at a time).
+        code, error = status_of(
+            lambda path=path, mid=mid: assoc.send_c_store(
+                path if args.chunked else dcmread(path), msg_id=mid
+            )
+        )
         out.write(
             "c_store",
             message_id=mid,
             file=str(path),
-            sop_instance_uid=str(ds.SOPInstanceUID),
+            sop_instance_uid=instance_uid,
             transfer_syntax=ts,
             status=code,
             **({"error": error} if error else {}),
@@ -650,6 +711,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="every storage class, every transfer syntax, unknown classes too",
     )
+    scp.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="write received instances to DIR as Part 10 files (data set bytes as received)",
+    )
     scp.add_argument("--max-pdu", type=int, default=None)
     scp.add_argument("--max-associations", type=int, default=64)
     scp.add_argument("--out", metavar="FILE", help="JSON lines (default stdout after READY)")
@@ -671,6 +737,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--role", type=parse_role, action="append", default=[], metavar="SOPUID:SCU:SCP"
     )
     scu.add_argument("--store", action="append", default=[], metavar="FILE")
+    scu.add_argument(
+        "--store-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="send every file under DIR (recursively, sorted), after the --store files",
+    )
+    scu.add_argument(
+        "--chunked",
+        action="store_true",
+        help="send each file from disk as it is instead of decoding and re-encoding it",
+    )
     scu.add_argument("--max-pdu", type=int, default=None)
     scu.add_argument("--out", metavar="FILE")
     timeouts(scu)

@@ -1,0 +1,869 @@
+"""Interop of the Storage service (C-STORE) with real peers, both directions.
+
+aiodicom runs in the test process (asyncio backend), except for the 1 GiB
+tests where it runs as ``tests/peers/aiodicom_peer.py`` so that its peak RSS
+can be measured alone; the peers -- dcmtk's ``storescu``/``storescp`` and
+``tests/peers/pynetdicom_peer.py`` -- run as subprocesses on 127.0.0.1.
+
+- dcmtk ``storescu``  -> aiodicom SCP     one file per transfer syntax; 200 on one association
+- aiodicom SCU        -> dcmtk ``storescp`` per transfer syntax x (path, Dataset, file object); 200
+- pynetdicom SCU      -> aiodicom SCP     every syntax on one association (streamed and re-encoded)
+- aiodicom SCU        -> pynetdicom SCP   every syntax x (path, Dataset, file object); 200
+- 1 GiB instance      aiodicom SCU (process) -> storescp; storescu -> aiodicom SCP (process)
+- spooling of large data sets to ``event.dataset_path``; failure statuses; no accepted context
+
+What lands on the other side is compared element by element with the source
+(same tags, VRs and values; native and encapsulated Pixel Data byte for byte)
+and, where the data set is sent as it is on disk and stored as received, byte
+for byte. dcmtk's storescu rewrites what it sends in two documented ways (see
+``_storage_data.DCMTK_SENDER_LENIENCY``); those are allowed when it is the
+sender, never otherwise.
+
+Every blocking call runs in a worker thread; every test body is bounded by
+``anyio.fail_after`` and every subprocess by its own timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import pytest
+from _storage_data import (
+    ONE_PER_SYNTAX,
+    OTHER_FILES,
+    TEST_FILES,
+    GiB,
+    LargeInstance,
+    MiB,
+    assert_same_instance,
+    bundled_file,
+    dataset_bytes,
+    dataset_digest,
+    file_info,
+    write_large_instance,
+    write_small_instances,
+)
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian as DEFLATED,
+)
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from aiodicom import AE, evt, sop_class
+from aiodicom.errors import NoAcceptedContext
+
+HOST = "127.0.0.1"
+AIODICOM_PEER = Path(__file__).resolve().parents[1] / "peers" / "aiodicom_peer.py"
+
+#: Bound on one test body (the peers have their own, shorter, timeouts).
+TEST_DEADLINE = 60.0
+#: Bound on one peer subprocess run to completion.
+PEER_TIMEOUT = 30.0
+#: Bound on one 1 GiB transfer.
+LARGE_TIMEOUT = 300.0
+#: How much a 1 GiB transfer may raise aiodicom's peak RSS (API.md).
+RSS_BUDGET_KIB = 64 * 1024
+
+ALL_FILES = ONE_PER_SYNTAX + OTHER_FILES
+N_SMALL = 200
+
+#: storescu option that proposes (with -R) a file's own transfer syntax, each
+#: in a context of its own, next to the uncompressed ones
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.70": "-xs",
+}
+
+#: every transfer syntax the aiodicom SCP accepts in these tests
+SCP_SYNTAXES = list(dict.fromkeys(str(ts) for ts in TEST_FILES.values()))
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking call (a peer subprocess, a wait on its events) off the loop."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll `predicate` on the event loop until it is true; fail after `timeout` s."""
+    with anyio.move_on_after(timeout):
+        while not predicate():
+            await anyio.sleep(0.01)
+    assert predicate(), f"timed out after {timeout} s waiting for: {what}"
+
+
+@contextmanager
+def deadline(seconds: float = TEST_DEADLINE) -> Iterator[None]:
+    with anyio.fail_after(seconds):
+        yield
+
+
+def write_part10(path: Path, meta: FileMetaDataset, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(b"\x00" * 128 + b"DICM")
+        write_file_meta_info(f, meta, enforce_standard=True)
+        f.write(data)
+
+
+@dataclass
+class Received:
+    """One C-STORE as the aiodicom SCP's handler saw it."""
+
+    message_id: int | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    priority: int | None
+    move_originator: str | None
+    meta: FileMetaDataset
+    dataset: Dataset | None
+    path: Path  # preamble + event.file_meta + event.encoded_dataset()
+    calling_ae: str
+
+
+@dataclass
+class StoreSCP:
+    """Handlers of an in-process aiodicom Storage SCP: save and record every instance."""
+
+    output_dir: Path
+    status: int = 0x0000
+    decode: bool = True
+    raise_error: bool = False
+    received: list[Received] = field(default_factory=list)
+    accepted: list[Any] = field(default_factory=list)
+    released: list[Any] = field(default_factory=list)
+    aborted: list[Any] = field(default_factory=list)
+
+    async def on_store(self, event: evt.Event) -> int:
+        if self.raise_error:
+            raise RuntimeError("handler failure on purpose")
+        assert event.context is not None
+        req = event.request
+        seq = len(self.received) + 1
+        uid = str(req.AffectedSOPInstanceUID)
+        path = self.output_dir / f"{seq:06d}_{uid}.dcm"
+        meta = event.file_meta
+        await in_thread(write_part10, path, meta, event.encoded_dataset())
+        self.received.append(
+            Received(
+                message_id=event.message_id,
+                sop_class_uid=str(req.AffectedSOPClassUID),
+                sop_instance_uid=uid,
+                transfer_syntax=str(event.context.transfer_syntax),
+                priority=req.get("Priority"),
+                move_originator=req.get("MoveOriginatorApplicationEntityTitle"),
+                meta=meta,
+                dataset=event.dataset if self.decode else None,
+                path=path,
+                calling_ae=event.assoc.requestor.ae_title,
+            )
+        )
+        return self.status
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_ACCEPTED, lambda e: self.accepted.append(e.assoc)),
+            (evt.EVT_RELEASED, lambda e: self.released.append(e.assoc)),
+            (evt.EVT_ABORTED, lambda e: self.aborted.append(e.assoc)),
+        ]
+
+
+def storage_scp_ae(title: str = "AIOSCP", syntaxes: list[str] | None = None) -> AE:
+    ae = AE(ae_title=title)
+    ae.acse_timeout = 10.0
+    ae.dimse_timeout = 20.0
+    ae.add_supported_context(sop_class.Verification)
+    for cx in sop_class.AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, syntaxes or SCP_SYNTAXES)
+    return ae
+
+
+def storage_scu_ae(paths: list[Path], title: str = "AIOSCU") -> AE:
+    """An SCU proposing one context per (SOP class, transfer syntax) of `paths`."""
+    ae = AE(ae_title=title)
+    ae.acse_timeout = 10.0
+    ae.dimse_timeout = 20.0
+    seen: set[tuple[str, str]] = set()
+    for path in paths:
+        cls, _uid, ts = file_info(path)
+        if (cls, ts) not in seen:
+            seen.add((cls, ts))
+            ae.add_requested_context(cls, [ts])
+    return ae
+
+
+def check_received(
+    rec: Received,
+    source: Path,
+    *,
+    dcmtk_sender: bool = False,
+    same_bytes: bool = False,
+) -> None:
+    """Compare what the aiodicom SCP got (raw file and decoded data set) with `source`."""
+    cls, uid, ts = file_info(source)
+    assert rec.sop_class_uid == cls, rec
+    # rtplan.dcm's Media Storage SOP Instance UID differs from its SOP Instance
+    # UID, and pynetdicom's streamed send takes the C-STORE-RQ's Affected SOP
+    # Instance UID from the file meta; the data set itself is compared below.
+    assert rec.sop_instance_uid in (uid, media_instance_uid(source)), rec
+    assert rec.transfer_syntax == ts, f"{source.name}: received in {rec.transfer_syntax}, not {ts}"
+    assert str(rec.meta.TransferSyntaxUID) == ts
+    assert str(rec.meta.MediaStorageSOPClassUID) == cls
+    assert str(rec.meta.MediaStorageSOPInstanceUID) == rec.sop_instance_uid
+    assert_same_instance(source, rec.path, transfer_syntax=ts, dcmtk_sender=dcmtk_sender)
+    if rec.dataset is not None:
+        assert_same_instance(source, rec.dataset, dcmtk_sender=dcmtk_sender)
+    if same_bytes:
+        assert_same_bytes(rec.path, source)
+
+
+def media_instance_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID)
+
+
+def assert_same_bytes(received: str | os.PathLike[str], source: Path) -> None:
+    """The data set bytes of `received` are those of `source`; a Deflated data set
+    of odd length (image_dfl.dcm's is 4303 bytes) may get the one trailing NULL
+    byte PS3.5 A.5 asks for (pydicom's and dcmtk's writers add it)."""
+    got, sent = dataset_bytes(received), dataset_bytes(source)
+    if got == sent:
+        return
+    odd_deflated = file_info(source)[2] == DEFLATED and len(sent) % 2
+    assert odd_deflated and got == sent + b"\x00", (
+        f"{source.name}: data set bytes differ ({len(got)} received, {len(sent)} sent)"
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines of a peer's event file (none if it does not exist)."""
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    return [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
+
+
+def status_of(rsp: Dataset) -> int:
+    return int(rsp.Status)
+
+
+# --------------------------------------------------------------------------- data fixtures
+
+
+@pytest.fixture(scope="session")
+def small_instances(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """N_SMALL small valid instances (distinct UIDs and pixel bytes) in one folder."""
+    return write_small_instances(tmp_path_factory.mktemp("small") / "instances", N_SMALL)
+
+
+@pytest.fixture(scope="session")
+def large_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LargeInstance]:
+    """One instance with > 1 GiB of Pixel Data, written in chunks (session scope;
+    deleted at the end of the session, pytest keeps its temp dirs)."""
+    base = tmp_path_factory.mktemp("large")
+    free = shutil.disk_usage(base).free
+    if free < 3 * GiB:
+        pytest.skip(f"needs 3 GiB free disk under {base} for the 1 GiB tests, has {free >> 20} MiB")
+    instance = write_large_instance(base / "large.dcm", GiB + 1)
+    try:
+        yield instance
+    finally:
+        instance.path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def medium_instances(tmp_path: Path) -> list[LargeInstance]:
+    """Two 6 MiB instances (to spool with a 1 MiB threshold)."""
+    return [write_large_instance(tmp_path / f"medium{i}.dcm", 6 * MiB, seed=i) for i in (1, 2)]
+
+
+# =========================================================================== 1.
+# dcmtk storescu -> aiodicom SCP
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("name", ALL_FILES)
+async def test_storescu_to_aiodicom_scp(run_dcmtk, tmp_path, name):
+    source = bundled_file(name)
+    _cls, _uid, ts = file_info(source)
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp = await in_thread(
+                run_dcmtk,
+                "storescu",
+                "-v",
+                "-R",
+                STORESCU_PROPOSE[ts],
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                source,
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    assert "Received Store Response (Success)" in cp.stdout + cp.stderr, cp.describe()
+    (rec,) = scp.received
+    assert rec.calling_ae == "STORESCU"
+    check_received(rec, source, dcmtk_sender=True)
+    assert not scp.aborted
+
+
+@pytest.mark.anyio
+async def test_storescu_200_instances_one_association_to_aiodicom_scp(
+    run_dcmtk, tmp_path, small_instances
+):
+    folder = small_instances[0].parent
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp = await in_thread(
+                run_dcmtk,
+                "storescu",
+                "-R",
+                "+sd",
+                "+r",
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                folder,
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    assert len(scp.accepted) == 1, "one association"
+    assert len(scp.received) == N_SMALL
+    assert sorted(r.message_id for r in scp.received) == list(range(1, N_SMALL + 1))
+    by_uid = {r.sop_instance_uid: r for r in scp.received}
+    assert len(by_uid) == N_SMALL
+    for source in small_instances:
+        check_received(by_uid[file_info(source)[1]], source, dcmtk_sender=True)
+
+
+# =========================================================================== 2.
+# aiodicom SCU -> dcmtk storescp
+
+
+async def send_as(assoc: Any, source: Path, how: str, **kwargs: Any) -> Dataset:
+    """send_c_store from a path, a decoded Dataset, or an open binary file."""
+    if how == "path":
+        return await assoc.send_c_store(source, **kwargs)
+    if how == "str":
+        return await assoc.send_c_store(str(source), **kwargs)
+    if how == "dataset":
+        ds = await in_thread(dcmread, source)
+        return await assoc.send_c_store(ds, **kwargs)
+    assert how == "fileobj"
+    with open(source, "rb") as f:
+        return await assoc.send_c_store(f, **kwargs)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["path", "dataset", "fileobj"])
+@pytest.mark.parametrize("name", ALL_FILES)
+async def test_aiodicom_scu_to_storescp(dcmtk_storescp_factory, name, how):
+    # +B: storescp writes the data set exactly as it arrived
+    storescp = dcmtk_storescp_factory("+B", "-pdu", "131072", fork=False)
+    source = bundled_file(name)
+    _cls, _uid, ts = file_info(source)
+    ae = storage_scu_ae([source])
+    with deadline():
+        async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
+            rsp = await send_as(assoc, source, how)
+    assert status_of(rsp) == 0x0000, f"{rsp}\n{storescp.process.describe()}"
+    (received,) = await in_thread(storescp.wait_for_files, 1)
+    assert_same_instance(source, received, transfer_syntax=ts)
+    if how != "dataset":  # sent from the file as it is
+        assert_same_bytes(received, source)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_200_instances_one_association_to_storescp(
+    dcmtk_storescp_factory, small_instances
+):
+    storescp = dcmtk_storescp_factory("+B", fork=False)
+    ae = storage_scu_ae(small_instances[:1])
+    statuses = []
+    with deadline():
+        async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
+            for source in small_instances:
+                statuses.append(status_of(await assoc.send_c_store(source)))
+    assert statuses == [0] * N_SMALL
+    received = await in_thread(storescp.wait_for_files, N_SMALL)
+    assert len(received) == N_SMALL
+    by_uid = {file_info(p)[1]: p for p in received}
+    for source in small_instances:
+        got = by_uid[file_info(source)[1]]
+        assert dataset_bytes(got) == dataset_bytes(source), source.name
+        assert_same_instance(source, got, transfer_syntax=str(ExplicitVRLittleEndian))
+    assert storescp.process.running
+
+
+# =========================================================================== 3.
+# pynetdicom SCU -> aiodicom SCP
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("chunked", [True, False], ids=["from-file", "re-encoded"])
+async def test_pynetdicom_scu_to_aiodicom_scp(run_pynetdicom_scu, tmp_path, chunked):
+    sources = [bundled_file(n) for n in ALL_FILES]
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    store_args = [a for s in sources for a in ("--store", s)]
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--calling",
+                "PYSCU",
+                *store_args,
+                *(["--chunked"] if chunked else []),
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    stores = [e for e in events if e["event"] == "c_store"]
+    assert [e["status"] for e in stores] == [0] * len(sources), stores
+    assert len(scp.received) == len(sources)
+    for rec, source in zip(scp.received, sources, strict=True):
+        # streamed from the file: the data set bytes arrive as they are on disk
+        check_received(rec, source, same_bytes=chunked)
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_scu_200_instances_one_association_to_aiodicom_scp(
+    run_pynetdicom_scu, tmp_path, small_instances
+):
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--store-dir",
+                small_instances[0].parent,
+                "--chunked",
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    assert len(scp.accepted) == 1
+    assert [e["status"] for e in events if e["event"] == "c_store"] == [0] * N_SMALL
+    assert len(scp.received) == N_SMALL
+    for rec, source in zip(scp.received, small_instances, strict=True):
+        check_received(rec, source, same_bytes=True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "raise_error", "expected"),
+    [(0xB000, False, 0xB000), (0xA700, False, 0xA700), (0x0000, True, 0xC211)],
+    ids=["warning-b000", "out-of-resources-a700", "handler-raises-c211"],
+)
+async def test_aiodicom_scp_handler_status_seen_by_pynetdicom(
+    run_pynetdicom_scu, tmp_path, status, raise_error, expected
+):
+    scp = StoreSCP(tmp_path, status=status, raise_error=raise_error)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--store",
+                bundled_file("CT_small.dcm"),
+                "--store",
+                bundled_file("MR_small.dcm"),
+                timeout=PEER_TIMEOUT,
+            )
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    # a failure status does not end the association: both stores were answered
+    stores = [e for e in events if e["event"] == "c_store"]
+    assert [e["status"] for e in stores] == [expected, expected], f"{cp.describe()}\n{events}"
+    assert events[-2]["event"] == "released", events
+    assert not scp.aborted
+
+
+# =========================================================================== 4.
+# aiodicom SCU -> pynetdicom SCP
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["path", "str", "dataset", "fileobj"])
+async def test_aiodicom_scu_to_pynetdicom_scp(pynetdicom_scp, tmp_path, how):
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--accept-all-storage", "--output-dir", out, ae_title="PYSCP")
+    sources = [bundled_file(n) for n in ALL_FILES]
+    ae = storage_scu_ae(sources)
+    statuses = []
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title="PYSCP") as assoc:
+            for source in sources:
+                statuses.append(status_of(await send_as(assoc, source, how)))
+        events = await in_thread(scp.wait_for_event, "c_store", count=len(sources))
+        await in_thread(scp.wait_for_event, "released")
+    assert statuses == [0] * len(sources)
+    assert len(events) == len(sources)
+    for event, source in zip(events, sources, strict=True):
+        cls, uid, ts = file_info(source)
+        assert (event["sop_class_uid"], event["sop_instance_uid"]) == (cls, uid)
+        assert event["transfer_syntax"] == ts, (source.name, event)
+        assert event["calling_ae"] == "AIOSCU"
+        assert_same_instance(source, event["stored"], transfer_syntax=ts)
+        if how != "dataset":
+            assert_same_bytes(event["stored"], source)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_200_instances_one_association_to_pynetdicom_scp(
+    pynetdicom_scp, tmp_path, small_instances
+):
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--output-dir", out)
+    ae = storage_scu_ae(small_instances[:1])
+    statuses = []
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title) as assoc:
+            for source in small_instances:
+                statuses.append(status_of(await assoc.send_c_store(source)))
+        events = await in_thread(scp.wait_for_event, "c_store", count=N_SMALL)
+        await in_thread(scp.wait_for_event, "released")
+    assert statuses == [0] * N_SMALL
+    assert len(scp.events("accepted")) == 1
+    assert [e["message_id"] for e in events] == list(range(1, N_SMALL + 1))
+    for event, source in zip(events, small_instances, strict=True):
+        assert dataset_bytes(event["stored"]) == dataset_bytes(source), source.name
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_store_parameters_to_pynetdicom_scp(pynetdicom_scp):
+    """msg_id, priority and the Move Originator reach the peer's C-STORE-RQ."""
+    scp = pynetdicom_scp()
+    source = bundled_file("CT_small.dcm")
+    ae = storage_scu_ae([source])
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title) as assoc:
+            rsp = await assoc.send_c_store(
+                source, msg_id=4242, priority=1, originator_aet="MOVER", originator_id=17
+            )
+        (event,) = await in_thread(scp.wait_for_event, "c_store")
+    assert status_of(rsp) == 0
+    assert int(rsp.MessageIDBeingRespondedTo) == 4242
+    assert str(rsp.AffectedSOPInstanceUID) == file_info(source)[1]
+    assert (event["message_id"], event["priority"]) == (4242, 1)
+    assert event["move_originator_ae"] == "MOVER"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("name", "proposed"),
+    [
+        # read with Implicit VR LE: sent so although Explicit VR LE is proposed first
+        ("MR_small_implicit.dcm", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        # read with Explicit VR Big Endian, which is proposed too
+        ("MR_small_bigendian.dcm", [ExplicitVRLittleEndian, ExplicitVRBigEndian]),
+    ],
+    ids=["implicit", "big-endian"],
+)
+async def test_aiodicom_scu_dataset_without_file_meta_keeps_its_encoding(
+    pynetdicom_scp, tmp_path, name, proposed
+):
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--accept-all-storage", "--output-dir", out)
+    source = bundled_file(name)
+    cls, _uid, ts = file_info(source)
+    ds = dcmread(source)
+    del ds.file_meta
+    ae = AE(ae_title="AIOSCU")
+    for syntax in proposed:  # one context each, so each is accepted as it is
+        ae.add_requested_context(cls, [syntax])
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title) as assoc:
+            rsp = await assoc.send_c_store(ds)
+        (event,) = await in_thread(scp.wait_for_event, "c_store")
+    assert status_of(rsp) == 0
+    assert event["transfer_syntax"] == ts
+    assert_same_instance(source, event["stored"], transfer_syntax=ts)
+
+
+# =========================================================================== 5.
+# No accepted context
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_no_accepted_context_for_compressed_file(dcmtk_storescp_factory):
+    """storescp accepting only uncompressed syntaxes (+xe after the fixture's +xa):
+    a JPEG 2000 file cannot be sent (it goes in its own syntax), and the
+    association stays usable."""
+    storescp = dcmtk_storescp_factory("+xe", fork=False)
+    j2k = bundled_file("JPEG2000.dcm")
+    ct = bundled_file("CT_small.dcm")
+    ae = storage_scu_ae([j2k, ct])
+    with deadline():
+        async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
+            j2k_class = file_info(j2k)[0]
+            assert not [
+                cx for cx in assoc.accepted_contexts if str(cx.abstract_syntax) == j2k_class
+            ], "storescp +xe accepted a JPEG 2000 context"
+            with pytest.raises(NoAcceptedContext):
+                await assoc.send_c_store(j2k)
+            with pytest.raises(NoAcceptedContext):
+                await assoc.send_c_store(dcmread(j2k))
+            with open(j2k, "rb") as f, pytest.raises(NoAcceptedContext):
+                await assoc.send_c_store(f)
+            rsp = await assoc.send_c_store(ct)
+    assert status_of(rsp) == 0
+    (received,) = await in_thread(storescp.wait_for_files, 1)
+    assert file_info(received)[1] == file_info(ct)[1]
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_no_context_in_the_files_own_syntax(pynetdicom_scp):
+    """Only Explicit VR LE accepted for MR: a big endian MR file is not converted,
+    it raises NoAcceptedContext; NoAcceptedContext is also a ValueError."""
+    scp = pynetdicom_scp("--accept-all-storage")
+    mr_be = bundled_file("MR_small_bigendian.dcm")
+    ae = AE(ae_title="AIOSCU")
+    ae.add_requested_context(sop_class.MRImageStorage, [ExplicitVRLittleEndian])
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title=scp.ae_title) as assoc:
+            with pytest.raises(NoAcceptedContext):
+                await assoc.send_c_store(mr_be)
+            with pytest.raises(ValueError):
+                await assoc.send_c_store(str(mr_be))
+            rsp = await assoc.send_c_store(bundled_file("MR_small.dcm"))
+    assert status_of(rsp) == 0
+    await in_thread(scp.wait_for_event, "released")
+    assert len(scp.events("c_store")) == 1
+
+
+# =========================================================================== 6.
+# Spooling of large data sets (in-process SCP, 1 MiB threshold)
+
+
+@pytest.mark.anyio
+async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medium_instances):
+    """Above ae.spool_threshold, event.dataset_path is a complete Part 10 file
+    while the handler runs, decodable through event.dataset; it is deleted
+    after the handler returns unless the handler moved it."""
+    keep = tmp_path / "kept.dcm"
+    seen: list[dict[str, Any]] = []
+
+    async def on_store(event: evt.Event) -> int:
+        path = event.dataset_path
+        info: dict[str, Any] = {"path": path}
+        if path is not None:
+            info["exists"] = os.path.exists(path)
+            with open(path, "rb") as f:
+                info["dicm"] = f.read(132)[128:]
+            info["digest"] = await in_thread(dataset_digest, path)
+            ds = event.dataset
+            info["uid"] = str(ds.SOPInstanceUID)
+            info["pixels"] = len(ds.PixelData)
+            info["meta_ts"] = str(event.file_meta.TransferSyntaxUID)
+            if not seen:  # the first one is moved away
+                await in_thread(shutil.move, path, keep)
+        seen.append(info)
+        return 0x0000
+
+    released: list[Any] = []
+    ae = storage_scp_ae()
+    ae.spool_threshold = 1 * MiB
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, released.append)]
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
+            cp, _events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--chunked",
+                *[a for m in medium_instances for a in ("--store", m.path)],
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
+    assert len(seen) == 2
+    for info, inst in zip(seen, medium_instances, strict=True):
+        assert info["path"] is not None, "a 6 MiB data set was not spooled (threshold 1 MiB)"
+        assert info["exists"] and info["dicm"] == b"DICM"
+        assert info["digest"] == (inst.dataset_size, inst.dataset_sha256)
+        assert info["uid"] == inst.sop_instance_uid
+        assert info["pixels"] == inst.pixel_bytes
+        assert info["meta_ts"] == str(ExplicitVRLittleEndian)
+    assert keep.exists() and dataset_digest(keep) == (
+        medium_instances[0].dataset_size,
+        medium_instances[0].dataset_sha256,
+    )
+    assert not os.path.exists(seen[1]["path"]), "spool file left behind after the handler"
+
+
+# =========================================================================== 7.
+# One instance over 1 GiB; aiodicom in a process of its own, its RSS measured
+
+
+def rss_growth(events: list[dict[str, Any]], start: str) -> tuple[int, int, int]:
+    """(baseline KiB, peak KiB, growth KiB) of the aiodicom peer's memory from its
+    `start` event on: VmHWM (reset to the current RSS at `start`) against VmRSS at
+    `start`. Not ru_maxrss: on Linux a child's ru_maxrss starts at its parent's
+    RSS at fork (~90 MB under pytest), which would hide any smaller growth."""
+    i = next(i for i, e in enumerate(events) if e["event"] == start)
+    first = events[i]
+    if first.get("vm_rss_kib") is None or not first.get("hwm_reset"):
+        pytest.skip("needs /proc/self/status and /proc/self/clear_refs (Linux) to measure RSS")
+    base = first["vm_rss_kib"]
+    peak = max(e["vm_hwm_kib"] for e in events[i:])
+    return base, peak, peak - base
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_aiodicom_scu_process_to_storescp(
+    dcmtk_storescp_factory, peer_process, tmp_path, large_instance
+):
+    storescp = dcmtk_storescp_factory("+B", "-pdu", "131072", fork=False)
+    out = tmp_path / "scu.jsonl"
+    p = peer_process(
+        [
+            sys.executable,
+            AIODICOM_PEER,
+            "scu",
+            "--port",
+            storescp.port,
+            "--called",
+            storescp.ae_title,
+            "--store",
+            large_instance.path,
+            "--out",
+            out,
+        ],
+        name="aiodicom-scu",
+    )
+    code = p.wait_exit(LARGE_TIMEOUT)
+    events = read_jsonl(out)
+    assert code == 0, f"{p.describe()}\n{events}"
+    (store,) = [e for e in events if e["event"] == "c_store"]
+    assert store["status"] == 0, events
+    base, peak, growth = rss_growth(events, "start")
+    print(f"aiodicom SCU -> storescp, {large_instance.dataset_size} B in {store['seconds']} s:")
+    print(f"  RSS {base} KiB before, peak {peak} KiB: +{growth} KiB; events: {events}")
+    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB sending 1 GiB: {events}"
+    (received,) = storescp.wait_for_files(1, timeout=30)
+    try:
+        assert dataset_digest(received) == (
+            large_instance.dataset_size,
+            large_instance.dataset_sha256,
+        ), "the data set storescp received differs from the file's"
+    finally:
+        received.unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_storescu_to_aiodicom_scp_process(
+    run_dcmtk, peer_process, tmp_path, large_instance
+):
+    received_dir = tmp_path / "received"
+    out = tmp_path / "scp.jsonl"
+    scp = peer_process(
+        [
+            sys.executable,
+            AIODICOM_PEER,
+            "scp",
+            "--port",
+            "0",
+            "--ae-title",
+            "AIOSCP",
+            "--output-dir",
+            received_dir,
+            "--out",
+            out,
+        ],
+        name="aiodicom-scp",
+        ready_line=r"^READY (\d+)$",
+    )
+    assert scp.ready_match is not None
+    port = int(scp.ready_match.group(1))
+    cp = run_dcmtk(
+        "storescu",
+        "-R",
+        "-xe",
+        "-pdu",
+        "131072",
+        "-aec",
+        "AIOSCP",
+        HOST,
+        port,
+        large_instance.path,
+        timeout=LARGE_TIMEOUT,
+    )
+    assert cp.returncode == 0, f"{cp.describe()}\n{scp.describe()}"
+    assert scp.stop() == 0, scp.describe()
+    events = read_jsonl(out)
+    (store,) = [e for e in events if e["event"] == "c_store"]
+    assert store["sop_instance_uid"] == large_instance.sop_instance_uid
+    assert store["spooled"] is True, store
+    assert events[-1]["event"] == "shutdown", events
+    base, peak, growth = rss_growth(events, "ready")
+    print(f"storescu -> aiodicom SCP, {large_instance.dataset_size} B:")
+    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB; events: {events}")
+    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
+    stored = Path(store["stored"])
+    try:
+        assert dataset_digest(stored) == (
+            large_instance.dataset_size,
+            large_instance.dataset_sha256,
+        ), "the data set aiodicom stored differs from the file storescu sent"
+    finally:
+        stored.unlink()
