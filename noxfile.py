@@ -28,6 +28,15 @@ def types(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmarks, side by side with pynetdicom and dcmtk (needs dcmtk)."""
+    """The benchmarks, side by side with pynetdicom and dcmtk (needs dcmtk).
+
+    ``nox -s bench -- --quick`` runs them all; ``nox -s bench -- store --quick``
+    runs one (echo, store) with its own options.
+    """
     session.install("-e", ".[bench]")
-    session.run("python", "benchmarks/bench_echo.py", *session.posargs)
+    scripts = ["echo", "store"]
+    args = list(session.posargs)
+    if args and args[0] in scripts:
+        scripts, args = [args[0]], args[1:]
+    for name in scripts:
+        session.run("python", f"benchmarks/bench_{name}.py", *args)

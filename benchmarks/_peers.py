@@ -10,6 +10,19 @@ and anyio do by default; pynetdicom gets it from an EVT_CONN_OPEN handler).
     python benchmarks/_peers.py pynetdicom-scu PORT --echoes N --cycles M
     python benchmarks/_peers.py raw-echo-server
     python benchmarks/_peers.py raw-echo-client PORT --echoes N
+
+C-STORE (bench_store.py): the SCPs accept CT Image Storage and discard every
+instance (status 0x0000, nothing written); the SCUs send every ``*.dcm`` file
+of DIR, in name order, on one association, reading each from disk.
+
+    python benchmarks/_peers.py aiodicom-store-scp [--uvloop] [--max-pdu N]
+    python benchmarks/_peers.py aiodicom-store-scu PORT --dir DIR [--uvloop] [--max-pdu N]
+    python benchmarks/_peers.py pynetdicom-store-scp [--max-pdu N] [--pyn-chunked]
+    python benchmarks/_peers.py pynetdicom-store-scu PORT --dir DIR [--max-pdu N] [--pyn-chunked]
+
+``--max-pdu 0`` (the default) keeps each library's own default maximum PDU.
+The store SCPs leave on SIGTERM through SystemExit, so ``python -m cProfile -o``
+gets to write its profile.
 """
 
 from __future__ import annotations
@@ -17,21 +30,41 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
+import signal
 import socket
 import sys
 import time
 from typing import Any
 
 VERIFICATION = "1.2.840.10008.1.1"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _vm_hwm_mib() -> float:
+    """Peak RSS of this program's own memory map (VmHWM).
+
+    ru_maxrss also counts the parent's memory map that exec replaced (Linux
+    folds the old map's high-water mark into it), so it is inflated when a
+    big parent process starts us.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return _rss_mib()
+
+
 def _emit(result: dict[str, Any]) -> None:
     result["peak_rss_mib"] = round(_rss_mib(), 1)
+    result["vm_hwm_mib"] = round(_vm_hwm_mib(), 1)
     print(json.dumps(result), flush=True)
 
 
@@ -156,6 +189,127 @@ def pynetdicom_scu(args: argparse.Namespace) -> None:
     _emit(out)
 
 
+# -- C-STORE --------------------------------------------------------------------
+
+
+def _store_files(directory: str) -> list[str]:
+    return sorted(e.path for e in os.scandir(directory) if e.name.endswith(".dcm"))
+
+
+def _store_result(files: list[str], seconds: float, **extra: Any) -> dict[str, Any]:
+    size = sum(os.path.getsize(f) for f in files)
+    return {"instances": len(files), "bytes": size, "seconds": seconds, **extra}
+
+
+def aiodicom_store_scp(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, evt, sop_class
+
+    async def main() -> None:
+        ae = AE("BENCH_SCP")
+        ae.add_supported_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+        if args.max_pdu:
+            ae.maximum_pdu_size = args.max_pdu
+        handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
+        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
+            print(f"READY {server.port}", flush=True)
+            await server.serve_forever()
+
+    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+
+
+def aiodicom_store_scu(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, sop_class
+
+    files = _store_files(args.dir)
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE])
+        max_pdu = args.max_pdu or None
+        async with ae.associate(
+            "127.0.0.1", args.port, ae_title="BENCH_SCP", max_pdu=max_pdu
+        ) as assoc:
+            start = time.perf_counter()
+            for path in files:
+                status = await assoc.send_c_store(path)
+                assert status.Status == 0, status
+            seconds = time.perf_counter() - start
+        return _store_result(files, seconds)
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
+def _pyn_chunked(args: argparse.Namespace) -> None:
+    if args.pyn_chunked:
+        from pynetdicom import _config
+
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def pynetdicom_store_scp(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    _pyn_chunked(args)
+    ae = AE(ae_title="BENCH_SCP")
+    ae.add_supported_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+    if args.max_pdu:
+        ae.maximum_pdu_size = args.max_pdu
+    # Return success without touching event.dataset: nothing is decoded or written.
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, lambda event: 0x0000)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+def pynetdicom_store_scu(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    _pyn_chunked(args)
+    files = _store_files(args.dir)
+    ae = AE(ae_title="BENCH_SCU")
+    ae.add_requested_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE])
+    if args.max_pdu:
+        ae.maximum_pdu_size = args.max_pdu
+    # A lost response (pydicom/pynetdicom#875) waits out the DIMSE timeout:
+    # keep it short, count it, leave its time out and resend on a new association.
+    # Its timer runs while the data set is still going out: allow for the size.
+    ae.dimse_timeout = 2 + max(os.path.getsize(f) for f in files) / 10e6
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
+
+    def associate() -> Any:
+        assoc = ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers)
+        assert assoc.is_established
+        return assoc
+
+    assoc = associate()
+    stalls, stalled, i = 0, 0.0, 0
+    start = time.perf_counter()
+    while i < len(files):
+        t0 = time.perf_counter()
+        # send_c_store(path) is dcmread(path) + send_c_store(dataset) unless
+        # STORE_SEND_CHUNKED_DATASET is set (--pyn-chunked).
+        status = assoc.send_c_store(files[i])
+        if "Status" in status:
+            assert status.Status == 0, status
+            i += 1
+            continue
+        stalls += 1
+        stalled += time.perf_counter() - t0
+        assoc = associate()
+    seconds = time.perf_counter() - start - stalled
+    assoc.release()
+    _emit(_store_result(files, seconds, pynetdicom_stalls=stalls))
+
+
 # -- the bound: a bare asyncio echo of 16-byte messages -------------------------
 
 
@@ -190,6 +344,10 @@ def raw_echo_client(args: argparse.Namespace) -> None:
     _emit(asyncio.run(main()))
 
 
+def _exit_on_term(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("role")
@@ -197,15 +355,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--echoes", type=int, default=0)
     parser.add_argument("--cycles", type=int, default=0)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument("--dir", help="store SCUs: send every *.dcm file of DIR")
+    parser.add_argument("--max-pdu", type=int, default=0, help="0: the library's default")
+    parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
     args = parser.parse_args(argv)
     roles = {
         "aiodicom-scp": aiodicom_scp,
         "aiodicom-scu": aiodicom_scu,
         "pynetdicom-scp": pynetdicom_scp,
         "pynetdicom-scu": pynetdicom_scu,
+        "aiodicom-store-scp": aiodicom_store_scp,
+        "aiodicom-store-scu": aiodicom_store_scu,
+        "pynetdicom-store-scp": pynetdicom_store_scp,
+        "pynetdicom-store-scu": pynetdicom_store_scu,
         "raw-echo-server": raw_echo_server,
         "raw-echo-client": raw_echo_client,
     }
+    if args.role.endswith("-store-scp"):
+        signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         roles[args.role](args)
     except KeyboardInterrupt:

@@ -135,6 +135,8 @@ MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
 #: Bytes read from a file per worker-thread call when sending it.
 _FILE_BLOCK = 4 << 20
+#: A data set up to this size is read whole and sent from memory (0: never).
+_INLINE_READ = 1 << 20
 #: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
 _NO_RESOURCES = {errno.ENOSPC, errno.ENOMEM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -1631,19 +1633,21 @@ class Association:
                 cx = self._store_context(sop_class, transfer_syntax_of(dataset))
                 payload = encode_dataset(dataset, cx.transfer_syntax[0])
             else:
-                if isinstance(dataset, str | os.PathLike):
-                    owned = fp = await anyio.to_thread.run_sync(_open_binary, dataset)
-                elif hasattr(dataset, "read"):
-                    fp = cast(BinaryIO, dataset)
-                else:
+                if not isinstance(dataset, str | os.PathLike) and not hasattr(dataset, "read"):
                     raise TypeError(
                         "send_c_store() takes a Dataset, a path or a binary file object,"
                         f" not {type(dataset).__name__}"
                     )
-                info: Part10Info = await anyio.to_thread.run_sync(_probe, fp)
+                # One worker-thread call opens, probes and, for a small file,
+                # reads the whole data set (then closes what it opened).
+                info, data, owned = await anyio.to_thread.run_sync(_prepare_file, dataset)
                 sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
                 cx = self._store_context(sop_class, info.transfer_syntax)
-                payload = _FileSource(fp, info.offset)
+                if data is not None:
+                    payload = data + b"\x00" if len(data) % 2 else data
+                else:
+                    fp = owned if owned is not None else cast(BinaryIO, dataset)
+                    payload = _FileSource(fp, info.offset)
             assert cx.context_id is not None
             rsp = await self._invoke(
                 cx.context_id,
@@ -1708,15 +1712,33 @@ def _instance_uids(ds: Dataset) -> tuple[UID, UID]:
     return UID(str(sop_class)), UID(str(sop_instance))
 
 
-def _open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    return open(path, "rb")
+def _prepare_file(
+    source: str | os.PathLike[str] | BinaryIO,
+) -> tuple[Part10Info, bytes | None, BinaryIO | None]:
+    """Open (a path), probe, and read a data set of up to ``_INLINE_READ`` bytes (blocking).
 
-
-def _probe(fp: BinaryIO) -> Part10Info:
-    """Probe the file, then leave it positioned at its data set."""
-    info = probe_part10(fp)
-    fp.seek(info.offset)
-    return info
+    Returns ``(info, data, opened)``: ``data`` is the whole data set when it
+    is small, else ``None`` and the file is left at the data set's start for
+    streaming; ``opened`` is the file this call opened and left open (the
+    caller closes it), ``None`` if it closed it or did not open it.
+    """
+    opened = open(source, "rb") if isinstance(source, str | os.PathLike) else None  # noqa: SIM115
+    fp = opened if opened is not None else source
+    assert not isinstance(fp, str | os.PathLike)
+    try:
+        info = probe_part10(fp)
+        fp.seek(info.offset)
+        data = fp.read(_INLINE_READ + 1) if _INLINE_READ else None
+        if data is not None and len(data) <= _INLINE_READ:
+            if opened is not None:
+                opened.close()
+            return info, data, None
+        fp.seek(info.offset)
+    except BaseException:
+        if opened is not None:
+            opened.close()
+        raise
+    return info, None, opened
 
 
 async def _store_status(handler: evt.Handler, event: evt.Event, args: tuple[Any, ...]) -> Any:

@@ -7,6 +7,7 @@ given (the shell runs it in a worker thread).
 from __future__ import annotations
 
 import logging
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -165,14 +166,111 @@ def _stop_after_sop_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
     return bool(tag > 0x00080018)
 
 
+#: Explicit VR VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+_PROBE_HEAD = 8192
+_U16LE = struct.Struct("<H")
+_U32LE = struct.Struct("<L")
+
+
+def _scan(
+    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int
+) -> tuple[dict[int, bytes], int] | None:
+    """Walk the elements of ``buf`` from ``pos`` while their tag is at most ``until``.
+
+    Returns the values by tag and the position of the first element past
+    ``until`` (or of the end of ``buf`` if it ends exactly on an element);
+    ``None`` when the walk cannot tell (an undefined length, a truncated
+    element), for the caller to fall back on pydicom.
+    """
+    end = len(buf)
+    order = "<" if little else ">"
+    tag_fmt = struct.Struct(order + "HH")
+    u16 = struct.Struct(order + "H")
+    u32 = struct.Struct(order + "L")
+    out: dict[int, bytes] = {}
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, elem = tag_fmt.unpack_from(buf, pos)
+        tag = (group << 16) | elem
+        if tag > until:
+            return out, pos
+        if implicit:
+            length = u32.unpack_from(buf, pos + 4)[0]
+            header = 8
+        elif buf[pos + 4 : pos + 6] in _LONG_VRS:
+            if end - pos < 12:
+                return None
+            length = u32.unpack_from(buf, pos + 8)[0]
+            header = 12
+        else:
+            length = u16.unpack_from(buf, pos + 6)[0]
+            header = 8
+        if length == 0xFFFFFFFF or pos + header + length > end:
+            return None
+        out[tag] = buf[pos + header : pos + header + length]
+        pos += header + length
+    return out, pos
+
+
+def _uid_text(raw: bytes | None) -> str | None:
+    if not raw:
+        return None
+    return raw.decode("ascii", "replace").rstrip("\x00 ") or None
+
+
+def _probe_fast(fp: BinaryIO) -> Part10Info | None:
+    """The common case without pydicom: a Part 10 file whose meta and data set head are plain."""
+    start = fp.tell()
+    buf = fp.read(_PROBE_HEAD)
+    if len(buf) < 132 or buf[128:132] != b"DICM":
+        return None
+    meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF)
+    if meta is None:
+        return None
+    values, pos = meta
+    ts = _uid_text(values.get(0x00020010))
+    if ts is None:
+        return None
+    sop_class = _uid_text(values.get(0x00020002))
+    sop_instance = _uid_text(values.get(0x00020003))
+    if ts != DeflatedExplicitVRLittleEndian:
+        implicit, little = encoding_of(ts)
+        head = _scan(buf, pos, implicit=implicit, little=little, until=0x00080018)
+        if head is None:
+            if len(buf) == _PROBE_HEAD:
+                return None  # a long head: let pydicom read it
+        else:
+            sop_class = _uid_text(head[0].get(0x00080016)) or sop_class
+            sop_instance = _uid_text(head[0].get(0x00080018)) or sop_instance
+    if not sop_class or not sop_instance:
+        return None
+    return Part10Info(UID(sop_class), UID(sop_instance), UID(ts), start + pos)
+
+
 def probe_part10(fp: BinaryIO) -> Part10Info:
     """Read the File Meta Information of a DICOM file (or sniff a bare data set).
 
     ``fp`` is a binary file positioned at the start of the file; it is left
-    at an unspecified position. Blocking: run it in a worker thread. A file
-    without ``DICM`` is taken as a bare data set whose encoding pydicom
-    detects; its SOP Class and Instance UIDs are read from the data set.
+    at an unspecified position. Blocking: run it in a worker thread. The SOP
+    Class and Instance UIDs are the data set's own, the meta's when the data
+    set has none (or is deflated). A file without ``DICM`` is taken as a bare
+    data set whose encoding pydicom detects. The common case is read with a
+    small scanner of its own (a few microseconds); anything unusual goes
+    through pydicom.
     """
+    start = fp.tell()
+    info = _probe_fast(fp)
+    if info is not None:
+        return info
+    fp.seek(start)
+    return _probe_with_pydicom(fp)
+
+
+def _probe_with_pydicom(fp: BinaryIO) -> Part10Info:
     start = fp.tell()
     head = fp.read(132)
     meta: Dataset | None = None

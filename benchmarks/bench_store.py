@@ -1,0 +1,614 @@
+"""C-STORE throughput and memory: aiodicom against pynetdicom and dcmtk.
+
+Every row is measured in the same run, each peer in its own process on
+127.0.0.1 with TCP_NODELAY on every side (dcmtk gets ``TCP_NODELAY=1``;
+pynetdicom gets it from an EVT_CONN_OPEN handler; aiodicom sets it itself).
+Prints one Markdown table; ratios are against pynetdicom<->pynetdicom and
+against dcmtk<->dcmtk.
+
+    python benchmarks/bench_store.py            # full run (about three minutes on 2 cores)
+    python benchmarks/bench_store.py --quick    # smaller counts, one repetition
+
+* small: 2,000 CT Image Storage instances of about 16 KB (Explicit VR Little
+  Endian, 64x128 16-bit pixels), all on one association: instances/s.
+* large: 4 instances of about 64 MB (4096x8192 16-bit pixels) on one
+  association: MB/s (10^6 bytes of Part 10 file per second).
+
+The instances are generated with pydicom into a temp dir as Part 10 files and
+every SCU reads them from there (they sit in the page cache). The SCPs accept
+and discard (dcmtk ``storescp --ignore``; aiodicom and pynetdicom handlers
+return 0x0000 without writing anything), so the disk is not what is measured.
+Each job gets a fresh SCP process so the peak RSS (VmHWM, read just before the
+SCP is stopped) belongs to that job alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_echo import dcmtk_tool, free_port  # noqa: E402
+
+PEERS = [sys.executable, str(HERE / "_peers.py")]
+ENV = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
+DEFAULT_PDU = {"aiodicom": 262_144, "pynetdicom": 16_382, "dcmtk": 16_384}
+PYN_REF = "pynetdicom <-> pynetdicom"
+DCMTK_REF = "dcmtk storescu -> dcmtk storescp"
+
+
+# -- data -------------------------------------------------------------------------
+
+
+def make_instances(directory: Path, count: int, rows: int, cols: int, tag: str) -> int:
+    """Write ``count`` CT Image Storage Part 10 files; return the size of one."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = CTImageStorage
+    ds.Modality = "CT"
+    ds.PatientName = "Bench^Store"
+    ds.PatientID = "BENCH"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = rows, cols
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+    ds.PixelSpacing = ["0.5", "0.5"]
+    ds.SliceThickness = "1"
+    pattern = os.urandom(4096)
+    ds.PixelData = (pattern * (rows * cols * 2 // len(pattern) + 1))[: rows * cols * 2]
+    ds["PixelData"].VR = "OW"
+    size = 0
+    for i in range(count):
+        uid = generate_uid()
+        meta.MediaStorageSOPInstanceUID = uid
+        ds.SOPInstanceUID = uid
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = ["0", "0", str(i)]
+        path = directory / f"{tag}{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        size = path.stat().st_size
+    return size
+
+
+# -- processes ----------------------------------------------------------------------
+
+
+def vm_hwm_mib(pid: int) -> float:
+    """Peak RSS (VmHWM) of a live process, in MiB; NaN once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return float("nan")
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")  # a zombie has no memory map left
+
+
+class HwmSampler(threading.Thread):
+    """Follow a process's VmHWM until it exits (for storescu, which can't report it).
+
+    ``wait4``'s ru_maxrss is no use here: Linux folds the high-water mark of
+    the memory map that exec replaced, the forking Python parent's, into it.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            value = vm_hwm_mib(self.pid)
+            if value != value:
+                if self.peak:
+                    return
+            else:
+                self.peak = max(self.peak, value)
+            self.stop.wait(self.interval)
+
+
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen[str]
+
+
+@contextmanager
+def server(argv: list[str], *, port: int | None = None) -> Iterator[Server]:
+    """Start an SCP; yield it once it listens (READY line, or its port answers)."""
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV
+    )
+    try:
+        if port is None:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"{argv} did not start: {line!r}")
+            port = int(line.split()[1])
+        else:
+            _wait_listening(proc, port)
+        yield Server(port, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_listening(proc: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
+    """Wait until ``port`` is in LISTEN state, without connecting to it.
+
+    A probe connection would be an association attempt for storescp (which
+    serves one at a time without --fork); /proc/net/tcp shows the listener.
+    """
+    want = f":{port:04X} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(want.strip()) and fields[3] == "0A":
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@dataclass
+class Finished:
+    stdout: str
+    stderr: str
+    seconds: float
+    sampled_hwm_mib: float
+
+
+def run_client(argv: list[str], timeout: float = 900) -> Finished:
+    """Run a client to its end: its output, wall time and sampled VmHWM."""
+    with tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=ENV)
+        sampler = HwmSampler(proc.pid)
+        sampler.start()
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            seconds = time.perf_counter() - start
+            sampler.stop.set()
+            sampler.join()
+        err.seek(0)
+        stderr = err.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}: {stderr[-2000:]}")
+    return Finished(out, stderr, seconds, sampler.peak)
+
+
+# -- pairs --------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: float
+    instances: int
+    nbytes: int
+    scu_rss: float
+    scp_rss: float
+    stalls: int = 0
+    whole_process: bool = False  # storescu: seconds is its wall time, start-up included
+
+
+@dataclass
+class Pair:
+    name: str
+    scu: str  # aiodicom, pynetdicom, dcmtk
+    scp: str
+    uvloop: bool = False
+    small: list[Sample] = field(default_factory=list)
+    large: list[Sample] = field(default_factory=list)
+    error: str = ""
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    storescu: str | None
+    storescp: str | None
+    storescu_base: float = float("inf")  # storescu start-up + association + 1 store + release
+    storescu_start: float = 0.0  # storescu --version
+    profile_dir: Path | None = None  # run the Python peers under cProfile
+
+    def peers(self, role: str) -> list[str]:
+        if self.profile_dir is None:
+            return [*PEERS, role]
+        out = self.profile_dir / f"{role}.prof"
+        return [sys.executable, "-m", "cProfile", "-o", str(out), *PEERS[1:], role]
+
+    def pdu_args(self, tool: str) -> list[str]:
+        if not self.args.max_pdu:
+            return []
+        return (
+            ["-pdu", str(self.args.max_pdu)]
+            if tool == "dcmtk"
+            else [
+                "--max-pdu",
+                str(self.args.max_pdu),
+            ]
+        )
+
+    def python_args(self, pair: Pair, lib: str) -> list[str]:
+        extra = self.pdu_args(lib)
+        if lib == "aiodicom" and pair.uvloop:
+            extra.append("--uvloop")
+        if lib == "pynetdicom" and self.args.pyn_chunked:
+            extra.append("--pyn-chunked")
+        return extra
+
+    @contextmanager
+    def scp(self, pair: Pair) -> Iterator[Server]:
+        if pair.scp == "dcmtk":
+            assert self.storescp is not None
+            port = free_port()
+            argv = [self.storescp, "--ignore", "-aet", "BENCH_SCP", *self.pdu_args("dcmtk")]
+            with server([*argv, str(port)], port=port) as srv:
+                yield srv
+        else:
+            argv = [*self.peers(f"{pair.scp}-store-scp"), *self.python_args(pair, pair.scp)]
+            with server(argv) as srv:
+                yield srv
+
+    def storescu_argv(self, port: int, directory: Path) -> list[str]:
+        assert self.storescu is not None
+        return [
+            self.storescu,
+            "-aet",
+            "BENCH_SCU",
+            "-aec",
+            "BENCH_SCP",
+            *self.pdu_args("dcmtk"),
+            "+sd",
+            "127.0.0.1",
+            str(port),
+            str(directory),
+        ]
+
+    def measure_storescu_start(self) -> float:
+        """Best wall time of ``storescu --version``: process start and exit alone."""
+        assert self.storescu is not None
+        return min(run_client([self.storescu, "--version"]).seconds for _ in range(5))
+
+    def measure_storescu_base(self, directory: Path, runs: int = 2) -> float:
+        """Best wall time of storescu sending one small instance to a fresh storescp."""
+        pair = Pair("base", "dcmtk", "dcmtk")
+        times = []
+        for _ in range(runs):
+            with self.scp(pair) as srv:
+                times.append(run_client(self.storescu_argv(srv.port, directory)).seconds)
+        return min(times)
+
+    def run(self, pair: Pair, directory: Path) -> Sample:
+        with self.scp(pair) as srv:
+            if pair.scu == "dcmtk":
+                done = run_client(self.storescu_argv(srv.port, directory))
+                files = [p for p in directory.iterdir() if p.suffix == ".dcm"]
+                sample = Sample(
+                    done.seconds,
+                    len(files),
+                    sum(p.stat().st_size for p in files),
+                    done.sampled_hwm_mib,
+                    float("nan"),
+                    whole_process=True,
+                )
+            else:
+                role = f"{pair.scu}-store-scu"
+                argv = [*self.peers(role), str(srv.port), "--dir", str(directory)]
+                done = run_client([*argv, *self.python_args(pair, pair.scu)])
+                res = json.loads(done.stdout.strip().splitlines()[-1])
+                sample = Sample(
+                    res["seconds"],
+                    res["instances"],
+                    res["bytes"],
+                    res["vm_hwm_mib"],
+                    float("nan"),
+                    int(res.get("pynetdicom_stalls", 0)),
+                )
+            sample.scp_rss = vm_hwm_mib(srv.proc.pid)
+        return sample
+
+
+def make_pairs(have_dcmtk: bool, have_uvloop: bool) -> list[Pair]:
+    pairs = [Pair("aiodicom <-> aiodicom (asyncio)", "aiodicom", "aiodicom")]
+    if have_uvloop:
+        pairs.append(Pair("aiodicom <-> aiodicom (uvloop)", "aiodicom", "aiodicom", True))
+    pairs.append(Pair(PYN_REF, "pynetdicom", "pynetdicom"))
+    if have_dcmtk:
+        pairs.append(Pair(DCMTK_REF, "dcmtk", "dcmtk"))
+        pairs.append(Pair("aiodicom SCU -> dcmtk storescp", "aiodicom", "dcmtk"))
+        pairs.append(Pair("dcmtk storescu -> aiodicom SCP", "dcmtk", "aiodicom"))
+    pairs.append(Pair("aiodicom SCU -> pynetdicom SCP", "aiodicom", "pynetdicom"))
+    pairs.append(Pair("pynetdicom SCU -> aiodicom SCP", "pynetdicom", "aiodicom"))
+    return pairs
+
+
+def aiodicom_has_store() -> bool:
+    """send_c_store is being written: skip the aiodicom rows until it exists."""
+    probe = "import aiodicom.association as a; assert hasattr(a.Association, 'send_c_store')"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def _best(samples: list[Sample], rate: Callable[[Sample], float]) -> float | None:
+    return max(rate(s) for s in samples) if samples else None
+
+
+def small_rate(s: Sample) -> float:
+    return s.instances / s.seconds
+
+
+def large_rate(s: Sample) -> float:
+    return s.nbytes / s.seconds / 1e6
+
+
+def _rss(samples: list[Sample]) -> str:
+    if not samples:
+        return "-"
+    scu = max(s.scu_rss for s in samples)
+    scp = max(s.scp_rss for s in samples)
+    return f"{scu:,.0f} / {scp:,.0f}"
+
+
+def pdu_note(pair: Pair, max_pdu: int) -> str:
+    """The SCP's maximum PDU, which bounds the P-DATA-TF PDUs of the stores."""
+    return f"{max_pdu or DEFAULT_PDU[pair.scp]:,}"
+
+
+def table(pairs: list[Pair], max_pdu: int) -> str:
+    by_name = {p.name: p for p in pairs}
+
+    def ref(name: str, which: str, rate: Callable[[Sample], float]) -> float | None:
+        pair = by_name.get(name)
+        return _best(getattr(pair, which), rate) if pair else None
+
+    refs = {
+        which: (ref(PYN_REF, which, rate), ref(DCMTK_REF, which, rate))
+        for which, rate in (("small", small_rate), ("large", large_rate))
+    }
+
+    def cells(value: float | None, which: str, fmt: str) -> list[str]:
+        if value is None:
+            return ["-", "", ""]
+        pyn, dcm = refs[which]
+        return [
+            format(value, fmt),
+            f"{value / pyn:.2f}x" if pyn else "",
+            f"{value / dcm:.2f}x" if dcm else "",
+        ]
+
+    lines = [
+        "| pair | small inst/s | vs pynetdicom | vs dcmtk | large MB/s | vs pynetdicom "
+        "| vs dcmtk | peak RSS MiB SCU / SCP, small | peak RSS MiB SCU / SCP, large "
+        "| SCP max PDU | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in pairs:
+        small = _best(p.small, small_rate)
+        large = _best(p.large, large_rate)
+        note = p.error
+        stalls = sum(s.stalls for s in p.small + p.large)
+        if stalls:
+            note = f"{note} {stalls} pynetdicom stall(s) left out (pynetdicom#875)".strip()
+        row = [
+            p.name,
+            *cells(small, "small", ",.0f"),
+            *cells(large, "large", ",.0f"),
+            _rss(p.small),
+            _rss(p.large),
+            pdu_note(p, max_pdu),
+            note,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def profile(bench: Bench, data: Path, out: Path, uvloop: bool) -> None:
+    """cProfile both aiodicom peers of one run per workload; print where time goes."""
+    import pstats
+
+    pair = Pair("aiodicom <-> aiodicom", "aiodicom", "aiodicom", uvloop and bench.args.uvloop)
+    for which in ("small", "large"):
+        bench.profile_dir = out / which
+        bench.profile_dir.mkdir(parents=True, exist_ok=True)
+        sample = bench.run(pair, data / which)
+        print(f"## {which}: {sample.instances} instances in {sample.seconds:.2f} s (profiled)")
+        for role in ("aiodicom-store-scu", "aiodicom-store-scp"):
+            path = bench.profile_dir / f"{role}.prof"
+            print(f"### {role}: {path}")
+            stats = pstats.Stats(str(path))
+            stats.sort_stats("tottime").print_stats(15)
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200 small, 1 large, 1 repetition")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per pair (best is kept)")
+    parser.add_argument("--small", type=int, default=2000, help="number of ~16 KB instances")
+    parser.add_argument("--large", type=int, default=4, help="number of ~64 MB instances")
+    parser.add_argument("--large-mb", type=int, default=64, help="size of a large instance")
+    parser.add_argument(
+        "--max-pdu",
+        type=int,
+        default=0,
+        help="force one maximum PDU on every side (dcmtk: 4096..131072); "
+        "default: each tool's own (aiodicom 262144, pynetdicom 16382, dcmtk 16384)",
+    )
+    parser.add_argument(
+        "--pyn-chunked",
+        action="store_true",
+        help="pynetdicom with STORE_SEND/RECV_CHUNKED_DATASET (no dcmread, spools to disk)",
+    )
+    parser.add_argument("--uvloop", action="store_true", help="--profile: run under uvloop")
+    parser.add_argument("--no-aiodicom", action="store_true", help="skip the aiodicom rows")
+    parser.add_argument(
+        "--only", default="", help="comma-separated substrings: run only the matching pairs"
+    )
+    parser.add_argument("--tmpdir", default=None, help="where to generate the instances")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="instead of the table: run aiodicom <-> aiodicom once (small, then large) with "
+        "both peers under cProfile, write DIR/{small,large}/*.prof and print their top entries",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.repeat, args.small, args.large = 1, 200, 1
+    if args.max_pdu and not 4096 <= args.max_pdu <= 131072:
+        parser.error("--max-pdu: dcmtk accepts 4096..131072")
+
+    started = time.perf_counter()
+    storescu, storescp = dcmtk_tool("storescu"), dcmtk_tool("storescp")
+    have_dcmtk = bool(storescu and storescp)
+    try:
+        import uvloop  # noqa: F401
+
+        have_uvloop = True
+    except ImportError:
+        have_uvloop = False
+    pairs = make_pairs(have_dcmtk, have_uvloop)
+    skipped_aio = ""
+    if args.no_aiodicom:
+        skipped_aio = "--no-aiodicom"
+    elif not aiodicom_has_store():
+        skipped_aio = "aiodicom has no send_c_store yet"
+    if skipped_aio:
+        pairs = [p for p in pairs if "aiodicom" not in (p.scu, p.scp)]
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        keep = {PYN_REF, DCMTK_REF}
+        pairs = [p for p in pairs if p.name in keep or any(w in p.name for w in wanted)]
+
+    with tempfile.TemporaryDirectory(prefix="bench_store_", dir=args.tmpdir) as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        small_size = make_instances(root / "small", args.small, 64, 128, "s")
+        cols = 8192
+        rows = max(1, args.large_mb * 2**20 // (2 * cols))
+        large_size = make_instances(root / "large", args.large, rows, cols, "l")
+        make_instances(root / "one", 1, 64, 128, "o")
+        gen = time.perf_counter() - t0
+        bench = Bench(args, storescu, storescp)
+        if args.profile:
+            profile(bench, root, Path(args.profile), have_uvloop)
+            return
+        os.sync()  # write the new files back now, not while measuring
+        if have_dcmtk:
+            bench.storescu_start = bench.measure_storescu_start()
+
+        for _ in range(args.repeat):
+            if have_dcmtk:  # measured in every round too, the best is subtracted
+                base = bench.measure_storescu_base(root / "one")
+                bench.storescu_base = min(bench.storescu_base, base)
+            for pair in pairs:
+                if pair.error:
+                    continue
+                try:
+                    pair.small.append(bench.run(pair, root / "small"))
+                    pair.large.append(bench.run(pair, root / "large"))
+                except Exception as exc:  # keep the other rows
+                    pair.error = f"failed: {str(exc).splitlines()[0][:120]}"
+                    print(f"{pair.name}: {exc}", file=sys.stderr)
+
+    for pair in pairs:
+        for sample in pair.small + pair.large:
+            if sample.whole_process:
+                sample.seconds = max(sample.seconds - bench.storescu_base, 1e-9)
+    print(table(pairs, args.max_pdu))
+    pdu = (
+        f"forced to {args.max_pdu:,} bytes on every side"
+        if args.max_pdu
+        else "each tool's default (aiodicom 262,144; pynetdicom 16,382; dcmtk 16,384)"
+    )
+    chunked = (
+        " (here with STORE_SEND/RECV_CHUNKED_DATASET: it sends the file's bytes undecoded and "
+        "its SCP spools what it receives to a temp file)"
+        if args.pyn_chunked
+        else ""
+    )
+    notes = [
+        f"small: {args.small:,} instances of {small_size:,} bytes; large: {args.large} of "
+        f"{large_size:,} bytes ({rows}x{cols} 16-bit pixels); each set on one association; "
+        f"CT Image Storage, Explicit VR Little Endian; generated in {gen:.1f} s.",
+        f"Max PDU: {pdu}; the SCP's limit sets the size of the P-DATA-TF PDUs of the stores.",
+        "SCUs read every instance from its file (page cache): aiodicom send_c_store(path); "
+        "dcmtk storescu +sd DIR (it scans the files' headers first, inside its timing); "
+        "pynetdicom send_c_store(path), which is dcmread(path) and then encoding the data set "
+        f"again{chunked}.",
+        "SCPs discard: storescp --ignore; the aiodicom and pynetdicom handlers return 0x0000 "
+        "without touching the data set; aiodicom spools an instance over ae.spool_threshold "
+        "(16 MiB) to a temp file, so the large rows into aiodicom include that write.",
+        "Python SCUs time from the first C-STORE-RQ to the last C-STORE-RSP on an "
+        "established association. pynetdicom SCUs: a response lost to pynetdicom#875 "
+        "(counted in the note) is waited out, left out of the time and the store resent on "
+        "a new association.",
+    ]
+    if have_dcmtk:
+        notes.append(
+            "storescu runs one process per job, timed whole, minus "
+            f"{bench.storescu_base * 1000:.0f} ms: the best of {2 * args.repeat} interleaved "
+            "runs of storescu sending 1 small instance (process start, association, 1 store, "
+            f"release); its process start alone (storescu --version) is "
+            f"{bench.storescu_start * 1000:.1f} ms, negligible against 2,000 stores."
+        )
+    notes.append(
+        "Peak RSS is VmHWM: Python SCUs report their own at the end, storescu's is sampled "
+        "every 5 ms from /proc/PID/status, an SCP's is read there just before it is stopped; "
+        "a fresh SCP process per job, storescp without --fork. TCP_NODELAY on every side."
+    )
+    print()
+    for note in notes:
+        print(f"* {note}")
+    if skipped_aio:
+        print(f"* aiodicom rows skipped: {skipped_aio}.")
+    print(
+        f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, best of {args.repeat} "
+        f"(interleaved); {time.perf_counter() - started:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    main()
