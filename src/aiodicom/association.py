@@ -135,6 +135,8 @@ MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
 #: Bytes read from a file per worker-thread call when sending it.
 _FILE_BLOCK = 4 << 20
+#: A message with a data set up to this size is written in one call.
+_COALESCE = 1 << 20
 #: A data set up to this size is read whole and sent from memory (0: never).
 _INLINE_READ = 1 << 20
 #: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
@@ -270,7 +272,8 @@ class Association:
             on_transition=self._on_transition if evt.EVT_FSM_TRANSITION in handlers else None,
         )
         self._transitions: list[tuple[State, Event, Action, State]] = []
-        self._buffer = bytearray()
+        self._rbuf: bytes = b""  # received, not yet used from _rpos on
+        self._rpos = 0
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
@@ -408,21 +411,35 @@ class Association:
                 LOGGER.debug("-> %s", summary(obj))
             await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_SENT, pdu=obj))
 
-    async def _fill(self, n: int) -> None:
-        buf = self._buffer
-        while len(buf) < n:
-            chunk = await self._stream.receive(max(_READ_SIZE, n - len(buf)))
-            buf += chunk
+    async def _read_exact(self, n: int) -> bytes | memoryview:
+        """Exactly ``n`` bytes from the stream.
 
-    async def _read_pdu(self) -> tuple[int, bytes]:
-        """Read one PDU: the header, checked, then the body."""
-        await self._fill(6)
-        pdu_type, length = check_header(self._buffer[:6], self._max_pdu)
-        total = 6 + length
-        await self._fill(total)
-        body = bytes(memoryview(self._buffer)[6:total])
-        del self._buffer[:total]
-        return pdu_type, body
+        Bytes read but not yet used stay in ``_rbuf`` from ``_rpos``. What
+        one received chunk holds is returned as a memoryview of it (no copy);
+        what spans chunks is joined once.
+        """
+        rbuf, rpos = self._rbuf, self._rpos
+        avail = len(rbuf) - rpos
+        if avail >= n:
+            self._rpos = rpos + n
+            return memoryview(rbuf)[rpos : rpos + n]
+        parts: list[bytes | memoryview] = [memoryview(rbuf)[rpos:]] if avail else []
+        need = n - avail
+        self._rbuf, self._rpos = b"", 0
+        while need:
+            chunk = await self._stream.receive(max(_READ_SIZE, need))
+            if len(chunk) > need:
+                parts.append(memoryview(chunk)[:need])
+                self._rbuf, self._rpos = chunk, need
+                break
+            parts.append(chunk)
+            need -= len(chunk)
+        return b"".join(parts)
+
+    async def _read_pdu(self) -> tuple[int, bytes | memoryview]:
+        """Read one PDU: the header, checked against our maximum, then the body."""
+        pdu_type, length = check_header(await self._read_exact(6), self._max_pdu)
+        return pdu_type, await self._read_exact(length)
 
     async def _close_transport(self) -> None:
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 1.0):
@@ -725,7 +742,7 @@ class Association:
         reader, in order. Work that needs a task (starting a worker, answering
         a protocol error) goes to the watchdog.
         """
-        if self._buffer or self._ul.state is not State.STA6 or self._deferred_error:
+        if self._rpos < len(self._rbuf) or self._ul.state is not State.STA6 or self._deferred_error:
             return data
         pos, end = 0, len(data)
         now = -1.0
@@ -764,7 +781,7 @@ class Association:
             self._watch_kick.set()
         return data[pos:] if pos else data
 
-    async def _log_received(self, pdu_type: int, body: bytes) -> None:
+    async def _log_received(self, pdu_type: int, body: bytes | memoryview) -> None:
         try:
             obj = decode(pdu_type, body)
         except PDUError:
@@ -1449,17 +1466,35 @@ class Association:
         if isinstance(dataset, _FileSource):
             await self._send_streamed(context_id, command, dataset)
             return
+        # A small message in several PDUs (a peer with a small maximum) goes
+        # out in one write: one system call, not one per PDU.
+        coalesce = (
+            dataset is not None
+            and len(dataset) <= _COALESCE
+            and not self._debug
+            and evt.EVT_PDU_SENT not in self._handlers
+        )
+        failure: str | None = None
         async with self._send_lock:
+            pending: list[bytes] = []
             for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
                 if not self._ul.can_send_data():
                     raise self._error or AssociationAborted(2, 0, "association not established")
                 self._ul.send_data(pdu)
+                if coalesce:
+                    pending.append(pdu)
+                    continue
                 try:
                     await self._write(pdu)
                 except _TransportError as exc:
                     failure = str(exc)
                     break
-            else:
+            if pending:
+                try:
+                    await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
+                except _TransportError as exc:
+                    failure = str(exc)
+            if failure is None:
                 if self._debug or evt.EVT_DIMSE_SENT in self._handlers:
                     await self._message_sent(context_id, command, dataset)
                 return
