@@ -218,6 +218,7 @@ async def test_fragment_boundaries(
     import aiodicom.association as association_module
 
     monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * 4090)
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)  # stream every file
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     body = bytes(range(256)) * (size // 256) + bytes(size % 256)
     path = tmp_path / "x.dcm"
