@@ -28,6 +28,7 @@ import errno
 import logging
 import math
 import os
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from .dimse import (
 from .dimse_messages import MESSAGE_SPECS, check_command
 from .dsutils import (
     Part10Info,
+    decode_dataset,
     encode_dataset,
     file_meta_for,
     probe_part10,
@@ -124,7 +126,7 @@ from .presentation import (
 if TYPE_CHECKING:
     from .ae import AE
 
-__all__ = ("Association", "ServiceUser")
+__all__ = ("Association", "Responses", "ServiceUser")
 
 LOGGER = logging.getLogger("aiodicom")
 
@@ -135,6 +137,10 @@ MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
 #: Bytes read from a file per worker-thread call when sending it.
 _FILE_BLOCK = 4 << 20
+#: Statuses of a pending C-FIND/C-GET/C-MOVE response (PS3.4 C.4).
+_PENDING = frozenset((0xFF00, 0xFF01))
+#: Responses received but not consumed past which the reader waits.
+_STREAM_BACKLOG = 256
 #: A message with a data set up to this size is written in one call.
 _COALESCE = 1 << 20
 #: A data set up to this size is read whole and sent from memory (0: never).
@@ -200,24 +206,59 @@ class ServiceUser:
 
 
 class _Pending:
-    """The slot a DIMSE request waits on until its response arrives."""
+    """The slot a DIMSE request waits on until its response (or responses) arrive.
 
-    __slots__ = ("done", "error", "response", "sent_at")
+    A single-response request gets ``response``. A C-FIND/C-GET/C-MOVE has a
+    ``queue`` the reader appends to until the final (non-pending) response;
+    ``done`` is the event its consumer waits on, renewed by the consumer.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "context_id",
+        "done",
+        "error",
+        "finished",
+        "in_next",
+        "message_id",
+        "owner",
+        "queue",
+        "released",
+        "response",
+        "sent_at",
+        "transfer_syntax",
+    )
+
+    def __init__(self, *, stream: bool = False) -> None:
         self.done = anyio.Event()
         self.response: Message | None = None
         self.error: BaseException | None = None
         self.sent_at = math.inf
+        #: True once the final response arrived (or the association ended).
+        self.finished = False
+        self.queue: deque[Message] | None = deque() if stream else None
+        self.message_id = 0
+        self.context_id = 0
+        self.transfer_syntax: UID | None = None
+        self.owner: int | None = None  # the task that started a stream
+        self.in_next = False  # a task is waiting in the stream's __anext__
+        self.released = False  # the stream gave its window slot back
 
 
 class _NoLimit:
     """Stands in for the window semaphore when the window is unlimited."""
 
+    value = 1
+
     async def __aenter__(self) -> None:
         return None
 
     async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def acquire(self) -> None:
+        return None
+
+    def release(self) -> None:
         return None
 
 
@@ -281,6 +322,10 @@ class Association:
         self._rejected: list[PresentationContext] = []
         self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
         self._spool: Spool | None = None
+        self._serving: dict[int, evt.Event] = {}  # cancellable requests we serve, by ID
+        self._stream_backlog = 0  # responses received, not yet consumed
+        self._backlog_drained: anyio.Event | None = None
+        self._abandoned: list[_Pending] = []  # streams dropped unfinished
         self._drained: anyio.Event | None = None
         self._invoke_window: anyio.Semaphore | _NoLimit = _window(1)
         self._established = anyio.Event()
@@ -553,9 +598,14 @@ class Association:
     def _fail_pending(self) -> None:
         error = self._error or AssociationAborted(2, 0, "the association ended")
         for pending in self._pending.values():
-            if not pending.done.is_set():
+            if not pending.finished:
+                pending.finished = True
                 pending.error = error
                 pending.done.set()
+        drained = self._backlog_drained
+        if drained is not None:
+            self._backlog_drained = None
+            drained.set()
 
     # ------------------------------------------------------------------
     # The reader
@@ -577,8 +627,10 @@ class Association:
         if net is not None and self._send_started is not None:
             deadline = min(deadline, self._send_started + net)
         if self.dimse_timeout is not None and self._pending:
-            oldest = next(iter(self._pending.values()))
-            deadline = min(deadline, oldest.sent_at + self.dimse_timeout)
+            oldest = min(
+                (p.sent_at for p in self._pending.values() if not p.finished), default=math.inf
+            )
+            deadline = min(deadline, oldest + self.dimse_timeout)
         return deadline
 
     def _kick(self, deadline: float) -> None:
@@ -622,9 +674,10 @@ class Association:
             await self._close_transport()
             await self._apply(self._ul.transport_closed())
             return
-        if self.dimse_timeout is not None and self._pending:
-            mid, oldest = next(iter(self._pending.items()))
-            if now >= oldest.sent_at + self.dimse_timeout:
+        waiting = [(p.sent_at, mid) for mid, p in self._pending.items() if not p.finished]
+        if self.dimse_timeout is not None and waiting:
+            sent_at, mid = min(waiting)
+            if now >= sent_at + self.dimse_timeout:
                 LOGGER.error("DIMSE timeout: no response to message %d; aborting", mid)
                 self._timed_out(TimeoutError(f"no response to message {mid} within dimse_timeout"))
                 await self._abort_from_timer(now)
@@ -752,7 +805,11 @@ class Association:
             length = int.from_bytes(data[pos + 2 : pos + 6], "big")
             if pos + 6 + length > end or length < 6 or (self._max_pdu and length > self._max_pdu):
                 break
-            if reassembler.would_spill(length) or len(self._jobs) > self._max_workers:
+            if (
+                reassembler.would_spill(length)
+                or len(self._jobs) > self._max_workers
+                or self._stream_backlog > _STREAM_BACKLOG
+            ):
                 # Spooling writes to disk and a backlog waits for the
                 # workers: both need the reader, which can await.
                 break
@@ -761,7 +818,7 @@ class Association:
             except PDUError:
                 break  # the reader reports it
             if now < 0:
-                now = _loop_time()
+                now = self._last_rx = _loop_time()
             self._ul.fire(Event.EVT10, pdata, now)
             pos += 6 + length
             assert isinstance(pdata, PDataTF)
@@ -1154,6 +1211,9 @@ class Association:
             if self._ul.state in (State.STA7, State.STA9, State.STA10, State.STA11, State.STA12):
                 await self._released.wait()
             return
+        await self._cancel_streams()
+        if self._ul.state is not State.STA6:
+            return
         LOGGER.info("Releasing association")
         await self._apply(self._ul.release())
         with anyio.move_on_after(self.acse_timeout) as scope:
@@ -1240,6 +1300,10 @@ class Association:
                 while len(self._jobs) > self._max_workers and not self._ul.is_closed:
                     drained = self._drained = anyio.Event()
                     await drained.wait()
+                # ... and so does one whose responses nobody consumes yet.
+                while self._stream_backlog > _STREAM_BACKLOG and not self._ul.is_closed:
+                    drained = self._backlog_drained = anyio.Event()
+                    await drained.wait()
 
     async def _spill(self, msg: Message | None) -> None:
         """Write the fragments the reassembler spilled to the message's spool file."""
@@ -1290,14 +1354,29 @@ class Association:
         waiting on its Message ID, a request to the workers."""
         if msg.is_response:
             pending = self._pending.get(msg.message_id or -1)
-            if pending is None or pending.done.is_set():
+            if pending is None or pending.finished:
                 LOGGER.warning("Dropping %s for unknown message ID %s", msg.name, msg.message_id)
                 return
-            pending.response = msg
+            queue = pending.queue
+            if queue is None:
+                pending.response = msg
+                pending.finished = True
+                pending.done.set()
+                return
+            queue.append(msg)
+            self._stream_backlog += 1
+            pending.sent_at = self._last_rx  # the DIMSE timeout runs between responses
+            if msg.command.get("Status") not in _PENDING:
+                pending.finished = True
             pending.done.set()
             return
         if msg.command_field == CommandField.C_CANCEL_RQ:
-            return  # nothing cancellable is served yet
+            # PS3.7 9.3.2.3: cancel the operation it names, if we still serve it.
+            event = self._serving.get(msg.command.get("MessageIDBeingRespondedTo", -1))
+            if event is not None:
+                LOGGER.info("C-CANCEL received for message %s", event.message_id)
+                event.is_cancelled = True
+            return
         self._inflight += 1
         self._jobs.append(msg)
         waiting = len(self._jobs) - self._idle_workers
@@ -1350,6 +1429,10 @@ class Association:
                 await self._serve_c_store(msg)
             elif field == CommandField.C_ECHO_RQ:
                 await self._serve_c_echo(msg)
+            elif field == CommandField.C_FIND_RQ:
+                await self._serve_c_find(msg)
+            elif field in (CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
+                await self._serve_retrieve(msg)
             else:
                 await self._refuse(msg, 0x0211)
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
@@ -1404,6 +1487,247 @@ class Association:
             message_id=msg.message_id,
             **attrs,
         )
+
+    def _response_fields(self, msg: Message) -> dict[str, Any]:
+        return {
+            "CommandField": msg.command_field | 0x8000,
+            "MessageIDBeingRespondedTo": msg.message_id,
+            "AffectedSOPClassUID": msg.command.get("AffectedSOPClassUID"),
+            "CommandDataSetType": NO_DATASET,
+        }
+
+    async def _start_handler(
+        self, kind: evt.EventType, msg: Message, failure: int
+    ) -> tuple[evt.Event, _HandlerItems | None, int]:
+        """Call the handler of a C-FIND/C-GET/C-MOVE: its items, or a failure status."""
+        cx = self._contexts[msg.context_id]
+        event = self._event_for(
+            kind,
+            msg,
+            _encoded=msg.data,
+            _transfer_syntax=cx.transfer_syntax[0],
+            move_destination=msg.command.get("MoveDestination"),
+        )
+        bound = self._handlers.get(kind)
+        if not bound:
+            LOGGER.warning("No handler is bound to %s: answering 0x%04X", kind.name, failure)
+            return event, None, failure
+        handler, args = bound[0]
+        assert msg.message_id is not None
+        self._serving[msg.message_id] = event
+        try:
+            result = await evt.call_handler(handler, event, args)
+            return event, _HandlerItems(result), 0
+        except DIMSEError as exc:
+            LOGGER.error("%s: the identifier cannot be decoded (%s)", kind.name, exc)
+            return event, None, failure - 1
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to %s", kind.name)
+            return event, None, failure
+
+    async def _serve_c_find(self, msg: Message) -> None:
+        """Query/Retrieve FIND SCP (PS3.4 C.4.1): a response per item the handler yields.
+
+        Responses go out as the handler yields them (a slow peer slows the
+        handler). A C-CANCEL stops pulling from the handler, which is closed,
+        and is answered 0xFE00. Handler failures: 0xC311 (exception, or no
+        handler), 0xC310 (the identifier does not decode), 0xC312 (a yielded
+        item or identifier that cannot be sent).
+        """
+        cx = self._contexts[msg.context_id]
+        base = self._response_fields(msg)
+        event, items, failed = await self._start_handler(evt.EVT_C_FIND, msg, 0xC311)
+        try:
+            if items is None:
+                final: dict[str, Any] = {"Status": failed}
+            else:
+                final = await self._find_responses(msg, event, items, base, cx.transfer_syntax[0])
+        finally:
+            if items is not None:
+                await items.aclose()
+            self._serving.pop(msg.message_id or 0, None)
+        await self._send_message(msg.context_id, encode_command({**base, **final}), None)
+
+    async def _find_responses(
+        self, msg: Message, event: evt.Event, items: _HandlerItems, base: dict[str, Any], ts: UID
+    ) -> dict[str, Any]:
+        """Send the pending C-FIND responses; return the final response's fields."""
+        while True:
+            if event.is_cancelled:
+                return {"Status": 0xFE00}
+            try:
+                got, item = await items.next()
+            except DIMSEError as exc:
+                LOGGER.error("C-FIND: the identifier cannot be decoded (%s)", exc)
+                return {"Status": 0xC310}
+            except Exception:
+                LOGGER.exception("Exception in the handler bound to EVT_C_FIND")
+                return {"Status": 0xC311}
+            if not got:
+                return {"Status": 0x0000}
+            try:
+                status, identifier = item
+            except (TypeError, ValueError):
+                LOGGER.error("EVT_C_FIND handler yielded %r, not (status, identifier)", item)
+                return {"Status": 0xC312}
+            fields = _status_fields(status, 0xC312)
+            if fields["Status"] not in _PENDING:
+                return fields
+            if event.is_cancelled:
+                return {"Status": 0xFE00}
+            try:
+                data = encode_dataset(identifier, ts)
+            except (DIMSEError, AttributeError, TypeError) as exc:
+                LOGGER.error("C-FIND: the identifier cannot be encoded (%s)", exc)
+                return {"Status": 0xC312}
+            fields["CommandDataSetType"] = DATASET_PRESENT
+            await self._send_message(msg.context_id, encode_command({**base, **fields}), data)
+
+    async def _serve_retrieve(self, msg: Message) -> None:
+        """Query/Retrieve GET and MOVE SCP (PS3.4 C.4.3, C.4.2).
+
+        The handler yields (for C-MOVE first the destination's ``(host,
+        port)``, or ``(None, None)``: 0xA801) the number of sub-operations,
+        then ``(status, dataset)`` per instance, ``dataset`` a Dataset, a path
+        or a binary file as :meth:`send_c_store` takes. Each instance is
+        stored (C-GET: on this association; C-MOVE: on one association opened
+        to the destination), and a pending response with the counts follows
+        each. Failures: 0xC411/0xC511 (exception, or no handler), 0xC410/
+        0xC510 (identifier does not decode), 0xC413/0xC513 (no number of
+        sub-operations), 0xC514 (bad destination), 0xA801 (unknown or
+        unreachable destination), 0xA702 (every sub-operation failed), 0xB000
+        (some failed or had warnings); the final response lists the failed
+        SOP Instance UIDs.
+        """
+        is_move = msg.command_field == CommandField.C_MOVE_RQ
+        kind = evt.EVT_C_MOVE if is_move else evt.EVT_C_GET
+        base = self._response_fields(msg)
+        event, items, failed = await self._start_handler(kind, msg, 0xC511 if is_move else 0xC411)
+        try:
+            if items is None:
+                final: dict[str, Any] = {"Status": failed}
+            else:
+                final = await self._retrieve(msg, event, items, base, is_move)
+        finally:
+            if items is not None:
+                await items.aclose()
+            self._serving.pop(msg.message_id or 0, None)
+        identifier = final.pop("_identifier", None)
+        data = None
+        if identifier is not None:
+            data = encode_dataset(identifier, self._contexts[msg.context_id].transfer_syntax[0])
+            final["CommandDataSetType"] = DATASET_PRESENT
+        await self._send_message(msg.context_id, encode_command({**base, **final}), data)
+
+    async def _retrieve(
+        self,
+        msg: Message,
+        event: evt.Event,
+        items: _HandlerItems,
+        base: dict[str, Any],
+        is_move: bool,
+    ) -> dict[str, Any]:
+        """Run the sub-operations of a C-GET/C-MOVE; return the final response's fields."""
+        name = "EVT_C_MOVE" if is_move else "EVT_C_GET"
+        error_base = 0xC500 if is_move else 0xC400
+        destination: tuple[str, int, dict[str, Any]] | None = None
+        try:
+            if is_move:
+                got, first = await items.next()
+                if not got:
+                    return {"Status": error_base + 0x14}
+                destination = _move_destination(first)
+                if destination is None:
+                    LOGGER.error("C-MOVE destination %r is unknown", event.move_destination)
+                    return {"Status": 0xA801}
+            got, count = await items.next()
+        except DIMSEError as exc:
+            LOGGER.error("%s: the identifier cannot be decoded (%s)", name, exc)
+            return {"Status": error_base + 0x10}
+        except (TypeError, ValueError) as exc:
+            LOGGER.error("%s handler yielded an invalid destination: %s", name, exc)
+            return {"Status": error_base + 0x14}
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to %s", name)
+            return {"Status": error_base + 0x11}
+        remaining = _count(count) if got else None
+        if remaining is None:
+            LOGGER.error("%s handler did not yield the number of sub-operations first", name)
+            return {"Status": error_base + 0x13}
+        counts = _SubOperations(remaining)
+        if destination is None:
+            return await self._sub_operations(msg, event, items, base, counts, self)
+        host, port, options = destination
+        try:
+            async with self._move_association(
+                host, port, str(event.move_destination or ""), options
+            ) as store_to:
+                return await self._sub_operations(msg, event, items, base, counts, store_to)
+        except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
+            LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
+            if counts.started:
+                counts.failed += counts.remaining
+                counts.remaining = 0
+                return counts.final(0xA702)
+            return {"Status": 0xA801, "ErrorComment": "no association with the destination"}
+
+    def _move_association(
+        self, host: str, port: int, ae_title: str, options: dict[str, Any]
+    ) -> Any:
+        """An association to a C-MOVE destination, proposing what API.md says."""
+        contexts = options.pop("contexts", None)
+        if contexts is None:
+            contexts = self.ae.requested_contexts or _storage_contexts(self.ae)
+        return self.ae.associate(host, port, ae_title=ae_title, contexts=contexts, **options)
+
+    async def _sub_operations(
+        self,
+        msg: Message,
+        event: evt.Event,
+        items: _HandlerItems,
+        base: dict[str, Any],
+        counts: _SubOperations,
+        store_to: Association,
+    ) -> dict[str, Any]:
+        """C-STORE each instance the handler yields; a pending response after each."""
+        is_move = msg.command_field == CommandField.C_MOVE_RQ
+        name = event.event.name
+        error_base = 0xC500 if is_move else 0xC400
+        originator = self._remote.ae_title if is_move else None
+        originator_id = msg.message_id if is_move else None
+        while True:
+            if event.is_cancelled:
+                return counts.final(0xFE00)
+            try:
+                got, item = await items.next()
+            except Exception:
+                LOGGER.exception("Exception in the handler bound to %s", name)
+                return counts.final(error_base + 0x11)
+            if not got:
+                return counts.final(None)
+            try:
+                status, dataset = item
+            except (TypeError, ValueError):
+                LOGGER.error("%s handler yielded %r, not (status, dataset)", name, item)
+                return counts.final(error_base + 0x11)
+            fields = _status_fields(status, error_base + 0x11)
+            if fields["Status"] not in _PENDING:
+                out = counts.final(None)
+                out.update(fields)
+                return out
+            if event.is_cancelled:
+                return counts.final(0xFE00)
+            counts.started = True
+            try:
+                rsp = await store_to.send_c_store(
+                    dataset, originator_aet=originator, originator_id=originator_id
+                )
+                counts.record(int(rsp.Status), rsp.get("AffectedSOPInstanceUID"))
+            except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
+                LOGGER.error("%s sub-operation failed: %s", name, exc)
+                counts.record(0xA702, _instance_uid_of(dataset))
+            pending = {**base, "Status": 0xFF00, **counts.fields(pending=True)}
+            await self._send_message(msg.context_id, encode_command(pending), None)
 
     async def _serve_c_store(self, msg: Message) -> None:
         """Storage SCP (PS3.4 Annex B): give the instance to EVT_C_STORE, answer its status."""
@@ -1590,8 +1914,11 @@ class Association:
         self, context_id: int, fields: dict[str, Any], dataset: _Payload, msg_id: int | None
     ) -> Message:
         """Send a request and wait (``dimse_timeout``) for its single response."""
+        if self._abandoned:
+            await self._reap_abandoned()
         self._check_usable()
-        async with self._invoke_window:
+        await self._acquire_window()
+        try:
             self._check_usable()
             mid = self._allocate_id(msg_id)
             fields["MessageID"] = mid
@@ -1605,6 +1932,8 @@ class Association:
                 await pending.done.wait()
             finally:
                 del self._pending[mid]
+        finally:
+            self._invoke_window.release()
         if pending.error is not None:
             raise pending.error
         assert pending.response is not None
@@ -1704,6 +2033,211 @@ class Association:
                     await anyio.to_thread.run_sync(owned.close)
         return command_dataset(rsp.raw_command)
 
+    def send_c_find(
+        self,
+        dataset: Dataset,
+        query_model: str | UID,
+        msg_id: int | None = None,
+        priority: int = 2,
+    ) -> Responses:
+        """Send a C-FIND request (PS3.4 C.4.1) with ``dataset`` as its identifier.
+
+        Returns a :class:`Responses`: iterate it (``async for status,
+        identifier in ...``) for each pending match and then the final status
+        (with ``identifier`` None), or use it as an async context manager;
+        leaving early sends C-CANCEL and drains to the final response.
+        ``query_model`` is the SOP Class UID of the information model (e.g.
+        ``sop_class.StudyRootQueryRetrieveInformationModelFind``).
+        """
+        return self._query(CommandField.C_FIND_RQ, dataset, query_model, msg_id, priority)
+
+    def send_c_get(
+        self,
+        dataset: Dataset,
+        query_model: str | UID,
+        msg_id: int | None = None,
+        priority: int = 2,
+    ) -> Responses:
+        """Send a C-GET request (PS3.4 C.4.3); like :meth:`send_c_find`.
+
+        The C-STORE sub-operations arrive on this association and go to the
+        EVT_C_STORE handler given to ``associate()`` (propose the storage
+        contexts with the SCP role: ``build_role(uid, scp_role=True)``).
+        Pending statuses carry the sub-operation counts; the final one the
+        Failed SOP Instance UID List in its identifier, if any failed.
+        """
+        return self._query(CommandField.C_GET_RQ, dataset, query_model, msg_id, priority)
+
+    def send_c_move(
+        self,
+        dataset: Dataset,
+        move_aet: str,
+        query_model: str | UID,
+        msg_id: int | None = None,
+        priority: int = 2,
+    ) -> Responses:
+        """Send a C-MOVE request (PS3.4 C.4.2): the SCP stores the matches at ``move_aet``.
+
+        Like :meth:`send_c_find`; the sub-operations go over an association the
+        SCP opens to ``move_aet`` (which may be this AE's own storage SCP).
+        """
+        return self._query(
+            CommandField.C_MOVE_RQ, dataset, query_model, msg_id, priority, move_aet=move_aet
+        )
+
+    def _query(
+        self,
+        command_field: int,
+        dataset: Dataset,
+        query_model: str | UID,
+        msg_id: int | None,
+        priority: int,
+        move_aet: str | None = None,
+    ) -> Responses:
+        if priority not in (0, 1, 2):
+            raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"the identifier must be a pydicom Dataset, not {type(dataset).__name__}"
+            )
+        model = UID(str(query_model))
+        cx = self._context_for(model)
+        assert cx.context_id is not None
+        ts = cx.transfer_syntax[0]
+        fields: dict[str, Any] = {
+            "CommandField": command_field,
+            "AffectedSOPClassUID": model,
+            "Priority": priority,
+            "CommandDataSetType": DATASET_PRESENT,
+        }
+        if move_aet is not None:
+            fields["MoveDestination"] = move_aet
+        return Responses(self, cx.context_id, ts, fields, encode_dataset(dataset, ts), msg_id)
+
+    async def _start_stream(
+        self, context_id: int, ts: UID, fields: dict[str, Any], data: bytes, msg_id: int | None
+    ) -> _Pending:
+        """Send a multi-response request; its slot keeps a window place until released."""
+        await self._reap_abandoned()
+        self._check_usable()
+        await self._acquire_window()
+        try:
+            self._check_usable()
+            mid = self._allocate_id(msg_id)
+            fields["MessageID"] = mid
+            pending = _Pending(stream=True)
+            pending.message_id, pending.context_id, pending.transfer_syntax = mid, context_id, ts
+            pending.owner = anyio.get_current_task().id
+            self._pending[mid] = pending
+            try:
+                await self._send_message(context_id, encode_command(fields), data)
+            except BaseException:
+                del self._pending[mid]
+                raise
+        except BaseException:
+            self._invoke_window.release()
+            raise
+        pending.sent_at = now = anyio.current_time()
+        if self.dimse_timeout is not None:
+            self._kick(now + self.dimse_timeout)
+        return pending
+
+    async def _acquire_window(self) -> None:
+        """Take a place in the invocation window.
+
+        If it is full and some places are held by streams this very task left
+        unfinished (not being iterated), waiting would deadlock: those streams
+        are cancelled first (as an abandoned iteration is).
+        """
+        window = self._invoke_window
+        if window.value == 0:
+            me = anyio.get_current_task().id
+            for pending in list(self._pending.values()):
+                if pending.queue is not None and pending.owner == me and not pending.in_next:
+                    LOGGER.info(
+                        "Cancelling message %d, left unfinished by the task starting another",
+                        pending.message_id,
+                    )
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel_stream(pending)
+        await window.acquire()
+
+    async def _next_response(self, pending: _Pending) -> Message:
+        """The next response of a stream, in order, waiting for it if need be."""
+        queue = pending.queue
+        assert queue is not None
+        while not queue:
+            if pending.error is not None:
+                raise pending.error
+            pending.done = anyio.Event()
+            await pending.done.wait()
+        msg = queue.popleft()
+        self._stream_backlog -= 1
+        drained = self._backlog_drained
+        if drained is not None and self._stream_backlog <= _STREAM_BACKLOG // 2:
+            self._backlog_drained = None
+            drained.set()
+        return msg
+
+    def _release_stream(self, pending: _Pending) -> None:
+        """Forget a finished stream: its message ID and its window place."""
+        if pending.released:
+            return
+        pending.released = True
+        if self._pending.get(pending.message_id) is pending:
+            del self._pending[pending.message_id]
+        if pending.queue:
+            self._stream_backlog -= len(pending.queue)
+            pending.queue.clear()
+        self._invoke_window.release()
+
+    async def _cancel_stream(self, pending: _Pending) -> None:
+        """Send C-CANCEL (unless the final response came) and drain to the final response.
+
+        Run shielded by the callers. Responses that arrive are discarded; if
+        the association ends first, that ends it too.
+        """
+        if pending.released:
+            return
+        try:
+            if not pending.finished:
+                LOGGER.info("Sending C-CANCEL for message %d", pending.message_id)
+                command = encode_command(
+                    {
+                        "CommandField": CommandField.C_CANCEL_RQ,
+                        "MessageIDBeingRespondedTo": pending.message_id,
+                        "CommandDataSetType": NO_DATASET,
+                    }
+                )
+                await self._send_message(pending.context_id, command, None)
+            while True:
+                msg = await self._next_response(pending)
+                if msg.command.get("Status") not in _PENDING:
+                    break
+        except (DicomNetworkError, TimeoutError) as exc:
+            LOGGER.debug("Cancelling message %d ended with %s", pending.message_id, exc)
+        finally:
+            self._release_stream(pending)
+
+    def _abandon(self, pending: _Pending) -> None:
+        """A stream's iterator was dropped unfinished: cancel it before the next operation."""
+        if not pending.released and not self._ul.is_closed:
+            self._abandoned.append(pending)
+
+    async def _reap_abandoned(self) -> None:
+        while self._abandoned:
+            pending = self._abandoned.pop()
+            with anyio.CancelScope(shield=True):
+                await self._cancel_stream(pending)
+
+    async def _cancel_streams(self) -> None:
+        """Cancel every unfinished stream (before a release)."""
+        await self._reap_abandoned()
+        for pending in list(self._pending.values()):
+            if pending.queue is not None and not pending.released:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel_stream(pending)
+
     def _store_context(self, sop_class: UID, transfer_syntax: UID | None) -> PresentationContext:
         """The accepted SCU context for ``sop_class`` in ``transfer_syntax`` (any if None)."""
         for cx in self.accepted_contexts:
@@ -1736,6 +2270,137 @@ def _check_request(msg: Message) -> DIMSEError | None:
         check_command(msg.command)
     except DIMSEError as exc:
         return exc
+    return None
+
+
+class _HandlerItems:
+    """Pull items from what a C-FIND/C-GET/C-MOVE handler returned.
+
+    An async generator (the usual), a sync generator or any iterable. A sync
+    generator runs on the event loop thread: it must not block.
+    """
+
+    __slots__ = ("_agen", "_it")
+
+    def __init__(self, result: Any) -> None:
+        self._agen = result if hasattr(result, "__anext__") else None
+        self._it = None if self._agen is not None else iter(result)
+
+    async def next(self) -> tuple[bool, Any]:
+        """``(True, item)``, or ``(False, None)`` once the handler is exhausted."""
+        if self._agen is not None:
+            try:
+                return True, await self._agen.__anext__()
+            except StopAsyncIteration:
+                return False, None
+        assert self._it is not None
+        try:
+            return True, next(self._it)
+        except StopIteration:
+            return False, None
+
+    async def aclose(self) -> None:
+        """Close the generator (its ``finally`` blocks run), shielded."""
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._agen is not None and hasattr(self._agen, "aclose"):
+                    await self._agen.aclose()
+                elif self._it is not None and hasattr(self._it, "close"):
+                    self._it.close()
+            except Exception:
+                LOGGER.exception("Exception closing a handler's generator")
+
+
+class _SubOperations:
+    """The sub-operation counts of a C-GET/C-MOVE (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+
+    __slots__ = ("completed", "failed", "failed_uids", "remaining", "started", "warning")
+
+    def __init__(self, remaining: int) -> None:
+        self.remaining = remaining
+        self.completed = 0
+        self.failed = 0
+        self.warning = 0
+        self.failed_uids: list[str] = []
+        self.started = False
+
+    def record(self, status: int, uid: Any) -> None:
+        """Count one sub-operation by the status of its C-STORE response."""
+        self.remaining = max(0, self.remaining - 1)
+        if status == 0x0000:
+            self.completed += 1
+        elif status == 0x0001 or (status & 0xF000) == 0xB000:
+            self.warning += 1
+        else:
+            self.failed += 1
+            if uid:
+                self.failed_uids.append(str(uid))
+
+    def fields(self, *, pending: bool) -> dict[str, Any]:
+        """The count elements of a response (Remaining only while pending or cancelled)."""
+        out = {
+            "NumberOfCompletedSuboperations": min(self.completed, 0xFFFF),
+            "NumberOfFailedSuboperations": min(self.failed, 0xFFFF),
+            "NumberOfWarningSuboperations": min(self.warning, 0xFFFF),
+        }
+        if pending:
+            out["NumberOfRemainingSuboperations"] = min(self.remaining, 0xFFFF)
+        return out
+
+    def final(self, status: int | None) -> dict[str, Any]:
+        """The final response: ``status`` if given, else the one the counts call for."""
+        if status is None:
+            if not self.failed and not self.warning:
+                status = 0x0000
+            elif not self.completed and not self.warning:
+                status = 0xA702  # every sub-operation failed
+            else:
+                status = 0xB000  # some failed or had warnings
+        out: dict[str, Any] = {"Status": status, **self.fields(pending=status == 0xFE00)}
+        if self.failed_uids:
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = self.failed_uids
+            out["_identifier"] = identifier
+        return out
+
+
+def _count(value: Any) -> int | None:
+    """The number of sub-operations a handler yielded first, if it is one."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
+def _move_destination(item: Any) -> tuple[str, int, dict[str, Any]] | None:
+    """``(host, port[, options])`` as a C-MOVE handler yields it; None if unknown."""
+    if not isinstance(item, tuple | list) or len(item) not in (2, 3):
+        raise TypeError(f"expected (host, port), got {item!r}")
+    host, port = item[0], item[1]
+    if host is None or port is None:
+        return None
+    options = dict(item[2]) if len(item) == 3 and item[2] else {}
+    return str(host), int(port), options
+
+
+def _storage_contexts(ae: AE) -> list[PresentationContext]:
+    """The AE's supported storage contexts with the uncompressed syntaxes, at most 128."""
+    from .presentation import build_context
+    from .sop_class import STORAGE_CLASSES
+
+    uncompressed = [UID("1.2.840.10008.1.2.1"), UID("1.2.840.10008.1.2")]
+    storage = set(STORAGE_CLASSES)
+    out = [
+        build_context(cx.abstract_syntax, uncompressed)
+        for cx in ae.supported_contexts
+        if cx.abstract_syntax in storage
+    ]
+    return out[:128]
+
+
+def _instance_uid_of(dataset: Any) -> str | None:
+    if isinstance(dataset, Dataset):
+        uid = dataset.get("SOPInstanceUID")
+        return None if uid is None else str(uid)
     return None
 
 
@@ -1798,6 +2463,126 @@ async def _store_status(handler: evt.Handler, event: evt.Event, args: tuple[Any,
     except Exception:
         LOGGER.exception("Exception in the handler bound to EVT_C_STORE: answering 0xC211")
         return 0xC211
+
+
+class Responses:
+    """The responses to a C-FIND, C-GET or C-MOVE request.
+
+    Both an async iterator of ``(status, identifier)`` and an async context
+    manager; made by :meth:`Association.send_c_find` and its siblings. The
+    request is sent when iteration (or the ``async with`` block) starts.
+    Each pending response gives its status (a Dataset: ``.Status``, and for
+    C-GET/C-MOVE the sub-operation counts) and its identifier; the final
+    response ends the iteration with ``(status, identifier_or_None)``.
+
+    Leaving the ``async with`` block before the final response, cancelling
+    the task that iterates, or dropping an unfinished iterator (a bare
+    ``break``) sends C-CANCEL and drains the responses up to the final one,
+    under a shield, so the association stays usable. A dropped iterator is
+    cancelled before the association's next operation or its release.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_assoc",
+        "_context_id",
+        "_data",
+        "_done",
+        "_fields",
+        "_finalizer",
+        "_msg_id",
+        "_pending",
+        "_ts",
+    )
+
+    def __init__(
+        self,
+        assoc: Association,
+        context_id: int,
+        transfer_syntax: UID,
+        fields: dict[str, Any],
+        data: bytes,
+        msg_id: int | None,
+    ) -> None:
+        self._assoc = assoc
+        self._context_id = context_id
+        self._ts = transfer_syntax
+        self._fields = fields
+        self._data = data
+        self._msg_id = msg_id
+        self._pending: _Pending | None = None
+        self._done = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    @property
+    def message_id(self) -> int | None:
+        """The request's Message ID, once it was sent."""
+        return None if self._pending is None else self._pending.message_id
+
+    async def _start(self) -> _Pending:
+        if self._pending is None:
+            assoc = self._assoc
+            self._pending = await assoc._start_stream(
+                self._context_id, self._ts, self._fields, self._data, self._msg_id
+            )
+            self._finalizer = weakref.finalize(self, assoc._abandon, self._pending)
+        return self._pending
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._pending is not None:
+            self._assoc._release_stream(self._pending)
+
+    def __aiter__(self) -> Responses:
+        return self
+
+    async def __anext__(self) -> tuple[Dataset, Dataset | None]:
+        if self._done:
+            raise StopAsyncIteration
+        pending = await self._start()
+        pending.in_next = True
+        try:
+            msg = await self._assoc._next_response(pending)
+        except Exception:
+            pending.in_next = False
+            self._finish()  # the association ended: nothing to cancel
+            raise
+        except BaseException:
+            pending.in_next = False
+            await self.aclose()  # cancelled: C-CANCEL and drain, shielded
+            raise
+        pending.in_next = False
+        status = command_dataset(msg.raw_command)
+        if msg.command.get("Status") not in _PENDING:
+            self._finish()
+        identifier = None
+        if msg.data is not None:
+            identifier = decode_dataset(msg.data, self._ts)
+        return status, identifier
+
+    async def aclose(self) -> None:
+        """Cancel the operation if it is not finished (C-CANCEL, then drain)."""
+        if self._done:
+            return
+        self._done = True
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._pending is not None:
+            with anyio.CancelScope(shield=True):
+                await self._assoc._cancel_stream(self._pending)
+
+    async def __aenter__(self) -> Responses:
+        await self._start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "done" if self._done else "open" if self._pending else "not sent"
+        return f"<Responses to message {self.message_id} ({state})>"
 
 
 def _loop_time() -> float:

@@ -1,0 +1,477 @@
+"""C-FIND, C-GET and C-MOVE end to end, aiodicom on both sides.
+
+Covers the SCU's response object (iteration, ``async with``, C-CANCEL on an
+early exit, a bare ``break`` and a cancelled task), the SCP's handler
+contract (async and sync generators, cancellation, failures mapped to the
+service's statuses), the sub-operations of C-GET on the same association and
+of C-MOVE over a new one (to a third AE and to the requesting AE itself), and
+backpressure. Interop with dcmtk and pynetdicom is in tests/interop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from aiodicom import AE, build_role, evt, sop_class
+from aiodicom.errors import NoAcceptedContext
+from aiodicom.testing import make_dataset, memory_pair
+
+from .conftest import GUARD, make_scp_ae, make_scu_ae, running_server
+
+pytestmark = pytest.mark.anyio
+
+FIND = sop_class.PatientRootQueryRetrieveInformationModelFind
+GET = sop_class.PatientRootQueryRetrieveInformationModelGet
+MOVE = sop_class.PatientRootQueryRetrieveInformationModelMove
+CT = sop_class.CTImageStorage
+
+DATA = [make_dataset(PatientID=f"P{i % 3}", InstanceNumber=i) for i in range(9)]
+
+
+def query(patient_id: str = "P1") -> Dataset:
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.PatientID = patient_id
+    q.SOPInstanceUID = ""
+    return q
+
+
+def matches(q: Dataset) -> list[Dataset]:
+    return [d for d in DATA if q.PatientID in ("", d.PatientID)]
+
+
+def answer(ds: Dataset) -> Dataset:
+    r = Dataset()
+    r.QueryRetrieveLevel = "IMAGE"
+    r.PatientID = ds.PatientID
+    r.SOPInstanceUID = ds.SOPInstanceUID
+    return r
+
+
+class Archive:
+    """SCP handlers over DATA that record what they saw."""
+
+    def __init__(self, *, endless: bool = False, destinations: dict[str, Any] | None = None):
+        self.endless = endless
+        self.produced = 0
+        self.cancelled: list[bool] = []
+        self.closed = 0
+        self.destinations = destinations or {}
+        self.blocker: anyio.Event | None = None
+
+    async def find(self, event: evt.Event) -> AsyncIterator[tuple[int, Dataset | None]]:
+        try:
+            items = matches(event.identifier)
+            i = 0
+            while self.endless or i < len(items):
+                ds = items[i % len(items)]
+                i += 1
+                self.produced += 1
+                yield 0xFF00, answer(ds)
+                if self.blocker is not None and i == 2:
+                    await self.blocker.wait()
+        finally:
+            self.closed += 1
+            self.cancelled.append(event.is_cancelled)
+
+    async def get(self, event: evt.Event) -> AsyncIterator[Any]:
+        items = matches(event.identifier)
+        yield len(items)
+        try:
+            for i, ds in enumerate(items):
+                yield 0xFF00, ds
+                if self.blocker is not None and i == 0:
+                    await self.blocker.wait()
+        finally:
+            self.cancelled.append(event.is_cancelled)
+
+    async def move(self, event: evt.Event) -> AsyncIterator[Any]:
+        yield self.destinations.get(event.move_destination, (None, None))
+        items = matches(event.identifier)
+        yield len(items)
+        for ds in items:
+            yield 0xFF00, ds
+
+    @property
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [
+            (evt.EVT_C_FIND, self.find),
+            (evt.EVT_C_GET, self.get),
+            (evt.EVT_C_MOVE, self.move),
+        ]
+
+
+def qr_pair(*, storage_role: bool = True) -> tuple[AE, AE]:
+    scu = make_scu_ae()
+    scp = make_scp_ae()
+    for model in (FIND, GET, MOVE):
+        scu.add_requested_context(model)
+        scp.add_supported_context(model)
+    scu.add_requested_context(CT, ExplicitVRLittleEndian)
+    scp.add_supported_context(CT, ExplicitVRLittleEndian, scu_role=True, scp_role=storage_role)
+    return scu, scp
+
+
+class Stored:
+    def __init__(self, status: int = 0x0000) -> None:
+        self.status = status
+        self.uids: list[str] = []
+        self.requests: list[Dataset] = []
+
+    def __call__(self, event: evt.Event) -> int:
+        self.uids.append(str(event.dataset.SOPInstanceUID))
+        self.requests.append(event.request)
+        return self.status
+
+
+# ---------------------------------------------------------------------------
+# C-FIND
+
+
+async def test_find_all_matches_then_final() -> None:
+    archive = Archive()
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+            got = [(int(s.Status), i) async for s, i in assoc.send_c_find(query(), FIND)]
+    assert [s for s, _ in got] == [0xFF00] * 3 + [0x0000]
+    assert [i.SOPInstanceUID for _, i in got[:3]] == [d.SOPInstanceUID for d in matches(query())]
+    assert got[-1][1] is None
+    assert archive.cancelled == [False]
+
+
+async def test_find_leaving_async_with_early_cancels_and_drains() -> None:
+    archive = Archive(endless=True)
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+            async with assoc.send_c_find(query(), FIND) as responses:
+                async for status, _ in responses:
+                    assert status.Status == 0xFF00
+                    break
+            assert (await assoc.send_c_echo()).Status == 0  # still usable
+            archive.endless = False
+            got = [int(s.Status) async for s, _ in assoc.send_c_find(query("P2"), FIND)]
+    assert archive.cancelled[0] is True
+    assert got == [0xFF00] * 3 + [0x0000]
+
+
+async def test_find_bare_break_is_cancelled_before_the_next_operation() -> None:
+    archive = Archive(endless=True)
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+            async for _status, _identifier in assoc.send_c_find(query(), FIND):
+                break
+            assert (await assoc.send_c_echo()).Status == 0
+    assert archive.cancelled == [True]
+    assert archive.closed == 1
+
+
+async def test_find_bare_break_is_cancelled_before_release() -> None:
+    archive = Archive(endless=True)
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+            responses = assoc.send_c_find(query(), FIND)
+            async for _ in responses:
+                break  # kept alive by the name: cancelled by the release
+    assert assoc.is_released
+    assert archive.cancelled == [True]
+
+
+def unblock_on_cancel(archive: Archive) -> evt.EventHandlerType:
+    """An SCP EVT_DIMSE_RECV handler letting the archive's handler go on once the
+    C-CANCEL-RQ has arrived (it is routed right after this handler returns)."""
+
+    def on_recv(event: evt.Event) -> None:
+        if event.message.command_field == 0x0FFF and archive.blocker is not None:
+            archive.blocker.set()
+
+    return (evt.EVT_DIMSE_RECV, on_recv)
+
+
+async def test_cancelling_the_iterating_task_sends_c_cancel() -> None:
+    archive = Archive(endless=True)
+    archive.blocker = anyio.Event()  # the SCP stops after 2 matches: the SCU waits
+    scu, scp = qr_pair()
+    seen: list[int] = []
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu, scp, scp_handlers=[*archive.handlers, unblock_on_cancel(archive)]
+        ) as assoc:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+
+                    async def iterate() -> None:
+                        async for status, _ in assoc.send_c_find(query(), FIND):
+                            seen.append(int(status.Status))
+
+                    tg.start_soon(iterate)
+                    await anyio.wait_all_tasks_blocked()  # waiting for the third
+                    scope.cancel()
+            assert (await assoc.send_c_echo()).Status == 0
+    assert seen == [0xFF00, 0xFF00]
+    assert archive.cancelled == [True]
+
+
+async def test_sync_generator_and_plain_list_handlers() -> None:
+    def find_sync(event: evt.Event) -> Iterator[tuple[int, Dataset]]:
+        for ds in matches(event.identifier):
+            yield 0xFF00, answer(ds)
+
+    def find_list(event: evt.Event) -> list[tuple[int, Dataset]]:
+        return [(0xFF00, answer(ds)) for ds in matches(event.identifier)]
+
+    for handler in (find_sync, find_list):
+        scu, scp = qr_pair()
+        with anyio.fail_after(GUARD):
+            async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_FIND, handler)]) as assoc:
+                got = [int(s.Status) async for s, _ in assoc.send_c_find(query(), FIND)]
+        assert got == [0xFF00] * 3 + [0x0000]
+
+
+async def _find_statuses(handler: Any) -> list[int]:
+    scu, scp = qr_pair()
+    handlers = [] if handler is None else [(evt.EVT_C_FIND, handler)]
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+            got = [int(s.Status) async for s, _ in assoc.send_c_find(query(), FIND)]
+            assert (await assoc.send_c_echo()).Status == 0
+    return got
+
+
+async def test_find_handler_failures() -> None:
+    async def raises(event: evt.Event) -> AsyncIterator[Any]:
+        yield 0xFF00, answer(DATA[0])
+        raise RuntimeError("boom")
+
+    async def bad_item(event: evt.Event) -> AsyncIterator[Any]:
+        yield "not a pair"
+
+    async def bad_identifier(event: evt.Event) -> AsyncIterator[Any]:
+        yield 0xFF00, "not a dataset"
+
+    async def own_final(event: evt.Event) -> AsyncIterator[Any]:
+        yield 0xFF00, answer(DATA[0])
+        yield 0xA700, None
+
+    async def raises_at_once(event: evt.Event) -> AsyncIterator[Any]:
+        raise KeyError("x")
+        yield  # pragma: no cover
+
+    assert await _find_statuses(None) == [0xC311]
+    assert await _find_statuses(raises) == [0xFF00, 0xC311]
+    assert await _find_statuses(bad_item) == [0xC312]
+    assert await _find_statuses(bad_identifier) == [0xC312]
+    assert await _find_statuses(own_final) == [0xFF00, 0xA700]
+    assert await _find_statuses(raises_at_once) == [0xC311]
+
+
+async def test_slow_consumer_slows_the_handler() -> None:
+    """Backpressure: an endless handler is not pulled far ahead of the consumer."""
+    archive = Archive(endless=True)
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc,
+            assoc.send_c_find(query(), FIND) as responses,
+        ):
+            n = 0
+            async for _ in responses:
+                n += 1
+                if n == 5:
+                    break
+            await anyio.wait_all_tasks_blocked()
+            # consumed 5; at most the response backlog (256) and the
+            # memory stream's 16 writes beyond that were produced
+            assert archive.produced <= 5 + 256 + 16 + 8
+    assert archive.cancelled == [True]
+
+
+async def test_find_without_accepted_model_raises() -> None:
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp) as assoc:
+            with pytest.raises(NoAcceptedContext):
+                assoc.send_c_find(query(), sop_class.StudyRootQueryRetrieveInformationModelFind)
+            with pytest.raises(TypeError):
+                assoc.send_c_find("PatientID=1", FIND)  # type: ignore[arg-type]
+
+
+async def test_concurrent_finds_with_a_window() -> None:
+    from aiodicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    archive = Archive()
+    scu, scp = qr_pair()
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 3
+    window.maximum_number_operations_performed = 3
+    results: dict[str, list[int]] = {}
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers, ext_neg=[window]) as assoc:
+
+            async def one(pid: str) -> None:
+                results[pid] = [int(s.Status) async for s, _ in assoc.send_c_find(query(pid), FIND)]
+
+            async with anyio.create_task_group() as tg:
+                for pid in ("P0", "P1", "P2"):
+                    tg.start_soon(one, pid)
+    assert results == {pid: [0xFF00] * 3 + [0x0000] for pid in ("P0", "P1", "P2")}
+
+
+# ---------------------------------------------------------------------------
+# C-GET
+
+
+async def _get(scu: AE, scp: AE, archive: Archive, stored: Stored, **kwargs: Any) -> list[Dataset]:
+    statuses: list[Dataset] = []
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=archive.handlers,
+            scu_handlers=[(evt.EVT_C_STORE, stored)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            async for status, identifier in assoc.send_c_get(query(), GET, **kwargs):
+                statuses.append(status)
+                if identifier is not None:
+                    status.identifier = identifier  # type: ignore[attr-defined]
+            assert (await assoc.send_c_echo()).Status == 0
+    return statuses
+
+
+async def test_get_sub_operations_arrive_on_the_association() -> None:
+    scu, scp = qr_pair()
+    stored = Stored()
+    statuses = await _get(scu, scp, Archive(), stored)
+    expected = [d.SOPInstanceUID for d in matches(query())]
+    assert stored.uids == expected
+    assert [int(s.Status) for s in statuses] == [0xFF00] * 3 + [0x0000]
+    assert [s.NumberOfRemainingSuboperations for s in statuses[:3]] == [2, 1, 0]
+    assert [s.NumberOfCompletedSuboperations for s in statuses] == [1, 2, 3, 3]
+    final = statuses[-1]
+    assert "NumberOfRemainingSuboperations" not in final
+    assert (final.NumberOfFailedSuboperations, final.NumberOfWarningSuboperations) == (0, 0)
+
+
+async def test_get_failed_sub_operations_are_listed() -> None:
+    scu, scp = qr_pair()
+    statuses = await _get(scu, scp, Archive(), Stored(status=0xA700))
+    final = statuses[-1]
+    assert final.Status == 0xA702  # every sub-operation failed
+    assert final.NumberOfFailedSuboperations == 3
+    expected = [d.SOPInstanceUID for d in matches(query())]
+    assert list(final.identifier.FailedSOPInstanceUIDList) == expected  # type: ignore[attr-defined]
+
+
+async def test_get_warnings_give_b000() -> None:
+    scu, scp = qr_pair()
+    final = (await _get(scu, scp, Archive(), Stored(status=0xB000)))[-1]
+    assert final.Status == 0xB000
+    assert final.NumberOfWarningSuboperations == 3
+
+
+async def test_get_without_the_storage_role_fails_each_sub_operation() -> None:
+    scu, scp = qr_pair(storage_role=False)  # the SCP refuses the SCP role for CT
+    stored = Stored()
+    final = (await _get(scu, scp, Archive(), stored))[-1]
+    assert stored.uids == []
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 3
+
+
+async def test_get_cancelled_mid_way() -> None:
+    archive = Archive()
+    archive.blocker = anyio.Event()
+    scu, scp = qr_pair()
+    stored = Stored()
+    statuses: list[int] = []
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=[*archive.handlers, unblock_on_cancel(archive)],
+            scu_handlers=[(evt.EVT_C_STORE, stored)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            async with assoc.send_c_get(query(), GET) as responses:
+                async for status, _ in responses:
+                    statuses.append(int(status.Status))
+                    break
+            assert (await assoc.send_c_echo()).Status == 0
+    assert statuses == [0xFF00]
+    assert archive.cancelled == [True]
+    assert len(stored.uids) == 1
+
+
+async def test_get_handler_without_a_count() -> None:
+    async def no_count(event: evt.Event) -> AsyncIterator[Any]:
+        yield 0xFF00, DATA[0]
+
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_GET, no_count)]) as assoc:
+            got = [int(s.Status) async for s, _ in assoc.send_c_get(query(), GET)]
+    assert got == [0xC413]
+
+
+# ---------------------------------------------------------------------------
+# C-MOVE
+
+
+async def test_move_to_a_third_ae_and_to_the_requestor() -> None:
+    dest_ae = make_scp_ae("DEST")
+    dest_ae.add_supported_context(CT, ExplicitVRLittleEndian)
+    at_dest = Stored()
+    at_self = Stored()
+    scu, scp = qr_pair()
+    scp.add_requested_context(CT, ExplicitVRLittleEndian)
+    self_ae = make_scp_ae("MOVESCU")
+    self_ae.add_supported_context(CT, ExplicitVRLittleEndian)
+    with anyio.fail_after(GUARD * 2):
+        async with (
+            running_server(dest_ae, [(evt.EVT_C_STORE, at_dest)]) as dest,
+            running_server(self_ae, [(evt.EVT_C_STORE, at_self)]) as own,
+        ):
+            archive = Archive(
+                destinations={"DEST": ("127.0.0.1", dest.port), "MOVESCU": ("127.0.0.1", own.port)}
+            )
+            async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+                moved = [int(s.Status) async for s, _ in assoc.send_c_move(query(), "DEST", MOVE)]
+                move_id = None
+                responses = assoc.send_c_move(query("P2"), "MOVESCU", MOVE)
+                async for status, _ in responses:
+                    move_id = responses.message_id
+                    last = status
+    expected = [d.SOPInstanceUID for d in matches(query())]
+    assert moved == [0xFF00] * 3 + [0x0000]
+    assert at_dest.uids == expected
+    assert at_self.uids == [d.SOPInstanceUID for d in matches(query("P2"))]
+    assert last.Status == 0x0000 and last.NumberOfCompletedSuboperations == 3
+    # the moved instances are tied back to the request
+    for request in at_self.requests:
+        assert request.MoveOriginatorApplicationEntityTitle == "TEST_SCU"
+        assert request.MoveOriginatorMessageID == move_id
+
+
+async def test_move_unknown_and_unreachable_destinations() -> None:
+    from aiodicom.testing import free_port
+
+    scu, scp = qr_pair()
+    scp.add_requested_context(CT, ExplicitVRLittleEndian)
+    archive = Archive(destinations={"GONE": ("127.0.0.1", free_port())})
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+            unknown = [int(s.Status) async for s, _ in assoc.send_c_move(query(), "NOBODY", MOVE)]
+            gone = [int(s.Status) async for s, _ in assoc.send_c_move(query(), "GONE", MOVE)]
+            assert (await assoc.send_c_echo()).Status == 0
+    assert unknown == [0xA801]
+    assert gone == [0xA801]
