@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import anyio
 import anyio.abc
 import anyio.to_thread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from . import evt
@@ -1695,6 +1697,9 @@ class Association:
         error_base = 0xC500 if is_move else 0xC400
         originator = self._remote.ae_title if is_move else None
         originator_id = msg.message_id if is_move else None
+        # Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2): the
+        # instances go out without their bulk data elements.
+        without_bulk_data = msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA
         while True:
             if event.is_cancelled:
                 return counts.final(0xFE00)
@@ -1718,6 +1723,13 @@ class Association:
             if event.is_cancelled:
                 return counts.final(0xFE00)
             counts.started = True
+            if without_bulk_data:
+                try:
+                    dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
+                except Exception as exc:
+                    LOGGER.error("%s: could not read an instance to send: %s", name, exc)
+                    counts.record(0xA702, _instance_uid_of(dataset))
+                    continue
             try:
                 rsp = await store_to.send_c_store(
                     dataset, originator_aet=originator, originator_id=originator_id
@@ -2362,6 +2374,39 @@ class _SubOperations:
             identifier.FailedSOPInstanceUIDList = self.failed_uids
             out["_identifier"] = identifier
         return out
+
+
+_WITHOUT_BULK_DATA = "1.2.840.10008.5.1.4.1.2.5.3"
+#: Bulk data left out by Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2.1).
+_BULK_DATA = (
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "PixelDataProviderURL",
+    "SpectroscopyData",
+    "EncapsulatedDocument",
+)
+#: Repeating groups (50xx,200C) Audio Sample Data, (50xx,3000) Curve Data,
+#: (60xx,3000) Overlay Data.
+_BULK_REPEATERS = ((0x5000, 0x200C), (0x5000, 0x3000), (0x6000, 0x3000))
+
+
+def _strip_bulk_data(source: Any) -> Dataset:
+    """A copy of an instance (Dataset, path or file) without its bulk data (blocking)."""
+    from pydicom import dcmread
+
+    ds = source if isinstance(source, Dataset) else dcmread(source, force=True)
+    bulk = {BaseTag(tag_for_keyword(keyword) or 0) for keyword in _BULK_DATA}
+    for group, element in _BULK_REPEATERS:
+        bulk.update(BaseTag(((group + i) << 16) | element) for i in range(0, 0x20, 2))
+    # A new Dataset around the same (unconverted) elements: the caller's is untouched.
+    out = Dataset({tag: elem for tag, elem in ds.items() if tag not in bulk})
+    if "file_meta" in ds.__dict__:
+        out.file_meta = ds.file_meta
+    implicit, little = ds.original_encoding
+    if implicit is not None and little is not None:
+        out.set_original_encoding(implicit, little, ds.original_character_set)
+    return out
 
 
 def _count(value: Any) -> int | None:

@@ -475,3 +475,32 @@ async def test_move_unknown_and_unreachable_destinations() -> None:
             assert (await assoc.send_c_echo()).Status == 0
     assert unknown == [0xA801]
     assert gone == [0xA801]
+
+
+async def test_get_without_bulk_data_strips_pixel_data() -> None:
+    model = sop_class.CompositeInstanceRetrieveWithoutBulkDataGet
+    scu, scp = qr_pair()
+    scu.add_requested_context(model)
+    scp.add_supported_context(model)
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0
+
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    q.PatientID = "P1"
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=Archive().handlers,
+            scu_handlers=[(evt.EVT_C_STORE, on_store)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            got = [int(s.Status) async for s, _ in assoc.send_c_get(q, model)]
+    assert got[-1] == 0x0000
+    assert len(received) == 3
+    assert all("PixelData" not in ds and ds.PatientID == "P1" for ds in received)
+    assert all("PixelData" in ds for ds in DATA)  # the SCP's own instances are untouched
