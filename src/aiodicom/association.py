@@ -30,7 +30,7 @@ import math
 import os
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -1660,18 +1660,27 @@ class Association:
         if destination is None:
             return await self._sub_operations(msg, event, items, base, counts, self)
         host, port, options = destination
-        try:
-            async with self._move_association(
-                host, port, str(event.move_destination or ""), options
-            ) as store_to:
-                return await self._sub_operations(msg, event, items, base, counts, store_to)
-        except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
-            LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
-            if counts.started:
-                counts.failed += counts.remaining
-                counts.remaining = 0
-                return counts.final(0xA702)
-            return {"Status": 0xA801, "ErrorComment": "no association with the destination"}
+        # The association to the destination is opened for the first instance
+        # to send, so a move of nothing (or a refusal) never needs it.
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def open_destination() -> Association:
+                assoc: Association = await stack.enter_async_context(
+                    self._move_association(host, port, str(event.move_destination or ""), options)
+                )
+                return assoc
+
+            try:
+                return await self._sub_operations(
+                    msg, event, items, base, counts, None, open_destination
+                )
+            except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
+                LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
+                if counts.started:
+                    counts.failed += counts.remaining
+                    counts.remaining = 0
+                    return counts.final(0xA702)
+                return {"Status": 0xA801, "ErrorComment": "no association with the destination"}
 
     def _move_association(
         self, host: str, port: int, ae_title: str, options: dict[str, Any]
@@ -1689,7 +1698,8 @@ class Association:
         items: _HandlerItems,
         base: dict[str, Any],
         counts: _SubOperations,
-        store_to: Association,
+        store_to: Association | None,
+        open_destination: Callable[[], Awaitable[Association]] | None = None,
     ) -> dict[str, Any]:
         """C-STORE each instance the handler yields; a pending response after each."""
         is_move = msg.command_field == CommandField.C_MOVE_RQ
@@ -1722,7 +1732,7 @@ class Association:
                 return out
             if event.is_cancelled:
                 return counts.final(0xFE00)
-            counts.started = True
+            counts.started = store_to is not None
             if without_bulk_data:
                 try:
                     dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
@@ -1730,6 +1740,10 @@ class Association:
                     LOGGER.error("%s: could not read an instance to send: %s", name, exc)
                     counts.record(0xA702, _instance_uid_of(dataset))
                     continue
+            if store_to is None:
+                assert open_destination is not None
+                store_to = await open_destination()
+                counts.started = True
             try:
                 rsp = await store_to.send_c_store(
                     dataset, originator_aet=originator, originator_id=originator_id

@@ -7,6 +7,7 @@ Subcommands speak dcmtk's options where they overlap (``-aet``, ``-aec``,
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -15,18 +16,38 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
+from pydicom.datadict import keyword_dict
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, AllTransferSyntaxes
 
-from . import AE, evt, sop_class
+from . import AE, build_role, evt, sop_class
 from ._version import __version__
 from .dsutils import Part10Info, part10_header, probe_part10
 from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
 from .presentation import build_context
 
 LOGGER = logging.getLogger("aiodicom")
+#: Every transfer syntax, in our order of preference as an acceptor (uncompressed
+#: Explicit VR Little Endian first: the one most senders' data sets are in).
+_ALL_SYNTAXES = [
+    UID("1.2.840.10008.1.2.1"),
+    UID("1.2.840.10008.1.2"),
+    *(
+        UID(ts)
+        for ts in AllTransferSyntaxes
+        if ts not in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+    ),
+]
+#: -P/-S/-O as dcmtk's findscu/getscu/movescu: the information model, per service.
+_MODELS = {
+    "P": "PatientRoot",
+    "S": "StudyRoot",
+    "O": "PatientStudyOnly",
+}
 #: A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots).
 _UID_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -88,6 +109,68 @@ def _parser() -> argparse.ArgumentParser:
         "--require-called-aet", action="store_true", help="reject a wrong called AE title"
     )
     storescp.add_argument("port", type=int, nargs="?", default=11112, help="0 picks a free port")
+
+    qrscp = sub.add_parser(
+        "qrscp",
+        help="run a Query/Retrieve SCP over a file store and its SQLite index",
+        description="A Query/Retrieve SCP (C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE) over a file"
+        " store and an SQLite index, both under -od DIR. C-MOVE destinations come from"
+        " --dest AET=HOST:PORT (repeatable) and from --config FILE, a TOML file with a"
+        ' [destinations] table: AET = "host:port" (--dest wins).',
+    )
+    _common(qrscp)
+    qrscp.add_argument("--bind", default="0.0.0.0", help="address to listen on")
+    qrscp.add_argument(
+        "-od",
+        "--output-directory",
+        default="./aiodicom-store",
+        help="the archive directory (default ./aiodicom-store)",
+    )
+    qrscp.add_argument(
+        "--dest",
+        action="append",
+        default=[],
+        metavar="AET=HOST:PORT",
+        help="a C-MOVE destination (repeatable)",
+    )
+    qrscp.add_argument("--config", metavar="FILE", help="TOML file with a [destinations] table")
+    qrscp.add_argument(
+        "--require-called-aet", action="store_true", help="reject a wrong called AE title"
+    )
+    qrscp.add_argument("port", type=int, nargs="?", default=11112, help="0 picks a free port")
+    for name, what in (
+        ("find", "query with C-FIND (Query/Retrieve SCU)"),
+        ("get", "retrieve with C-GET into -od DIR"),
+        ("move", "have the SCP C-MOVE matches to -aem AET"),
+    ):
+        sp = sub.add_parser(name, help=what)
+        _common(sp)
+        sp.add_argument("-aec", "--call", default="ANY-SCP", help="the peer's AE title")
+        model = sp.add_mutually_exclusive_group()
+        model.add_argument("-P", dest="model", action="store_const", const="P", help="Patient Root")
+        model.add_argument("-S", dest="model", action="store_const", const="S", help="Study Root")
+        model.add_argument(
+            "-O", dest="model", action="store_const", const="O", help="Patient/Study Only"
+        )
+        if name == "find":
+            model.add_argument(
+                "-W", dest="model", action="store_const", const="W", help="Modality Worklist"
+            )
+            sp.add_argument("--json", action="store_true", help="print each match as a JSON line")
+        sp.add_argument(
+            "-k",
+            "--key",
+            action="append",
+            default=[],
+            metavar="KEYWORD[=VALUE]",
+            help="a query key (repeatable), e.g. -k QueryRetrieveLevel=STUDY -k PatientName=A*",
+        )
+        if name == "get":
+            sp.add_argument("-od", "--output-directory", default=".", help="where to write")
+        if name == "move":
+            sp.add_argument("-aem", "--move", required=True, help="the destination AE title")
+        sp.add_argument("host")
+        sp.add_argument("port", type=int)
     return parser
 
 
@@ -141,7 +224,7 @@ def _storage_ae(args: argparse.Namespace) -> AE:
     ae.require_called_aet = args.require_called_aet
     ae.add_supported_context(sop_class.Verification)
     for cx in sop_class.AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, list(AllTransferSyntaxes))
+        ae.add_supported_context(cx.abstract_syntax, _ALL_SYNTAXES)
     return ae
 
 
@@ -204,6 +287,34 @@ async def _storescp(args: argparse.Namespace) -> int:
             flush=True,
         )
         await server.serve_forever()
+    return 0
+
+
+async def _qrscp(args: argparse.Namespace) -> int:
+    from .qrscp import Archive, Destination, load_destinations, parse_destination, setup_ae
+
+    destinations: dict[str, Destination] = {}
+    try:
+        if args.config:
+            destinations.update(await anyio.to_thread.run_sync(load_destinations, args.config))
+        destinations.update(parse_destination(text) for text in args.dest)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    ae = _setup(args)
+    ae.require_called_aet = args.require_called_aet
+    archive = await Archive.open(
+        args.output_directory, ae_title=ae.ae_title, destinations=destinations
+    )
+    async with archive:
+        setup_ae(ae, archive)
+        async with ae.start_server((args.bind, args.port), evt_handlers=archive.handlers()) as srv:
+            print(
+                f"aiodicom qrscp {ae.ae_title!r} listening on {srv.host}:{srv.port},"
+                f" archive {archive.directory}, {len(destinations)} move destination(s)",
+                flush=True,
+            )
+            await srv.serve_forever()
     return 0
 
 
@@ -293,12 +404,109 @@ async def _store(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _identifier(keys: Sequence[str]) -> Dataset:
+    """A query identifier from ``-k Keyword=value`` items (no value: a return key)."""
+    ds = Dataset()
+    for item in keys:
+        keyword, _, value = item.partition("=")
+        keyword = keyword.strip()
+        if not keyword_dict.get(keyword):
+            raise ValueError(f"{keyword!r} is not a DICOM keyword")
+        setattr(ds, keyword, value)
+    if "QueryRetrieveLevel" not in ds:
+        raise ValueError("give the level: -k QueryRetrieveLevel=PATIENT|STUDY|SERIES|IMAGE")
+    return ds
+
+
+def _model(command: str, letter: str | None) -> UID:
+    if letter == "W":
+        return sop_class.ModalityWorklistInformationFind
+    root = _MODELS[letter or "S"]
+    suffix = {"find": "Find", "get": "Get", "move": "Move"}[command]
+    return UID(getattr(sop_class, f"{root}QueryRetrieveInformationModel{suffix}"))
+
+
+def _print_match(identifier: Dataset, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(identifier.to_json_dict()), flush=True)
+        return
+    print("---")
+    for elem in identifier:
+        print(f"{elem.keyword or elem.tag}: {'' if elem.value is None else elem.value}")
+
+
+async def _query(args: argparse.Namespace) -> int:
+    """``aiodicom find|get|move``: one request, each response printed as it comes."""
+    ae = _setup(args)
+    query = _identifier(args.key)
+    model = _model(args.command, args.model)
+    ae.add_requested_context(model)
+    ext_neg: list[Any] = []
+    handlers: list[evt.EventHandlerType] = []
+    received = 0
+    if args.command == "get":
+        # Accept back every storage class we can propose (at most 128 contexts).
+        for uid in sop_class.STORAGE_CLASSES[:127]:
+            ae.add_requested_context(uid, _ALL_SYNTAXES[:3])
+            ext_neg.append(build_role(uid, scp_role=True))
+        directory = Path(args.output_directory)
+        await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+
+        async def on_store(event: evt.Event) -> int:
+            nonlocal received
+            name = _file_name(event.request.get("AffectedSOPInstanceUID"))
+            if not name:
+                return 0xC211
+            header = part10_header(event.file_meta)
+            path = event.dataset_path
+            data = None if path is not None else event.encoded_dataset()
+            await anyio.to_thread.run_sync(_write_instance, directory, name, header, data, path)
+            received += 1
+            return 0x0000
+
+        handlers.append((evt.EVT_C_STORE, on_store))
+    final = 0
+    async with ae.associate(
+        args.host, args.port, ae_title=args.call, ext_neg=ext_neg, evt_handlers=handlers
+    ) as assoc:
+        if args.command == "find":
+            responses = assoc.send_c_find(query, model)
+        elif args.command == "get":
+            responses = assoc.send_c_get(query, model)
+        else:
+            responses = assoc.send_c_move(query, args.move, model)
+        matches = 0
+        async with responses:
+            async for status, identifier in responses:
+                code = int(status.Status)
+                if code in (0xFF00, 0xFF01):
+                    if identifier is not None and args.command == "find":
+                        matches += 1
+                        _print_match(identifier, getattr(args, "json", False))
+                    continue
+                final = code
+    summary = f"status 0x{final:04X}"
+    if args.command == "find":
+        summary = f"{matches} match(es), {summary}"
+    elif args.command == "get":
+        summary = f"{received} instance(s) retrieved, {summary}"
+    print(summary, file=sys.stderr, flush=True)
+    return 0 if final in (0x0000,) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
-    runner = {"echo": _echo, "echoscp": _echoscp, "store": _store, "storescp": _storescp}[
-        args.command
-    ]
+    runner = {
+        "echo": _echo,
+        "echoscp": _echoscp,
+        "store": _store,
+        "storescp": _storescp,
+        "qrscp": _qrscp,
+        "find": _query,
+        "get": _query,
+        "move": _query,
+    }[args.command]
     try:
         return anyio.run(runner, args)
     except KeyboardInterrupt:

@@ -1,0 +1,1491 @@
+"""A Query/Retrieve SCP: a file store with an embedded SQLite index.
+
+:class:`Archive` owns a directory. Instances received with C-STORE are written
+under ``DIR/objects/`` atomically (a spooled file is renamed into place;
+otherwise the Part 10 header and the data set are written to a temporary file
+that is then ``os.replace``\\ d) and indexed in ``DIR/index.sqlite`` (tables
+``patient``, ``study``, ``series`` and ``instance``). C-FIND, C-GET and C-MOVE
+are answered from the index for the Patient Root, Study Root and
+Patient/Study Only information models (PS3.4 C.6). Every ``sqlite3`` call and
+every file operation runs in a worker thread (``anyio.to_thread``); matches
+are fetched in batches of :attr:`Archive.batch_size`, so a query with 100,000
+matches never holds them all in memory.
+
+Matching (PS3.4 C.2.2.2) is done in SQL with bound parameters; the same rules
+are available as pure Python (:func:`match_value`) and their SQL translation
+(:func:`sql_condition`):
+
+* universal matching: an empty value (and, for any VR, the value ``*``);
+* single value matching: exact and case-sensitive, except PN, which this
+  implementation matches case-insensitively (:func:`str.lower` on both
+  sides), with trailing empty name components ignored (``Doe^John^^`` is
+  ``Doe^John``); for TM and DT a single value matches every stored value that
+  begins with it (``1030`` matches ``103015.5``);
+* wild card matching with ``*`` and ``?`` on AE, CS, LO, LT, PN, SH, ST, UC,
+  UR and UT; on other VRs these characters are taken literally;
+* range matching on DA, TM and DT: ``a-b``, ``-b``, ``a-``; an upper bound
+  covers all of its precision (``-1800`` includes 18:00:59), empty stored
+  values never match a range, and DT UTC offsets are ignored;
+* list of UID matching and, generally, multiple values separated by ``\\``:
+  an entity matches if any of the values matches;
+* ModalitiesInStudy and SOPClassesInStudy match if any series (instance) of
+  the study matches; the ``NumberOf...Related...`` keys are return keys only.
+
+Requests are checked against the hierarchical model (PS3.4 C.4.1.2.1,
+C.4.2.2.1, C.4.3.2.1): a missing or unknown Query/Retrieve Level, a key of a
+level below the requested one, or a missing, universal, wild card or
+multi-valued unique key of a level above is answered 0xA900 (Identifier does
+not match SOP Class); a malformed matching value is answered 0xC001 (unable
+to process). Keys the archive does not know are returned empty and the
+matches are sent with 0xFF01 (one or more optional keys not supported).
+
+Use it from code::
+
+    archive = await Archive.open("./aiodicom-store", ae_title="QRSCP",
+                                 destinations={"STORESCP": ("127.0.0.1", 11113)})
+    ae = setup_ae(AE("QRSCP"), archive)
+    async with ae.start_server(("0.0.0.0", 11112), evt_handlers=archive.handlers()) as srv:
+        await srv.serve_forever()
+
+or as ``aiodicom qrscp -od DIR --dest STORESCP=127.0.0.1:11113 11112``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import tomllib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, NamedTuple
+
+import anyio
+import anyio.to_thread
+from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from . import evt, sop_class
+from .ae import AE
+from .dsutils import part10_header
+from .presentation import PresentationContext, build_context
+
+__all__ = (
+    "IMAGE",
+    "LEVELS",
+    "MODELS",
+    "PATIENT",
+    "PATIENT_ROOT",
+    "PATIENT_STUDY_ONLY",
+    "RANGE_VRS",
+    "SERIES",
+    "STUDY",
+    "STUDY_ROOT",
+    "UNIQUE_KEYS",
+    "WILDCARD_VRS",
+    "Archive",
+    "Destination",
+    "InformationModel",
+    "InstanceRecord",
+    "QRError",
+    "Query",
+    "Term",
+    "build_identifier",
+    "load_destinations",
+    "match_value",
+    "model_for",
+    "normalize",
+    "object_path",
+    "parse_destination",
+    "parse_terms",
+    "plan_query",
+    "setup_ae",
+    "sql_condition",
+)
+
+LOGGER = logging.getLogger("aiodicom")
+
+PATIENT: Final = "PATIENT"
+STUDY: Final = "STUDY"
+SERIES: Final = "SERIES"
+IMAGE: Final = "IMAGE"
+#: The entity levels, top down.
+LEVELS: Final = (PATIENT, STUDY, SERIES, IMAGE)
+_RANK: Final = {level: i for i, level in enumerate(LEVELS)}
+
+#: A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots).
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+#: VRs on which ``*`` and ``?`` are wild cards (PS3.4 C.2.2.2.4).
+WILDCARD_VRS: Final = frozenset(("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"))
+#: VRs with range matching (PS3.4 C.2.2.2.5).
+RANGE_VRS: Final = frozenset(("DA", "TM", "DT"))
+
+_DA = r"\d{8}"
+_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_VALUE_RE: Final = {"DA": re.compile(_DA), "TM": re.compile(_TM), "DT": re.compile(_DT)}
+_RANGE_RE: Final = {
+    vr: re.compile(f"(?P<lo>{pattern})?-(?P<hi>{pattern})?")
+    for vr, pattern in (
+        ("DA", _DA),
+        ("TM", _TM),
+        ("DT", _DT),
+    )
+}
+_DT_OFFSET = re.compile(r"[+-]\d{4}$")
+
+
+# ---------------------------------------------------------------------------
+# Errors and statuses
+
+
+class QRError(Exception):
+    """A request the archive refuses: ``status`` is the DIMSE failure status to answer."""
+
+    def __init__(self, status: int, comment: str, offending: int | None = None) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+        self.offending = offending
+
+    def as_status(self) -> Dataset:
+        """The status as a Dataset with Status, ErrorComment and OffendingElement."""
+        ds = Dataset()
+        ds.Status = self.status
+        ds.ErrorComment = self.comment[:64]
+        if self.offending is not None:
+            ds.OffendingElement = [self.offending]
+        return ds
+
+
+#: Identifier does not match SOP Class (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4).
+IDENTIFIER_MISMATCH: Final = 0xA900
+#: Unable to process: a matching value the archive cannot parse.
+BAD_VALUE: Final = 0xC001
+#: Unable to process: the index failed.
+INDEX_FAILURE: Final = 0xC002
+
+
+# ---------------------------------------------------------------------------
+# Matching (pure)
+
+
+class Term(NamedTuple):
+    """One alternative of a parsed matching value.
+
+    ``kind`` is ``"exact"``, ``"fold"`` (case-insensitive exact), ``"glob"``
+    (``*``/``?`` wild cards), ``"fglob"`` (case-insensitive glob),
+    ``"prefix"`` (the stored value begins with ``a``) or ``"range"``
+    (``a`` <= stored, stored truncated to ``len(b)`` <= ``b``; either may be
+    empty for an open end).
+    """
+
+    kind: str
+    a: str
+    b: str = ""
+
+
+def normalize(vr: str, value: str) -> str:
+    """A stored or queried value as the index keeps it.
+
+    Surrounding spaces go; PN loses trailing empty components and groups; DA
+    loses dots (``2020.01.31``), TM and DT colons; IS is written as an integer.
+    """
+    value = value.strip(" \x00")
+    if vr == "PN":
+        groups = [g.rstrip("^ ") for g in value.split("=")]
+        return "=".join(groups).rstrip("=")
+    if vr == "DA":
+        return value.replace(".", "")
+    if vr in ("TM", "DT"):
+        return value.replace(":", "")
+    if vr == "IS":
+        try:
+            return str(int(value))
+        except ValueError:
+            return value
+    return value
+
+
+def _strip_offset(vr: str, value: str) -> str:
+    return _DT_OFFSET.sub("", value) if vr == "DT" and len(value) > 5 else value
+
+
+def parse_terms(vr: str, value: str | None) -> list[Term] | None:
+    """Parse a Key Attribute's matching value; ``None`` means universal matching.
+
+    ``value`` is the DICOM string form, multiple values joined by ``\\``.
+    Raises :class:`QRError` (0xC001) for a malformed DA/TM/DT value or range.
+    """
+    if value is None:
+        return None
+    terms: list[Term] = []
+    for raw in value.split("\\"):
+        text = raw.strip(" \x00")
+        if text == "" and "\\" not in value:
+            return None
+        if text == "*":
+            return None
+        if vr in RANGE_VRS:
+            text = text.replace(":", "") if vr != "DA" else text.replace(".", "")
+            if "-" in text and not _VALUE_RE[vr].fullmatch(text):
+                found = _RANGE_RE[vr].fullmatch(text)
+                if found is None or (found["lo"] is None and found["hi"] is None):
+                    raise QRError(BAD_VALUE, f"malformed {vr} range {text!r}")
+                lo = _strip_offset(vr, found["lo"] or "")
+                hi = _strip_offset(vr, found["hi"] or "")
+                terms.append(Term("range", lo, hi))
+                continue
+            if not _VALUE_RE[vr].fullmatch(text):
+                raise QRError(BAD_VALUE, f"malformed {vr} value {text!r}")
+            text = _strip_offset(vr, text)
+            terms.append(Term("exact" if vr == "DA" else "prefix", text))
+            continue
+        text = normalize(vr, text)
+        if vr in WILDCARD_VRS and ("*" in text or "?" in text):
+            terms.append(Term("fglob" if vr == "PN" else "glob", text))
+        elif vr == "PN":
+            terms.append(Term("fold", text))
+        else:
+            terms.append(Term("exact", text))
+    return terms
+
+
+def _fold(value: str | None) -> str | None:
+    """Case folding for PN, the same in Python and in SQLite (``qr_fold``)."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _term_matches(term: Term, stored: str) -> bool:
+    kind, a, b = term
+    if kind == "exact":
+        return stored == a
+    if kind == "fold":
+        return stored.lower() == a.lower()
+    if kind == "glob":
+        return _glob_regex(a).fullmatch(stored) is not None
+    if kind == "fglob":
+        return _glob_regex(a.lower()).fullmatch(stored.lower()) is not None
+    if kind == "prefix":
+        return stored[: len(a)] == a
+    if kind == "range":
+        if not stored:
+            return False
+        return (not a or stored >= a) and (not b or stored[: len(b)] <= b)
+    raise ValueError(f"unknown term kind {kind!r}")
+
+
+def match_value(vr: str, query: str | None, stored: str | Sequence[str]) -> bool:
+    """Whether a stored value (normalized, see :func:`normalize`) matches a query value.
+
+    ``stored`` may be a sequence of values (a multi-valued attribute such as
+    ModalitiesInStudy): it matches if any of them does.
+    """
+    terms = parse_terms(vr, query)
+    if terms is None:
+        return True
+    values = [stored] if isinstance(stored, str) else list(stored)
+    if vr in ("TM", "DT"):
+        values = [_strip_offset(vr, v) for v in values]
+    return any(_term_matches(t, v) for t in terms for v in values)
+
+
+def _glob_escape(pattern: str) -> str:
+    # SQLite GLOB: '*' and '?' are DICOM's wild cards; '[' starts a class.
+    return pattern.replace("[", "[[]")
+
+
+def sql_condition(column: str, vr: str, query: str | None) -> tuple[str, list[Any]] | None:
+    """The SQL condition (with ``?`` parameters) matching ``column`` against ``query``.
+
+    ``column`` is an SQL expression chosen by the caller, never user input;
+    every user value goes into the parameter list. ``None`` means universal
+    matching (no condition). PN conditions use the ``qr_fold`` SQL function
+    the archive registers on its connections.
+    """
+    terms = parse_terms(vr, query)
+    if terms is None:
+        return None
+    parts: list[str] = []
+    params: list[Any] = []
+    for kind, a, b in terms:
+        if kind == "exact":
+            parts.append(f"{column} = ?")
+            params.append(a)
+        elif kind == "fold":
+            parts.append(f"qr_fold({column}) = ?")
+            params.append(a.lower())
+        elif kind == "glob":
+            parts.append(f"{column} GLOB ?")
+            params.append(_glob_escape(a))
+        elif kind == "fglob":
+            parts.append(f"qr_fold({column}) GLOB ?")
+            params.append(_glob_escape(a.lower()))
+        elif kind == "prefix":
+            parts.append(f"substr({column}, 1, ?) = ?")
+            params += [len(a), a]
+        else:  # range
+            clause = [f"{column} <> ''"]
+            if a:
+                clause.append(f"{column} >= ?")
+                params.append(a)
+            if b:
+                clause.append(f"substr({column}, 1, ?) <= ?")
+                params += [len(b), b]
+            parts.append("(" + " AND ".join(clause) + ")")
+    return "(" + " OR ".join(parts) + ")", params
+
+
+# ---------------------------------------------------------------------------
+# Information models and keys
+
+
+@dataclass(frozen=True, slots=True)
+class InformationModel:
+    """A Query/Retrieve information model: its levels and its three SOP classes."""
+
+    name: str
+    levels: tuple[str, ...]
+    find: UID
+    get: UID
+    move: UID
+
+    def level_of(self, entity: str) -> str | None:
+        """The model's level holding ``entity``'s attributes, ``None`` if it has none.
+
+        Patient attributes are STUDY level attributes in the Study Root model.
+        """
+        if entity in self.levels:
+            return entity
+        return self.levels[0] if entity == PATIENT else None
+
+
+PATIENT_ROOT: Final = InformationModel(
+    "Patient Root",
+    (PATIENT, STUDY, SERIES, IMAGE),
+    sop_class.PatientRootQueryRetrieveInformationModelFind,
+    sop_class.PatientRootQueryRetrieveInformationModelGet,
+    sop_class.PatientRootQueryRetrieveInformationModelMove,
+)
+STUDY_ROOT: Final = InformationModel(
+    "Study Root",
+    (STUDY, SERIES, IMAGE),
+    sop_class.StudyRootQueryRetrieveInformationModelFind,
+    sop_class.StudyRootQueryRetrieveInformationModelGet,
+    sop_class.StudyRootQueryRetrieveInformationModelMove,
+)
+PATIENT_STUDY_ONLY: Final = InformationModel(
+    "Patient/Study Only",
+    (PATIENT, STUDY),
+    sop_class.PatientStudyOnlyQueryRetrieveInformationModelFind,
+    sop_class.PatientStudyOnlyQueryRetrieveInformationModelGet,
+    sop_class.PatientStudyOnlyQueryRetrieveInformationModelMove,
+)
+#: The supported information models.
+MODELS: Final = (PATIENT_ROOT, STUDY_ROOT, PATIENT_STUDY_ONLY)
+
+
+def model_for(sop_class_uid: str) -> tuple[InformationModel, str]:
+    """``(model, service)`` for a Q/R SOP Class UID; service is FIND, GET or MOVE.
+
+    Raises :class:`QRError` (0xA900... as unable to process, 0xC000) for
+    another UID.
+    """
+    uid = str(sop_class_uid)
+    for model in MODELS:
+        for service in ("find", "get", "move"):
+            if getattr(model, service) == uid:
+                return model, service.upper()
+    raise QRError(0xC000, f"{uid} is not a supported Query/Retrieve SOP class")
+
+
+_COLUMN: Final = "column"
+_MULTI: Final = "multi"
+_COUNT: Final = "count"
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    entity: str
+    keyword: str
+    vr: str
+    expr: str
+    kind: str = _COLUMN
+    #: For a multi-valued derived key: the EXISTS subquery, ``{}`` is the condition on ``x.v``.
+    exists: str = ""
+
+
+_KEY_LIST: Final = (
+    _Key(PATIENT, "PatientID", "LO", "p.patient_id"),
+    _Key(PATIENT, "PatientName", "PN", "p.patient_name"),
+    _Key(PATIENT, "PatientBirthDate", "DA", "p.birth_date"),
+    _Key(PATIENT, "PatientSex", "CS", "p.sex"),
+    _Key(
+        PATIENT,
+        "NumberOfPatientRelatedStudies",
+        "IS",
+        "(SELECT COUNT(*) FROM study x WHERE x.patient_id = p.patient_id)",
+        _COUNT,
+    ),
+    _Key(
+        PATIENT,
+        "NumberOfPatientRelatedSeries",
+        "IS",
+        "(SELECT COUNT(*) FROM series x JOIN study y ON y.study_uid = x.study_uid"
+        " WHERE y.patient_id = p.patient_id)",
+        _COUNT,
+    ),
+    _Key(
+        PATIENT,
+        "NumberOfPatientRelatedInstances",
+        "IS",
+        "(SELECT COUNT(*) FROM instance x JOIN series y ON y.series_uid = x.series_uid"
+        " JOIN study z ON z.study_uid = y.study_uid WHERE z.patient_id = p.patient_id)",
+        _COUNT,
+    ),
+    _Key(STUDY, "StudyInstanceUID", "UI", "st.study_uid"),
+    _Key(STUDY, "StudyDate", "DA", "st.study_date"),
+    _Key(STUDY, "StudyTime", "TM", "st.study_time"),
+    _Key(STUDY, "AccessionNumber", "SH", "st.accession_number"),
+    _Key(STUDY, "StudyID", "SH", "st.study_id"),
+    _Key(STUDY, "StudyDescription", "LO", "st.study_description"),
+    _Key(STUDY, "ReferringPhysicianName", "PN", "st.referring_physician_name"),
+    _Key(
+        STUDY,
+        "ModalitiesInStudy",
+        "CS",
+        "(SELECT group_concat(DISTINCT x.modality) FROM series x"
+        " WHERE x.study_uid = st.study_uid AND x.modality <> '')",
+        _MULTI,
+        "EXISTS (SELECT 1 FROM series x WHERE x.study_uid = st.study_uid AND {})",
+    ),
+    _Key(
+        STUDY,
+        "SOPClassesInStudy",
+        "UI",
+        "(SELECT group_concat(DISTINCT x.sop_class_uid) FROM instance x"
+        " JOIN series y ON y.series_uid = x.series_uid WHERE y.study_uid = st.study_uid)",
+        _MULTI,
+        "EXISTS (SELECT 1 FROM instance x JOIN series y ON y.series_uid = x.series_uid"
+        " WHERE y.study_uid = st.study_uid AND {})",
+    ),
+    _Key(
+        STUDY,
+        "NumberOfStudyRelatedSeries",
+        "IS",
+        "(SELECT COUNT(*) FROM series x WHERE x.study_uid = st.study_uid)",
+        _COUNT,
+    ),
+    _Key(
+        STUDY,
+        "NumberOfStudyRelatedInstances",
+        "IS",
+        "(SELECT COUNT(*) FROM instance x JOIN series y ON y.series_uid = x.series_uid"
+        " WHERE y.study_uid = st.study_uid)",
+        _COUNT,
+    ),
+    _Key(SERIES, "SeriesInstanceUID", "UI", "se.series_uid"),
+    _Key(SERIES, "Modality", "CS", "se.modality"),
+    _Key(SERIES, "SeriesNumber", "IS", "se.series_number"),
+    _Key(SERIES, "SeriesDescription", "LO", "se.series_description"),
+    _Key(SERIES, "SeriesDate", "DA", "se.series_date"),
+    _Key(SERIES, "SeriesTime", "TM", "se.series_time"),
+    _Key(
+        SERIES,
+        "NumberOfSeriesRelatedInstances",
+        "IS",
+        "(SELECT COUNT(*) FROM instance x WHERE x.series_uid = se.series_uid)",
+        _COUNT,
+    ),
+    _Key(IMAGE, "SOPInstanceUID", "UI", "i.sop_instance_uid"),
+    _Key(IMAGE, "SOPClassUID", "UI", "i.sop_class_uid"),
+    _Key(IMAGE, "InstanceNumber", "IS", "i.instance_number"),
+    _Key(IMAGE, "ContentDate", "DA", "i.content_date"),
+    _Key(IMAGE, "ContentTime", "TM", "i.content_time"),
+    _Key(IMAGE, "AvailableTransferSyntaxUID", "UI", "i.transfer_syntax_uid"),
+)
+_KEYS: Final = {k.keyword: k for k in _KEY_LIST}
+_KEYS_BY_TAG: Final = {int(tag_for_keyword(k.keyword) or 0): k for k in _KEY_LIST}
+#: The unique key of each level (PS3.4 C.6).
+UNIQUE_KEYS: Final = {
+    PATIENT: "PatientID",
+    STUDY: "StudyInstanceUID",
+    SERIES: "SeriesInstanceUID",
+    IMAGE: "SOPInstanceUID",
+}
+_TAG_QR_LEVEL: Final = 0x00080052
+_TAG_CHARSET: Final = 0x00080005
+_TAG_RETRIEVE_AET: Final = 0x00080054
+_TAG_AVAILABILITY: Final = 0x00080056
+_SPECIAL_TAGS: Final = frozenset(
+    (_TAG_QR_LEVEL, _TAG_CHARSET, _TAG_RETRIEVE_AET, _TAG_AVAILABILITY)
+)
+
+_FROM: Final = {
+    PATIENT: "patient p",
+    STUDY: "study st JOIN patient p ON p.patient_id = st.patient_id",
+    SERIES: "series se JOIN study st ON st.study_uid = se.study_uid"
+    " JOIN patient p ON p.patient_id = st.patient_id",
+    IMAGE: "instance i JOIN series se ON se.series_uid = i.series_uid"
+    " JOIN study st ON st.study_uid = se.study_uid"
+    " JOIN patient p ON p.patient_id = st.patient_id",
+}
+
+
+def _element_text(elem: DataElement) -> str | None:
+    """A query element's value as DICOM text (``\\``-joined), ``None`` if empty."""
+    value = elem.value
+    if value is None or value == "" or (isinstance(value, list | tuple) and not value):
+        return None
+    if isinstance(value, bytes | bytearray):
+        return value.decode("ascii", "replace").strip(" \x00") or None
+    if isinstance(value, DicomSequence):
+        return None
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(slots=True)
+class Query:
+    """A checked request: what to match at which level and what to return.
+
+    Built by :func:`plan_query`; :meth:`find_sql`, :meth:`retrieve_sql` and
+    :meth:`count_sql` give its SQL.
+    """
+
+    model: InformationModel
+    service: str
+    level: str
+    #: ``(key, matching value)`` for each key with a non-universal value.
+    conditions: list[tuple[_Key, str]]
+    #: The request's elements other than QueryRetrieveLevel, in order.
+    requested: list[DataElement]
+    #: Whether the request had keys the archive does not support (answered 0xFF01).
+    unsupported: bool
+    wants_charset: bool
+
+    def _where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for key, value in self.conditions:
+            if key.kind == _MULTI:
+                cond = sql_condition(_multi_col(key), key.vr, value)
+                if cond is None:
+                    continue
+                clauses.append(key.exists.format(cond[0]))
+                params += cond[1]
+            else:
+                cond = sql_condition(key.expr, key.vr, value)
+                if cond is None:
+                    continue
+                clauses.append(cond[0])
+                params += cond[1]
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def returned_keys(self) -> list[_Key]:
+        """The archive's keys among the requested ones, in request order."""
+        out = []
+        for elem in self.requested:
+            key = _KEYS_BY_TAG.get(int(elem.tag))
+            if key is not None:
+                out.append(key)
+        return out
+
+    def find_sql(self) -> tuple[str, list[Any]]:
+        """``SELECT`` of the returned keys of the matching entities (one row each)."""
+        keys = self.returned_keys()
+        columns = [k.expr for k in keys] or ["1"]
+        where, params = self._where()
+        return f"SELECT {', '.join(columns)} FROM {_FROM[self.level]}{where}", params
+
+    def retrieve_sql(self) -> tuple[str, list[Any]]:
+        """``SELECT path`` of every instance under the matching entities."""
+        where, params = self._where()
+        return f"SELECT i.path FROM {_FROM[IMAGE]}{where}", params
+
+    def pairs_sql(self, limit: int) -> tuple[str, list[Any]]:
+        """The distinct (SOP Class UID, Transfer Syntax UID) of those instances."""
+        where, params = self._where()
+        sql = (
+            f"SELECT DISTINCT i.sop_class_uid, i.transfer_syntax_uid FROM {_FROM[IMAGE]}{where}"
+            f" LIMIT {int(limit)}"
+        )
+        return sql, params
+
+    def count_sql(self) -> tuple[str, list[Any]]:
+        """``SELECT COUNT(*)`` of the instances :meth:`retrieve_sql` gives."""
+        where, params = self._where()
+        return f"SELECT COUNT(*) FROM {_FROM[IMAGE]}{where}", params
+
+
+def _multi_col(key: _Key) -> str:
+    return "x.modality" if key.keyword == "ModalitiesInStudy" else "x.sop_class_uid"
+
+
+def _is_single(vr: str, value: str | None) -> bool:
+    if value is None or "\\" in value or value.strip() in ("", "*"):
+        return False
+    return not (vr in WILDCARD_VRS and ("*" in value or "?" in value))
+
+
+def plan_query(identifier: Dataset, model: InformationModel, service: str) -> Query:
+    """Check a C-FIND/C-GET/C-MOVE identifier against ``model`` and plan its query.
+
+    ``service`` is ``"FIND"``, ``"GET"`` or ``"MOVE"``. Raises
+    :class:`QRError`: 0xA900 when the identifier breaks the hierarchical
+    model (PS3.4 C.4.1.2.1), 0xC001 for a malformed matching value.
+    """
+    raw_level = identifier.get("QueryRetrieveLevel")
+    level = str(raw_level or "").strip().upper()
+    if not level:
+        raise QRError(IDENTIFIER_MISMATCH, "no Query/Retrieve Level", _TAG_QR_LEVEL)
+    if level not in model.levels:
+        raise QRError(
+            IDENTIFIER_MISMATCH,
+            f"level {level} is not in the {model.name} model",
+            _TAG_QR_LEVEL,
+        )
+    rank = _RANK[level]
+    conditions: list[tuple[_Key, str]] = []
+    requested: list[DataElement] = []
+    unsupported = False
+    wants_charset = False
+    values: dict[str, str | None] = {}
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag == _TAG_QR_LEVEL or tag >> 16 in (0x0000, 0x0002) or tag & 0xFFFF == 0:
+            continue
+        if tag == _TAG_CHARSET:
+            wants_charset = True
+            continue
+        requested.append(elem)
+        if tag in _SPECIAL_TAGS:
+            continue
+        key = _KEYS_BY_TAG.get(tag)
+        if key is None:
+            unsupported = True
+            continue
+        key_level = model.level_of(key.entity)
+        if key_level is None:
+            raise QRError(
+                IDENTIFIER_MISMATCH,
+                f"{key.keyword} is not a key of the {model.name} model",
+                tag,
+            )
+        if _RANK[key_level] > rank:
+            raise QRError(IDENTIFIER_MISMATCH, f"{key.keyword} is below the {level} level", tag)
+        text = _element_text(elem)
+        values[key.keyword] = text
+        if key.kind == _COUNT:
+            if text is not None:
+                unsupported = True  # return keys only: not matched
+            continue
+        if text is not None:
+            parse_terms(key.vr, text)  # raises on malformed values
+            conditions.append((key, text))
+    for above in model.levels[: model.levels.index(level)]:
+        keyword = UNIQUE_KEYS[above]
+        vr = _KEYS[keyword].vr
+        if not _is_single(vr, values.get(keyword)):
+            raise QRError(
+                IDENTIFIER_MISMATCH,
+                f"{keyword} must have a single value above the {level} level",
+                int(tag_for_keyword(keyword) or 0),
+            )
+    if service != "FIND":
+        keyword = UNIQUE_KEYS[level]
+        value = values.get(keyword)
+        vr = _KEYS[keyword].vr
+        if (
+            value is None
+            or value.strip() == "*"
+            or (vr in WILDCARD_VRS and ("*" in value or "?" in value))
+        ):
+            raise QRError(
+                IDENTIFIER_MISMATCH,
+                f"a retrieve at the {level} level needs {keyword} values",
+                int(tag_for_keyword(keyword) or 0),
+            )
+        # Only the unique keys select what is retrieved (PS3.4 C.4.2.2.1).
+        unique = {UNIQUE_KEYS[lv] for lv in model.levels[: model.levels.index(level) + 1]}
+        conditions = [(k, v) for k, v in conditions if k.keyword in unique]
+    return Query(model, service, level, conditions, requested, unsupported, wants_charset)
+
+
+def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset:
+    """The response identifier of one match: exactly the requested keys.
+
+    ``row`` holds the values of :meth:`Query.returned_keys`, in order.
+    """
+    ds = Dataset()
+    values = iter(row)
+    non_ascii = False
+    for elem in query.requested:
+        tag = int(elem.tag)
+        key = _KEYS_BY_TAG.get(tag)
+        vr = elem.VR
+        value: Any
+        if key is not None:
+            found = next(values)
+            vr = key.vr
+            if found is None or found == "":
+                value = None
+            elif key.kind == _COUNT:
+                value = str(int(found))
+            elif key.kind == _MULTI:
+                value = sorted(str(found).split(","))
+            else:
+                value = str(found)
+                non_ascii = non_ascii or not value.isascii()
+        elif tag == _TAG_RETRIEVE_AET:
+            value = ae_title
+        elif tag == _TAG_AVAILABILITY:
+            value = "ONLINE"
+        elif vr == "SQ":
+            value = []
+        else:
+            value = None
+        if vr == "SQ":
+            ds.add_new(tag, "SQ", [] if value is None else value)
+        else:
+            ds.add_new(tag, vr, value)
+    if query.wants_charset or non_ascii:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = query.level
+    return ds
+
+
+# ---------------------------------------------------------------------------
+# Destinations
+
+
+class Destination(NamedTuple):
+    """A C-MOVE destination's address."""
+
+    host: str
+    port: int
+
+
+def _address(text: str) -> Destination:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return Destination(host.strip("[]"), int(port))
+
+
+def parse_destination(text: str) -> tuple[str, Destination]:
+    """Parse ``AET=HOST:PORT`` (as given to ``--dest``); IPv6 hosts in brackets."""
+    aet, sep, address = text.partition("=")
+    aet = aet.strip()
+    if not sep or not aet or len(aet) > 16:
+        raise ValueError(f"{text!r} is not AET=HOST:PORT")
+    return aet, _address(address)
+
+
+def load_destinations(path: str | os.PathLike[str]) -> dict[str, Destination]:
+    """Read C-MOVE destinations from a TOML file (blocking).
+
+    The file has a ``[destinations]`` table mapping each AE title to
+    ``"host:port"`` or to an inline table ``{ host = "...", port = N }``::
+
+        [destinations]
+        STORESCP = "127.0.0.1:11113"
+        PACS = { host = "pacs.example.org", port = 104 }
+
+    Raises ``ValueError`` for a malformed file or entry.
+    """
+    with open(path, "rb") as f:
+        try:
+            data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
+    table = data.get("destinations", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{os.fspath(path)}: [destinations] is not a table")
+    out: dict[str, Destination] = {}
+    for aet, entry in table.items():
+        if isinstance(entry, str):
+            out[aet.strip()] = _address(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("port"), int) and entry.get("host"):
+            out[aet.strip()] = Destination(str(entry["host"]), int(entry["port"]))
+        else:
+            raise ValueError(f"{os.fspath(path)}: bad destination {aet} = {entry!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# The index
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """What the index keeps of one instance (values normalized, ``""`` when absent)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    path: str
+    patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    referring_physician_name: str = ""
+    modality: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    series_date: str = ""
+    series_time: str = ""
+    instance_number: str = ""
+    content_date: str = ""
+    content_time: str = ""
+    transfer_syntax_uid: str = ""
+    size: int = 0
+
+    @classmethod
+    def from_dataset(
+        cls, ds: Dataset, *, path: str, transfer_syntax: str, size: int
+    ) -> InstanceRecord:
+        """The record of ``ds``; raises :class:`QRError` (0xC000) without valid UIDs."""
+
+        def text(keyword: str, vr: str) -> str:
+            value = ds.get(keyword)
+            if value is None or value == "":
+                return ""
+            if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+                value = "\\".join(str(v) for v in value)
+            return normalize(vr, str(value))
+
+        uids = {}
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            uid = text(keyword, "UI")
+            if not _UID_RE.match(uid) or len(uid) > 64:
+                raise QRError(0xC000, f"the data set has no valid {keyword}")
+            uids[keyword] = uid
+        return cls(
+            sop_instance_uid=uids["SOPInstanceUID"],
+            sop_class_uid=uids["SOPClassUID"],
+            study_uid=uids["StudyInstanceUID"],
+            series_uid=uids["SeriesInstanceUID"],
+            path=path,
+            patient_id=text("PatientID", "LO"),
+            patient_name=text("PatientName", "PN"),
+            birth_date=text("PatientBirthDate", "DA"),
+            sex=text("PatientSex", "CS"),
+            study_date=text("StudyDate", "DA"),
+            study_time=text("StudyTime", "TM"),
+            accession_number=text("AccessionNumber", "SH"),
+            study_id=text("StudyID", "SH"),
+            study_description=text("StudyDescription", "LO"),
+            referring_physician_name=text("ReferringPhysicianName", "PN"),
+            modality=text("Modality", "CS"),
+            series_number=text("SeriesNumber", "IS"),
+            series_description=text("SeriesDescription", "LO"),
+            series_date=text("SeriesDate", "DA"),
+            series_time=text("SeriesTime", "TM"),
+            instance_number=text("InstanceNumber", "IS"),
+            content_date=text("ContentDate", "DA"),
+            content_time=text("ContentTime", "TM"),
+            transfer_syntax_uid=str(transfer_syntax),
+            size=size,
+        )
+
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS patient (
+    patient_id TEXT PRIMARY KEY NOT NULL,
+    patient_name TEXT NOT NULL DEFAULT '',
+    birth_date TEXT NOT NULL DEFAULT '',
+    sex TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS study (
+    study_uid TEXT PRIMARY KEY NOT NULL,
+    patient_id TEXT NOT NULL,
+    study_date TEXT NOT NULL DEFAULT '',
+    study_time TEXT NOT NULL DEFAULT '',
+    accession_number TEXT NOT NULL DEFAULT '',
+    study_id TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    referring_physician_name TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS study_patient ON study (patient_id);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY NOT NULL,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    series_number TEXT NOT NULL DEFAULT '',
+    series_description TEXT NOT NULL DEFAULT '',
+    series_date TEXT NOT NULL DEFAULT '',
+    series_time TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS series_study ON series (study_uid);
+CREATE TABLE IF NOT EXISTS instance (
+    sop_instance_uid TEXT PRIMARY KEY NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    instance_number TEXT NOT NULL DEFAULT '',
+    content_date TEXT NOT NULL DEFAULT '',
+    content_time TEXT NOT NULL DEFAULT '',
+    transfer_syntax_uid TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instance_series ON instance (series_uid);
+"""
+
+_RECORD_FIELDS: Final = tuple(f.name for f in fields(InstanceRecord))
+
+
+def _upsert(conn: sqlite3.Connection, rec: InstanceRecord) -> None:
+    """Insert or replace one instance and its parents, pruning emptied parents (blocking)."""
+    old = conn.execute(
+        "SELECT i.series_uid, se.study_uid, st.patient_id FROM instance i"
+        " LEFT JOIN series se ON se.series_uid = i.series_uid"
+        " LEFT JOIN study st ON st.study_uid = se.study_uid"
+        " WHERE i.sop_instance_uid = ?",
+        (rec.sop_instance_uid,),
+    ).fetchone()
+    conn.execute(
+        "INSERT INTO patient (patient_id, patient_name, birth_date, sex) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (patient_id) DO UPDATE SET patient_name = excluded.patient_name,"
+        " birth_date = excluded.birth_date, sex = excluded.sex",
+        (rec.patient_id, rec.patient_name, rec.birth_date, rec.sex),
+    )
+    conn.execute(
+        "INSERT INTO study (study_uid, patient_id, study_date, study_time, accession_number,"
+        " study_id, study_description, referring_physician_name)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (study_uid) DO UPDATE SET"
+        " patient_id = excluded.patient_id, study_date = excluded.study_date,"
+        " study_time = excluded.study_time, accession_number = excluded.accession_number,"
+        " study_id = excluded.study_id, study_description = excluded.study_description,"
+        " referring_physician_name = excluded.referring_physician_name",
+        (
+            rec.study_uid,
+            rec.patient_id,
+            rec.study_date,
+            rec.study_time,
+            rec.accession_number,
+            rec.study_id,
+            rec.study_description,
+            rec.referring_physician_name,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO series (series_uid, study_uid, modality, series_number,"
+        " series_description, series_date, series_time) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (series_uid) DO UPDATE SET study_uid = excluded.study_uid,"
+        " modality = excluded.modality, series_number = excluded.series_number,"
+        " series_description = excluded.series_description,"
+        " series_date = excluded.series_date, series_time = excluded.series_time",
+        (
+            rec.series_uid,
+            rec.study_uid,
+            rec.modality,
+            rec.series_number,
+            rec.series_description,
+            rec.series_date,
+            rec.series_time,
+        ),
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO instance (sop_instance_uid, series_uid, sop_class_uid,"
+        " instance_number, content_date, content_time, transfer_syntax_uid, path, size)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            rec.sop_instance_uid,
+            rec.series_uid,
+            rec.sop_class_uid,
+            rec.instance_number,
+            rec.content_date,
+            rec.content_time,
+            rec.transfer_syntax_uid,
+            rec.path,
+            rec.size,
+        ),
+    )
+    if old is not None:
+        series_uid, study_uid, patient_id = old
+        conn.execute(
+            "DELETE FROM series WHERE series_uid = ?"
+            " AND NOT EXISTS (SELECT 1 FROM instance WHERE series_uid = ?)",
+            (series_uid, series_uid),
+        )
+        conn.execute(
+            "DELETE FROM study WHERE study_uid = ?"
+            " AND NOT EXISTS (SELECT 1 FROM series WHERE study_uid = ?)",
+            (study_uid, study_uid),
+        )
+        conn.execute(
+            "DELETE FROM patient WHERE patient_id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM study WHERE patient_id = ?)",
+            (patient_id, patient_id),
+        )
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    """A connection with ``qr_fold`` registered (blocking)."""
+    if readonly:
+        conn = sqlite3.connect(
+            path.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            check_same_thread=False,
+            isolation_level=None,
+        )
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.create_function("qr_fold", 1, _fold, deterministic=True)
+    return conn
+
+
+def object_path(sop_instance_uid: str) -> str:
+    """Where an instance lives, relative to the archive directory.
+
+    ``objects/<2 hex digits>/<SOP Instance UID>.dcm``; the UID must be valid.
+    """
+    if not _UID_RE.match(sop_instance_uid) or len(sop_instance_uid) > 64:
+        raise QRError(0xC000, f"{sop_instance_uid!r} is not a valid UID")
+    bucket = hashlib.sha1(sop_instance_uid.encode("ascii")).hexdigest()[:2]
+    return f"objects/{bucket}/{sop_instance_uid}.dcm"
+
+
+# ---------------------------------------------------------------------------
+# The archive
+
+
+class Archive:
+    """A DICOM file store under ``directory`` with its SQLite index, and Q/R handlers.
+
+    Open it with ``await Archive.open(directory, ...)`` (or ``async with``)
+    and close it with :meth:`aclose`. :meth:`handlers` gives the
+    ``evt_handlers`` for a server; :func:`setup_ae` prepares the AE.
+    """
+
+    #: Rows fetched per worker-thread call while streaming matches.
+    batch_size: int = 500
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        ae_title: str = "AIODICOM",
+        destinations: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.ae_title = ae_title
+        #: C-MOVE destinations by AE title.
+        self.destinations: dict[str, Destination] = {
+            aet: Destination(*addr) for aet, addr in (destinations or {}).items()
+        }
+        #: Rows fetched from the index by queries so far (for tests and statistics).
+        self.rows_fetched = 0
+        self._conn: sqlite3.Connection | None = None
+        self._write_lock = threading.Lock()
+
+    @property
+    def index_path(self) -> Path:
+        """The SQLite index file."""
+        return self.directory / "index.sqlite"
+
+    @property
+    def incoming(self) -> Path:
+        """Where files are written before they are renamed into place (the spool directory)."""
+        return self.directory / ".incoming"
+
+    @classmethod
+    async def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        ae_title: str = "AIODICOM",
+        destinations: Mapping[str, tuple[str, int]] | None = None,
+    ) -> Archive:
+        """Create or open the archive in ``directory``."""
+        archive = cls(directory, ae_title=ae_title, destinations=destinations)
+        await anyio.to_thread.run_sync(archive._open)
+        return archive
+
+    def _open(self) -> None:
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        (self.directory / "objects").mkdir(exist_ok=True)
+        for stale in self.incoming.glob("*"):  # left by a crash: never indexed
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        conn = _connect(self.index_path, readonly=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def aclose(self) -> None:
+        """Close the index."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(conn.close)
+
+    async def __aenter__(self) -> Archive:
+        if self._conn is None:
+            await anyio.to_thread.run_sync(self._open)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- writing ----------------------------------------------------------
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the archive is not open")
+        return self._conn
+
+    async def add_records(self, records: Iterable[InstanceRecord]) -> None:
+        """Index records directly, in one transaction (no files are written)."""
+
+        def run() -> None:
+            conn = self._writer()
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for rec in records:
+                        _upsert(conn, rec)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+
+        await anyio.to_thread.run_sync(run)
+
+    def _store_blocking(
+        self, header: bytes, data: bytes | None, spooled: str | None, transfer_syntax: str
+    ) -> InstanceRecord:
+        """Put a received instance into place and index it, all or nothing (blocking)."""
+        if spooled is not None:
+            tmp = spooled
+        else:
+            assert data is not None
+            fd, tmp = tempfile.mkstemp(prefix="in-", suffix=".dcm", dir=self.incoming)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(header)
+                    f.write(data)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        try:
+            ds = dcmread(tmp, stop_before_pixels=True)
+            size = os.stat(tmp).st_size
+            uid = str(ds.get("SOPInstanceUID", "")).strip()
+            rel = object_path(uid)
+            rec = InstanceRecord.from_dataset(
+                ds, path=rel, transfer_syntax=transfer_syntax, size=size
+            )
+            final = self.directory / rel
+            final.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._writer()
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    _upsert(conn, rec)
+                    self._replace(tmp, final)
+                    tmp = ""
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            return rec
+        finally:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    @staticmethod
+    def _replace(tmp: str, final: Path) -> None:
+        """Rename the written file into place (a seam for tests)."""
+        os.replace(tmp, final)
+
+    async def store_file(self, path: str | os.PathLike[str]) -> InstanceRecord:
+        """Copy a Part 10 file into the archive and index it (the file is left alone)."""
+
+        def copy() -> str:
+            fd, tmp = tempfile.mkstemp(prefix="in-", suffix=".dcm", dir=self.incoming)
+            try:
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                    while block := src.read(1 << 20):
+                        out.write(block)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+            return tmp
+
+        def ts_of(tmp: str) -> str:
+            meta = dcmread(tmp, stop_before_pixels=True).file_meta
+            return str(meta.TransferSyntaxUID)
+
+        tmp = await anyio.to_thread.run_sync(copy)
+        try:
+            ts = await anyio.to_thread.run_sync(ts_of, tmp)
+        except BaseException:
+            await anyio.to_thread.run_sync(os.unlink, tmp)
+            raise
+        return await anyio.to_thread.run_sync(self._store_blocking, b"", None, tmp, ts)
+
+    # -- reading ----------------------------------------------------------
+
+    async def rows(self, sql: str, params: Sequence[Any]) -> AsyncGenerator[tuple[Any, ...], None]:
+        """Stream the rows of a query, :attr:`batch_size` per worker-thread call."""
+        conn = await anyio.to_thread.run_sync(lambda: _connect(self.index_path, readonly=True))
+        try:
+            cursor = await anyio.to_thread.run_sync(conn.execute, sql, list(params))
+            while True:
+                batch = await anyio.to_thread.run_sync(cursor.fetchmany, self.batch_size)
+                if not batch:
+                    return
+                self.rows_fetched += len(batch)
+                for row in batch:
+                    yield tuple(row)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(conn.close)
+
+    async def scalar(self, sql: str, params: Sequence[Any]) -> Any:
+        """The first column of the first row of a query."""
+
+        def run() -> Any:
+            conn = _connect(self.index_path, readonly=True)
+            try:
+                row = conn.execute(sql, list(params)).fetchone()
+            finally:
+                conn.close()
+            return None if row is None else row[0]
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def find(self, query: Query) -> AsyncGenerator[Dataset, None]:
+        """The response identifiers of a C-FIND query, streamed."""
+        sql, params = query.find_sql()
+        rows = self.rows(sql, params)
+        try:
+            async for row in rows:
+                yield build_identifier(query, row, self.ae_title)
+        finally:
+            await rows.aclose()
+
+    async def retrieve(self, query: Query) -> tuple[int, AsyncGenerator[str, None]]:
+        """The number of instances a C-GET/C-MOVE query selects, and their paths."""
+        count = int(await self.scalar(*query.count_sql()) or 0)
+        sql, params = query.retrieve_sql()
+
+        async def paths() -> AsyncGenerator[str, None]:
+            rows = self.rows(sql, params)
+            sent = 0
+            try:
+                async for (rel,) in rows:
+                    if sent >= count:
+                        return
+                    sent += 1
+                    yield str(self.directory / rel)
+            finally:
+                await rows.aclose()
+
+        return count, paths()
+
+    # -- handlers ---------------------------------------------------------
+
+    async def handle_echo(self, event: evt.Event) -> int:
+        """EVT_C_ECHO: success."""
+        return 0x0000
+
+    async def handle_store(self, event: evt.Event) -> int:
+        """EVT_C_STORE: write the instance atomically and index it."""
+        uid = str(event.request.get("AffectedSOPInstanceUID") or "")
+        if not _UID_RE.match(uid) or len(uid) > 64:
+            LOGGER.error("Refusing SOP Instance UID %r", uid)
+            return 0xC211
+        assert event.context is not None
+        spooled = event.dataset_path
+        header = part10_header(event.file_meta) if spooled is None else b""
+        data = None if spooled is not None else event.encoded_dataset()
+        try:
+            rec = await anyio.to_thread.run_sync(
+                self._store_blocking, header, data, spooled, str(event.context.transfer_syntax)
+            )
+        except QRError as exc:
+            LOGGER.error("Refusing instance %s: %s", uid, exc.comment)
+            return exc.status
+        except Exception:
+            LOGGER.exception("Could not store instance %s", uid)
+            return 0xC210
+        if rec.sop_instance_uid != uid:
+            LOGGER.warning(
+                "Instance stored under its data set's SOP Instance UID %s, not %s",
+                rec.sop_instance_uid,
+                uid,
+            )
+        LOGGER.info("Stored %s", rec.path)
+        return 0x0000
+
+    def _plan(self, event: evt.Event, service: str) -> Query:
+        model, found = model_for(str(event.request.get("AffectedSOPClassUID") or ""))
+        if found != service:
+            raise QRError(0xC000, f"{event.request.AffectedSOPClassUID} is not a {service} class")
+        try:
+            identifier = event.identifier
+        except Exception as exc:
+            raise QRError(0xC000, f"the identifier does not decode: {exc}") from exc
+        return plan_query(identifier, model, service)
+
+    async def handle_find(self, event: evt.Event) -> AsyncIterator[tuple[Any, Dataset | None]]:
+        """EVT_C_FIND: yield ``(0xFF00 or 0xFF01, identifier)`` per match."""
+        try:
+            query = self._plan(event, "FIND")
+        except QRError as exc:
+            LOGGER.warning("C-FIND refused: %s", exc.comment)
+            yield exc.as_status(), None
+            return
+        pending = 0xFF01 if query.unsupported else 0xFF00
+        matches = self.find(query)
+        try:
+            async for identifier in matches:
+                if event.is_cancelled:
+                    yield 0xFE00, None
+                    return
+                yield pending, identifier
+        except sqlite3.Error as exc:
+            LOGGER.error("C-FIND failed: %s", exc)
+            yield QRError(INDEX_FAILURE, f"index failure: {exc}").as_status(), None
+        finally:
+            await matches.aclose()
+
+    async def _contexts_for(self, query: Query) -> list[PresentationContext] | None:
+        """One context per (SOP class, transfer syntax) of the selected instances.
+
+        ``None`` when there are more pairs than an association can propose
+        (128): the library's default contexts are proposed then.
+        """
+        sql, params = query.pairs_sql(limit=129)
+        pairs = [row async for row in self.rows(sql, params)]
+        if not pairs or len(pairs) > 128:
+            return None
+        return [build_context(UID(a), [UID(t)]) for a, t in pairs]
+
+    async def _retrieve(self, event: evt.Event, service: str) -> AsyncGenerator[Any, None]:
+        """The C-GET/C-MOVE handler's items (for C-MOVE the destination comes first)."""
+        destination: tuple[Any, ...] | None = None
+        if service == "MOVE":
+            aet = str(event.move_destination or "").strip()
+            dest = self.destinations.get(aet)
+            if dest is None:
+                LOGGER.warning("C-MOVE to unknown destination %r", aet)
+                yield None, None
+                return
+            destination = tuple(dest)
+        try:
+            query = self._plan(event, service)
+            count, paths = await self.retrieve(query)
+            if destination is not None:
+                contexts = await self._contexts_for(query)
+                if contexts is not None:
+                    destination = (*destination, {"contexts": contexts})
+        except (QRError, sqlite3.Error) as exc:
+            error = exc if isinstance(exc, QRError) else QRError(INDEX_FAILURE, str(exc))
+            LOGGER.warning("C-%s refused: %s", service, error.comment)
+            if destination is not None:
+                yield destination
+            yield 0  # no sub-operations: the failure status is the final response
+            yield error.as_status(), None
+            return
+        try:
+            if destination is not None:
+                yield destination
+            yield count
+            async for path in paths:
+                if event.is_cancelled:
+                    yield 0xFE00, None
+                    return
+                yield 0xFF00, path
+        finally:
+            await paths.aclose()
+
+    def handle_get(self, event: evt.Event) -> AsyncGenerator[Any, None]:
+        """EVT_C_GET: yield the number of instances, then ``(0xFF00, path)`` for each.
+
+        A refused request yields 0 then the failure status (0xA900, 0xC0xx).
+        """
+        return self._retrieve(event, "GET")
+
+    def handle_move(self, event: evt.Event) -> AsyncGenerator[Any, None]:
+        """EVT_C_MOVE: yield the destination, the number of instances, then the paths.
+
+        The destination is ``(host, port, {"contexts": [...]})`` proposing one
+        context per SOP class and transfer syntax of the selected instances
+        (so compressed files can be sent as they are), ``(host, port)`` when
+        there are too many of them, or ``(None, None)`` for an AE title
+        not in :attr:`destinations` (answered 0xA801).
+        """
+        return self._retrieve(event, "MOVE")
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        """``evt_handlers`` answering C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE."""
+        return [
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_GET, self.handle_get),
+            (evt.EVT_C_MOVE, self.handle_move),
+        ]
+
+
+def setup_ae(ae: AE, archive: Archive) -> AE:
+    """Make ``ae`` a Q/R SCP for ``archive`` and return it.
+
+    Supported contexts: Verification; every storage SOP class in every
+    transfer syntax (Explicit VR Little Endian preferred), with both roles
+    accepted in a role selection (so a C-GET requestor can take the SCP role
+    for the instances we send back); FIND,
+    GET and MOVE of the Patient Root, Study Root and Patient/Study Only
+    models. Large incoming instances are spooled to the archive's
+    ``.incoming`` directory (the same file system, so they are renamed into
+    place).
+    """
+    ae.add_supported_context(sop_class.Verification)
+    # The acceptor picks the first of these the requestor proposes: prefer explicit VR.
+    first = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+    syntaxes = first + [ts for ts in AllTransferSyntaxes if ts not in first]
+    for cx in sop_class.AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
+    for model in MODELS:
+        for uid in (model.find, model.get, model.move):
+            ae.add_supported_context(uid)
+    ae.spool_directory = str(archive.incoming)
+    return ae
