@@ -9,6 +9,7 @@ findscu/getscu/movescu.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -526,6 +527,8 @@ async def test_store_file_and_pydicom_test_files(tmp_path: Path) -> None:
 # End to end: the archive served on loopback
 
 DCMTK = all(os.path.exists(f"/usr/bin/{t}") for t in ("findscu", "getscu", "movescu"))
+#: In CI (.ci/run sets it) a missing peer is a failure, not a skip.
+SKIP_WITHOUT_DCMTK = not DCMTK and not os.environ.get("AIODICOM_REQUIRE_PEERS")
 STORAGE = (
     sop_class.CTImageStorage,
     sop_class.MRImageStorage,
@@ -698,7 +701,7 @@ async def run_tool(*args: str, cwd: Path | None = None) -> subprocess.CompletedP
 
 
 @pytest.mark.interop
-@pytest.mark.skipif(not DCMTK, reason="dcmtk is not installed")
+@pytest.mark.skipif(SKIP_WITHOUT_DCMTK, reason="dcmtk is not installed")
 async def test_end_to_end_dcmtk(tmp_path: Path) -> None:
     movescu_port = free_port()
     async with (
@@ -833,3 +836,46 @@ def test_qrscp_config_errors(tmp_path: Path) -> None:
 
 def test_qrerror_is_exception() -> None:
     assert isinstance(QRError(0xA900, "x"), Exception)
+
+
+async def test_cli_find_get_move(tmp_path: Path) -> None:
+    """``aiodicom find|get|move`` against the Q/R SCP, as a newcomer would run them."""
+    files = [_testdata("CT_small.dcm"), _testdata("MR_small.dcm")]
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    async with (
+        storage_scp() as (dest_port, dest),
+        qr_server(tmp_path / "store", {"DEST": ("127.0.0.1", dest_port)}) as (_archive, port),
+    ):
+        cli = [sys.executable, "-m", "aiodicom"]
+        where = ["127.0.0.1", str(port)]
+        stored = await run_tool(*cli, "store", "-q", *where, *files)
+        assert stored.returncode == 0, stored.stderr
+        found = await run_tool(
+            *cli, "find", "--json", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", "StudyInstanceUID", "-k", "PatientName", *where,
+        )  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        lines = [json.loads(line) for line in found.stdout.decode().splitlines()]
+        assert sorted(d["0020000D"]["Value"][0] for d in lines) == sorted(
+            str(dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files
+        )
+        assert b"2 match(es), status 0x0000" in found.stderr
+        got = await run_tool(
+            *cli, "get", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={study_uid}", "-od", str(tmp_path / "got"), *where,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        (retrieved,) = (tmp_path / "got").iterdir()
+        assert dcmread(retrieved) == dcmread(files[0])
+        moved = await run_tool(
+            *cli, "move", "-aem", "DEST", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={study_uid}", *where,
+        )  # fmt: skip
+        assert moved.returncode == 0, moved.stderr
+        assert len(dest.stored) == 1
+        unknown = await run_tool(
+            *cli, "move", "-aem", "NOBODY", "-S", "-k", "QueryRetrieveLevel=STUDY",
+            "-k", f"StudyInstanceUID={study_uid}", *where,
+        )  # fmt: skip
+        assert unknown.returncode == 1
+        assert b"0xA801" in unknown.stderr
