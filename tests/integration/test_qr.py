@@ -504,3 +504,44 @@ async def test_get_without_bulk_data_strips_pixel_data() -> None:
     assert len(received) == 3
     assert all("PixelData" not in ds and ds.PatientID == "P1" for ds in received)
     assert all("PixelData" in ds for ds in DATA)  # the SCP's own instances are untouched
+
+
+FIND_MODELS = [
+    sop_class.PatientRootQueryRetrieveInformationModelFind,
+    sop_class.StudyRootQueryRetrieveInformationModelFind,
+    sop_class.PatientStudyOnlyQueryRetrieveInformationModelFind,
+    sop_class.ModalityWorklistInformationFind,
+    sop_class.GeneralRelevantPatientInformationQuery,
+    sop_class.BreastImagingRelevantPatientInformationQuery,
+    sop_class.CardiacRelevantPatientInformationQuery,
+    sop_class.HangingProtocolInformationModelFind,
+    sop_class.ColorPaletteQueryRetrieveInformationModelFind,
+    sop_class.GenericImplantTemplateInformationModelFind,
+    sop_class.ImplantAssemblyTemplateInformationModelFind,
+    sop_class.ImplantTemplateGroupInformationModelFind,
+    sop_class.DefinedProcedureProtocolInformationModelFind,
+    sop_class.ProtocolApprovalInformationModelFind,
+    sop_class.ProductCharacteristicsQuery,
+    sop_class.SubstanceApprovalQuery,
+    sop_class.InventoryFind,
+]
+
+
+@pytest.mark.parametrize("model", FIND_MODELS, ids=lambda uid: uid.name)
+async def test_every_c_find_service(model: Any) -> None:
+    """Each C-FIND based service of pynetdicom's list negotiates and answers."""
+    seen: list[str] = []
+
+    async def on_find(event: evt.Event) -> AsyncIterator[tuple[int, Dataset]]:
+        seen.append(str(event.request.AffectedSOPClassUID))
+        yield 0xFF00, answer(DATA[0])
+        yield 0xFF01, answer(DATA[1])
+
+    scu, scp = make_scu_ae(), make_scp_ae()
+    scu.add_requested_context(model)
+    scp.add_supported_context(model)
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_FIND, on_find)]) as assoc:
+            got = [int(s.Status) async for s, _ in assoc.send_c_find(query(), model)]
+    assert got == [0xFF00, 0xFF01, 0x0000]
+    assert seen == [model]
