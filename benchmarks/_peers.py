@@ -20,6 +20,23 @@ of DIR, in name order, on one association, reading each from disk.
     python benchmarks/_peers.py pynetdicom-store-scp [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py pynetdicom-store-scu PORT --dir DIR [--max-pdu N] [--pyn-chunked]
 
+C-FIND and C-GET (bench_qr.py): the find SCPs answer any Study Root C-FIND
+with ``--matches N`` study-level matches made one at a time as they are sent
+(a generator: nothing is built up front); the find SCUs send one C-FIND and
+count the responses. The get SCPs answer any Study Root C-GET with every
+``*.dcm`` file of DIR (aiodicom yields each file's path, pynetdicom a
+``dcmread`` of it, as its handlers must); the get SCUs discard what they
+receive (status 0x0000).
+
+    python benchmarks/_peers.py aiodicom-find-scp --matches N [--uvloop]
+    python benchmarks/_peers.py aiodicom-find-scu PORT [--uvloop]
+    python benchmarks/_peers.py pynetdicom-find-scp --matches N
+    python benchmarks/_peers.py pynetdicom-find-scu PORT
+    python benchmarks/_peers.py aiodicom-get-scp --dir DIR [--uvloop]
+    python benchmarks/_peers.py aiodicom-get-scu PORT [--uvloop]
+    python benchmarks/_peers.py pynetdicom-get-scp --dir DIR
+    python benchmarks/_peers.py pynetdicom-get-scu PORT
+
 ``--max-pdu 0`` (the default) keeps each library's own default maximum PDU.
 The store SCPs leave on SIGTERM through SystemExit, so ``python -m cProfile -o``
 gets to write its profile.
@@ -310,6 +327,272 @@ def pynetdicom_store_scu(args: argparse.Namespace) -> None:
     _emit(_store_result(files, seconds, pynetdicom_stalls=stalls))
 
 
+# -- C-FIND / C-GET (bench_qr.py) ------------------------------------------------
+
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_GET = "1.2.840.10008.5.1.4.1.2.2.3"
+DESCRIPTIONS = ["CT CHEST W CONTRAST", "MR BRAIN WO CONTRAST", "XR CHEST 2 VIEWS"]
+
+
+def _find_query() -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "*"
+    ds.PatientID = ""
+    ds.StudyInstanceUID = ""
+    ds.StudyDate = ""
+    ds.StudyDescription = ""
+    ds.AccessionNumber = ""
+    ds.ModalitiesInStudy = ""
+    return ds
+
+
+def _match(i: int) -> Any:
+    """The i-th study-level match, made when it is needed."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = f"Bench^Patient{i:06d}"
+    ds.PatientID = f"B{i:07d}"
+    ds.StudyInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{i + 1}"
+    ds.StudyDate = f"2023{i % 12 + 1:02d}{i % 28 + 1:02d}"
+    ds.StudyDescription = DESCRIPTIONS[i % 3]
+    ds.AccessionNumber = f"A{i:08d}"
+    ds.ModalitiesInStudy = ["CT", "MR", "CR"][i % 3]
+    return ds
+
+
+def _get_query() -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = "1.2.3"
+    return ds
+
+
+def aiodicom_find_scp(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, evt, sop_class
+
+    async def on_find(event: Any) -> Any:
+        for i in range(args.matches):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, _match(i)
+
+    async def main() -> None:
+        ae = AE("BENCH_SCP")
+        ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelFind)
+        handlers = [(evt.EVT_C_FIND, on_find)]
+        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
+            print(f"READY {server.port}", flush=True)
+            await server.serve_forever()
+
+    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+
+
+def aiodicom_find_scu(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, sop_class
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(sop_class.StudyRootQueryRetrieveInformationModelFind)
+        query = _find_query()
+        async with ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP") as assoc:
+            count = 0
+            start = time.perf_counter()
+            async for status, identifier in assoc.send_c_find(
+                query, sop_class.StudyRootQueryRetrieveInformationModelFind
+            ):
+                if status.Status in (0xFF00, 0xFF01):
+                    assert identifier is not None
+                    count += 1
+                else:
+                    assert status.Status == 0, status
+            seconds = time.perf_counter() - start
+        return {"responses": count, "seconds": seconds}
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
+def pynetdicom_find_scp(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    def on_find(event: Any) -> Any:
+        for i in range(args.matches):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, _match(i)
+
+    ae = AE(ae_title="BENCH_SCP")
+    ae.add_supported_context(STUDY_ROOT_FIND)
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_FIND, on_find)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+def pynetdicom_find_scu(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title="BENCH_SCU")
+    ae.add_requested_context(STUDY_ROOT_FIND)
+    ae.dimse_timeout = 60
+    assoc = ae.associate(
+        "127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    )
+    assert assoc.is_established
+    count = 0
+    start = time.perf_counter()
+    for status, identifier in assoc.send_c_find(_find_query(), STUDY_ROOT_FIND):
+        assert "Status" in status, "no response within the DIMSE timeout"
+        if status.Status in (0xFF00, 0xFF01):
+            assert identifier is not None
+            count += 1
+        else:
+            assert status.Status == 0, status
+    seconds = time.perf_counter() - start
+    assoc.release()
+    _emit({"responses": count, "seconds": seconds})
+
+
+def aiodicom_get_scp(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, evt, sop_class
+
+    files = _store_files(args.dir)
+
+    async def on_get(event: Any) -> Any:
+        yield len(files)
+        for path in files:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, path
+
+    async def main() -> None:
+        ae = AE("BENCH_SCP")
+        ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelGet)
+        ae.add_supported_context(
+            sop_class.CTImageStorage, [EXPLICIT_VR_LE], scu_role=True, scp_role=True
+        )
+        handlers = [(evt.EVT_C_GET, on_get)]
+        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
+            print(f"READY {server.port}", flush=True)
+            await server.serve_forever()
+
+    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+
+
+def aiodicom_get_scu(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE, build_role, evt, sop_class
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(sop_class.StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE])
+        received = 0
+
+        def on_store(event: Any) -> int:
+            nonlocal received
+            received += 1
+            return 0x0000
+
+        async with ae.associate(
+            "127.0.0.1",
+            args.port,
+            ae_title="BENCH_SCP",
+            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+            ext_neg=[build_role(sop_class.CTImageStorage, scp_role=True)],
+        ) as assoc:
+            start = time.perf_counter()
+            async for status, _identifier in assoc.send_c_get(
+                _get_query(), sop_class.StudyRootQueryRetrieveInformationModelGet
+            ):
+                final = status
+            seconds = time.perf_counter() - start
+        assert final.Status == 0, final
+        return {"instances": received, "seconds": seconds}
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
+def pynetdicom_get_scp(args: argparse.Namespace) -> None:
+    from pydicom import dcmread
+    from pynetdicom import AE, evt
+
+    files = _store_files(args.dir)
+
+    def on_get(event: Any) -> Any:
+        yield len(files)
+        for path in files:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, dcmread(path)
+
+    ae = AE(ae_title="BENCH_SCP")
+    ae.add_supported_context(STUDY_ROOT_GET)
+    ae.add_supported_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE], scu_role=True, scp_role=True)
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_GET, on_get)]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+def pynetdicom_get_scu(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, build_role, evt
+
+    ae = AE(ae_title="BENCH_SCU")
+    ae.add_requested_context(STUDY_ROOT_GET)
+    ae.add_requested_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE])
+    ae.dimse_timeout = 60
+    received = 0
+
+    def on_store(event: Any) -> int:
+        nonlocal received
+        received += 1
+        return 0x0000
+
+    assoc = ae.associate(
+        "127.0.0.1",
+        args.port,
+        ae_title="BENCH_SCP",
+        ext_neg=[build_role(CT_IMAGE_STORAGE, scp_role=True)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established
+    start = time.perf_counter()
+    final = None
+    for status, _identifier in assoc.send_c_get(_get_query(), STUDY_ROOT_GET):
+        assert "Status" in status, "no response within the DIMSE timeout"
+        final = status
+    seconds = time.perf_counter() - start
+    assoc.release()
+    assert final is not None and final.Status == 0, final
+    _emit({"instances": received, "seconds": seconds})
+
+
 # -- the bound: a bare asyncio echo of 16-byte messages -------------------------
 
 
@@ -358,6 +641,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", help="store SCUs: send every *.dcm file of DIR")
     parser.add_argument("--max-pdu", type=int, default=0, help="0: the library's default")
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
+    parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     args = parser.parse_args(argv)
     roles = {
         "aiodicom-scp": aiodicom_scp,
@@ -368,10 +652,18 @@ def main(argv: list[str] | None = None) -> None:
         "aiodicom-store-scu": aiodicom_store_scu,
         "pynetdicom-store-scp": pynetdicom_store_scp,
         "pynetdicom-store-scu": pynetdicom_store_scu,
+        "aiodicom-find-scp": aiodicom_find_scp,
+        "aiodicom-find-scu": aiodicom_find_scu,
+        "pynetdicom-find-scp": pynetdicom_find_scp,
+        "pynetdicom-find-scu": pynetdicom_find_scu,
+        "aiodicom-get-scp": aiodicom_get_scp,
+        "aiodicom-get-scu": aiodicom_get_scu,
+        "pynetdicom-get-scp": pynetdicom_get_scp,
+        "pynetdicom-get-scu": pynetdicom_get_scu,
         "raw-echo-server": raw_echo_server,
         "raw-echo-client": raw_echo_client,
     }
-    if args.role.endswith("-store-scp"):
+    if args.role.endswith(("-store-scp", "-find-scp", "-get-scp")):
         signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         roles[args.role](args)

@@ -630,6 +630,148 @@ def run_dcmtk() -> Callable[..., PeerResult]:
     return run
 
 
+# --------------------------------------------------------------------------- dcmtk dcmqrscp
+
+
+class DcmQRSCP:
+    """A running dcmtk ``dcmqrscp`` with a config and a storage area of its own."""
+
+    def __init__(
+        self,
+        process: PeerProcess,
+        port: int,
+        ae_title: str,
+        storage_dir: Path,
+        config_path: Path,
+        move_destinations: Mapping[str, tuple[str, int]],
+    ) -> None:
+        self.process = process
+        self.host = HOST
+        self.port = port
+        self.ae_title = ae_title
+        self.storage_dir = storage_dir
+        self.config_path = config_path
+        self.move_destinations = dict(move_destinations)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def files(self) -> list[Path]:
+        """The instances in the storage area (index.dat left out), sorted by path."""
+        return sorted(
+            p for p in self.storage_dir.iterdir() if p.is_file() and p.name != "index.dat"
+        )
+
+    def store(
+        self, *paths: str | os.PathLike[str], calling_ae: str = "FILLER", timeout: float = 60.0
+    ) -> PeerResult:
+        """C-STORE files and folders (recursively) into it with dcmtk storescu;
+        fails the test unless storescu succeeds."""
+        cp = run_command(
+            [
+                require_tool("storescu"),
+                "-aet",
+                calling_ae,
+                "-aec",
+                self.ae_title,
+                "+sd",
+                "+r",
+                HOST,
+                str(self.port),
+                *map(str, paths),
+            ],
+            timeout=timeout,
+        )
+        if cp.returncode != 0:
+            pytest.fail(f"storescu into dcmqrscp failed\n{cp.describe()}", pytrace=False)
+        return cp
+
+    def __repr__(self) -> str:
+        return f"<DcmQRSCP {self.ae_title}@{self.host}:{self.port} -> {self.storage_dir}>"
+
+
+def dcmqrscp_config(
+    port: int,
+    ae_title: str,
+    storage_dir: Path,
+    move_destinations: Mapping[str, tuple[str, int]],
+    max_pdu: int = 16384,
+) -> str:
+    """dcmqrscp.cfg text: one AE (read/write, any peer) over `storage_dir`, and
+    the move destinations (AE title -> host, port) in the HostTable."""
+    hosts = "\n".join(
+        f"dest{i} = ({aet}, {host}, {dport})"
+        for i, (aet, (host, dport)) in enumerate(move_destinations.items())
+    )
+    return (
+        f"NetworkTCPPort  = {port}\n"
+        f"MaxPDUSize      = {max_pdu}\n"
+        "MaxAssociations = 16\n\n"
+        f"HostTable BEGIN\n{hosts}\nHostTable END\n\n"
+        "VendorTable BEGIN\nVendorTable END\n\n"
+        "AETable BEGIN\n"
+        f"{ae_title}  {storage_dir}  RW  (500, 1024mb)  ANY\n"
+        "AETable END\n"
+    )
+
+
+@pytest.fixture
+def dcmqrscp_factory(
+    _peer_registry: _Registry,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., DcmQRSCP]:
+    """Factory: start(*extra_args, ae_title="DCMQRSCP", move_destinations={}, fill=(),
+    env=None, timeout=20.0) -> DcmQRSCP.
+
+    Writes ``dcmqrscp.cfg`` and a storage area under a fresh temp dir, runs
+    ``dcmqrscp -c CFG -v *extra_args PORT`` on a free port and, if `fill` names
+    files or folders, C-STOREs them into it with storescu. `move_destinations`
+    ({AE title: (host, port)}) becomes the HostTable, so C-MOVE can reach them.
+
+    dcmqrscp runs in its default mode, a child process per association:
+    ``--single-process`` (dcmtk 3.6.7 as packaged by Debian) dies of SIGSEGV in
+    ``DUL_DropAssociation`` (``strcmp``) right after its first association
+    ends, whatever the peer.
+    """
+    tool = require_tool("dcmqrscp")
+
+    def start(
+        *extra_args: str,
+        ae_title: str = "DCMQRSCP",
+        move_destinations: Mapping[str, tuple[str, int]] | None = None,
+        fill: Sequence[str | os.PathLike[str]] = (),
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_READY_TIMEOUT,
+    ) -> DcmQRSCP:
+        base = tmp_path_factory.mktemp("dcmqrscp")
+        storage = base / "storage"
+        storage.mkdir()
+        dests = dict(move_destinations or {})
+        for _attempt in range(3):  # free_port() can race with another process
+            port = free_port()
+            cfg = base / "dcmqrscp.cfg"
+            cfg.write_text(dcmqrscp_config(port, ae_title, storage, dests), encoding="ascii")
+            argv = [tool, "-c", str(cfg), "-v", *extra_args, str(port)]
+            try:
+                p = _peer_registry.start(
+                    argv, name="dcmqrscp", env=env, ready_port=port, timeout=timeout
+                )
+            except pytest.fail.Exception:
+                p = _peer_registry.procs[-1]
+                p.stop()
+                if "bind" in (p.stdout + p.stderr).lower():
+                    continue
+                raise
+            qr = DcmQRSCP(p, port, ae_title, storage, cfg, dests)
+            if fill:
+                qr.store(*fill)
+            return qr
+        pytest.fail("dcmqrscp: could not bind a free port in 3 attempts", pytrace=False)
+
+    return start
+
+
 # --------------------------------------------------------------------------- pynetdicom peer
 
 
@@ -745,6 +887,32 @@ def run_pynetdicom_scu(
     ) -> tuple[PeerResult, list[dict[str, Any]]]:
         out = tmp_path_factory.mktemp("pynetdicom_scu") / "events.jsonl"
         argv = [sys.executable, str(PEER_SCRIPT), "scu", "--out", str(out), *map(str, args)]
+        cp = run_command(argv, timeout=timeout, env=env)
+        return cp, read_jsonl(out)
+
+    return run
+
+
+@pytest.fixture
+def run_pynetdicom_qrscu(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., tuple[PeerResult, list[dict[str, Any]]]]:
+    """run(*args, timeout=60.0, env=None) -> (PeerResult, events).
+
+    Runs ``pynetdicom_peer.py qrscu --out FILE *args`` (one C-FIND, C-GET or
+    C-MOVE: "--port", port, "--service", "find", "--level", "STUDY", "-k",
+    "PatientID=*", "--cancel-after", "2", "--echo-after", "--store-dir", DIR,
+    ...) to completion. Exit codes as ``run_pynetdicom_scu``'s.
+    """
+    require_pynetdicom()
+
+    def run(
+        *args: str | os.PathLike[str] | int,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[PeerResult, list[dict[str, Any]]]:
+        out = tmp_path_factory.mktemp("pynetdicom_qrscu") / "events.jsonl"
+        argv = [sys.executable, str(PEER_SCRIPT), "qrscu", "--out", str(out), *map(str, args)]
         cp = run_command(argv, timeout=timeout, env=env)
         return cp, read_jsonl(out)
 

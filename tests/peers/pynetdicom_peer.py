@@ -35,6 +35,22 @@ one context per (SOP class, transfer syntax) found in the files, and logs one
 disk as it is (pynetdicom's ``STORE_SEND_CHUNKED_DATASET``) instead of
 decoding it with pydicom and re-encoding it.
 
+Query/Retrieve: the ``scp`` mode with ``--qr-dir DIR`` (repeatable) also
+serves C-FIND, C-GET and C-MOVE (Patient Root and Study Root) over the files
+under DIR, matched by ``tests/interop/_qr_data.py``; handlers check
+``event.is_cancelled`` before every response and answer 0xFE00 once it is
+set. ``--hold-after N`` makes a handler stop after N pending responses (or
+sub-operations) and wait up to ``--hold-timeout`` seconds for a C-CANCEL, so
+that a cancel from the peer is seen for certain. C-MOVE destinations come
+from ``--move-dest AET=HOST:PORT``; an unknown one is answered 0xA801. Each
+request logs one ``c_find`` / ``c_get`` / ``c_move`` event (identifier,
+matches, responses sent, ``cancelled``). The ``qrscu`` mode sends one C-FIND,
+C-GET or C-MOVE (``--service``, ``--model``, ``--level``, ``-k KEY=VALUE``),
+optionally sends a C-CANCEL after ``--cancel-after N`` responses, and logs
+every response (``find_rsp`` / ``get_rsp`` / ``move_rsp``: status,
+sub-operation counts, identifier) and, for C-GET, every C-STORE sub-operation
+it receives (``c_store``; written to ``--store-dir`` if given).
+
 This script never imports aiodicom: it is the independent peer.
 """
 
@@ -50,6 +66,8 @@ import socket
 import socketserver
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from pydicom import dcmread
@@ -70,6 +88,23 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
+import _qr_data as qr  # Q/R matching; no aiodicom in it
+
+QR_MODELS = {
+    "patient": (
+        "1.2.840.10008.5.1.4.1.2.1.1",
+        "1.2.840.10008.5.1.4.1.2.1.3",
+        "1.2.840.10008.5.1.4.1.2.1.2",
+    ),
+    "study": (
+        "1.2.840.10008.5.1.4.1.2.2.1",
+        "1.2.840.10008.5.1.4.1.2.2.3",
+        "1.2.840.10008.5.1.4.1.2.2.2",
+    ),
+}
+QR_SERVICE_INDEX = {"find": 0, "get": 1, "move": 2}
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -197,6 +232,20 @@ def nodelay_wanted() -> bool:
 # --------------------------------------------------------------------------- SCP
 
 
+class _Cancel:
+    """event.is_cancelled, latched: pynetdicom's is true once, then forgets the
+    C-CANCEL (ServiceClass.is_cancelled deletes it from cancel_req)."""
+
+    def __init__(self, event: evt.Event) -> None:
+        self.event = event
+        self.seen = False
+
+    def __call__(self) -> bool:
+        if not self.seen and self.event.is_cancelled:
+            self.seen = True
+        return self.seen
+
+
 class SCP:
     def __init__(self, args: argparse.Namespace, out: EventWriter) -> None:
         self.args = args
@@ -204,6 +253,13 @@ class SCP:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._stored = itertools.count(1)
+        self.instances: list[qr.Instance] = []
+        for folder in getattr(args, "qr_dir", []) or []:
+            files = sorted(
+                os.path.join(root, name) for root, _d, names in os.walk(folder) for name in names
+            )
+            self.instances += qr.index_files(f for f in files if _is_dicom(f))
+        self.move_dests: dict[str, tuple[str, int]] = dict(getattr(args, "move_dest", []) or [])
 
     def assoc_id(self, assoc: Any) -> int:
         with self._lock:
@@ -391,8 +447,89 @@ class SCP:
         os.replace(tmp, path)  # complete files only
         return path
 
+    # Query/Retrieve --------------------------------------------------------
+
+    def _hold(self, event: evt.Event, sent: int, cancel: _Cancel) -> float | None:
+        """--hold-after: after that many responses wait (bounded) for a C-CANCEL."""
+        if self.args.hold_after is None or sent != self.args.hold_after:
+            return None
+        started = time.monotonic()
+        deadline = started + self.args.hold_timeout
+        while not cancel() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return round(time.monotonic() - started, 3)
+
+    def _qr_common(self, event: evt.Event, ident: Any) -> dict[str, Any]:
+        return {
+            **self.common(event),
+            "message_id": event.request.MessageID,
+            "model": str(event.request.AffectedSOPClassUID),
+            "priority": event.request.Priority,
+            "identifier": identifier_dict(ident),
+        }
+
+    def on_c_find(self, event: evt.Event) -> Any:
+        ident = event.identifier
+        info = self._qr_common(event, ident)
+        sent, held, cancel = 0, None, _Cancel(event)
+        for rsp in qr.find_identifiers(self.instances, ident):
+            waited = self._hold(event, sent, cancel)
+            held = waited if waited is not None else held
+            if cancel():
+                break
+            yield 0xFF00, rsp
+            sent += 1
+        cancelled = cancel()
+        self.out.write("c_find", **info, sent=sent, held_s=held, cancelled=cancelled)
+        if cancelled:
+            yield 0xFE00, None
+
+    def _sub_operations(self, event: evt.Event, name: str, info: dict[str, Any]) -> Any:
+        selected = qr.select_instances(self.instances, event.identifier)
+        yield len(selected)
+        sent, held, cancel = 0, None, _Cancel(event)
+        for inst in selected:
+            waited = self._hold(event, sent, cancel)
+            held = waited if waited is not None else held
+            if cancel():
+                break
+            yield 0xFF00, dcmread(inst.path)
+            sent += 1
+        cancelled = cancel()
+        self.out.write(
+            name,
+            **info,
+            matches=len(selected),
+            sent=sent,
+            held_s=held,
+            cancelled=cancelled,
+            sop_instance_uids=[i.sop_instance_uid for i in selected[:sent]],
+        )
+        if cancelled:
+            yield 0xFE00, None
+
+    def on_c_get(self, event: evt.Event) -> Any:
+        info = self._qr_common(event, event.identifier)
+        yield from self._sub_operations(event, "c_get", info)
+
+    def on_c_move(self, event: evt.Event) -> Any:
+        dest_ae = str(event.move_destination).strip()
+        info = self._qr_common(event, event.identifier)
+        info["move_destination"] = dest_ae
+        dest = self.move_dests.get(dest_ae)
+        if dest is None:
+            self.out.write("c_move", **info, matches=None, sent=0, unknown_destination=True)
+            yield None, None
+            return
+        kwargs = {"evt_handlers": [(evt.EVT_CONN_OPEN, set_nodelay)]} if nodelay_wanted() else {}
+        yield dest[0], dest[1], kwargs
+        yield from self._sub_operations(event, "c_move", info)
+
     def handlers(self) -> list[Any]:
         return [
+            (evt.EVT_C_FIND, self.on_c_find),
+            (evt.EVT_C_GET, self.on_c_get),
+            (evt.EVT_C_MOVE, self.on_c_move),
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
             (evt.EVT_REQUESTED, self.on_requested),
@@ -405,6 +542,33 @@ class SCP:
             (evt.EVT_C_ECHO, self.on_c_echo),
             (evt.EVT_C_STORE, self.on_c_store),
         ]
+
+
+def _is_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM" and os.path.basename(path) != "DICOMDIR"
+    except OSError:
+        return False
+
+
+def identifier_dict(ds: Any) -> dict[str, Any] | None:
+    """A data set as {keyword: str value} (empty values as ""), for the JSON log."""
+    if ds is None:
+        return None
+    out: dict[str, Any] = {}
+    for elem in ds:
+        key = elem.keyword or str(elem.tag)
+        if elem.VR == "SQ":
+            out[key] = [identifier_dict(item) for item in elem.value]
+        elif elem.value is None or elem.value == "":
+            out[key] = ""
+        elif elem.VM > 1:
+            out[key] = [str(v) for v in elem.value]
+        else:
+            out[key] = str(elem.value)
+    return out
 
 
 def _title(title: Any) -> str | None:
@@ -436,6 +600,18 @@ def run_scp(args: argparse.Namespace) -> int:
     else:
         for cx in StoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax)
+    if args.qr_dir:
+        for uids in QR_MODELS.values():
+            for uid in uids:
+                ae.add_supported_context(uid)
+        # C-GET: accept the requestor's SCP role for the storage classes;
+        # C-MOVE: the sub-association proposes them.
+        classes = sorted({i.sop_class_uid for i in scp.instances} | set(qr.STORAGE_CLASSES))
+        syntaxes = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+        for uid in classes:
+            ae.add_supported_context(uid, scu_role=True, scp_role=True)
+            tss = sorted({i.transfer_syntax for i in scp.instances if i.sop_class_uid == uid})
+            ae.add_requested_context(uid, list(dict.fromkeys([*tss, *syntaxes])))
     for uid, scu_role, scp_role in args.role:
         # Already supported abstract syntaxes keep their transfer syntaxes and
         # get the roles; new ones get the default transfer syntaxes.
@@ -674,6 +850,128 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
     return EXIT_ABORTED
 
 
+# --------------------------------------------------------------------------- Q/R SCU
+
+
+def parse_key(text: str) -> tuple[str, str]:
+    key, _sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"-k wants KEYWORD[=VALUE], got {text!r}")
+    return key, value
+
+
+def run_qrscu(args: argparse.Namespace) -> int:
+    out = open_writer(args.out)
+    try:
+        code = _run_qrscu(args, out)
+    except Exception as exc:  # report, do not hide
+        out.write("error", error=f"{type(exc).__name__}: {exc}")
+        code = EXIT_FAILED
+    out.write("exit", code=code)
+    out.close()
+    return code
+
+
+def _run_qrscu(args: argparse.Namespace, out: EventWriter) -> int:
+    model = QR_MODELS[args.model][QR_SERVICE_INDEX[args.service]]
+    ae = AE(ae_title=args.calling)
+    ae.acse_timeout = args.acse_timeout
+    ae.dimse_timeout = args.dimse_timeout
+    ae.network_timeout = args.network_timeout
+    ae.add_requested_context(model)
+    ae.add_requested_context(Verification)
+    ext_neg: list[Any] = []
+    if args.service == "get":
+        for uid in qr.STORAGE_CLASSES:
+            ae.add_requested_context(uid, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+            ext_neg.append(build_role(uid, scp_role=True))
+
+    ident = qr.query(args.level, **dict(args.key))
+    stored = itertools.count(1)
+
+    def on_store(event: evt.Event) -> int:
+        req = event.request
+        path = None
+        if args.store_dir:
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = req.AffectedSOPClassUID
+            meta.MediaStorageSOPInstanceUID = req.AffectedSOPInstanceUID
+            meta.TransferSyntaxUID = event.context.transfer_syntax
+            meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+            path = os.path.join(
+                args.store_dir, f"{next(stored):06d}_{req.AffectedSOPInstanceUID}.dcm"
+            )
+            with open(path, "wb") as f:
+                f.write(b"\x00" * 128 + b"DICM")
+                write_file_meta_info(f, meta, enforce_standard=True)
+                f.write(req.DataSet.getbuffer())
+        out.write(
+            "c_store",
+            message_id=req.MessageID,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            move_originator_ae=getattr(req, "MoveOriginatorApplicationEntityTitle", None),
+            move_originator_message_id=getattr(req, "MoveOriginatorMessageID", None),
+            stored=path,
+        )
+        return 0x0000
+
+    handlers: list[Any] = [(evt.EVT_C_STORE, on_store)]
+    if nodelay_wanted():
+        handlers.append((evt.EVT_CONN_OPEN, set_nodelay))
+    assoc = ae.associate(
+        args.host, args.port, ae_title=args.called, ext_neg=ext_neg or None, evt_handlers=handlers
+    )
+    if not assoc.is_established:
+        out.write("association", status="rejected" if assoc.is_rejected else "aborted")
+        return EXIT_REJECTED if assoc.is_rejected else EXIT_ABORTED
+    out.write(
+        "association",
+        status="accepted",
+        contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
+    )
+
+    msg_id = 7
+    if args.service == "find":
+        responses = assoc.send_c_find(ident, model, msg_id=msg_id)
+    elif args.service == "get":
+        responses = assoc.send_c_get(ident, model, msg_id=msg_id)
+    else:
+        responses = assoc.send_c_move(ident, args.move_dest, model, msg_id=msg_id)
+    final = None
+    for count, (status, identifier) in enumerate(responses, 1):
+        code = int(status.Status) if "Status" in status else None
+        out.write(
+            f"{args.service}_rsp",
+            index=count - 1,
+            status=code,
+            remaining=status.get("NumberOfRemainingSuboperations"),
+            completed=status.get("NumberOfCompletedSuboperations"),
+            failed=status.get("NumberOfFailedSuboperations"),
+            warning=status.get("NumberOfWarningSuboperations"),
+            identifier=identifier_dict(identifier),
+        )
+        final = code
+        if code is None:
+            break
+        pending = code in (0xFF00, 0xFF01)
+        if args.cancel_after is not None and count == args.cancel_after and pending:
+            assoc.send_c_cancel(msg_id, query_model=model)
+            out.write("cancel_sent", after=count, message_id=msg_id)
+    if args.echo_after and assoc.is_established:
+        rsp = assoc.send_c_echo(msg_id=msg_id + 1)
+        out.write("c_echo", status=int(rsp.Status) if "Status" in rsp else None)
+    if assoc.is_established:
+        assoc.release()
+        out.write("released")
+    else:
+        out.write("aborted")
+        return EXIT_ABORTED
+    ok = {0x0000, 0xFE00} if args.cancel_after is not None else {0x0000}
+    return EXIT_OK if final in ok else EXIT_FAILED
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -719,6 +1017,29 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("--max-pdu", type=int, default=None)
     scp.add_argument("--max-associations", type=int, default=64)
     scp.add_argument("--out", metavar="FILE", help="JSON lines (default stdout after READY)")
+    scp.add_argument(
+        "--qr-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="serve C-FIND/C-GET/C-MOVE over the DICOM files under DIR",
+    )
+    scp.add_argument(
+        "--move-dest",
+        type=parse_dest,
+        action="append",
+        default=[],
+        metavar="AET=HOST:PORT",
+        help="a C-MOVE destination",
+    )
+    scp.add_argument(
+        "--hold-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Q/R handlers: after N responses wait for a C-CANCEL (up to --hold-timeout)",
+    )
+    scp.add_argument("--hold-timeout", type=float, default=10.0)
     timeouts(scp)
 
     scu = sub.add_parser("scu", help="associate, echo and/or store, release")
@@ -752,13 +1073,41 @@ def build_parser() -> argparse.ArgumentParser:
     scu.add_argument("--max-pdu", type=int, default=None)
     scu.add_argument("--out", metavar="FILE")
     timeouts(scu)
+
+    qrscu = sub.add_parser("qrscu", help="associate, one C-FIND/C-GET/C-MOVE, release")
+    qrscu.add_argument("--host", default="127.0.0.1")
+    qrscu.add_argument("--port", type=int, required=True)
+    qrscu.add_argument("--called", default="ANY-SCP")
+    qrscu.add_argument("--calling", default="PYNETDICOM_QR")
+    qrscu.add_argument("--service", choices=["find", "get", "move"], required=True)
+    qrscu.add_argument("--model", choices=["study", "patient"], default="study")
+    qrscu.add_argument("--level", default="STUDY")
+    qrscu.add_argument(
+        "-k", "--key", type=parse_key, action="append", default=[], metavar="KEYWORD[=VALUE]"
+    )
+    qrscu.add_argument("--move-dest", default="", metavar="AET")
+    qrscu.add_argument("--cancel-after", type=int, default=None, metavar="N")
+    qrscu.add_argument("--echo-after", action="store_true", help="C-ECHO after the operation")
+    qrscu.add_argument("--store-dir", metavar="DIR", help="C-GET: write received instances")
+    qrscu.add_argument("--out", metavar="FILE")
+    timeouts(qrscu)
     return p
+
+
+def parse_dest(text: str) -> tuple[str, tuple[str, int]]:
+    aet, sep, addr = text.partition("=")
+    host, sep2, port = addr.rpartition(":")
+    if not (aet and sep and sep2 and host and port.isdigit()):
+        raise argparse.ArgumentTypeError(f"--move-dest wants AET=HOST:PORT, got {text!r}")
+    return aet, (host, int(port))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mode == "scp":
         return run_scp(args)
+    if args.mode == "qrscu":
+        return run_qrscu(args)
     return run_scu(args)
 
 

@@ -1,0 +1,404 @@
+"""Query/Retrieve throughput and memory: C-FIND streaming and C-GET, aiodicom
+against pynetdicom (and dcmtk where it applies).
+
+Every row is measured in the same run, each peer in its own process on
+127.0.0.1 with TCP_NODELAY on every side, repetitions interleaved (best kept).
+Prints one Markdown table; ratios are against pynetdicom<->pynetdicom for the
+same workload.
+
+    python benchmarks/bench_qr.py                       # 1,000 / 10,000 / 100,000 matches, 2 runs
+    python benchmarks/bench_qr.py --quick               # 1,000 / 10,000 matches, 1 run
+    python benchmarks/bench_qr.py --matches 10000 --get 1000 --repeat 3
+
+* C-FIND: one Study Root C-FIND at STUDY level answered with N matches (8
+  attributes each). The SCP handlers make each match when it is about to be
+  sent (a generator), so the SCP's memory must not grow with N; the SCUs count
+  the responses without keeping them. Rate: responses per second, from the
+  C-FIND-RQ to the final response. Shown for several N to show that both
+  sides' peak RSS stays flat.
+* C-GET: one Study Root C-GET of N small CT instances (about 16 KB each,
+  generated as Part 10 files): the aiodicom SCP yields each file's path (sent
+  from disk), pynetdicom's a ``dcmread`` of it (what its C-GET handler must
+  yield); the SCUs discard what they receive. Rate: instances per second.
+* dcmtk rows: ``findscu``/``getscu`` run as one process per job, timed whole
+  (process start, association, release included: minus the best time of the
+  same tool against an SCP with 1 match / 1 instance); ``dcmqrscp`` (filled
+  with the C-GET instances by storescu) answers an IMAGE-level C-FIND over them
+  and the C-GET. dcmqrscp forks a child per association, so its RSS is not
+  shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_echo import dcmtk_tool, free_port  # noqa: E402
+from bench_store import (  # noqa: E402
+    ENV,
+    PEERS,
+    Server,
+    _wait_listening,
+    make_instances,
+    run_client,
+    server,
+    vm_hwm_mib,
+)
+
+PYN_REF = "pynetdicom <-> pynetdicom"
+FIND_KEYS = [
+    "-k",
+    "QueryRetrieveLevel=STUDY",
+    "-k",
+    "PatientName=*",
+    "-k",
+    "PatientID",
+    "-k",
+    "StudyInstanceUID",
+    "-k",
+    "StudyDate",
+    "-k",
+    "StudyDescription",
+    "-k",
+    "AccessionNumber",
+    "-k",
+    "ModalitiesInStudy",
+]
+
+
+@dataclass
+class Sample:
+    rate: float
+    count: int
+    scu_rss: float
+    scp_rss: float
+
+
+@dataclass
+class Pair:
+    name: str
+    scu: str  # aiodicom, pynetdicom, dcmtk
+    scp: str  # aiodicom, pynetdicom, dcmqrscp
+    uvloop: bool = False
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Workload:
+    key: str  # "find-10000", "get-1000"
+    service: str  # find, get
+    count: int
+    label: str
+
+
+def dcmqrscp_config(port: int, storage: Path) -> str:
+    return (
+        f"NetworkTCPPort  = {port}\nMaxPDUSize      = 16384\nMaxAssociations = 16\n\n"
+        "HostTable BEGIN\nHostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
+        f"AETable BEGIN\nBENCH_SCP  {storage}  RW  (10, 1024mb)  ANY\nAETable END\n"
+    )
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, root: Path) -> None:
+        self.args = args
+        self.root = root
+        self.findscu = dcmtk_tool("findscu")
+        self.getscu = dcmtk_tool("getscu")
+        self.storescu = dcmtk_tool("storescu")
+        self.dcmqrscp = dcmtk_tool("dcmqrscp")
+        self.get_dir = root / "get"
+        self.one_dir = root / "one"
+        self.study_uid = ""
+        self.series_uid = ""
+        self.dcmtk_base: dict[str, float] = {}
+        self.qr_port = 0
+        self.qr_proc: subprocess.Popen[str] | None = None
+
+    # -- SCPs
+
+    @contextmanager
+    def scp(self, pair: Pair, work: Workload, count: int | None = None) -> Iterator[Server]:
+        if pair.scp == "dcmqrscp":
+            assert self.qr_proc is not None
+            yield Server(self.qr_port, self.qr_proc)
+            return
+        role = f"{pair.scp}-{work.service}-scp"
+        argv = [*PEERS, role]
+        if work.service == "find":
+            argv += ["--matches", str(work.count if count is None else count)]
+        else:
+            argv += ["--dir", str(self.one_dir if count == 1 else self.get_dir)]
+        if pair.uvloop:
+            argv.append("--uvloop")
+        with server(argv) as srv:
+            yield srv
+
+    def start_dcmqrscp(self) -> None:
+        """dcmqrscp over a storage area filled with the C-GET instances."""
+        assert self.dcmqrscp and self.storescu
+        storage = self.root / "dcmqrscp"
+        storage.mkdir()
+        self.qr_port = free_port()
+        cfg = self.root / "dcmqrscp.cfg"
+        cfg.write_text(dcmqrscp_config(self.qr_port, storage))
+        self.qr_proc = subprocess.Popen(
+            [self.dcmqrscp, "-c", str(cfg), str(self.qr_port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=ENV,
+        )
+        _wait_listening(self.qr_proc, self.qr_port)
+        subprocess.run(
+            [
+                self.storescu,
+                "-aec",
+                "BENCH_SCP",
+                "+sd",
+                "127.0.0.1",
+                str(self.qr_port),
+                self.get_dir,
+            ],
+            check=True,
+            env=ENV,
+            timeout=600,
+        )
+
+    def stop_dcmqrscp(self) -> None:
+        if self.qr_proc is not None:
+            self.qr_proc.terminate()
+            self.qr_proc.wait(timeout=10)
+
+    # -- dcmtk clients
+
+    def dcmtk_argv(self, work: Workload, pair: Pair, port: int) -> list[str]:
+        common = ["-S", "-aet", "BENCH_SCU", "-aec", "BENCH_SCP"]
+        if work.service == "find":
+            assert self.findscu
+            keys = FIND_KEYS
+            if pair.scp == "dcmqrscp":  # dcmqrscp holds the C-GET series: IMAGE level
+                keys = [
+                    "-k",
+                    "QueryRetrieveLevel=IMAGE",
+                    "-k",
+                    f"StudyInstanceUID={self.study_uid}",
+                    "-k",
+                    f"SeriesInstanceUID={self.series_uid}",
+                    "-k",
+                    "SOPInstanceUID",
+                    "-k",
+                    "InstanceNumber",
+                ]
+            return [self.findscu, *common, *keys, "127.0.0.1", str(port)]
+        assert self.getscu
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={self.study_uid}"]
+        return [self.getscu, *common, "--ignore", *keys, "127.0.0.1", str(port)]
+
+    def dcmtk_baseline(self, work: Workload, pair: Pair) -> float:
+        """Best time of the dcmtk tool against an aiodicom SCP with 1 match / 1 instance."""
+        key = work.service
+        if key not in self.dcmtk_base:
+            base_pair = Pair("base", "dcmtk", "aiodicom")
+            times = []
+            for _ in range(3):
+                with self.scp(base_pair, work, count=1) as srv:
+                    times.append(run_client(self.dcmtk_argv(work, base_pair, srv.port)).seconds)
+            self.dcmtk_base[key] = min(times)
+        return self.dcmtk_base[key]
+
+    # -- one job
+
+    def run(self, pair: Pair, work: Workload) -> Sample:
+        with self.scp(pair, work) as srv:
+            if pair.scu == "dcmtk":
+                base = self.dcmtk_baseline(work, pair)
+                done = run_client(self.dcmtk_argv(work, pair, srv.port))
+                seconds = max(done.seconds - base, 1e-9)
+                sample = Sample(work.count / seconds, work.count, done.sampled_hwm_mib, 0.0)
+            else:
+                argv = [*PEERS, f"{pair.scu}-{work.service}-scu", str(srv.port)]
+                if pair.uvloop:
+                    argv.append("--uvloop")
+                done = run_client(argv)
+                res = json.loads(done.stdout.strip().splitlines()[-1])
+                count = res["responses"] if work.service == "find" else res["instances"]
+                if count != work.count:
+                    raise RuntimeError(f"{count} {work.service} results, expected {work.count}")
+                sample = Sample(count / res["seconds"], count, res["vm_hwm_mib"], 0.0)
+            sample.scp_rss = vm_hwm_mib(srv.proc.pid) if pair.scp != "dcmqrscp" else float("nan")
+        return sample
+
+
+def make_pairs(service: str, have: dict[str, bool]) -> list[Pair]:
+    pairs = [Pair("aiodicom <-> aiodicom (asyncio)", "aiodicom", "aiodicom")]
+    if have["uvloop"]:
+        pairs.append(Pair("aiodicom <-> aiodicom (uvloop)", "aiodicom", "aiodicom", True))
+    pairs += [
+        Pair(PYN_REF, "pynetdicom", "pynetdicom"),
+        Pair("aiodicom SCU -> pynetdicom SCP", "aiodicom", "pynetdicom"),
+        Pair("pynetdicom SCU -> aiodicom SCP", "pynetdicom", "aiodicom"),
+    ]
+    tool = "findscu" if service == "find" else "getscu"
+    if have[tool]:
+        pairs.append(Pair(f"dcmtk {tool} -> aiodicom SCP", "dcmtk", "aiodicom"))
+        if have["dcmqrscp"]:
+            pairs.append(Pair(f"dcmtk {tool} -> dcmtk dcmqrscp", "dcmtk", "dcmqrscp"))
+    return pairs
+
+
+def table(rows: list[tuple[Workload, list[Pair]]]) -> str:
+    lines = [
+        "| workload | pair | rate | vs pynetdicom | peak RSS MiB SCU | peak RSS MiB SCP | note |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for work, pairs in rows:
+        unit = "responses/s" if work.service == "find" else "instances/s"
+        ref = next((p for p in pairs if p.name == PYN_REF), None)
+        ref_rate = (
+            max((s.rate for s in ref.samples.get(work.key, [])), default=None) if ref else None
+        )
+        for p in pairs:
+            samples = p.samples.get(work.key, [])
+            error = p.errors.get(work.key, "")
+            if not samples and not error:
+                continue
+            if not samples:
+                lines.append(f"| {work.label} | {p.name} | - | | - | - | {error} |")
+                continue
+            rate = max(s.rate for s in samples)
+            ratio = f"{rate / ref_rate:.2f}x" if ref_rate else ""
+            scu = max(s.scu_rss for s in samples)
+            scp = max(s.scp_rss for s in samples)
+            scp_text = "-" if scp != scp else f"{scp:,.1f}"
+            note = error
+            if p.scu == "dcmtk":
+                note = (note + " whole process minus the 1-result baseline").strip()
+            if p.scp == "dcmqrscp" and work.service == "find":
+                note = (note + "; IMAGE level over the C-GET series").strip("; ")
+            lines.append(
+                f"| {work.label} | {p.name} | {rate:,.0f} {unit} | {ratio} | {scu:,.1f} "
+                f"| {scp_text} | {note} |"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 matches, 1 run")
+    parser.add_argument(
+        "--matches",
+        default="1000,10000,100000",
+        help="comma-separated C-FIND match counts (default 1000,10000,100000)",
+    )
+    parser.add_argument("--get", type=int, default=1000, help="instances per C-GET (0: skip)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per pair (best is kept)")
+    parser.add_argument(
+        "--pyn-max-matches",
+        type=int,
+        default=100_000,
+        help="skip pynetdicom find rows above this many matches (it does ~1,000/s)",
+    )
+    parser.add_argument("--only", default="", help="comma-separated substrings of pair names")
+    parser.add_argument("--tmpdir", default=None)
+    args = parser.parse_args()
+    if args.quick:
+        args.matches, args.repeat = "1000,10000", 1
+    counts = [int(c) for c in args.matches.split(",") if c.strip()]
+
+    started = time.perf_counter()
+    have = {
+        "findscu": bool(dcmtk_tool("findscu")),
+        "getscu": bool(dcmtk_tool("getscu")),
+        "dcmqrscp": bool(dcmtk_tool("dcmqrscp") and dcmtk_tool("storescu")),
+    }
+    try:
+        import uvloop  # noqa: F401
+
+        have["uvloop"] = True
+    except ImportError:
+        have["uvloop"] = False
+
+    works = [Workload(f"find-{n}", "find", n, f"C-FIND {n:,} matches") for n in counts]
+    if args.get:
+        works.append(Workload(f"get-{args.get}", "get", args.get, f"C-GET {args.get:,} instances"))
+    plan: list[tuple[Workload, list[Pair]]] = []
+    for work in works:
+        pairs = make_pairs(work.service, have)
+        if work.service == "find":
+            if work.count > args.pyn_max_matches:
+                pairs = [p for p in pairs if "pynetdicom" not in (p.scu, p.scp)]
+            if work.count != args.get:  # dcmqrscp holds the C-GET set: its size only
+                pairs = [p for p in pairs if p.scp != "dcmqrscp"]
+        if args.only:
+            wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+            pairs = [p for p in pairs if p.name == PYN_REF or any(w in p.name for w in wanted)]
+        plan.append((work, pairs))
+
+    with tempfile.TemporaryDirectory(prefix="bench_qr_", dir=args.tmpdir) as tmp:
+        root = Path(tmp)
+        bench = Bench(args, root)
+        t0 = time.perf_counter()
+        size = make_instances(bench.get_dir, max(args.get, 1), 64, 128, "g")
+        make_instances(bench.one_dir, 1, 64, 128, "o")
+        from pydicom import dcmread
+
+        head = dcmread(next(bench.get_dir.iterdir()), stop_before_pixels=True)
+        bench.study_uid, bench.series_uid = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
+        gen = time.perf_counter() - t0
+        if have["dcmqrscp"] and any(p.scp == "dcmqrscp" for _w, ps in plan for p in ps):
+            bench.start_dcmqrscp()
+        try:
+            for _ in range(args.repeat):
+                for work, pairs in plan:
+                    for pair in pairs:
+                        if work.key in pair.errors:
+                            continue
+                        try:
+                            pair.samples.setdefault(work.key, []).append(bench.run(pair, work))
+                        except Exception as exc:  # keep the other rows
+                            pair.errors[work.key] = f"failed: {str(exc).splitlines()[0][:120]}"
+                            print(f"{pair.name} {work.label}: {exc}", file=sys.stderr)
+        finally:
+            bench.stop_dcmqrscp()
+
+    print(table(plan))
+    print()
+    notes = [
+        "C-FIND: Study Root, STUDY level, 8 attributes per match, made lazily by the SCP "
+        "handler (aiodicom: async generator; pynetdicom: generator); SCUs count responses.",
+        f"C-GET: {args.get:,} CT instances of {size:,} bytes (64x128 16-bit, Explicit VR LE) "
+        f"on one association, generated in {gen:.1f} s; aiodicom's SCP yields paths, "
+        "pynetdicom's yields dcmread(path); SCUs discard (getscu --ignore).",
+        "Python SCUs time from the request to the final response on an established "
+        "association; findscu/getscu are timed whole minus the best of 3 runs against an "
+        "aiodicom SCP with 1 result (process start, association, release).",
+        "Peak RSS is VmHWM: Python SCUs report their own; findscu/getscu are sampled every "
+        "5 ms; an SCP's is read from /proc/PID/status just before it is stopped (a fresh "
+        "SCP process per job). TCP_NODELAY on every side; each library's default max PDU.",
+    ]
+    if any(c > args.pyn_max_matches for c in counts):
+        notes.append(f"pynetdicom rows above {args.pyn_max_matches:,} matches skipped.")
+    for note in notes:
+        print(f"* {note}")
+    print(
+        f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, best of {args.repeat} "
+        f"(interleaved); {time.perf_counter() - started:.0f} s."
+    )
+
+
+if __name__ == "__main__":
+    main()
