@@ -1727,7 +1727,7 @@ class Association:
                 return counts.final(error_base + 0x11)
             fields = _status_fields(status, error_base + 0x11)
             if fields["Status"] not in _PENDING:
-                out = counts.final(None)
+                out = counts.final(fields["Status"])  # Remaining too, for a cancel
                 out.update(fields)
                 return out
             if event.is_cancelled:

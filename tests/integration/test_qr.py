@@ -545,3 +545,33 @@ async def test_every_c_find_service(model: Any) -> None:
             got = [int(s.Status) async for s, _ in assoc.send_c_find(query(), model)]
     assert got == [0xFF00, 0xFF01, 0x0000]
     assert seen == [model]
+
+
+async def test_cancelled_get_final_response_has_the_counts() -> None:
+    archive = Archive()
+    archive.blocker = anyio.Event()
+    scu, scp = qr_pair()
+    finals: list[dict[str, Any]] = []
+
+    def on_recv(event: evt.Event) -> None:
+        command = event.message.command
+        if command["CommandField"] == 0x8010 and command.get("Status") == 0xFE00:
+            finals.append(command)
+
+    with anyio.fail_after(GUARD):
+        async with (
+            memory_pair(
+                scu,
+                scp,
+                scp_handlers=[*archive.handlers, unblock_on_cancel(archive)],
+                scu_handlers=[(evt.EVT_C_STORE, Stored()), (evt.EVT_DIMSE_RECV, on_recv)],
+                ext_neg=[build_role(CT, scp_role=True)],
+            ) as assoc,
+            assoc.send_c_get(query(), GET) as responses,
+        ):
+            async for _ in responses:
+                break
+    (final,) = finals
+    assert final["NumberOfRemainingSuboperations"] == 2
+    assert final["NumberOfCompletedSuboperations"] == 1
+    assert (final["NumberOfFailedSuboperations"], final["NumberOfWarningSuboperations"]) == (0, 0)
