@@ -33,6 +33,8 @@ __all__ = ("AsyncioStream", "Listener", "connect", "listen")
 
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
+#: Corked writes are flushed at once past this many bytes.
+_CORK_LIMIT = 1 << 18
 
 
 def _on_asyncio() -> bool:
@@ -111,6 +113,12 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
+        # Writes made during one event-loop iteration go out together at its
+        # end (one system call for, say, a burst of C-FIND responses): the
+        # first schedules the flush, the others join it.
+        self._corked: list[bytes] = []
+        self._corked_size = 0
+        self._loop = asyncio.get_running_loop()
 
     def set_consumer(self, consumer: Callable[[bytes], bytes] | None) -> None:
         """Give arriving bytes to ``consumer`` first, while nothing is buffered.
@@ -154,14 +162,32 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from protocol.exception
-        self._transport.write(item)
+        corked = self._corked
+        if not corked:
+            self._loop.call_soon(self._flush)
+        corked.append(item)
+        self._corked_size += len(item)
+        if self._corked_size >= _CORK_LIMIT:
+            self._flush()
         drain = protocol.drain
         if drain is not None:
             await drain
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.exception
 
+    def _flush(self) -> None:
+        """Hand what was written in this loop iteration to the transport."""
+        corked = self._corked
+        if not corked:
+            return
+        data = corked[0] if len(corked) == 1 else b"".join(corked)
+        corked.clear()
+        self._corked_size = 0
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
     async def send_eof(self) -> None:
+        self._flush()
         if self._transport.can_write_eof():
             self._transport.write_eof()
 
@@ -169,6 +195,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         if self._closed:
             return
         self._closed = True
+        self._flush()
         transport = self._transport
         # A transport still holding unsent data belongs to a peer that stopped
         # reading: close() would wait for it forever, so abort instead.

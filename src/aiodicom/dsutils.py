@@ -14,10 +14,13 @@ from io import BytesIO
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -55,12 +58,89 @@ def decode_dataset(data: bytes, transfer_syntax: str | UID | None) -> Dataset:
             raise DIMSEError(f"deflated data set does not inflate: {exc}") from None
     implicit = ts == ImplicitVRLittleEndian
     little = ts != UID("1.2.840.10008.1.2.2")
+    if little:
+        fast = _decode_simple(data, implicit)
+        if fast is not None:
+            return fast
     try:
         ds = read_dataset(BytesIO(data), implicit, little)
     except Exception as exc:  # pydicom raises many types on garbage
         raise DIMSEError(f"data set does not decode in {ts.name}: {exc}") from exc
     ds.set_original_encoding(implicit, little, None)
     return ds
+
+
+def _decode_simple(data: bytes, implicit: bool) -> Dataset | None:
+    """A flat little endian data set as a Dataset of raw elements, without pydicom's reader.
+
+    Like pydicom's reader it leaves every value raw, converted on first
+    access; it only walks the element headers, which is most of the cost of a
+    query identifier or response. A sequence, an undefined length or
+    anything malformed returns ``None``: the caller then uses pydicom (which
+    also reports the errors).
+    """
+    from .dimse import _new_dataset
+
+    elements: dict[BaseTag, Any] = {}
+    pos, end = 0, len(data)
+    unpack_tag = _TAG_LE.unpack_from
+    u32 = _U32LE.unpack_from
+    u16 = _U16LE.unpack_from
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, element = unpack_tag(data, pos)
+        if group == 0xFFFE:
+            return None
+        tag = BaseTag((group << 16) | element)
+        vr: str | None
+        if implicit:
+            vr = None
+            length = u32(data, pos + 4)[0]
+            header = 8
+            is_sequence = _IMPLICIT_SQ.get(tag)
+            if is_sequence is None:
+                is_sequence = _sequence_in_dictionary(tag)
+            if is_sequence:
+                return None
+        else:
+            code = data[pos + 4 : pos + 6]
+            if code == b"SQ" or not code.isalpha():
+                return None
+            vr = code.decode("ascii")
+            if code in _LONG_VRS:
+                if end - pos < 12:
+                    return None
+                length = u32(data, pos + 8)[0]
+                header = 12
+            else:
+                length = u16(data, pos + 6)[0]
+                header = 8
+        start = pos + header
+        if length == 0xFFFFFFFF or start + length > end:
+            return None
+        elements[tag] = RawDataElement(
+            tag, vr, length, data[start : start + length], start, implicit, True, True, False
+        )
+        pos = start + length
+    ds = _new_dataset(elements)
+    charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
+    ds.set_original_encoding(implicit, True, charset)
+    return ds
+
+
+_IMPLICIT_SQ: dict[BaseTag, bool] = {}
+
+
+def _sequence_in_dictionary(tag: BaseTag) -> bool:
+    """Whether an implicit VR element is a sequence by the dictionary (cached)."""
+    try:
+        found = dictionary_VR(tag) == "SQ"
+    except KeyError:
+        found = False  # private or unknown: pydicom reads it as UN too
+    if len(_IMPLICIT_SQ) < 4096:
+        _IMPLICIT_SQ[tag] = found
+    return found
 
 
 def file_meta_for(
@@ -121,6 +201,10 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
     """
     ts = UID(str(transfer_syntax))
     implicit, little = encoding_of(ts)
+    if little and ts != DeflatedExplicitVRLittleEndian:
+        fast = _encode_simple(ds, implicit)
+        if fast is not None:
+            return fast
     fp = DicomBytesIO()
     fp.is_implicit_VR = implicit
     fp.is_little_endian = little
@@ -135,6 +219,68 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
         if len(data) % 2:
             data += b"\x00"  # the deflated stream is padded to even length (PS3.5 A.5)
     return data
+
+
+#: Text VRs encoded here directly (ASCII values only); padded with a space.
+_TEXT_VRS = frozenset(
+    ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT")
+)
+_BINARY = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
+
+
+def _encode_simple(ds: Dataset, implicit: bool) -> bytes | None:
+    """Encode a flat data set of plain values (little endian) without pydicom's writer.
+
+    Query identifiers and responses are small flat data sets; pydicom's
+    general writer costs about a hundred microseconds for each, most of it
+    checks this needs once. Anything unusual (a sequence, a raw element, a
+    non-ASCII value, a Specific Character Set, a private or unknown VR, a
+    value too long for its length field) returns ``None``: the caller then
+    uses pydicom.
+    """
+    if "SpecificCharacterSet" in ds:
+        return None
+    out: list[bytes] = []
+    pack_tag = _TAG_LE.pack
+    for tag in sorted(ds.keys()):
+        elem = ds.get_item(tag)
+        if not isinstance(elem, DataElement):
+            return None  # a RawDataElement: pydicom knows how to re-encode it
+        vr = elem.VR
+        value = elem.value
+        if vr in _TEXT_VRS or vr == "UI":
+            if value is None or value == "":
+                raw = b""
+            else:
+                items = value if isinstance(value, MultiValue | list | tuple) else (value,)
+                text = "\\".join("" if v is None else str(v) for v in items)
+                if not text.isascii():
+                    return None
+                raw = text.encode("ascii")
+                if len(raw) % 2:
+                    raw += b"\x00" if vr == "UI" else b" "
+        elif vr in _BINARY:
+            if value is None or value == "":
+                raw = b""
+            else:
+                items = value if isinstance(value, MultiValue | list | tuple) else (value,)
+                try:
+                    raw = struct.pack(f"<{len(items)}{_BINARY[vr]}", *items)
+                except (struct.error, TypeError):
+                    return None
+        else:
+            return None
+        group, element = tag >> 16, tag & 0xFFFF
+        if implicit:
+            out.append(pack_tag(group, element) + _U32LE.pack(len(raw)))
+        elif vr in ("UC", "UR", "UT"):
+            out.append(pack_tag(group, element) + vr.encode() + b"\x00\x00" + _U32LE.pack(len(raw)))
+        else:
+            if len(raw) > 0xFFFF:
+                return None
+            out.append(pack_tag(group, element) + vr.encode() + _U16LE.pack(len(raw)))
+        out.append(raw)
+    return b"".join(out)
 
 
 def part10_header(meta: FileMetaDataset) -> bytes:
@@ -173,6 +319,7 @@ _LONG_VRS = frozenset(
 _PROBE_HEAD = 8192
 _U16LE = struct.Struct("<H")
 _U32LE = struct.Struct("<L")
+_TAG_LE = struct.Struct("<HH")
 
 
 def _scan(

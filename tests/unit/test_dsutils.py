@@ -1,0 +1,190 @@
+"""Data set helpers: the fast encoder agrees with pydicom byte for byte; probing files."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from aiodicom.dsutils import (
+    _encode_simple,
+    _probe_with_pydicom,
+    decode_dataset,
+    encode_dataset,
+    probe_part10,
+)
+
+
+def pydicom_bytes(ds: Dataset, implicit: bool) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = implicit
+    fp.is_little_endian = True
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def identifier() -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientName = "Doe^John^^Dr"
+    ds.PatientID = "ID1"  # odd length: padded with a space
+    ds.StudyInstanceUID = "1.2.3.45"  # odd: padded with NUL
+    ds.StudyDate = "20200101-20201231"
+    ds.StudyTime = ""
+    ds.ModalitiesInStudy = ["CT", "MR"]
+    ds.NumberOfStudyRelatedInstances = 12
+    ds.SliceThickness = "1.25"
+    ds.Rows = 512
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.RetrieveAETitle = "QRSCP"
+    ds.StudyDescription = "A study"
+    ds.InstitutionAddress = "somewhere"  # ST
+    ds.add_new(0x00081190, "UR", "http://example.org/a")
+    ds.add_new(0x00280106, "US", [1, 2, 3])
+    ds.add_new(0x00181310, "US", None)
+    ds.add_new(0x00189087, "FD", 1.5)
+    ds.add_new(0x0018602C, "FD", [0.25, 4.0])
+    ds.add_new(0x00209241, "FL", 2.5)
+    ds.add_new(0x00186020, "SL", -7)
+    ds.add_new(0x00280104, "SS", -3)
+    ds.add_new(0x00280303, "CS", None)
+    return ds
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_fast_encoder_matches_pydicom(implicit: bool) -> None:
+    ds = identifier()
+    fast = _encode_simple(ds, implicit)
+    assert fast is not None
+    assert fast == pydicom_bytes(ds, implicit)
+
+
+_TEXT = st.text(alphabet="ABCXYZ019 .^-*?", max_size=16)
+_VALUES = {
+    "PatientName": _TEXT,
+    "PatientID": _TEXT,
+    "AccessionNumber": _TEXT,
+    "StudyDescription": _TEXT,
+    "Modality": st.sampled_from(["", "CT", "MR", "OT"]),
+    "StudyInstanceUID": st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){0,6}", fullmatch=True),
+    "Rows": st.integers(0, 0xFFFF),
+    "InstanceNumber": st.integers(-(2**31), 2**31 - 1).map(str),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional=_VALUES), st.booleans())
+def test_fast_encoder_property(values: dict[str, object], implicit: bool) -> None:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    fast = _encode_simple(ds, implicit)
+    assert fast is not None
+    assert fast == pydicom_bytes(ds, implicit)
+
+
+def test_fast_encoder_declines_what_it_does_not_handle() -> None:
+    with_sequence = identifier()
+    item = Dataset()
+    item.CodeValue = "1"
+    with_sequence.ProcedureCodeSequence = Sequence([item])
+    non_ascii = identifier()
+    non_ascii.PatientName = "Müller^Hans"
+    charset = identifier()
+    charset.SpecificCharacterSet = "ISO_IR 100"
+    read = dcmread(get_testdata_file("CT_small.dcm"))  # raw elements
+    for ds in (with_sequence, non_ascii, charset, read):
+        assert _encode_simple(ds, False) is None
+        # encode_dataset falls back on pydicom for them
+        assert encode_dataset(ds, ExplicitVRLittleEndian) == pydicom_bytes(ds, False)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_encode_decode_round_trip(ts: str) -> None:
+    ds = identifier()
+    for elem in list(ds):
+        if elem.value is None:
+            del ds[elem.tag]  # decodes as "" (or []), not None
+    del ds[0x00280104], ds[0x00280106]  # "US or SS": implicit VR cannot tell
+    assert decode_dataset(encode_dataset(ds, ts), ts) == ds
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm", "rtplan.dcm"],
+)
+def test_probe_agrees_with_pydicom(name: str) -> None:
+    path = get_testdata_file(name)
+    assert path is not None
+    with open(path, "rb") as a, open(path, "rb") as b:
+        assert probe_part10(a) == _probe_with_pydicom(b)
+
+
+def test_probe_bare_data_set() -> None:
+    ds = identifier()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    info = probe_part10(io.BytesIO(encode_dataset(ds, ImplicitVRLittleEndian)))
+    assert (info.sop_class_uid, info.sop_instance_uid) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert info.transfer_syntax == ImplicitVRLittleEndian
+    assert info.offset == 0
+
+
+def pydicom_read(data: bytes, implicit: bool) -> Dataset:
+    from pydicom.filereader import read_dataset
+
+    return read_dataset(io.BytesIO(data), implicit, True)
+
+
+@pytest.mark.parametrize("implicit", [True, False])
+def test_fast_decoder_matches_pydicom(implicit: bool) -> None:
+    from aiodicom.dsutils import _decode_simple
+
+    ds = identifier()
+    del ds[0x00280104], ds[0x00280106]
+    data = pydicom_bytes(ds, implicit)
+    fast = _decode_simple(data, implicit)
+    assert fast is not None
+    assert fast == pydicom_read(data, implicit)
+    assert fast.original_encoding == (implicit, True)
+    charset = identifier()
+    charset.SpecificCharacterSet = "ISO_IR 100"
+    charset.PatientName = "Müller^Hans"
+    data = pydicom_bytes(charset, implicit)
+    fast = _decode_simple(data, implicit)
+    assert fast is not None and fast.PatientName == "Müller^Hans"
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "rtplan.dcm", "MR_small.dcm", "JPEG2000.dcm"])
+def test_decode_of_real_files(name: str) -> None:
+    """Files with sequences fall back on pydicom; either way the result is pydicom's."""
+    path = get_testdata_file(name)
+    assert path is not None
+    with open(path, "rb") as f:
+        info = probe_part10(f)
+        f.seek(info.offset)
+        data = f.read()
+    implicit = info.transfer_syntax == ImplicitVRLittleEndian
+    assert decode_dataset(data, info.transfer_syntax) == pydicom_read(data, implicit)
+
+
+def test_fast_decoder_declines_sequences_and_garbage() -> None:
+    from aiodicom.dsutils import _decode_simple
+
+    ds = identifier()
+    item = Dataset()
+    item.CodeValue = "1"
+    ds.ProcedureCodeSequence = Sequence([item])
+    for implicit in (True, False):
+        assert _decode_simple(pydicom_bytes(ds, implicit), implicit) is None
+    assert _decode_simple(b"\x10\x00\x10\x00PN\xff\x00abc", False) is None  # overruns
+    assert _decode_simple(b"\x10\x00\x10", False) is None  # truncated header
