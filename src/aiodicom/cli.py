@@ -490,6 +490,7 @@ async def _query(args: argparse.Namespace) -> int:
         summary = f"{matches} match(es), {summary}"
     elif args.command == "get":
         summary = f"{received} instance(s) retrieved, {summary}"
+    sys.stdout.flush()  # the matches first, then the summary
     print(summary, file=sys.stderr, flush=True)
     return 0 if final in (0x0000,) else 1
 
