@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
@@ -141,6 +142,10 @@ _READ_SIZE = 65536
 _FILE_BLOCK = 4 << 20
 #: Statuses of a pending C-FIND/C-GET/C-MOVE response (PS3.4 C.4).
 _PENDING = frozenset((0xFF00, 0xFF01))
+#: A C-FIND SCP yields to the event loop after this many responses.
+_YIELD_EVERY = 16
+#: States in which the reader may wait for the workers or a consumer.
+_FLOWING = frozenset((State.STA6, State.STA7))
 #: Responses received but not consumed past which the reader waits.
 _STREAM_BACKLOG = 256
 #: A message with a data set up to this size is written in one call.
@@ -1299,11 +1304,13 @@ class Association:
                 await self._on_message(msg)
                 # Backpressure: a peer that sends more requests than the
                 # window lets us perform waits (TCP) until workers catch up.
-                while len(self._jobs) > self._max_workers and not self._ul.is_closed:
+                # Only while DIMSE messages flow: once aborting, the reader
+                # must go on to see the connection close.
+                while len(self._jobs) > self._max_workers and self._ul.state in _FLOWING:
                     drained = self._drained = anyio.Event()
                     await drained.wait()
                 # ... and so does one whose responses nobody consumes yet.
-                while self._stream_backlog > _STREAM_BACKLOG and not self._ul.is_closed:
+                while self._stream_backlog > _STREAM_BACKLOG and self._ul.state in _FLOWING:
                     drained = self._backlog_drained = anyio.Event()
                     await drained.wait()
 
@@ -1553,10 +1560,19 @@ class Association:
     async def _find_responses(
         self, msg: Message, event: evt.Event, items: _HandlerItems, base: dict[str, Any], ts: UID
     ) -> dict[str, Any]:
-        """Send the pending C-FIND responses; return the final response's fields."""
+        """Send the pending C-FIND responses; return the final response's fields.
+
+        Writes seldom block (the transport buffers them), so the loop yields
+        to the event loop every few responses: other associations, and the
+        reader that would see a C-CANCEL, get their turn.
+        """
+        sent = 0
         while True:
             if event.is_cancelled:
                 return {"Status": 0xFE00}
+            sent += 1
+            if not sent % _YIELD_EVERY:
+                await anyio.lowlevel.checkpoint()
             try:
                 got, item = await items.next()
             except DIMSEError as exc:

@@ -575,3 +575,28 @@ async def test_cancelled_get_final_response_has_the_counts() -> None:
     assert final["NumberOfRemainingSuboperations"] == 2
     assert final["NumberOfCompletedSuboperations"] == 1
     assert (final["NumberOfFailedSuboperations"], final["NumberOfWarningSuboperations"]) == (0, 0)
+
+
+async def test_dropped_association_closes_the_handler() -> None:
+    """The SCU aborts mid-find: the SCP's generator is closed (its finally runs)."""
+    archive = Archive(endless=True)
+    scu, scp = qr_pair()
+    closed = anyio.Event()
+
+    def on_close(event: evt.Event) -> None:
+        closed.set()
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            async with scp.start_server(
+                ("127.0.0.1", 0),
+                evt_handlers=[*archive.handlers, (evt.EVT_CONN_CLOSE, on_close)],
+            ) as server:
+                async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
+                    async for _ in assoc.send_c_find(query(), FIND):
+                        await assoc.abort()
+                        break
+                await closed.wait()
+            tg.cancel_scope.cancel()
+    assert archive.closed == 1
+    assert archive.produced >= 1
