@@ -113,11 +113,13 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
-        # Writes made during one event-loop iteration go out together at its
-        # end (one system call for, say, a burst of C-FIND responses): the
-        # first schedules the flush, the others join it.
+        # The first write of an event-loop iteration goes straight out (a
+        # response is not delayed); the writes that follow it in the same
+        # iteration (a burst of C-FIND responses, say) are joined and go out
+        # together at the iteration's end: one system call, not one each.
         self._corked: list[bytes] = []
         self._corked_size = 0
+        self._burst = False
         self._loop = asyncio.get_running_loop()
 
     def set_consumer(self, consumer: Callable[[bytes], bytes] | None) -> None:
@@ -162,13 +164,15 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from protocol.exception
-        corked = self._corked
-        if not corked:
+        if not self._burst:
+            self._burst = True
             self._loop.call_soon(self._flush)
-        corked.append(item)
-        self._corked_size += len(item)
-        if self._corked_size >= _CORK_LIMIT:
-            self._flush()
+            self._transport.write(item)
+        else:
+            self._corked.append(item)
+            self._corked_size += len(item)
+            if self._corked_size >= _CORK_LIMIT:
+                self._write_corked()
         drain = protocol.drain
         if drain is not None:
             await drain
@@ -176,7 +180,11 @@ class AsyncioStream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError from protocol.exception
 
     def _flush(self) -> None:
-        """Hand what was written in this loop iteration to the transport."""
+        """End of the loop iteration: hand the corked writes to the transport."""
+        self._burst = False
+        self._write_corked()
+
+    def _write_corked(self) -> None:
         corked = self._corked
         if not corked:
             return
