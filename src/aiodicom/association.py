@@ -1366,6 +1366,14 @@ class Association:
             if pending is None or pending.finished:
                 LOGGER.warning("Dropping %s for unknown message ID %s", msg.name, msg.message_id)
                 return
+            if "Status" not in msg.command:
+                # PS3.7: every response carries a Status. Without one the
+                # operation cannot be judged: the caller gets a typed error.
+                LOGGER.error("%s for message %s has no Status", msg.name, msg.message_id)
+                pending.error = DIMSEError(f"{msg.name} without a Status (0000,0900)")
+                pending.finished = True
+                pending.done.set()
+                return
             queue = pending.queue
             if queue is None:
                 pending.response = msg

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from aiodicom import evt
-from aiodicom.dimse import NO_DATASET, CommandField, encode_command
+from aiodicom.dimse import NO_DATASET, CommandField, decode_command, encode_command
 from aiodicom.errors import AssociationAborted, AssociationRejected, DicomNetworkError
 from aiodicom.pdu import (
     PDV,
@@ -520,3 +520,41 @@ async def test_server_respects_peer_maximum_pdu_length() -> None:
         command = b"".join(pieces)
         assert struct.unpack("<H", _element(command, 0x0120))[0] == 3
         await raw_release(peer)
+
+
+async def test_response_without_status_is_a_typed_error() -> None:
+    """A peer's C-ECHO-RSP lacking its Status: the caller gets DIMSEError, and
+    the association goes on (the next operation and the release work)."""
+    from aiodicom.dimse import fragment
+    from aiodicom.errors import DIMSEError
+    from aiodicom.pdu import AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF
+
+    async def scp(peer: RawPeer) -> None:
+        rq = await peer.read_pdu()
+        assert isinstance(rq, AAssociateRQ)
+        await peer.send(verification_ac(rq))
+        for with_status in (False, True):
+            pdu = await peer.read_pdu()
+            assert isinstance(pdu, PDataTF)
+            command = decode_command(pdu.pdvs[0].data)
+            fields = {
+                "CommandField": CommandField.C_ECHO_RSP,
+                "MessageIDBeingRespondedTo": command["MessageID"],
+                "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+                "CommandDataSetType": NO_DATASET,
+            }
+            if with_status:
+                fields["Status"] = 0
+            for raw in fragment(pdu.pdvs[0].context_id, encode_command(fields), None, 16384):
+                await peer.send(raw)
+        assert isinstance(await peer.read_pdu(), AReleaseRQ)
+        await peer.send(AReleaseRP())
+        await peer.read_until_eof()
+
+    async with fake_scp(scp) as port:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", port, ae_title="TEST_SCP") as assoc:
+                with pytest.raises(DIMSEError, match="Status"):
+                    await assoc.send_c_echo()
+                assert (await assoc.send_c_echo()).Status == 0
+    assert assoc.is_released
