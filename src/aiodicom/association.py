@@ -1852,9 +1852,7 @@ class Association:
         async with self._send_lock:
             pending: list[bytes] = []
             for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
-                if not self._ul.can_send_data():
-                    raise self._error or AssociationAborted(2, 0, "association not established")
-                self._ul.send_data(pdu)
+                self._data_sent(pdu)
                 if coalesce:
                     pending.append(pdu)
                     continue
@@ -1916,11 +1914,15 @@ class Association:
             await self._transport_failed(failure)
             raise self._error or AssociationAborted(2, 0, failure)
 
-    async def _send_pdata(self, pdu: bytes) -> None:
-        """Write one P-DATA-TF of a message; the caller holds the send lock."""
+    def _data_sent(self, pdu: bytes) -> None:
+        """Tell the Upper Layer a P-DATA-TF goes out (Evt9), if it still may."""
         if not self._ul.can_send_data():
             raise self._error or AssociationAborted(2, 0, "association not established")
         self._ul.send_data(pdu)
+
+    async def _send_pdata(self, pdu: bytes) -> None:
+        """Write one P-DATA-TF of a message; the caller holds the send lock."""
+        self._data_sent(pdu)
         await self._write(pdu)
 
     async def _message_sent(self, context_id: int, command: bytes, dataset: _Payload) -> None:
@@ -2467,13 +2469,12 @@ def _move_destination(item: Any) -> tuple[str, int, dict[str, Any]] | None:
 
 def _storage_contexts(ae: AE) -> list[PresentationContext]:
     """The AE's supported storage contexts with the uncompressed syntaxes, at most 128."""
-    from .presentation import build_context
+    from .presentation import DEFAULT_TRANSFER_SYNTAXES, build_context
     from .sop_class import STORAGE_CLASSES
 
-    uncompressed = [UID("1.2.840.10008.1.2.1"), UID("1.2.840.10008.1.2")]
     storage = set(STORAGE_CLASSES)
     out = [
-        build_context(cx.abstract_syntax, uncompressed)
+        build_context(cx.abstract_syntax, list(DEFAULT_TRANSFER_SYNTAXES))
         for cx in ae.supported_contexts
         if cx.abstract_syntax in storage
     ]

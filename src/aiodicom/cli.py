@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 import tempfile
 import time
@@ -22,34 +21,21 @@ import anyio
 import anyio.to_thread
 from pydicom.datadict import keyword_dict
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, AllTransferSyntaxes
+from pydicom.uid import UID
 
 from . import AE, build_role, evt, sop_class
 from ._version import __version__
-from .dsutils import Part10Info, part10_header, probe_part10
+from .dsutils import Part10Info, is_plain_uid, part10_header, probe_part10
 from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
-from .presentation import build_context
+from .presentation import ALL_TRANSFER_SYNTAXES, build_context
 
 LOGGER = logging.getLogger("aiodicom")
-#: Every transfer syntax, in our order of preference as an acceptor (uncompressed
-#: Explicit VR Little Endian first: the one most senders' data sets are in).
-_ALL_SYNTAXES = [
-    UID("1.2.840.10008.1.2.1"),
-    UID("1.2.840.10008.1.2"),
-    *(
-        UID(ts)
-        for ts in AllTransferSyntaxes
-        if ts not in ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
-    ),
-]
 #: -P/-S/-O as dcmtk's findscu/getscu/movescu: the information model, per service.
 _MODELS = {
     "P": "PatientRoot",
     "S": "StudyRoot",
     "O": "PatientStudyOnly",
 }
-#: A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots).
-_UID_NAME = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 __all__ = ("main",)
 
@@ -224,13 +210,13 @@ def _storage_ae(args: argparse.Namespace) -> AE:
     ae.require_called_aet = args.require_called_aet
     ae.add_supported_context(sop_class.Verification)
     for cx in sop_class.AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, _ALL_SYNTAXES)
+        ae.add_supported_context(cx.abstract_syntax, list(ALL_TRANSFER_SYNTAXES))
     return ae
 
 
 def _file_name(uid: object) -> str:
     text = str(uid or "")
-    return f"{text}.dcm" if _UID_NAME.match(text) and len(text) <= 64 else ""
+    return f"{text}.dcm" if is_plain_uid(text) else ""
 
 
 def _write_instance(
@@ -254,6 +240,21 @@ def _write_instance(
     return target
 
 
+async def _save(event: evt.Event, directory: Path) -> int:
+    """Write a received instance under ``directory`` as Part 10; its C-STORE status."""
+    uid = event.request.get("AffectedSOPInstanceUID")
+    name = _file_name(uid)
+    if not name:
+        LOGGER.error("Refusing SOP Instance UID %r as a file name", uid)
+        return 0xC211
+    header = part10_header(event.file_meta)
+    path = event.dataset_path
+    data = None if path is not None else event.encoded_dataset()
+    target = await anyio.to_thread.run_sync(_write_instance, directory, name, header, data, path)
+    LOGGER.info("Stored %s", target)
+    return 0x0000
+
+
 async def _storescp(args: argparse.Namespace) -> int:
     ae = _storage_ae(args)
     directory = Path(args.output_directory)
@@ -265,19 +266,7 @@ async def _storescp(args: argparse.Namespace) -> int:
     async def on_store(event: evt.Event) -> int:
         if args.ignore:
             return 0x0000
-        uid = event.request.get("AffectedSOPInstanceUID")
-        name = _file_name(uid)
-        if not name:
-            LOGGER.error("Refusing SOP Instance UID %r as a file name", uid)
-            return 0xC211
-        header = part10_header(event.file_meta)
-        path = event.dataset_path
-        data = None if path is not None else event.encoded_dataset()
-        target = await anyio.to_thread.run_sync(
-            _write_instance, directory, name, header, data, path
-        )
-        LOGGER.info("Stored %s", target)
-        return 0x0000
+        return await _save(event, directory)
 
     handlers = [(evt.EVT_C_ECHO, lambda event: 0x0000), (evt.EVT_C_STORE, on_store)]
     async with ae.start_server((args.bind, args.port), evt_handlers=handlers) as server:
@@ -447,22 +436,16 @@ async def _query(args: argparse.Namespace) -> int:
     if args.command == "get":
         # Accept back every storage class we can propose (at most 128 contexts).
         for uid in sop_class.STORAGE_CLASSES[:127]:
-            ae.add_requested_context(uid, _ALL_SYNTAXES[:3])
+            ae.add_requested_context(uid, list(ALL_TRANSFER_SYNTAXES[:3]))
             ext_neg.append(build_role(uid, scp_role=True))
         directory = Path(args.output_directory)
         await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
 
         async def on_store(event: evt.Event) -> int:
             nonlocal received
-            name = _file_name(event.request.get("AffectedSOPInstanceUID"))
-            if not name:
-                return 0xC211
-            header = part10_header(event.file_meta)
-            path = event.dataset_path
-            data = None if path is not None else event.encoded_dataset()
-            await anyio.to_thread.run_sync(_write_instance, directory, name, header, data, path)
-            received += 1
-            return 0x0000
+            status = await _save(event, directory)
+            received += status == 0x0000
+            return status
 
         handlers.append((evt.EVT_C_STORE, on_store))
     final = 0

@@ -348,7 +348,7 @@ def _fragments(
     max_pdu: int,
 ) -> Iterator[bytes]:
     """The generator behind :func:`fragment`."""
-    chunk = (max_pdu - 6) if max_pdu else UNLIMITED_CHUNK
+    chunk = data_chunk_size(max_pdu)
     if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
         yield b"".join(
             (
@@ -370,15 +370,8 @@ def _fragments(
     for start in range(0, len(view), chunk):
         last = start + chunk >= len(view)
         yield encode_p_data(context_id, 0x03 if last else 0x01, view[start : start + chunk])
-    if dataset is None:
-        return
-    view = memoryview(dataset)
-    if not view:
-        yield encode_p_data(context_id, 0x02, b"")
-        return
-    for start in range(0, len(view), chunk):
-        last = start + chunk >= len(view)
-        yield encode_p_data(context_id, 0x02 if last else 0x00, view[start : start + chunk])
+    if dataset is not None:
+        yield from data_fragments(context_id, dataset, max_pdu, last=True)
 
 
 def data_chunk_size(max_pdu: int) -> int:

@@ -7,6 +7,7 @@ given (the shell runs it in a worker thread).
 from __future__ import annotations
 
 import logging
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = (
     "encode_dataset",
     "encoding_of",
     "file_meta_for",
+    "is_plain_uid",
     "part10_header",
     "probe_part10",
     "transfer_syntax_of",
@@ -56,8 +58,7 @@ def decode_dataset(data: bytes, transfer_syntax: str | UID | None) -> Dataset:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
         except zlib.error as exc:
             raise DIMSEError(f"deflated data set does not inflate: {exc}") from None
-    implicit = ts == ImplicitVRLittleEndian
-    little = ts != UID("1.2.840.10008.1.2.2")
+    implicit, little = encoding_of(ts)
     if little:
         fast = _decode_simple(data, implicit)
         if fast is not None:
@@ -81,48 +82,23 @@ def _decode_simple(data: bytes, implicit: bool) -> Dataset | None:
     """
     from .dimse import _new_dataset
 
+    walked = _walk(data, 0, implicit=implicit, little=True)
+    if walked is None:
+        return None
     elements: dict[BaseTag, Any] = {}
-    pos, end = 0, len(data)
-    unpack_tag = _TAG_LE.unpack_from
-    u32 = _U32LE.unpack_from
-    u16 = _U16LE.unpack_from
-    while pos < end:
-        if end - pos < 8:
+    for number, vr, start, length in walked[0]:
+        tag = BaseTag(number)
+        if vr == "SQ":
             return None
-        group, element = unpack_tag(data, pos)
-        if group == 0xFFFE:
-            return None
-        tag = BaseTag((group << 16) | element)
-        vr: str | None
         if implicit:
-            vr = None
-            length = u32(data, pos + 4)[0]
-            header = 8
             is_sequence = _IMPLICIT_SQ.get(tag)
             if is_sequence is None:
                 is_sequence = _sequence_in_dictionary(tag)
             if is_sequence:
                 return None
-        else:
-            code = data[pos + 4 : pos + 6]
-            if code == b"SQ" or not code.isalpha():
-                return None
-            vr = code.decode("ascii")
-            if code in _LONG_VRS:
-                if end - pos < 12:
-                    return None
-                length = u32(data, pos + 8)[0]
-                header = 12
-            else:
-                length = u16(data, pos + 6)[0]
-                header = 8
-        start = pos + header
-        if length == 0xFFFFFFFF or start + length > end:
-            return None
         elements[tag] = RawDataElement(
             tag, vr, length, data[start : start + length], start, implicit, True, True, False
         )
-        pos = start + length
     ds = _new_dataset(elements)
     charset = ds.get("SpecificCharacterSet") if 0x00080005 in elements else None
     ds.set_original_encoding(implicit, True, charset)
@@ -141,6 +117,17 @@ def _sequence_in_dictionary(tag: BaseTag) -> bool:
     if len(_IMPLICIT_SQ) < 4096:
         _IMPLICIT_SQ[tag] = found
     return found
+
+
+_PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_plain_uid(text: str) -> bool:
+    """True for a UID of digits and dots of at most 64 characters (PS3.5 9.1).
+
+    What a received UID must be before it may name a file or a row.
+    """
+    return len(text) <= 64 and _PLAIN_UID.fullmatch(text) is not None
 
 
 def file_meta_for(
@@ -317,27 +304,30 @@ _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
 _PROBE_HEAD = 8192
-_U16LE = struct.Struct("<H")
-_U32LE = struct.Struct("<L")
-_TAG_LE = struct.Struct("<HH")
 
 
-def _scan(
-    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int
-) -> tuple[dict[int, bytes], int] | None:
-    """Walk the elements of ``buf`` from ``pos`` while their tag is at most ``until``.
+#: Element header structs by byte order: (tag, 16-bit length, 32-bit length).
+_HEADERS = {
+    True: (struct.Struct("<HH"), struct.Struct("<H"), struct.Struct("<L")),
+    False: (struct.Struct(">HH"), struct.Struct(">H"), struct.Struct(">L")),
+}
+_TAG_LE, _U16LE, _U32LE = _HEADERS[True]
 
-    Returns the values by tag and the position of the first element past
-    ``until`` (or of the end of ``buf`` if it ends exactly on an element);
-    ``None`` when the walk cannot tell (an undefined length, a truncated
-    element), for the caller to fall back on pydicom.
+
+def _walk(
+    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int = 0xFFFFFFFF
+) -> tuple[list[tuple[int, str | None, int, int]], int] | None:
+    """The top-level element headers of ``buf`` from ``pos``, while their tag is at most ``until``.
+
+    Returns ``(tag, VR or None if implicit, value start, value length)`` for
+    each and the position where the walk stopped (the first element past
+    ``until``, or the end). ``None`` when it cannot tell (an undefined length,
+    an item tag, an odd VR, a truncated element): the caller falls back on
+    pydicom, which also reports the errors.
     """
+    tag_fmt, u16, u32 = _HEADERS[little]
     end = len(buf)
-    order = "<" if little else ">"
-    tag_fmt = struct.Struct(order + "HH")
-    u16 = struct.Struct(order + "H")
-    u32 = struct.Struct(order + "L")
-    out: dict[int, bytes] = {}
+    out: list[tuple[int, str | None, int, int]] = []
     while pos < end:
         if end - pos < 8:
             return None
@@ -345,22 +335,42 @@ def _scan(
         tag = (group << 16) | elem
         if tag > until:
             return out, pos
+        if group == 0xFFFE:
+            return None
+        vr: str | None = None
         if implicit:
             length = u32.unpack_from(buf, pos + 4)[0]
             header = 8
-        elif buf[pos + 4 : pos + 6] in _LONG_VRS:
-            if end - pos < 12:
-                return None
-            length = u32.unpack_from(buf, pos + 8)[0]
-            header = 12
         else:
-            length = u16.unpack_from(buf, pos + 6)[0]
-            header = 8
-        if length == 0xFFFFFFFF or pos + header + length > end:
+            code = buf[pos + 4 : pos + 6]
+            if not code.isalpha():
+                return None
+            vr = code.decode("ascii")
+            if code in _LONG_VRS:
+                if end - pos < 12:
+                    return None
+                length = u32.unpack_from(buf, pos + 8)[0]
+                header = 12
+            else:
+                length = u16.unpack_from(buf, pos + 6)[0]
+                header = 8
+        start = pos + header
+        if length == 0xFFFFFFFF or start + length > end:
             return None
-        out[tag] = buf[pos + header : pos + header + length]
-        pos += header + length
+        out.append((tag, vr, start, length))
+        pos = start + length
     return out, pos
+
+
+def _scan(
+    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int
+) -> tuple[dict[int, bytes], int] | None:
+    """The values by tag of the elements :func:`_walk` finds, and where it stopped."""
+    walked = _walk(buf, pos, implicit=implicit, little=little, until=until)
+    if walked is None:
+        return None
+    headers, stop = walked
+    return {tag: buf[start : start + length] for tag, _, start, length in headers}, stop
 
 
 def _uid_text(raw: bytes | None) -> str | None:

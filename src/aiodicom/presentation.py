@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pydicom import config as _pydicom_config
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .pdu import PresentationContextAC, PresentationContextRQ
 from .pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
 __all__ = (
+    "ALL_TRANSFER_SYNTAXES",
     "DEFAULT_TRANSFER_SYNTAXES",
     "ContextTuple",
     "PresentationContext",
@@ -34,6 +35,12 @@ __all__ = (
 
 #: The transfer syntaxes a context gets when none are given.
 DEFAULT_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Every transfer syntax pydicom knows, the defaults first: the order an
+#: acceptor that takes anything should prefer (the acceptor picks the first of
+#: its own list that the requestor proposed).
+ALL_TRANSFER_SYNTAXES: tuple[UID, ...] = DEFAULT_TRANSFER_SYNTAXES + tuple(
+    UID(ts) for ts in AllTransferSyntaxes if ts not in DEFAULT_TRANSFER_SYNTAXES
+)
 
 _RESULTS = {
     0: "acceptance",

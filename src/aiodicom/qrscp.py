@@ -74,12 +74,12 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import UID, AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from . import evt, sop_class
 from .ae import AE
-from .dsutils import part10_header
-from .presentation import PresentationContext, build_context
+from .dsutils import is_plain_uid, part10_header
+from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context
 
 __all__ = (
     "IMAGE",
@@ -125,7 +125,6 @@ LEVELS: Final = (PATIENT, STUDY, SERIES, IMAGE)
 _RANK: Final = {level: i for i, level in enumerate(LEVELS)}
 
 #: A SOP Instance UID safe to use as a file name (PS3.5 9.1: digits and dots).
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 #: VRs on which ``*`` and ``?`` are wild cards (PS3.4 C.2.2.2.4).
 WILDCARD_VRS: Final = frozenset(("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"))
 #: VRs with range matching (PS3.4 C.2.2.2.5).
@@ -881,7 +880,7 @@ class InstanceRecord:
         uids = {}
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
             uid = text(keyword, "UI")
-            if not _UID_RE.match(uid) or len(uid) > 64:
+            if not is_plain_uid(uid):
                 raise QRError(0xC000, f"the data set has no valid {keyword}")
             uids[keyword] = uid
         return cls(
@@ -1064,7 +1063,7 @@ def object_path(sop_instance_uid: str) -> str:
 
     ``objects/<2 hex digits>/<SOP Instance UID>.dcm``; the UID must be valid.
     """
-    if not _UID_RE.match(sop_instance_uid) or len(sop_instance_uid) > 64:
+    if not is_plain_uid(sop_instance_uid):
         raise QRError(0xC000, f"{sop_instance_uid!r} is not a valid UID")
     bucket = hashlib.sha1(sop_instance_uid.encode("ascii")).hexdigest()[:2]
     return f"objects/{bucket}/{sop_instance_uid}.dcm"
@@ -1329,7 +1328,7 @@ class Archive:
     async def handle_store(self, event: evt.Event) -> int:
         """EVT_C_STORE: write the instance atomically and index it."""
         uid = str(event.request.get("AffectedSOPInstanceUID") or "")
-        if not _UID_RE.match(uid) or len(uid) > 64:
+        if not is_plain_uid(uid):
             LOGGER.error("Refusing SOP Instance UID %r", uid)
             return 0xC211
         assert event.context is not None
@@ -1479,9 +1478,7 @@ def setup_ae(ae: AE, archive: Archive) -> AE:
     place).
     """
     ae.add_supported_context(sop_class.Verification)
-    # The acceptor picks the first of these the requestor proposes: prefer explicit VR.
-    first = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-    syntaxes = first + [ts for ts in AllTransferSyntaxes if ts not in first]
+    syntaxes = list(ALL_TRANSFER_SYNTAXES)  # the acceptor's preference: explicit VR first
     for cx in sop_class.AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, syntaxes, scu_role=True, scp_role=True)
     for model in MODELS:

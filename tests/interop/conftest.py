@@ -952,3 +952,9 @@ def dicom_testfile() -> Callable[[str], Path]:
         return Path(str(path))
 
     return get
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Interop tests run aiodicom on asyncio (trio is covered by tests/integration)."""
+    return "asyncio"

@@ -17,16 +17,17 @@ through ``anyio.to_thread.run_sync``; every test body is bounded by
 
 from __future__ import annotations
 
-import functools
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
+from _aio import deadline as _deadline
+from _aio import in_thread
+from _aio import wait_until as _wait_until
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from aiodicom import AE, Association, build_role, evt, sop_class
@@ -45,37 +46,21 @@ OUR_SYNTAXES = {str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)}
 
 #: Bound on one test body (the peers have their own, shorter, timeouts).
 TEST_DEADLINE = 45.0
-#: Bound on one peer subprocess run to completion.
-PEER_TIMEOUT = 20.0
-
-T = TypeVar("T")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking call (a peer subprocess, a wait on its events) off the loop."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+def deadline(seconds: float = TEST_DEADLINE) -> Any:
+    """A hang guard on one test body (this module's bound)."""
+    return _deadline(seconds)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Poll `predicate` on the event loop until it is true; fail after `timeout` s."""
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-    assert predicate(), f"timed out after {timeout} s waiting for: {what}"
+    await _wait_until(predicate, what, timeout)
 
 
-@contextmanager
-def deadline(seconds: float = TEST_DEADLINE) -> Iterator[None]:
-    with anyio.fail_after(seconds):
-        yield
+#: Bound on one peer subprocess run to completion.
+PEER_TIMEOUT = 20.0
+
+# --------------------------------------------------------------------------- helpers
 
 
 def by_abstract(contexts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

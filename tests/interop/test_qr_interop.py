@@ -33,19 +33,18 @@ must see a C-CANCEL stops after N responses and polls ``event.is_cancelled``
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import io
 import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import pytest
+from _aio import deadline as _deadline
+from _aio import in_thread, wait_until
 from _qr_data import (
     LEVEL_KEYS,
     LEVELS,
@@ -69,6 +68,13 @@ from aiodicom import AE, build_role, evt, sop_class
 
 HOST = "127.0.0.1"
 TEST_DEADLINE = 60.0
+
+
+def deadline(seconds: float = TEST_DEADLINE) -> Any:
+    """A hang guard on one test body (this module's bound)."""
+    return _deadline(seconds)
+
+
 PEER_TIMEOUT = 30.0
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 
@@ -88,32 +94,7 @@ MODELS = {
 }
 ALL_MODELS = [uid for m in MODELS.values() for k, uid in m.items() if k != "dcmtk"]
 
-T = TypeVar("T")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
-@contextmanager
-def deadline(seconds: float = TEST_DEADLINE) -> Iterator[None]:
-    with anyio.fail_after(seconds):
-        yield
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-    assert predicate(), f"timed out after {timeout} s waiting for: {what}"
 
 
 def text(value: Any) -> str:

@@ -25,19 +25,18 @@ Every blocking call runs in a worker thread; every test body is bounded by
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import anyio
 import pytest
+from _aio import deadline as _deadline
+from _aio import in_thread, wait_until
 from _storage_data import (
     ONE_PER_SYNTAX,
     OTHER_FILES,
@@ -73,6 +72,13 @@ AIODICOM_PEER = Path(__file__).resolve().parents[1] / "peers" / "aiodicom_peer.p
 
 #: Bound on one test body (the peers have their own, shorter, timeouts).
 TEST_DEADLINE = 60.0
+
+
+def deadline(seconds: float = TEST_DEADLINE) -> Any:
+    """A hang guard on one test body (this module's bound)."""
+    return _deadline(seconds)
+
+
 #: Bound on one peer subprocess run to completion.
 PEER_TIMEOUT = 30.0
 #: Bound on one 1 GiB transfer.
@@ -101,34 +107,7 @@ STORESCU_PROPOSE = {
 #: every transfer syntax the aiodicom SCP accepts in these tests
 SCP_SYNTAXES = list(dict.fromkeys(str(ts) for ts in TEST_FILES.values()))
 
-T = TypeVar("T")
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --------------------------------------------------------------------------- helpers
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking call (a peer subprocess, a wait on its events) off the loop."""
-    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll `predicate` on the event loop until it is true; fail after `timeout` s."""
-    with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-    assert predicate(), f"timed out after {timeout} s waiting for: {what}"
-
-
-@contextmanager
-def deadline(seconds: float = TEST_DEADLINE) -> Iterator[None]:
-    with anyio.fail_after(seconds):
-        yield
 
 
 def write_part10(path: Path, meta: FileMetaDataset, data: bytes) -> None:
