@@ -53,6 +53,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 VERIFICATION = "1.2.840.10008.1.1"
@@ -88,21 +89,32 @@ def _emit(result: dict[str, Any]) -> None:
 # -- aiodicom -----------------------------------------------------------------
 
 
-def aiodicom_scp(args: argparse.Namespace) -> None:
+def _run_aiodicom_scp(
+    args: argparse.Namespace, setup: Callable[[Any], None], handlers: list[Any]
+) -> None:
+    """Serve on a free port with an AE ``setup`` configures; print READY <port>."""
     import anyio
 
-    from aiodicom import AE, evt, sop_class
+    from aiodicom import AE
 
     async def main() -> None:
         ae = AE("BENCH_SCP")
-        ae.add_supported_context(sop_class.Verification)
-        ae.maximum_associations = 1000
-        handlers = [(evt.EVT_C_ECHO, lambda event: 0x0000)]
+        setup(ae)
         async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
             print(f"READY {server.port}", flush=True)
             await server.serve_forever()
 
     anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+
+
+def aiodicom_scp(args: argparse.Namespace) -> None:
+    from aiodicom import evt, sop_class
+
+    def setup(ae: Any) -> None:
+        ae.add_supported_context(sop_class.Verification)
+        ae.maximum_associations = 1000
+
+    _run_aiodicom_scp(args, setup, [(evt.EVT_C_ECHO, lambda event: 0x0000)])
 
 
 def aiodicom_scu(args: argparse.Namespace) -> None:
@@ -219,21 +231,14 @@ def _store_result(files: list[str], seconds: float, **extra: Any) -> dict[str, A
 
 
 def aiodicom_store_scp(args: argparse.Namespace) -> None:
-    import anyio
+    from aiodicom import evt, sop_class
 
-    from aiodicom import AE, evt, sop_class
-
-    async def main() -> None:
-        ae = AE("BENCH_SCP")
+    def setup(ae: Any) -> None:
         ae.add_supported_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
         if args.max_pdu:
             ae.maximum_pdu_size = args.max_pdu
-        handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
-        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
-            print(f"READY {server.port}", flush=True)
-            await server.serve_forever()
 
-    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+    _run_aiodicom_scp(args, setup, [(evt.EVT_C_STORE, lambda event: 0x0000)])
 
 
 def aiodicom_store_scu(args: argparse.Namespace) -> None:
@@ -375,9 +380,7 @@ def _get_query() -> Any:
 
 
 def aiodicom_find_scp(args: argparse.Namespace) -> None:
-    import anyio
-
-    from aiodicom import AE, evt, sop_class
+    from aiodicom import evt, sop_class
 
     async def on_find(event: Any) -> Any:
         for i in range(args.matches):
@@ -386,15 +389,10 @@ def aiodicom_find_scp(args: argparse.Namespace) -> None:
                 return
             yield 0xFF00, _match(i)
 
-    async def main() -> None:
-        ae = AE("BENCH_SCP")
+    def setup(ae: Any) -> None:
         ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelFind)
-        handlers = [(evt.EVT_C_FIND, on_find)]
-        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
-            print(f"READY {server.port}", flush=True)
-            await server.serve_forever()
 
-    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+    _run_aiodicom_scp(args, setup, [(evt.EVT_C_FIND, on_find)])
 
 
 def aiodicom_find_scu(args: argparse.Namespace) -> None:
@@ -470,9 +468,7 @@ def pynetdicom_find_scu(args: argparse.Namespace) -> None:
 
 
 def aiodicom_get_scp(args: argparse.Namespace) -> None:
-    import anyio
-
-    from aiodicom import AE, evt, sop_class
+    from aiodicom import evt, sop_class
 
     files = _store_files(args.dir)
 
@@ -484,18 +480,13 @@ def aiodicom_get_scp(args: argparse.Namespace) -> None:
                 return
             yield 0xFF00, path
 
-    async def main() -> None:
-        ae = AE("BENCH_SCP")
+    def setup(ae: Any) -> None:
         ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelGet)
         ae.add_supported_context(
             sop_class.CTImageStorage, [EXPLICIT_VR_LE], scu_role=True, scp_role=True
         )
-        handlers = [(evt.EVT_C_GET, on_get)]
-        async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
-            print(f"READY {server.port}", flush=True)
-            await server.serve_forever()
 
-    anyio.run(main, backend_options={"use_uvloop": args.uvloop})
+    _run_aiodicom_scp(args, setup, [(evt.EVT_C_GET, on_get)])
 
 
 def aiodicom_get_scu(args: argparse.Namespace) -> None:
