@@ -60,6 +60,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reading_paused = False
         self.consumer: Callable[[bytes], bytes] | None = None
+        #: Set by the stream while a burst of writes is open (see AsyncioStream.send).
+        self.stream: AsyncioStream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -71,6 +73,10 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is not None and stream._burst and not stream._corked:
+            # What we write next answers what just arrived: it goes out at once.
+            stream._burst = False
         if self.consumer is not None and not self.chunks:
             data = self.consumer(data)
             if not data:
@@ -113,14 +119,17 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._transport = transport
         self._protocol = protocol
         self._closed = False
-        # The first write of an event-loop iteration goes straight out (a
-        # response is not delayed); the writes that follow it in the same
-        # iteration (a burst of C-FIND responses, say) are joined and go out
-        # together at the iteration's end: one system call, not one each.
+        # The first write after something arrived goes straight out (a
+        # response is not delayed). The writes that follow it before anything
+        # else arrives (a burst of C-FIND responses, say) are joined and go
+        # out together at the end of the event-loop iteration: one system
+        # call, not one each. Only a corked write schedules that flush, so a
+        # request/response exchange costs no extra loop iteration.
         self._corked: list[bytes] = []
         self._corked_size = 0
         self._burst = False
         self._loop = asyncio.get_running_loop()
+        protocol.stream = self
 
     def set_consumer(self, consumer: Callable[[bytes], bytes] | None) -> None:
         """Give arriving bytes to ``consumer`` first, while nothing is buffered.
@@ -164,23 +173,48 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from protocol.exception
-        if not self._burst:
-            self._burst = True
-            self._loop.call_soon(self._flush)
-            self._transport.write(item)
-        else:
-            self._corked.append(item)
-            self._corked_size += len(item)
-            if self._corked_size >= _CORK_LIMIT:
-                self._write_corked()
+        self._put(item)
         drain = protocol.drain
         if drain is not None:
             await drain
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.exception
 
+    def can_send_now(self) -> bool:
+        """True if :meth:`send_now` would not have to wait (no drain pending)."""
+        protocol = self._protocol
+        return not (
+            self._closed
+            or protocol.lost
+            or protocol.drain is not None
+            or self._transport.is_closing()
+        )
+
+    def send_now(self, item: bytes) -> None:
+        """Write ``item`` without awaiting; only after :meth:`can_send_now` said yes.
+
+        The bytes are queued exactly as :meth:`send` queues them; a peer that
+        stops reading makes the next :meth:`send` wait, not this call.
+        """
+        self._put(item)
+
+    def _put(self, item: bytes) -> None:
+        if not self._burst:
+            self._burst = True
+            self._transport.write(item)
+        else:
+            if not self._corked:
+                self._loop.call_soon(self._flush)
+            self._corked.append(item)
+            self._corked_size += len(item)
+            if self._corked_size >= _CORK_LIMIT:
+                self._write_corked()
+
     def _flush(self) -> None:
-        """End of the loop iteration: hand the corked writes to the transport."""
+        """End of the loop iteration: hand the corked writes to the transport.
+
+        The next write opens a new burst (it goes out at once).
+        """
         self._burst = False
         self._write_corked()
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import inspect
 import logging
 import math
 import os
+import sys
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,6 +108,7 @@ from .pdu import (
     check_header,
     decode,
     encode,
+    encode_p_data,
     summary,
 )
 from .pdu_primitives import (
@@ -1394,6 +1397,8 @@ class Association:
                 LOGGER.info("C-CANCEL received for message %s", event.message_id)
                 event.is_cancelled = True
             return
+        if not self._jobs and not self._inflight and self._serve_inline(msg):
+            return
         self._inflight += 1
         self._jobs.append(msg)
         waiting = len(self._jobs) - self._idle_workers
@@ -1500,7 +1505,7 @@ class Association:
             self,
             kind,
             context=cx.as_tuple(),
-            request=command_dataset(msg.raw_command),
+            _raw_request=msg.raw_command,
             message_id=msg.message_id,
             **attrs,
         )
@@ -1779,6 +1784,118 @@ class Association:
             pending = {**base, "Status": 0xFF00, **counts.fields(pending=True)}
             await self._send_message(msg.context_id, encode_command(pending), None)
 
+    def _serve_inline(self, msg: Message) -> bool:
+        """Answer a C-ECHO or an in-memory C-STORE at once, without a task.
+
+        The asyncio fast path for the single-response services: when nothing
+        else is queued or being served, the handler is absent or a plain
+        ``def`` and the response can be written without waiting, the request
+        is answered right where it was reassembled (often in the transport's
+        read callback), so no worker has to be woken. Returns False, having
+        done nothing, when any of that does not hold.
+        """
+        field = msg.command_field
+        if field == CommandField.C_ECHO_RQ:
+            kind = evt.EVT_C_ECHO
+        elif field == CommandField.C_STORE_RQ and msg.spool is None and not msg.spooled:
+            kind = evt.EVT_C_STORE
+        else:
+            return False
+        stream = self._stream
+        if (
+            type(stream) is not AsyncioStream
+            or self._send_lock.locked()
+            or self._debug
+            or not stream.can_send_now()
+        ):
+            return False
+        bound = self._handlers.get(kind)
+        if bound and not _is_plain(bound[0][0]):
+            return False
+        if _check_request(msg) is not None:
+            return False
+        status: Any
+        if kind is evt.EVT_C_ECHO:
+            status = 0x0000
+            if bound:
+                handler, args = bound[0]
+                try:
+                    status = _call_plain(handler, self._event_for(kind, msg), args)
+                except Exception:
+                    LOGGER.exception("Exception in the handler bound to EVT_C_ECHO")
+                    status = 0x0110
+        elif not bound:
+            LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
+            status = 0xC211
+        else:
+            handler, args = bound[0]
+            try:
+                status = _call_plain(handler, self._store_event(msg), args)
+            except Exception as exc:
+                status = _store_failure(exc)
+        if inspect.isawaitable(status):
+            # A plain def that returned an awaitable: a task finishes it.
+            assert self._tg is not None
+            self._inflight += 1
+            self._tg.start_soon(self._finish_inline, msg, kind, status)
+            return True
+        command = self._response_command(msg, status)
+        if not self._send_now(msg.context_id, command, None):
+            # Only a peer whose maximum PDU length cannot hold a command gets here.
+            assert self._tg is not None
+            self._inflight += 1
+            self._tg.start_soon(self._finish_inline, msg, kind, status)
+        return True
+
+    async def _finish_inline(self, msg: Message, kind: evt.EventType, status: Any) -> None:
+        """Await what an inline handler returned, then answer (see :meth:`_serve_inline`)."""
+        try:
+            if inspect.isawaitable(status):
+                try:
+                    status = await status
+                except Exception as exc:
+                    if kind is evt.EVT_C_STORE:
+                        status = _store_failure(exc)
+                    else:
+                        LOGGER.exception("Exception in the handler bound to %s", kind.name)
+                        status = 0x0110
+            command = self._response_command(msg, status)
+            await self._send_message(msg.context_id, command, None)
+        except (DicomNetworkError, _TransportError, TimeoutError) as exc:
+            LOGGER.debug("Could not answer %s: %s", msg.name, exc)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0 and self._idle is not None:
+                self._idle.set()
+
+    def _response_command(self, msg: Message, status: Any) -> bytes:
+        """The encoded response of a C-ECHO or C-STORE request with ``status``."""
+        command = msg.command
+        fields: dict[str, Any] = {
+            "CommandField": msg.command_field | 0x8000,
+            "MessageIDBeingRespondedTo": msg.message_id,
+            "AffectedSOPClassUID": command.get("AffectedSOPClassUID", VERIFICATION),
+            "CommandDataSetType": NO_DATASET,
+        }
+        if msg.command_field == CommandField.C_STORE_RQ:
+            fields["AffectedSOPInstanceUID"] = command.get("AffectedSOPInstanceUID")
+            fields.update(_status_fields(status, 0xC211))
+        else:
+            fields.update(_status_fields(status, 0x0110))
+        return encode_command(fields)
+
+    def _store_event(self, msg: Message) -> evt.Event:
+        spool = msg.spool if isinstance(msg.spool, Spool) else None
+        cx = self._contexts[msg.context_id]
+        return self._event_for(
+            evt.EVT_C_STORE,
+            msg,
+            _encoded=msg.data,
+            _transfer_syntax=cx.transfer_syntax[0],
+            dataset_path=None if spool is None else spool.path,
+            _data_offset=0 if spool is None else spool.data_offset,
+        )
+
     async def _serve_c_store(self, msg: Message) -> None:
         """Storage SCP (PS3.4 Annex B): give the instance to EVT_C_STORE, answer its status."""
         spool = msg.spool if isinstance(msg.spool, Spool) else None
@@ -1792,29 +1909,15 @@ class Association:
                 LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
                 status = 0xC211
             else:
-                cx = self._contexts[msg.context_id]
-                event = self._event_for(
-                    evt.EVT_C_STORE,
-                    msg,
-                    _encoded=msg.data,
-                    _transfer_syntax=cx.transfer_syntax[0],
-                    dataset_path=None if spool is None else spool.path,
-                    _data_offset=0 if spool is None else spool.data_offset,
-                )
                 handler, args = bound[0]
-                status = await _store_status(handler, event, args)
+                try:
+                    status = await evt.call_handler(handler, self._store_event(msg), args)
+                except Exception as exc:
+                    status = _store_failure(exc)
         finally:
             if spool is not None:
                 spool.discard()
-        fields: dict[str, Any] = {
-            "CommandField": CommandField.C_STORE_RSP,
-            "MessageIDBeingRespondedTo": msg.message_id,
-            "AffectedSOPClassUID": msg.command.get("AffectedSOPClassUID"),
-            "AffectedSOPInstanceUID": msg.command.get("AffectedSOPInstanceUID"),
-            "CommandDataSetType": NO_DATASET,
-        }
-        fields.update(_status_fields(status, 0xC211))
-        await self._send_message(msg.context_id, encode_command(fields), None)
+        await self._send_message(msg.context_id, self._response_command(msg, status), None)
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any = 0x0000
@@ -1826,19 +1929,48 @@ class Association:
             except Exception:
                 LOGGER.exception("Exception in the handler bound to EVT_C_ECHO")
                 status = 0x0110
-        fields: dict[str, Any] = {
-            "CommandField": CommandField.C_ECHO_RSP,
-            "MessageIDBeingRespondedTo": msg.message_id,
-            "AffectedSOPClassUID": msg.command.get("AffectedSOPClassUID", VERIFICATION),
-            "CommandDataSetType": NO_DATASET,
-        }
-        fields.update(_status_fields(status, 0x0110))
-        await self._send_message(msg.context_id, encode_command(fields), None)
+        await self._send_message(msg.context_id, self._response_command(msg, status), None)
+
+    def _send_now(self, context_id: int, command: bytes, dataset: bytes | None) -> bool:
+        """Send a message that fits one P-DATA-TF without awaiting, if nothing is in the way.
+
+        The asyncio fast path: the send lock is free, the transport takes the
+        bytes without waiting (no drain pending) and nobody watches the PDUs
+        sent. Returns False (nothing sent) otherwise; the caller then goes
+        the general way, :meth:`_send_message`.
+        """
+        stream = self._stream
+        if (
+            type(stream) is not AsyncioStream
+            or self._send_lock.locked()
+            or self._debug
+            or not stream.can_send_now()
+            or not self._ul.can_send_data()
+        ):
+            return False
+        size = len(command) + 6 if dataset is None else len(command) + len(dataset) + 12
+        max_pdu = self._remote_max_pdu
+        if (max_pdu and size > max_pdu) or size > _COALESCE:
+            return False
+        handlers = self._handlers
+        if evt.EVT_PDU_SENT in handlers or evt.EVT_DIMSE_SENT in handlers:
+            return False
+        if dataset is None:
+            pdu = encode_p_data(context_id, 0x03, command)
+        else:
+            pdu = next(fragment(context_id, command, dataset, max_pdu))
+        self._ul.send_data(pdu)
+        stream.send_now(pdu)
+        return True
 
     async def _send_message(self, context_id: int, command: bytes, dataset: _Payload) -> None:
         """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
         if isinstance(dataset, _FileSource):
             await self._send_streamed(context_id, command, dataset)
+            return
+        if (dataset is None or type(dataset) is bytes) and self._send_now(
+            context_id, command, dataset
+        ):
             return
         # A small message in several PDUs (a peer with a small maximum) goes
         # out in one write: one system call, not one per PDU.
@@ -2525,28 +2657,48 @@ def _prepare_file(
     return info, None, opened
 
 
-async def _store_status(handler: evt.Handler, event: evt.Event, args: tuple[Any, ...]) -> Any:
-    """Call the EVT_C_STORE handler; map its failure to a Storage status (PS3.4 B.2.3)."""
-    try:
-        return await evt.call_handler(handler, event, args)
-    except DatasetMismatch as exc:
+def _store_failure(exc: Exception) -> int:
+    """The Storage status for an exception out of the EVT_C_STORE handler (PS3.4 B.2.3)."""
+    if isinstance(exc, DatasetMismatch):
         LOGGER.error("C-STORE: %s: answering 0xA900", exc)
         return 0xA900
-    except DIMSEError as exc:
+    if isinstance(exc, DIMSEError):
         LOGGER.error("C-STORE: the data set cannot be decoded (%s): answering 0xC210", exc)
         return 0xC210
-    except MemoryError:
-        LOGGER.exception("C-STORE handler ran out of memory: answering 0xA700")
+    if isinstance(exc, MemoryError):
+        LOGGER.error("C-STORE handler ran out of memory: answering 0xA700", exc_info=exc)
         return 0xA700
-    except OSError as exc:
-        if exc.errno in _NO_RESOURCES:
-            LOGGER.exception("C-STORE handler is out of resources: answering 0xA700")
-            return 0xA700
-        LOGGER.exception("Exception in the handler bound to EVT_C_STORE: answering 0xC211")
-        return 0xC211
-    except Exception:
-        LOGGER.exception("Exception in the handler bound to EVT_C_STORE: answering 0xC211")
-        return 0xC211
+    if isinstance(exc, OSError) and exc.errno in _NO_RESOURCES:
+        LOGGER.error("C-STORE handler is out of resources: answering 0xA700", exc_info=exc)
+        return 0xA700
+    LOGGER.error("Exception in the handler bound to EVT_C_STORE: answering 0xC211", exc_info=exc)
+    return 0xC211
+
+
+def _is_plain(handler: Any) -> bool:
+    """True if ``handler`` is not an ``async def`` (nor an object with one as ``__call__``)."""
+    if inspect.iscoroutinefunction(handler):
+        return False
+    call = getattr(type(handler), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return not (call is not None and inspect.iscoroutinefunction(call))
+
+
+def _call_plain(handler: evt.Handler, event: evt.Event, args: tuple[Any, ...]) -> Any:
+    """Call a plain handler where no task runs (an I/O callback of the event loop).
+
+    sniffio, if anyio uses it, finds no task there: it is told it is asyncio
+    for the duration of the call, so the handler may still use anyio.
+    """
+    sniffio = sys.modules.get("sniffio")
+    local = getattr(sniffio, "thread_local", None)
+    if local is None:
+        return handler(event, *args)
+    prior = getattr(local, "name", None)
+    local.name = "asyncio"
+    try:
+        return handler(event, *args)
+    finally:
+        local.name = prior
 
 
 class Responses:

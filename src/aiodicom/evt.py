@@ -139,7 +139,6 @@ class Event:
 
     # Defaults, overridden per instance by the attributes the event carries.
     context: ContextTuple | None = None
-    request: Any = None
     message_id: int | None = None
     is_cancelled = False
     move_destination: str | None = None
@@ -162,6 +161,8 @@ class Event:
     _encoded: bytes | None = None
     _transfer_syntax: Any = None
     _data_offset = 0
+    _request: Any = None
+    _raw_request: bytes | None = None
 
     def __init__(self, assoc: Association, event: EventType, **attrs: Any) -> None:
         self.assoc = assoc
@@ -169,6 +170,22 @@ class Event:
         self.timestamp = datetime.now()
         for key, value in attrs.items():
             setattr(self, key, value)
+
+    @property
+    def request(self) -> Any:
+        """The request's command set as a Dataset (DIMSE service events), else ``None``.
+
+        Built on first access from the received bytes.
+        """
+        if self._request is None and self._raw_request is not None:
+            from .dimse import command_dataset
+
+            self._request = command_dataset(self._raw_request)
+        return self._request
+
+    @request.setter
+    def request(self, value: Any) -> None:
+        self._request = value
 
     @property
     def event_kind(self) -> EventType:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import errno
 import io
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from aiodicom import AE, evt, sop_class
+from aiodicom import AE, Association, evt, sop_class
 from aiodicom.dimse import (
     DATASET_PRESENT,
     CommandField,
@@ -92,6 +93,22 @@ def storage_pair(
             scu.add_requested_context(uid, ts)  # one context per syntax: any can be chosen
         scp.add_supported_context(uid, scp_syntaxes or ALL_TS)
     return scu, scp
+
+
+@asynccontextmanager
+async def store_pair(
+    scu: AE, scp: AE, handlers: list[Any], transport: str
+) -> AsyncIterator[Association]:
+    """An association from ``scu`` to ``scp``, in memory or over loopback TCP."""
+    if transport == "memory":
+        async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+            yield assoc
+    else:
+        async with (
+            running_server(scp, handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            yield assoc
 
 
 def file_dataset_bytes(path: str | Path) -> bytes:
@@ -444,8 +461,13 @@ def reads_dataset(event: evt.Event) -> int:
         (lambda event: "nonsense", "ok", 0xC211),
     ],
 )
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
 async def test_handler_failures_map_to_statuses(
-    handler: Callable[[evt.Event], Any] | None, source: str, status: int, tmp_path: Path
+    handler: Callable[[evt.Event], Any] | None,
+    source: str,
+    status: int,
+    transport: str,
+    tmp_path: Path,
 ) -> None:
     scu, scp = storage_pair()
     path = {
@@ -454,7 +476,7 @@ async def test_handler_failures_map_to_statuses(
     }[source]
     handlers = [] if handler is None else [(evt.EVT_C_STORE, handler)]
     with anyio.fail_after(GUARD):
-        async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+        async with store_pair(scu, scp, handlers, transport) as assoc:
             rsp = await assoc.send_c_store(path)
             assert rsp.Status == status
             assert rsp.MessageIDBeingRespondedTo == rsp.MessageIDBeingRespondedTo
