@@ -215,6 +215,51 @@ class ServiceUser:
                 self.user_identity = item
 
 
+class _Signal:
+    """A one-shot event with one waiter, lighter than :class:`anyio.Event`.
+
+    On asyncio the waiter parks on a bare future; on other backends on an
+    :class:`anyio.Event`. Every DIMSE request waits on one of these for each
+    response, so its cost is on the hot path.
+    """
+
+    __slots__ = ("_flag", "_waiter")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._waiter: asyncio.Future[None] | anyio.Event | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is None:
+            return
+        self._waiter = None
+        if isinstance(waiter, anyio.Event):
+            waiter.set()
+        elif not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._flag:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            event = self._waiter = anyio.Event()
+            await event.wait()
+            return
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiter = future
+        try:
+            await future
+        finally:
+            self._waiter = None
+
+
 class _Pending:
     """The slot a DIMSE request waits on until its response (or responses) arrive.
 
@@ -239,7 +284,7 @@ class _Pending:
     )
 
     def __init__(self, *, stream: bool = False) -> None:
-        self.done = anyio.Event()
+        self.done = _Signal()
         self.response: Message | None = None
         self.error: BaseException | None = None
         self.sent_at = math.inf
@@ -343,6 +388,7 @@ class Association:
         self._released = anyio.Event()
         self._idle: anyio.Event | None = None  # created only by a release waiting for it
         self._inflight = 0
+        self._context_cache: dict[tuple[str, bool, int], PresentationContext] = {}
         self._need_workers = 0  # workers to start (from the fast path, by a task)
         self._deferred_error: PDUError | None = None
         self._jobs: deque[Message] = deque()
@@ -2073,8 +2119,14 @@ class Association:
             raise self._error or LocalProtocolError("the association is not established")
 
     def _context_for(self, abstract_syntax: UID, *, as_scu: bool = True) -> PresentationContext:
+        # Contexts are only added during negotiation: their count keys the cache.
+        key = (abstract_syntax, as_scu, len(self._contexts))
+        found = self._context_cache.get(key)
+        if found is not None:
+            return found
         for cx in self.accepted_contexts:
             if cx.abstract_syntax == abstract_syntax and (cx.as_scu if as_scu else cx.as_scp):
+                self._context_cache[key] = cx
                 return cx
         raise NoAcceptedContext(
             f"no accepted presentation context for {abstract_syntax} ({abstract_syntax.name})"
@@ -2110,7 +2162,7 @@ class Association:
             self._pending[mid] = pending
             try:
                 await self._send_message(context_id, encode_command(fields), dataset)
-                pending.sent_at = now = anyio.current_time()
+                pending.sent_at = now = _current_time()
                 if self.dimse_timeout is not None:
                     self._kick(now + self.dimse_timeout)
                 await pending.done.wait()
@@ -2353,7 +2405,7 @@ class Association:
         while not queue:
             if pending.error is not None:
                 raise pending.error
-            pending.done = anyio.Event()
+            pending.done = _Signal()
             await pending.done.wait()
         msg = queue.popleft()
         self._stream_backlog -= 1
@@ -2819,6 +2871,14 @@ class Responses:
     def __repr__(self) -> str:
         state = "done" if self._done else "open" if self._pending else "not sent"
         return f"<Responses to message {self.message_id} ({state})>"
+
+
+def _current_time() -> float:
+    """anyio.current_time(), without its backend lookup on asyncio."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return anyio.current_time()
 
 
 def _loop_time() -> float:

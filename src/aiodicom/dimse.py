@@ -253,6 +253,39 @@ def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]]
 _new_dataset = _dataset_factory()
 
 
+def _us_element_factory() -> Callable[[BaseTag, int], DataElement]:
+    """A fast way to make a US DataElement (the Status of every response).
+
+    ``DataElement.__init__`` validates and converts its value; for a US
+    value from a command set that is known to be an int in range, a
+    template's instance dictionary is copied instead. If pydicom's
+    DataElement does not look as expected, the constructor is used.
+    """
+    try:
+        template = DataElement(BaseTag(0x00000900), "US", 0)
+        state = dict(template.__dict__)
+    except (AttributeError, TypeError):  # pragma: no cover - a DataElement with slots
+        state = {}
+    new = object.__new__
+
+    def make(tag: BaseTag, value: int) -> DataElement:
+        elem: DataElement = new(DataElement)
+        d = elem.__dict__
+        d.update(state)
+        d["tag"] = tag
+        d["_value"] = value
+        return elem
+
+    if state.get("_value") == 0 and state.get("VR") == "US":
+        probe = make(BaseTag(0x00000900), 0xB000)
+        if probe == DataElement(BaseTag(0x00000900), "US", 0xB000):
+            return make
+    return lambda tag, value: DataElement(tag, "US", value)  # pragma: no cover
+
+
+_new_us_element = _us_element_factory()
+
+
 def command_dataset(raw: bytes) -> Dataset:
     """An encoded command set as a pydicom Dataset, as pynetdicom returns it.
 
@@ -269,7 +302,7 @@ def command_dataset(raw: bytes) -> Dataset:
         if elem == 0x0900 and length == 2:
             # Nearly every caller reads .Status: convert it now, cheaply.
             tag = BaseTag(0x00000900)
-            elements[tag] = DataElement(tag, "US", raw[pos] | (raw[pos + 1] << 8))
+            elements[tag] = _new_us_element(tag, raw[pos] | (raw[pos + 1] << 8))
         elif elem:
             tag = BaseTag((group << 16) | elem)
             elements[tag] = RawDataElement(
