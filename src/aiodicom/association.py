@@ -59,6 +59,7 @@ from .dimse import (
     data_fragments,
     decode_command,
     encode_command,
+    encode_status_response,
     fragment,
 )
 from .dimse_messages import MESSAGE_SPECS, check_command
@@ -103,12 +104,12 @@ from .pdu import (
     AAssociateAC,
     AAssociateRJ,
     AAssociateRQ,
-    PDataTF,
     PresentationContextRQ,
     check_header,
     decode,
     encode,
     encode_p_data,
+    split_p_data,
     summary,
 )
 from .pdu_primitives import (
@@ -389,6 +390,8 @@ class Association:
         self._idle: anyio.Event | None = None  # created only by a release waiting for it
         self._inflight = 0
         self._context_cache: dict[tuple[str, bool, int], PresentationContext] = {}
+        #: Per intervention event: its handler and whether it is a plain def.
+        self._plain: dict[evt.EventType, tuple[evt.Handler, bool]] = {}
         self._need_workers = 0  # workers to start (from the fast path, by a task)
         self._deferred_error: PDUError | None = None
         self._jobs: deque[Message] = deque()
@@ -870,17 +873,17 @@ class Association:
                 # workers: both need the reader, which can await.
                 break
             try:
-                pdata = decode(0x04, view[pos + 6 : pos + 6 + length])
+                items = split_p_data(view[pos + 6 : pos + 6 + length])
             except PDUError:
                 break  # the reader reports it
+            if not self._ul.note_data_received():
+                break  # the reader runs it through the table
             if now < 0:
-                now = self._last_rx = _loop_time()
-            self._ul.fire(Event.EVT10, pdata, now)
+                now = _loop_time()
             pos += 6 + length
-            assert isinstance(pdata, PDataTF)
-            for pdv in pdata.pdvs:
+            for context_id, control_header, pdv_data in items:
                 try:
-                    msg = self._reassembler.feed(pdv)
+                    msg = reassembler.feed_item(context_id, control_header, pdv_data)
                 except PDUError as exc:
                     # Abort from a task; what follows a violation is moot.
                     self._deferred_error = exc
@@ -1856,8 +1859,13 @@ class Association:
         ):
             return False
         bound = self._handlers.get(kind)
-        if bound and not _is_plain(bound[0][0]):
-            return False
+        if bound:
+            handler = bound[0][0]
+            plain = self._plain.get(kind)
+            if plain is None or plain[0] is not handler:
+                plain = self._plain[kind] = (handler, _is_plain(handler))
+            if not plain[1]:
+                return False
         if _check_request(msg) is not None:
             return False
         status: Any
@@ -1879,7 +1887,7 @@ class Association:
                 status = _call_plain(handler, self._store_event(msg), args)
             except Exception as exc:
                 status = _store_failure(exc)
-        if inspect.isawaitable(status):
+        if type(status) is not int and inspect.isawaitable(status):
             # A plain def that returned an awaitable: a task finishes it.
             assert self._tg is not None
             self._inflight += 1
@@ -1917,6 +1925,16 @@ class Association:
     def _response_command(self, msg: Message, status: Any) -> bytes:
         """The encoded response of a C-ECHO or C-STORE request with ``status``."""
         command = msg.command
+        cf = msg.command_field
+        if type(status) is int and 0 <= status <= 0xFFFF:
+            sop_class = command.get("AffectedSOPClassUID", VERIFICATION)
+            mid = command.get("MessageID")
+            if type(sop_class) is str and type(mid) is int:
+                if cf == CommandField.C_ECHO_RQ:
+                    return encode_status_response(cf | 0x8000, mid, sop_class, status)
+                instance = command.get("AffectedSOPInstanceUID")
+                if type(instance) is str:
+                    return encode_status_response(cf | 0x8000, mid, sop_class, status, instance)
         fields: dict[str, Any] = {
             "CommandField": msg.command_field | 0x8000,
             "MessageIDBeingRespondedTo": msg.message_id,
@@ -2005,7 +2023,8 @@ class Association:
             pdu = encode_p_data(context_id, 0x03, command)
         else:
             pdu = next(fragment(context_id, command, dataset, max_pdu))
-        self._ul.send_data(pdu)
+        if not self._ul.note_data_sent():
+            self._ul.send_data(pdu)
         stream.send_now(pdu)
         return True
 
@@ -2094,9 +2113,12 @@ class Association:
 
     def _data_sent(self, pdu: bytes) -> None:
         """Tell the Upper Layer a P-DATA-TF goes out (Evt9), if it still may."""
-        if not self._ul.can_send_data():
+        ul = self._ul
+        if ul.note_data_sent():
+            return
+        if not ul.can_send_data():
             raise self._error or AssociationAborted(2, 0, "association not established")
-        self._ul.send_data(pdu)
+        ul.send_data(pdu)
 
     async def _send_pdata(self, pdu: bytes) -> None:
         """Write one P-DATA-TF of a message; the caller holds the send lock."""

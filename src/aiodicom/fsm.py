@@ -607,6 +607,25 @@ class UpperLayer:
         """Evt9: P-DATA request primitive (``bytes`` is an encoded P-DATA-TF)."""
         return self.fire(Event.EVT9, pdu)
 
+    def note_data_sent(self) -> bool:
+        """Evt9 in Sta6, for a caller that writes the P-DATA-TF itself.
+
+        DT-1 keeps Sta6 and touches no timer, so when nobody watches the
+        transitions there is nothing to do but say so: True. Otherwise (another
+        state, or ``on_transition`` set) nothing changes and the answer is
+        False: the caller then calls :meth:`send_data`, through the table.
+        """
+        return self.state is State.STA6 and self.on_transition is None
+
+    def note_data_received(self) -> bool:
+        """Evt10 in Sta6, for a caller that delivers the P-DATA indication itself.
+
+        As :meth:`note_data_sent`, for DT-2: True when there is nothing to
+        do; False (nothing changed) when the caller must fire Evt10 through
+        the table.
+        """
+        return self.state is State.STA6 and self.on_transition is None
+
     def can_send_data(self) -> bool:
         """True in the states where P-DATA may be sent (Sta6, Sta8)."""
         return self.state is State.STA6 or self.state is State.STA8

@@ -608,29 +608,37 @@ def _decode_context_ac(value: memoryview) -> PresentationContextAC:
     return PresentationContextAC(context_id=context_id, result=result, transfer_syntax=ts)
 
 
-def _decode_p_data(body: memoryview) -> PDataTF:
-    pdvs: list[PDV] = []
+def split_p_data(body: memoryview) -> list[tuple[int, int, memoryview]]:
+    """The PDV items of a P-DATA-TF body as ``(context ID, control header, data)``.
+
+    The hot path of receiving (no PDV objects); checked exactly as
+    :func:`decode` checks a P-DATA-TF, raising :class:`PDUError`.
+    """
+    items: list[tuple[int, int, memoryview]] = []
     pos, end = 0, len(body)
+    unpack = _PDV_HEADER.unpack_from
     while pos < end:
         if end - pos < 6:
             raise PDUError("P-DATA-TF: truncated PDV item header")
-        length, context_id, mch = _PDV_HEADER.unpack_from(body, pos)
+        length, context_id, mch = unpack(body, pos)
         if length < 2 or pos + 4 + length > end:
             raise PDUError(f"P-DATA-TF: PDV item length {length} does not fit the PDU")
         if mch & 0xFC:
             raise PDUError(f"P-DATA-TF: reserved message control header bits set (0x{mch:02X})")
-        pdvs.append(
-            PDV(
-                context_id=context_id,
-                is_command=bool(mch & 1),
-                is_last=bool(mch & 2),
-                data=body[pos + 6 : pos + 4 + length],
-            )
-        )
+        items.append((context_id, mch, body[pos + 6 : pos + 4 + length]))
         pos += 4 + length
-    if not pdvs:
+    if not items:
         raise PDUError("P-DATA-TF holds no PDV item")
-    return PDataTF(pdvs=tuple(pdvs))
+    return items
+
+
+def _decode_p_data(body: memoryview) -> PDataTF:
+    return PDataTF(
+        pdvs=tuple(
+            PDV(context_id=cx, is_command=bool(mch & 1), is_last=bool(mch & 2), data=data)
+            for cx, mch, data in split_p_data(body)
+        )
+    )
 
 
 def decode(pdu_type: int, body: bytes | bytearray | memoryview) -> PDU:

@@ -39,6 +39,7 @@ from aiodicom.dimse import (
     command_dataset,
     decode_command,
     encode_command,
+    encode_status_response,
     fragment,
 )
 from aiodicom.errors import DIMSEError, PDUError
@@ -1300,3 +1301,45 @@ def test_reassembler_copies_memoryview_payloads() -> None:
     assert msg.data == b"abcdef"
     assert msg.raw_command == MOVE_RQ_GOLDEN
     assert msg.command == decode_command(MOVE_RQ_GOLDEN)
+
+
+# ---------------------------------------------------------------------------
+# The fast status response encoder
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    command_field=st.sampled_from([0x8001, 0x8030, 0x8010, 0x8020, 0x8021]),
+    message_id=st.integers(0, 0xFFFF),
+    sop_class=st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+    status=st.integers(0, 0xFFFF),
+    sop_instance=st.none() | st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+)
+def test_status_response_equals_encode_command(
+    command_field: int, message_id: int, sop_class: str, status: int, sop_instance: str | None
+) -> None:
+    fields = {
+        "CommandField": command_field,
+        "MessageIDBeingRespondedTo": message_id,
+        "AffectedSOPClassUID": sop_class,
+        "CommandDataSetType": NO_DATASET,
+        "Status": status,
+        "AffectedSOPInstanceUID": sop_instance,
+    }
+    fast = encode_status_response(command_field, message_id, sop_class, status, sop_instance)
+    assert fast == encode_command(fields)
+    assert decode_command(fast) == {k: v for k, v in fields.items() if v is not None} | {
+        "CommandGroupLength": len(fast) - 12
+    }
+
+
+def test_status_element_from_template_is_an_ordinary_element() -> None:
+    """The Status built from a template behaves as pydicom's own, also when changed."""
+    raw = encode_status_response(0x8001, 3, "1.2.840.10008.5.1.4.1.1.2", 0xB000)
+    ds = command_dataset(raw)
+    elem = ds[0x00000900]
+    assert elem == DataElement(0x00000900, "US", 0xB000)
+    assert elem.VR == "US" and elem.value == 0xB000 and elem.keyword == "Status"
+    ds.Status = 0x0000
+    assert ds.Status == 0 and ds[0x00000900].value == 0
+    assert command_dataset(raw).Status == 0xB000  # a new element each time

@@ -590,3 +590,26 @@ def test_handle_timer_without_deadline_does_nothing_in_every_state() -> None:
         ul.state = State(sta)
         assert ul.handle_timer(1e9) == ()
         assert ul.state is State(sta)
+
+
+@pytest.mark.parametrize("state", list(State), ids=lambda s: s.name)
+@pytest.mark.parametrize("watched", [False, True])
+def test_data_notes_agree_with_the_table(state: State, watched: bool) -> None:
+    """note_data_sent/received say True only where Evt9/Evt10 through the table
+    change nothing: Sta6 (DT-1, DT-2), with nobody watching the transitions."""
+    for note, event in (("note_data_sent", Event.EVT9), ("note_data_received", Event.EVT10)):
+        seen: list[object] = []
+        ul = UpperLayer(requestor=True, artim_timeout=ARTIM)
+        ul.state = state
+        if watched:
+            ul.on_transition = lambda *args, seen=seen: seen.append(args)
+        said = getattr(ul, note)()
+        assert ul.state is state and seen == []  # a note changes nothing
+        assert said == (state is State.STA6 and not watched)
+        if said:
+            # Through the table, the same event leaves everything as it was.
+            action = TRANSITIONS[(state, event)]
+            assert action is (Action.DT_1 if event is Event.EVT9 else Action.DT_2)
+            timer = ul.get_timer()
+            ul.fire(event, PDATA if event is Event.EVT10 else b"\x04", 1.0)
+            assert ul.state is State.STA6 and ul.get_timer() == timer
