@@ -314,6 +314,9 @@ class _NoLimit:
     async def acquire(self) -> None:
         return None
 
+    def acquire_nowait(self) -> None:
+        return None
+
     def release(self) -> None:
         return None
 
@@ -2408,6 +2411,11 @@ class Association:
         are cancelled first (as an abandoned iteration is).
         """
         window = self._invoke_window
+        if window.value > 0:
+            # A free place is taken without a checkpoint: a pending
+            # cancellation is delivered at the wait for the response.
+            window.acquire_nowait()
+            return
         if window.value == 0:
             me = anyio.get_current_task().id
             for pending in list(self._pending.values()):

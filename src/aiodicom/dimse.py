@@ -149,6 +149,12 @@ def _encode_text(vr: str, value: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=1024)
+def _uid_element(elem: int, value: str) -> bytes:
+    raw = _encode_text("UI", value)
+    return _ELEM_HEADER.pack(0, elem, len(raw)) + raw
+
+
 def encode_command(fields: Mapping[str, Any]) -> bytes:
     """Encode a command set given as ``{keyword: value}`` (``None`` values skipped).
 
@@ -165,17 +171,14 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
         if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
             parts.append((elem, _US_ELEMENT.pack(0, elem, 2, value)))
             continue
+        if vr == "UI" and isinstance(value, str):
+            parts.append((elem, _uid_element(elem, value)))
+            continue
         raw = _encode_value(vr, value)
         parts.append((elem, _ELEM_HEADER.pack(0, elem, len(raw)) + raw))
     parts.sort()
     body = b"".join([p for _, p in parts])
     return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
-
-
-@functools.lru_cache(maxsize=256)
-def _uid_element(elem: int, value: str) -> bytes:
-    raw = _encode_text("UI", value)
-    return _ELEM_HEADER.pack(0, elem, len(raw)) + raw
 
 
 def encode_status_response(
@@ -228,6 +231,9 @@ def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
     return text.rstrip("\x00 ") if vr != "LO" else text.rstrip(" \x00")
 
 
+_DECODED_UIDS: dict[bytes, str] = {}
+
+
 def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode an Implicit VR Little Endian command set to ``{keyword: value}``.
 
@@ -238,6 +244,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     pos, end = 0, len(data)
     unpack_header = _ELEM_HEADER.unpack_from
     elements = COMMAND_ELEMENTS
+    uids = _DECODED_UIDS
     while pos < end:
         if end - pos < 8:
             raise DIMSEError("command set: truncated element header")
@@ -249,10 +256,20 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
             raise DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
         spec = elements.get(elem)
         if spec is not None:
-            if spec[1] == "US" and length == 2:
+            vr = spec[1]
+            if vr == "US" and length == 2:
                 out[spec[0]] = data[pos] | (data[pos + 1] << 8)
+            elif vr == "UI" and type(data) is bytes:
+                # UIDs repeat (the SOP classes): decoded once.
+                raw = data[pos : pos + length]
+                text = uids.get(raw)
+                if text is None:
+                    text = raw.decode("latin-1").rstrip("\x00 ")
+                    if len(uids) < 1024:
+                        uids[raw] = text
+                out[spec[0]] = text
             else:
-                out[spec[0]] = _decode_value(spec[1], memoryview(data)[pos : pos + length])
+                out[spec[0]] = _decode_value(vr, memoryview(data)[pos : pos + length])
         pos += length
     if "CommandField" not in out:
         raise DIMSEError("command set has no Command Field (0000,0100)")
@@ -324,6 +341,10 @@ def _us_element_factory() -> Callable[[BaseTag, int], DataElement]:
 _new_us_element = _us_element_factory()
 
 
+#: The tags of the command set elements (tags are immutable: shared).
+_GROUP_0000_TAGS: Final = {elem: BaseTag(elem) for elem in COMMAND_ELEMENTS}
+
+
 def command_dataset(raw: bytes) -> Dataset:
     """An encoded command set as a pydicom Dataset, as pynetdicom returns it.
 
@@ -334,15 +355,16 @@ def command_dataset(raw: bytes) -> Dataset:
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     pos, end = 0, len(raw)
     unpack_header = _ELEM_HEADER.unpack_from
+    tags = _GROUP_0000_TAGS
     while pos + 8 <= end:
         group, elem, length = unpack_header(raw, pos)
         pos += 8
         if elem == 0x0900 and length == 2:
             # Nearly every caller reads .Status: convert it now, cheaply.
-            tag = BaseTag(0x00000900)
+            tag = tags[0x0900]
             elements[tag] = _new_us_element(tag, raw[pos] | (raw[pos + 1] << 8))
         elif elem:
-            tag = BaseTag((group << 16) | elem)
+            tag = tags[elem] if group == 0 and elem in tags else BaseTag((group << 16) | elem)
             elements[tag] = RawDataElement(
                 tag, None, length, raw[pos : pos + length], pos, True, True, True, False
             )
