@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import io
 import logging
 import math
 import os
@@ -2720,6 +2721,15 @@ def _prepare_file(
     streaming; ``opened`` is the file this call opened and left open (the
     caller closes it), ``None`` if it closed it or did not open it.
     """
+    if isinstance(source, str | os.PathLike):
+        # A small file is read whole, in one system call, and probed in memory.
+        with open(source, "rb", buffering=0) as raw:
+            size = os.fstat(raw.fileno()).st_size
+            if size <= _INLINE_READ:
+                whole = raw.read(size + 1)
+                if whole is not None and len(whole) == size:
+                    info = probe_part10(io.BytesIO(whole))
+                    return info, whole[info.offset :], None
     opened = open(source, "rb") if isinstance(source, str | os.PathLike) else None  # noqa: SIM115
     fp = opened if opened is not None else source
     assert not isinstance(fp, str | os.PathLike)

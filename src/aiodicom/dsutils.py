@@ -6,6 +6,7 @@ given (the shell runs it in a worker thread).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO
 
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -160,8 +161,8 @@ def encoding_of(transfer_syntax: str | UID) -> tuple[bool, bool]:
     Big Endian (the retired one) encodes its data set as Explicit VR Little
     Endian; the compressed ones encapsulate only the pixel data (PS3.5 A.4).
     """
-    ts = UID(str(transfer_syntax))
-    return ts == ImplicitVRLittleEndian, ts != UID("1.2.840.10008.1.2.2")
+    ts = str(transfer_syntax)
+    return ts == "1.2.840.10008.1.2", ts != "1.2.840.10008.1.2.2"
 
 
 def transfer_syntax_of(ds: Dataset) -> UID | None:
@@ -405,7 +406,19 @@ def _probe_fast(fp: BinaryIO) -> Part10Info | None:
             sop_instance = _uid_text(head[0].get(0x00080018)) or sop_instance
     if not sop_class or not sop_instance:
         return None
-    return Part10Info(UID(sop_class), UID(sop_instance), UID(ts), start + pos)
+    return Part10Info(_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), start + pos)
+
+
+@functools.lru_cache(maxsize=256)
+def _known_uid(text: str) -> UID:
+    """A UID that repeats from file to file (SOP classes, transfer syntaxes): made once."""
+    return UID(text)
+
+
+def _new_uid(text: str) -> UID:
+    """A UID read from a file, as is: pydicom's value check costs more than the rest
+    of the probe, and what is sent is what the file holds either way."""
+    return UID(text, validation_mode=config.IGNORE)
 
 
 def probe_part10(fp: BinaryIO) -> Part10Info:
