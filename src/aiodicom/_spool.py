@@ -26,7 +26,7 @@ from .dsutils import part10_header
 __all__ = ("Spool", "read_blocks")
 
 #: Spilled fragments are written to disk once this many bytes are held.
-WRITE_BATCH = 1 << 20
+WRITE_BATCH = 4 << 20
 
 
 class Spool:

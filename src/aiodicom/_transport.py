@@ -31,8 +31,8 @@ from anyio.streams.tls import TLSStream
 
 __all__ = ("AsyncioStream", "Listener", "connect", "listen")
 
-_HIGH_WATER = 1 << 20
-_LOW_WATER = 1 << 18
+_HIGH_WATER = 4 << 20
+_LOW_WATER = 1 << 20
 #: Corked writes are flushed at once past this many bytes.
 _CORK_LIMIT = 1 << 18
 

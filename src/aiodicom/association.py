@@ -143,6 +143,8 @@ VERIFICATION = UID("1.2.840.10008.1.1")
 #: (or for an unlimited window, 0).
 MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
+#: What the reader asks of an AsyncioStream: whatever one received chunk holds.
+_WHOLE_CHUNKS = 1 << 62
 #: Bytes read from a file per worker-thread call when sending it.
 _FILE_BLOCK = 4 << 20
 #: Statuses of a pending C-FIND/C-GET/C-MOVE response (PS3.4 C.4).
@@ -394,6 +396,7 @@ class Association:
         self._idle: anyio.Event | None = None  # created only by a release waiting for it
         self._inflight = 0
         self._context_cache: dict[tuple[str, bool, int], PresentationContext] = {}
+        self._store_context_cache: dict[tuple[str, str | None, int], PresentationContext] = {}
         #: Per intervention event: its handler and whether it is a plain def.
         self._plain: dict[evt.EventType, tuple[evt.Handler, bool]] = {}
         self._need_workers = 0  # workers to start (from the fast path, by a task)
@@ -535,7 +538,10 @@ class Association:
         need = n - avail
         self._rbuf, self._rpos = b"", 0
         while need:
-            chunk = await self._stream.receive(max(_READ_SIZE, need))
+            # The asyncio stream hands over whole received chunks (no copy);
+            # anyio's socket streams allocate what they are asked for.
+            size = _WHOLE_CHUNKS if type(self._stream) is AsyncioStream else _READ_SIZE
+            chunk = await self._stream.receive(max(size, need))
             if len(chunk) > need:
                 parts.append(memoryview(chunk)[:need])
                 self._rbuf, self._rpos = chunk, need
@@ -2507,12 +2513,18 @@ class Association:
 
     def _store_context(self, sop_class: UID, transfer_syntax: UID | None) -> PresentationContext:
         """The accepted SCU context for ``sop_class`` in ``transfer_syntax`` (any if None)."""
+        key = (sop_class, transfer_syntax, len(self._contexts))
+        found = self._store_context_cache.get(key)
+        if found is not None:
+            return found
         for cx in self.accepted_contexts:
             if (
                 cx.abstract_syntax == sop_class
                 and cx.as_scu
                 and (transfer_syntax is None or cx.transfer_syntax[0] == transfer_syntax)
             ):
+                if len(self._store_context_cache) < 1024:
+                    self._store_context_cache[key] = cx
                 return cx
         what = f"{sop_class} ({sop_class.name})"
         if transfer_syntax is not None:
