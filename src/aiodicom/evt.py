@@ -9,6 +9,13 @@ bound handler for an answer; when none is bound the default answer applies.
 A handler is ``handler(event)`` or, bound as ``(EVT_X, handler, [a, b])``,
 ``handler(event, a, b)``. It may be a plain function (run on the event loop: it
 must not block) or an ``async def``. See the docs for each event's contract.
+
+On asyncio, a plain EVT_C_ECHO or EVT_C_STORE handler may be called straight
+from the event loop's I/O callback, outside any task, when that request is
+the only one being served (the fast path): ``asyncio.current_task()`` is then
+``None``. anyio's clock and primitives still work there; a handler that needs
+a task of its own (cancel scopes, ``anyio.get_current_task()``) should be an
+``async def``.
 """
 
 from __future__ import annotations
