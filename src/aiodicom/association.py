@@ -2272,7 +2272,18 @@ class Association:
                     )
                 # One worker-thread call opens, probes and, for a small file,
                 # reads the whole data set (then closes what it opened).
-                info, data, owned = await anyio.to_thread.run_sync(_prepare_file, dataset)
+                whole: bytes | None = None
+                data: bytes | None
+                if isinstance(dataset, str | os.PathLike):
+                    whole = await anyio.to_thread.run_sync(_read_small, dataset)
+                if whole is not None:
+                    # Probing is CPU work, not I/O: done here, where it does
+                    # not contend with the worker thread for the GIL.
+                    info = probe_part10(io.BytesIO(whole))
+                    data, owned = whole[info.offset :], None
+                else:
+                    source = cast("str | os.PathLike[str] | BinaryIO", dataset)
+                    info, data, owned = await anyio.to_thread.run_sync(_prepare_file, source)
                 sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
                 cx = self._store_context(sop_class, info.transfer_syntax)
                 if data is not None:
@@ -2723,6 +2734,20 @@ def _instance_uids(ds: Dataset) -> tuple[UID, UID]:
     return UID(str(sop_class)), UID(str(sop_instance))
 
 
+def _read_small(path: str | os.PathLike[str]) -> bytes | None:
+    """The whole content of a file of up to ``_INLINE_READ`` bytes, in one read (blocking).
+
+    ``None`` for a larger file (or one that changed size while read): the
+    caller then streams it.
+    """
+    with open(path, "rb", buffering=0) as raw:
+        size = os.fstat(raw.fileno()).st_size
+        if size > _INLINE_READ:
+            return None
+        whole = raw.read(size + 1)
+    return whole if whole is not None and len(whole) == size else None
+
+
 def _prepare_file(
     source: str | os.PathLike[str] | BinaryIO,
 ) -> tuple[Part10Info, bytes | None, BinaryIO | None]:
@@ -2733,15 +2758,6 @@ def _prepare_file(
     streaming; ``opened`` is the file this call opened and left open (the
     caller closes it), ``None`` if it closed it or did not open it.
     """
-    if isinstance(source, str | os.PathLike):
-        # A small file is read whole, in one system call, and probed in memory.
-        with open(source, "rb", buffering=0) as raw:
-            size = os.fstat(raw.fileno()).st_size
-            if size <= _INLINE_READ:
-                whole = raw.read(size + 1)
-                if whole is not None and len(whole) == size:
-                    info = probe_part10(io.BytesIO(whole))
-                    return info, whole[info.offset :], None
     opened = open(source, "rb") if isinstance(source, str | os.PathLike) else None  # noqa: SIM115
     fp = opened if opened is not None else source
     assert not isinstance(fp, str | os.PathLike)
