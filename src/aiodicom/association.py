@@ -1423,12 +1423,14 @@ class Association:
     def _route(self, msg: Message) -> None:
         """Hand a complete message on, synchronously: a response to the task
         waiting on its Message ID, a request to the workers."""
-        if msg.is_response:
-            pending = self._pending.get(msg.message_id or -1)
+        command = msg.command
+        if command["CommandField"] & 0x8000:
+            # Message ID 0 is a valid ID (a caller may choose it): no `or`.
+            pending = self._pending.get(command.get("MessageIDBeingRespondedTo", -1))
             if pending is None or pending.finished:
                 LOGGER.warning("Dropping %s for unknown message ID %s", msg.name, msg.message_id)
                 return
-            if "Status" not in msg.command:
+            if "Status" not in command:
                 # PS3.7: every response carries a Status. Without one the
                 # operation cannot be judged: the caller gets a typed error.
                 LOGGER.error("%s for message %s has no Status", msg.name, msg.message_id)
@@ -1445,11 +1447,11 @@ class Association:
             queue.append(msg)
             self._stream_backlog += 1
             pending.sent_at = self._last_rx  # the DIMSE timeout runs between responses
-            if msg.command.get("Status") not in _PENDING:
+            if command.get("Status") not in _PENDING:
                 pending.finished = True
             pending.done.set()
             return
-        if msg.command_field == CommandField.C_CANCEL_RQ:
+        if command["CommandField"] == CommandField.C_CANCEL_RQ:
             # PS3.7 9.3.2.3: cancel the operation it names, if we still serve it.
             event = self._serving.get(msg.command.get("MessageIDBeingRespondedTo", -1))
             if event is not None:

@@ -899,3 +899,23 @@ async def test_ae_active_associations() -> None:
                 assert scu.active_associations == [assoc]
                 assert len(server.active_associations) == 1
         assert scu.active_associations == []
+
+
+@pytest.mark.parametrize("msg_id", [0, 1, 0xFFFF])
+async def test_every_message_id_gets_its_response(msg_id: int) -> None:
+    """0 and 65535 are Message IDs like any other (PS3.7 E.1): the response is routed."""
+    seen: list[int] = []
+
+    def on_echo(event: evt.Event) -> int:
+        seen.append(event.message_id)
+        return 0
+
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(make_scp_ae(), [(evt.EVT_C_ECHO, on_echo)]) as server,
+            make_scu_ae().associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            rsp = await assoc.send_c_echo(msg_id=msg_id)
+            assert rsp.Status == 0 and rsp.MessageIDBeingRespondedTo == msg_id
+            assert (await assoc.send_c_echo()).Status == 0
+    assert seen[0] == msg_id
