@@ -1862,13 +1862,7 @@ class Association:
             kind = evt.EVT_C_STORE
         else:
             return False
-        stream = self._stream
-        if (
-            type(stream) is not AsyncioStream
-            or self._send_lock.locked()
-            or self._debug
-            or not stream.can_send_now()
-        ):
+        if not self._can_send_now():
             return False
         bound = self._handlers.get(kind)
         if bound:
@@ -1881,24 +1875,11 @@ class Association:
         if _check_request(msg) is not None:
             return False
         status: Any
-        if kind is evt.EVT_C_ECHO:
-            status = 0x0000
-            if bound:
-                handler, args = bound[0]
-                try:
-                    status = _call_plain(handler, self._event_for(kind, msg), args)
-                except Exception:
-                    LOGGER.exception("Exception in the handler bound to EVT_C_ECHO")
-                    status = 0x0110
-        elif not bound:
-            LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
-            status = 0xC211
-        else:
-            handler, args = bound[0]
-            try:
-                status = _call_plain(handler, self._store_event(msg), args)
-            except Exception as exc:
-                status = _store_failure(exc)
+        try:
+            call = self._handler_call(kind, msg)
+            status = call if isinstance(call, int) else _call_plain(*call)
+        except Exception as exc:
+            status = _handler_failure(kind, exc)
         if type(status) is not int and inspect.isawaitable(status):
             # A plain def that returned an awaitable: a task finishes it.
             assert self._tg is not None
@@ -1920,11 +1901,7 @@ class Association:
                 try:
                     status = await status
                 except Exception as exc:
-                    if kind is evt.EVT_C_STORE:
-                        status = _store_failure(exc)
-                    else:
-                        LOGGER.exception("Exception in the handler bound to %s", kind.name)
-                        status = 0x0110
+                    status = _handler_failure(kind, exc)
             command = self._response_command(msg, status)
             await self._send_message(msg.context_id, command, None)
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
@@ -1933,6 +1910,21 @@ class Association:
             self._inflight -= 1
             if self._inflight == 0 and self._idle is not None:
                 self._idle.set()
+
+    def _handler_call(
+        self, kind: evt.EventType, msg: Message
+    ) -> tuple[evt.Handler, evt.Event, tuple[Any, ...]] | int:
+        """What answers a C-ECHO or C-STORE: its handler, event and arguments,
+        or the status that answers it when no handler is bound."""
+        bound = self._handlers.get(kind)
+        if not bound:
+            if kind is evt.EVT_C_ECHO:
+                return 0x0000
+            LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
+            return 0xC211
+        handler, args = bound[0]
+        event = self._event_for(kind, msg) if kind is evt.EVT_C_ECHO else self._store_event(msg)
+        return handler, event, args
 
     def _response_command(self, msg: Message, status: Any) -> bytes:
         """The encoded response of a C-ECHO or C-STORE request with ``status``."""
@@ -1977,17 +1969,13 @@ class Association:
         spool = msg.spool if isinstance(msg.spool, Spool) else None
         status: Any
         try:
-            bound = self._handlers.get(evt.EVT_C_STORE)
             if spool is not None and spool.error is not None:
                 LOGGER.error("Could not spool a received data set: %s", spool.error)
                 status = 0xA700
-            elif not bound:
-                LOGGER.warning("No handler is bound to EVT_C_STORE: answering 0xC211")
-                status = 0xC211
             else:
-                handler, args = bound[0]
                 try:
-                    status = await evt.call_handler(handler, self._store_event(msg), args)
+                    call = self._handler_call(evt.EVT_C_STORE, msg)
+                    status = call if isinstance(call, int) else await evt.call_handler(*call)
                 except Exception as exc:
                     status = _store_failure(exc)
         finally:
@@ -1996,16 +1984,24 @@ class Association:
         await self._send_message(msg.context_id, self._response_command(msg, status), None)
 
     async def _serve_c_echo(self, msg: Message) -> None:
-        status: Any = 0x0000
-        bound = self._handlers.get(evt.EVT_C_ECHO)
-        if bound:
-            handler, args = bound[0]
-            try:
-                status = await evt.call_handler(handler, self._event_for(evt.EVT_C_ECHO, msg), args)
-            except Exception:
-                LOGGER.exception("Exception in the handler bound to EVT_C_ECHO")
-                status = 0x0110
+        status: Any
+        try:
+            call = self._handler_call(evt.EVT_C_ECHO, msg)
+            status = call if isinstance(call, int) else await evt.call_handler(*call)
+        except Exception as exc:
+            status = _handler_failure(evt.EVT_C_ECHO, exc)
         await self._send_message(msg.context_id, self._response_command(msg, status), None)
+
+    def _can_send_now(self) -> bool:
+        """True if a message may be written without awaiting (see :meth:`_send_now`)."""
+        stream = self._stream
+        return (
+            type(stream) is AsyncioStream
+            and not self._send_lock.locked()
+            and not self._debug
+            and stream.can_send_now()
+            and self._ul.can_send_data()
+        )
 
     def _send_now(self, context_id: int, command: bytes, dataset: bytes | None) -> bool:
         """Send a message that fits one P-DATA-TF without awaiting, if nothing is in the way.
@@ -2015,15 +2011,10 @@ class Association:
         sent. Returns False (nothing sent) otherwise; the caller then goes
         the general way, :meth:`_send_message`.
         """
-        stream = self._stream
-        if (
-            type(stream) is not AsyncioStream
-            or self._send_lock.locked()
-            or self._debug
-            or not stream.can_send_now()
-            or not self._ul.can_send_data()
-        ):
+        if not self._can_send_now():
             return False
+        stream = self._stream
+        assert isinstance(stream, AsyncioStream)
         size = len(command) + 6 if dataset is None else len(command) + len(dataset) + 12
         max_pdu = self._remote_max_pdu
         if (max_pdu and size > max_pdu) or size > _COALESCE:
@@ -2795,6 +2786,14 @@ def _store_failure(exc: Exception) -> int:
         return 0xA700
     LOGGER.error("Exception in the handler bound to EVT_C_STORE: answering 0xC211", exc_info=exc)
     return 0xC211
+
+
+def _handler_failure(kind: evt.EventType, exc: Exception) -> int:
+    """The status answering a C-ECHO or C-STORE whose handler raised ``exc``."""
+    if kind is evt.EVT_C_STORE:
+        return _store_failure(exc)
+    LOGGER.error("Exception in the handler bound to %s", kind.name, exc_info=exc)
+    return 0x0110
 
 
 def _is_plain(handler: Any) -> bool:
