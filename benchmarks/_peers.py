@@ -149,6 +149,20 @@ def aiodicom_scu(args: argparse.Namespace) -> None:
 # -- pynetdicom -----------------------------------------------------------------
 
 
+def _serve_pynetdicom(ae: Any, handlers: list[Any]) -> None:
+    """Serve with pynetdicom on a free port (TCP_NODELAY); print READY <port>; until killed."""
+    from pynetdicom import evt
+
+    all_handlers = [(evt.EVT_CONN_OPEN, _nodelay), *handlers]
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=all_handlers)
+    print(f"READY {server.server_address[1]}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
 def _nodelay(event: Any) -> None:
     sock = event.assoc.dul.socket.socket
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -160,14 +174,7 @@ def pynetdicom_scp(args: argparse.Namespace) -> None:
     ae = AE(ae_title="BENCH_SCP")
     ae.add_supported_context(VERIFICATION)
     ae.maximum_associations = 1000
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_ECHO, lambda event: 0x0000)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    print(f"READY {server.server_address[1]}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        server.shutdown()
+    _serve_pynetdicom(ae, [(evt.EVT_C_ECHO, lambda event: 0x0000)])
 
 
 def pynetdicom_scu(args: argparse.Namespace) -> None:
@@ -282,14 +289,7 @@ def pynetdicom_store_scp(args: argparse.Namespace) -> None:
     if args.max_pdu:
         ae.maximum_pdu_size = args.max_pdu
     # Return success without touching event.dataset: nothing is decoded or written.
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, lambda event: 0x0000)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    print(f"READY {server.server_address[1]}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        server.shutdown()
+    _serve_pynetdicom(ae, [(evt.EVT_C_STORE, lambda event: 0x0000)])
 
 
 def pynetdicom_store_scu(args: argparse.Namespace) -> None:
@@ -433,14 +433,7 @@ def pynetdicom_find_scp(args: argparse.Namespace) -> None:
 
     ae = AE(ae_title="BENCH_SCP")
     ae.add_supported_context(STUDY_ROOT_FIND)
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_FIND, on_find)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    print(f"READY {server.server_address[1]}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        server.shutdown()
+    _serve_pynetdicom(ae, [(evt.EVT_C_FIND, on_find)])
 
 
 def pynetdicom_find_scu(args: argparse.Namespace) -> None:
@@ -541,14 +534,7 @@ def pynetdicom_get_scp(args: argparse.Namespace) -> None:
     ae = AE(ae_title="BENCH_SCP")
     ae.add_supported_context(STUDY_ROOT_GET)
     ae.add_supported_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE], scu_role=True, scp_role=True)
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_GET, on_get)]
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-    print(f"READY {server.server_address[1]}", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        server.shutdown()
+    _serve_pynetdicom(ae, [(evt.EVT_C_GET, on_get)])
 
 
 def pynetdicom_get_scu(args: argparse.Namespace) -> None:

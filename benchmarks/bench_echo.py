@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,20 +52,15 @@ def dcmtk_tool(name: str) -> str | None:
     return None
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+@dataclass
+class Server:
+    port: int
+    proc: subprocess.Popen[str]
 
 
 @contextmanager
-def server(argv: list[str], *, port: int | None = None) -> Iterator[int]:
-    """Start a server process; yield its port (from READY or the given one)."""
+def server(argv: list[str], *, port: int | None = None) -> Iterator[Server]:
+    """Start an SCP; yield it once it listens (READY line, or its port answers)."""
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV
     )
@@ -76,15 +72,34 @@ def server(argv: list[str], *, port: int | None = None) -> Iterator[int]:
                 raise RuntimeError(f"{argv} did not start: {line!r}")
             port = int(line.split()[1])
         else:
-            _wait_port(port)
-        yield port
+            _wait_listening(proc, port)
+        yield Server(port, proc)
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _wait_listening(proc: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
+    """Wait until ``port`` is in LISTEN state, without connecting to it.
+
+    A probe connection would be an association attempt for storescp (which
+    serves one at a time without --fork); /proc/net/tcp shows the listener.
+    """
+    want = f":{port:04X} "
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(want.strip()) and fields[3] == "0A":
+                return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def client(argv: list[str]) -> dict[str, Any]:
@@ -153,12 +168,14 @@ def run(args: argparse.Namespace) -> list[Row]:
     results: dict[str, tuple[list[float], list[float]]] = {}
     stalls = 0
     with ExitStack() as stack:
-        raw_port = stack.enter_context(server([*PEERS, "raw-echo-server"]))
-        aio_port = stack.enter_context(server([*PEERS, "aiodicom-scp"]))
+        raw_port = stack.enter_context(server([*PEERS, "raw-echo-server"])).port
+        aio_port = stack.enter_context(server([*PEERS, "aiodicom-scp"])).port
         uv_port = (
-            stack.enter_context(server([*PEERS, "aiodicom-scp", "--uvloop"])) if have_uvloop else 0
+            stack.enter_context(server([*PEERS, "aiodicom-scp", "--uvloop"])).port
+            if have_uvloop
+            else 0
         )
-        pyn_port = stack.enter_context(server([*PEERS, "pynetdicom-scp"]))
+        pyn_port = stack.enter_context(server([*PEERS, "pynetdicom-scp"])).port
         dcm_port = 0
         if storescp and echoscu:
             dcm_port = free_port()

@@ -45,17 +45,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_echo import dcmtk_tool, free_port  # noqa: E402
-from bench_store import (  # noqa: E402
+from bench_echo import (  # noqa: E402
     ENV,
     PEERS,
     Server,
     _wait_listening,
-    make_instances,
-    run_client,
+    dcmtk_tool,
+    free_port,
     server,
-    vm_hwm_mib,
 )
+from bench_store import make_instances, run_client, vm_hwm_mib  # noqa: E402
 
 PYN_REF = "pynetdicom <-> pynetdicom"
 FIND_KEYS = [

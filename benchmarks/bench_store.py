@@ -40,10 +40,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_echo import dcmtk_tool, free_port  # noqa: E402
+from bench_echo import ENV, PEERS, Server, dcmtk_tool, free_port, server  # noqa: E402
 
-PEERS = [sys.executable, str(HERE / "_peers.py")]
-ENV = {**os.environ, "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"}
 DEFAULT_PDU = {"aiodicom": 262_144, "pynetdicom": 16_382, "dcmtk": 16_384}
 PYN_REF = "pynetdicom <-> pynetdicom"
 DCMTK_REF = "dcmtk storescu -> dcmtk storescp"
@@ -131,56 +129,6 @@ class HwmSampler(threading.Thread):
             else:
                 self.peak = max(self.peak, value)
             self.stop.wait(self.interval)
-
-
-@dataclass
-class Server:
-    port: int
-    proc: subprocess.Popen[str]
-
-
-@contextmanager
-def server(argv: list[str], *, port: int | None = None) -> Iterator[Server]:
-    """Start an SCP; yield it once it listens (READY line, or its port answers)."""
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV
-    )
-    try:
-        if port is None:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith("READY"):
-                raise RuntimeError(f"{argv} did not start: {line!r}")
-            port = int(line.split()[1])
-        else:
-            _wait_listening(proc, port)
-        yield Server(port, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_listening(proc: subprocess.Popen[str], port: int, timeout: float = 20.0) -> None:
-    """Wait until ``port`` is in LISTEN state, without connecting to it.
-
-    A probe connection would be an association attempt for storescp (which
-    serves one at a time without --fork); /proc/net/tcp shows the listener.
-    """
-    want = f":{port:04X} "
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[1].endswith(want.strip()) and fields[3] == "0A":
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 @dataclass

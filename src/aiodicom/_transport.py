@@ -73,10 +73,8 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        stream = self.stream
-        if stream is not None and stream._burst and not stream._corked:
-            # What we write next answers what just arrived: it goes out at once.
-            stream._burst = False
+        if self.stream is not None:
+            self.stream._data_arrived()
         if self.consumer is not None and not self.chunks:
             data = self.consumer(data)
             if not data:
@@ -197,6 +195,12 @@ class AsyncioStream(anyio.abc.ByteStream):
         stops reading makes the next :meth:`send` wait, not this call.
         """
         self._put(item)
+
+    def _data_arrived(self) -> None:
+        """What is written next answers what just arrived: it goes out at once
+        (unless earlier writes still wait for their flush, which keeps order)."""
+        if not self._corked:
+            self._burst = False
 
     def _put(self, item: bytes) -> None:
         if not self._burst:

@@ -1995,12 +1995,15 @@ class Association:
     def _can_send_now(self) -> bool:
         """True if a message may be written without awaiting (see :meth:`_send_now`)."""
         stream = self._stream
+        handlers = self._handlers
         return (
             type(stream) is AsyncioStream
             and not self._send_lock.locked()
             and not self._debug
             and stream.can_send_now()
             and self._ul.can_send_data()
+            and evt.EVT_PDU_SENT not in handlers
+            and evt.EVT_DIMSE_SENT not in handlers
         )
 
     def _send_now(self, context_id: int, command: bytes, dataset: bytes | None) -> bool:
@@ -2019,15 +2022,11 @@ class Association:
         max_pdu = self._remote_max_pdu
         if (max_pdu and size > max_pdu) or size > _COALESCE:
             return False
-        handlers = self._handlers
-        if evt.EVT_PDU_SENT in handlers or evt.EVT_DIMSE_SENT in handlers:
-            return False
         if dataset is None:
             pdu = encode_p_data(context_id, 0x03, command)
         else:
             pdu = next(fragment(context_id, command, dataset, max_pdu))
-        if not self._ul.note_data_sent():
-            self._ul.send_data(pdu)
+        self._data_sent(pdu)
         stream.send_now(pdu)
         return True
 
@@ -2744,12 +2743,13 @@ def _read_small(path: str | os.PathLike[str]) -> bytes | None:
 def _prepare_file(
     source: str | os.PathLike[str] | BinaryIO,
 ) -> tuple[Part10Info, bytes | None, BinaryIO | None]:
-    """Open (a path), probe, and read a data set of up to ``_INLINE_READ`` bytes (blocking).
+    """Open (a path), probe, and for a file object read a small data set whole (blocking).
 
-    Returns ``(info, data, opened)``: ``data`` is the whole data set when it
-    is small, else ``None`` and the file is left at the data set's start for
-    streaming; ``opened`` is the file this call opened and left open (the
-    caller closes it), ``None`` if it closed it or did not open it.
+    Returns ``(info, data, opened)``: ``data`` is the whole data set when a
+    file object holds at most ``_INLINE_READ`` bytes of it, else ``None`` and
+    the file is left at the data set's start for streaming. A path gets here
+    only when :func:`_read_small` found it large: it is always streamed.
+    ``opened`` is the file this call opened (the caller closes it).
     """
     opened = open(source, "rb") if isinstance(source, str | os.PathLike) else None  # noqa: SIM115
     fp = opened if opened is not None else source
@@ -2757,12 +2757,11 @@ def _prepare_file(
     try:
         info = probe_part10(fp)
         fp.seek(info.offset)
-        data = fp.read(_INLINE_READ + 1) if _INLINE_READ else None
-        if data is not None and len(data) <= _INLINE_READ:
-            if opened is not None:
-                opened.close()
-            return info, data, None
-        fp.seek(info.offset)
+        if opened is None and _INLINE_READ:  # 0: stream every file
+            data = fp.read(_INLINE_READ + 1)
+            if len(data) <= _INLINE_READ:
+                return info, data, None
+            fp.seek(info.offset)
     except BaseException:
         if opened is not None:
             opened.close()

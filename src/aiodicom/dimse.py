@@ -149,7 +149,7 @@ def _encode_text(vr: str, value: str) -> bytes:
     return raw
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _uid_element(elem: int, value: str) -> bytes:
     raw = _encode_text("UI", value)
     return _ELEM_HEADER.pack(0, elem, len(raw)) + raw
@@ -171,7 +171,8 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
         if vr == "US" and type(value) is int and 0 <= value <= 0xFFFF:
             parts.append((elem, _US_ELEMENT.pack(0, elem, 2, value)))
             continue
-        if vr == "UI" and isinstance(value, str):
+        if vr == "UI" and elem <= 0x0003 and isinstance(value, str):
+            # Affected/Requested SOP Class UID: they repeat, encoded once.
             parts.append((elem, _uid_element(elem, value)))
             continue
         raw = _encode_value(vr, value)
@@ -259,8 +260,8 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
             vr = spec[1]
             if vr == "US" and length == 2:
                 out[spec[0]] = data[pos] | (data[pos + 1] << 8)
-            elif vr == "UI" and type(data) is bytes:
-                # UIDs repeat (the SOP classes): decoded once.
+            elif vr == "UI" and elem <= 0x0003 and type(data) is bytes:
+                # Affected/Requested SOP Class UID: they repeat, decoded once.
                 raw = data[pos : pos + length]
                 text = uids.get(raw)
                 if text is None:

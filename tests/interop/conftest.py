@@ -878,19 +878,7 @@ def run_pynetdicom_scu(
     CompletedProcess and its parsed JSON-lines events. Exit codes: 0 ok,
     1 rejected, 2 aborted / connection failed, 3 an operation failed.
     """
-    require_pynetdicom()
-
-    def run(
-        *args: str | os.PathLike[str] | int,
-        timeout: float = 60.0,
-        env: Mapping[str, str] | None = None,
-    ) -> tuple[PeerResult, list[dict[str, Any]]]:
-        out = tmp_path_factory.mktemp("pynetdicom_scu") / "events.jsonl"
-        argv = [sys.executable, str(PEER_SCRIPT), "scu", "--out", str(out), *map(str, args)]
-        cp = run_command(argv, timeout=timeout, env=env)
-        return cp, read_jsonl(out)
-
-    return run
+    return _pynetdicom_runner(tmp_path_factory, "scu")
 
 
 @pytest.fixture
@@ -904,6 +892,13 @@ def run_pynetdicom_qrscu(
     "PatientID=*", "--cancel-after", "2", "--echo-after", "--store-dir", DIR,
     ...) to completion. Exit codes as ``run_pynetdicom_scu``'s.
     """
+    return _pynetdicom_runner(tmp_path_factory, "qrscu")
+
+
+def _pynetdicom_runner(
+    tmp_path_factory: pytest.TempPathFactory, role: str
+) -> Callable[..., tuple[PeerResult, list[dict[str, Any]]]]:
+    """run(*args, timeout=60.0, env=None) for ``pynetdicom_peer.py ROLE --out FILE *args``."""
     require_pynetdicom()
 
     def run(
@@ -911,8 +906,8 @@ def run_pynetdicom_qrscu(
         timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
     ) -> tuple[PeerResult, list[dict[str, Any]]]:
-        out = tmp_path_factory.mktemp("pynetdicom_qrscu") / "events.jsonl"
-        argv = [sys.executable, str(PEER_SCRIPT), "qrscu", "--out", str(out), *map(str, args)]
+        out = tmp_path_factory.mktemp(f"pynetdicom_{role}") / "events.jsonl"
+        argv = [sys.executable, str(PEER_SCRIPT), role, "--out", str(out), *map(str, args)]
         cp = run_command(argv, timeout=timeout, env=env)
         return cp, read_jsonl(out)
 

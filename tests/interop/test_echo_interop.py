@@ -17,6 +17,7 @@ through ``anyio.to_thread.run_sync``; every test body is bounded by
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -218,6 +219,49 @@ async def test_echoscu_repeat_5_to_aiodicom_scp(run_dcmtk):
     assert len(log.accepted) == 1
     assert [e["message_id"] for e in log.echoes] == [1, 2, 3, 4, 5], log.echoes
     assert not log.aborted
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("handler", ["plain", "async"])
+async def test_echoscu_repeat_to_aiodicom_scp_served_inline(run_dcmtk, handler):
+    """A plain EVT_C_ECHO handler is answered inline (no worker task) on asyncio;
+    an async one by a worker. No PDU-watching handler is bound here: it would
+    turn the inline answer off."""
+    served: list[str] = []
+    released = anyio.Event()
+
+    def record() -> None:
+        task = asyncio.current_task()
+        worker = task is not None and task.get_name().endswith("._worker")
+        served.append("worker" if worker else "inline")
+
+    def on_echo_plain(event: Any) -> int:
+        record()
+        return 0
+
+    async def on_echo_async(event: Any) -> int:
+        record()
+        return 0
+
+    on_echo = on_echo_plain if handler == "plain" else on_echo_async
+    handlers = [(evt.EVT_C_ECHO, on_echo), (evt.EVT_RELEASED, lambda e: released.set())]
+    ae = scp_ae("AIOSCP")
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
+            cp = await in_thread(
+                run_dcmtk,
+                "echoscu",
+                "-aec",
+                "AIOSCP",
+                "--repeat",
+                "20",
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await released.wait()
+    assert served == [{"plain": "inline", "async": "worker"}[handler]] * 20
 
 
 @pytest.mark.anyio

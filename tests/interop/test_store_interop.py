@@ -25,6 +25,7 @@ Every blocking call runs in a worker thread; every test body is bounded by
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -146,25 +147,45 @@ class StoreSCP:
     released: list[Any] = field(default_factory=list)
     aborted: list[Any] = field(default_factory=list)
 
+    #: Bind a plain ``def`` handler (writes the file itself) instead of an ``async def``.
+    plain: bool = False
+    #: Per C-STORE, what ran the handler: "worker" (a worker task of the
+    #: association), else "inline" (the transport's read callback or the
+    #: reader task: the SCP's inline answer on asyncio).
+    served_by: list[str] = field(default_factory=list)
+
     async def on_store(self, event: evt.Event) -> int:
         if self.raise_error:
             raise RuntimeError("handler failure on purpose")
+        self.served_by.append(served_by())
+        path = self._path_for(event)
+        await in_thread(write_part10, path, event.file_meta, event.encoded_dataset())
+        return self._record(event, path)
+
+    def on_store_plain(self, event: evt.Event) -> int:
+        if self.raise_error:
+            raise RuntimeError("handler failure on purpose")
+        self.served_by.append(served_by())
+        path = self._path_for(event)
+        write_part10(path, event.file_meta, event.encoded_dataset())
+        return self._record(event, path)
+
+    def _path_for(self, event: evt.Event) -> Path:
+        seq = len(self.received) + 1
+        return self.output_dir / f"{seq:06d}_{event.request.AffectedSOPInstanceUID}.dcm"
+
+    def _record(self, event: evt.Event, path: Path) -> int:
         assert event.context is not None
         req = event.request
-        seq = len(self.received) + 1
-        uid = str(req.AffectedSOPInstanceUID)
-        path = self.output_dir / f"{seq:06d}_{uid}.dcm"
-        meta = event.file_meta
-        await in_thread(write_part10, path, meta, event.encoded_dataset())
         self.received.append(
             Received(
                 message_id=event.message_id,
                 sop_class_uid=str(req.AffectedSOPClassUID),
-                sop_instance_uid=uid,
+                sop_instance_uid=str(req.AffectedSOPInstanceUID),
                 transfer_syntax=str(event.context.transfer_syntax),
                 priority=req.get("Priority"),
                 move_originator=req.get("MoveOriginatorApplicationEntityTitle"),
-                meta=meta,
+                meta=event.file_meta,
                 dataset=event.dataset if self.decode else None,
                 path=path,
                 calling_ae=event.assoc.requestor.ae_title,
@@ -174,11 +195,17 @@ class StoreSCP:
 
     def handlers(self) -> list[Any]:
         return [
-            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_STORE, self.on_store_plain if self.plain else self.on_store),
             (evt.EVT_ACCEPTED, lambda e: self.accepted.append(e.assoc)),
             (evt.EVT_RELEASED, lambda e: self.released.append(e.assoc)),
             (evt.EVT_ABORTED, lambda e: self.aborted.append(e.assoc)),
         ]
+
+
+def served_by() -> str:
+    """'worker' in a worker task of an association, 'inline' anywhere else."""
+    task = asyncio.current_task()
+    return "worker" if task is not None and task.get_name().endswith("._worker") else "inline"
 
 
 def storage_scp_ae(title: str = "AIOSCP", syntaxes: list[str] | None = None) -> AE:
@@ -327,11 +354,13 @@ async def test_storescu_to_aiodicom_scp(run_dcmtk, tmp_path, name):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("handler", ["async", "plain"])
 async def test_storescu_200_instances_one_association_to_aiodicom_scp(
-    run_dcmtk, tmp_path, small_instances
+    run_dcmtk, tmp_path, small_instances, handler
 ):
+    """A plain handler: every store is answered inline (outside a task) on asyncio."""
     folder = small_instances[0].parent
-    scp = StoreSCP(tmp_path)
+    scp = StoreSCP(tmp_path, plain=handler == "plain")
     ae = storage_scp_ae()
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
@@ -357,6 +386,7 @@ async def test_storescu_200_instances_one_association_to_aiodicom_scp(
     assert len(by_uid) == N_SMALL
     for source in small_instances:
         check_received(by_uid[file_info(source)[1]], source, dcmtk_sender=True)
+    assert scp.served_by == [{"plain": "inline", "async": "worker"}[handler]] * N_SMALL
 
 
 # =========================================================================== 2.
@@ -454,10 +484,12 @@ async def test_pynetdicom_scu_to_aiodicom_scp(run_pynetdicom_scu, tmp_path, chun
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("handler", ["async", "plain"])
 async def test_pynetdicom_scu_200_instances_one_association_to_aiodicom_scp(
-    run_pynetdicom_scu, tmp_path, small_instances
+    run_pynetdicom_scu, tmp_path, small_instances, handler
 ):
-    scp = StoreSCP(tmp_path)
+    """A plain handler: every store is answered inline (outside a task) on asyncio."""
+    scp = StoreSCP(tmp_path, plain=handler == "plain")
     ae = storage_scp_ae()
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
@@ -479,6 +511,7 @@ async def test_pynetdicom_scu_200_instances_one_association_to_aiodicom_scp(
     assert len(scp.received) == N_SMALL
     for rec, source in zip(scp.received, small_instances, strict=True):
         check_received(rec, source, same_bytes=True)
+    assert scp.served_by == [{"plain": "inline", "async": "worker"}[handler]] * N_SMALL
 
 
 @pytest.mark.anyio
