@@ -47,6 +47,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from . import evt
+from ._nowait import NOT_CACHED, read_cached
 from ._spool import WRITE_BATCH, Spool, read_blocks
 from ._transport import AsyncioStream
 from .dimse import (
@@ -2267,7 +2268,13 @@ class Association:
                 whole: bytes | None = None
                 data: bytes | None
                 if isinstance(dataset, str | os.PathLike):
-                    whole = await anyio.to_thread.run_sync(_read_small, dataset)
+                    # Hot in the page cache: read here without blocking (and
+                    # without a worker-thread round trip); else in a worker.
+                    cached = read_cached(dataset, _INLINE_READ)
+                    if cached is NOT_CACHED:
+                        whole = await anyio.to_thread.run_sync(_read_small, dataset)
+                    else:
+                        whole = cast("bytes | None", cached)
                 if whole is not None:
                     # Probing is CPU work, not I/O: done here, where it does
                     # not contend with the worker thread for the GIL.

@@ -6,9 +6,11 @@ events, handlers and sockets; ``anyio.fail_after`` is only ever a hang guard.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -340,3 +342,33 @@ def blocking_socket(port: int, rcvbuf: int | None = None, mss: int | None = None
     sock.settimeout(GUARD)
     sock.connect(("127.0.0.1", port))
     return sock
+
+
+def evict(path: Path) -> None:
+    """Drop ``path`` from the page cache (where the file system allows it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def can_evict(directory: Path) -> bool:
+    """True if files under ``directory`` really leave the page cache when evicted.
+
+    Probed on a file of its own: a RWF_NOWAIT read that misses starts
+    readahead, which would bring the pages of the file under test back.
+    """
+    probe = directory / "evict-probe.bin"
+    probe.write_bytes(os.urandom(64 * 1024))
+    evict(probe)
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return False

@@ -30,7 +30,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from aiodicom import AE, Association, evt, sop_class
+from aiodicom import AE, Association, _nowait, evt, sop_class
 from aiodicom.dimse import (
     DATASET_PRESENT,
     CommandField,
@@ -54,7 +54,16 @@ from aiodicom.pdu_primitives import (
 )
 from aiodicom.testing import RecordingHandlers, make_dataset, memory_pair
 
-from .conftest import GUARD, RAW_IMPL_UID, make_scp_ae, make_scu_ae, raw_connection, running_server
+from .conftest import (
+    GUARD,
+    RAW_IMPL_UID,
+    can_evict,
+    evict,
+    make_scp_ae,
+    make_scu_ae,
+    raw_connection,
+    running_server,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -683,3 +692,48 @@ async def test_request_without_message_id_aborts() -> None:
     (pdu,) = await _answer_to(command, None)
     assert isinstance(pdu, AAbort)
     assert (pdu.source, pdu.reason) == (2, 6)
+
+
+# ---------------------------------------------------------------------------
+# Reading the file to send: on the loop when the page cache has it, else in a worker
+
+
+@pytest.mark.skipif(
+    _nowait._syscall is None,
+    reason="openat2/RWF_NOWAIT are Linux-only",
+)
+async def test_hot_file_is_sent_without_a_worker_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio.to_thread
+
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def counting(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    ds = make_dataset()
+    meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    path = tmp_path / "hot.dcm"
+    path.write_bytes(part10_header(meta) + encode_dataset(ds, ExplicitVRLittleEndian))
+    path.read_bytes()  # in the page cache
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+            assert hops == []
+            # a file the page cache does not hold (evicted) goes through a worker
+            if not can_evict(tmp_path):
+                pytest.skip("this file system keeps the pages in memory (tmpfs?)")
+            evict(path)
+            assert (await assoc.send_c_store(path)).Status == 0
+            assert hops == ["_read_small"]
+            # a missing file: the worker's open raises the real error
+            with pytest.raises(FileNotFoundError):
+                await assoc.send_c_store(tmp_path / "missing.dcm")
+    expected = encode_dataset(ds, ExplicitVRLittleEndian)
+    assert [d for _, _, d, _ in rec.stored] == [expected, expected]

@@ -1,0 +1,117 @@
+"""File reads the kernel serves without blocking, or not at all (Linux).
+
+Reading a file to send it is blocking work: a worker thread does it
+(``anyio.to_thread``). The hop costs about 100 µs of latency, more than
+reading a small file that is already in memory. Linux can tell the two
+cases apart without waiting:
+
+* ``openat2(2)`` with ``RESOLVE_CACHED`` opens a path only if every component
+  is in the kernel's lookup cache and no revalidation or I/O is needed; else
+  it fails at once with ``EAGAIN``.
+* ``preadv2(2)`` with ``RWF_NOWAIT`` reads only what the page cache holds;
+  else it fails at once with ``EAGAIN`` (or returns short).
+
+:func:`read_cached` tries both on the calling (event loop) thread and gives
+up, returning :data:`NOT_CACHED`, as soon as either would have to wait; the
+caller then does the read in a worker thread as before. So this is the
+io_uring pattern ("try non-blocking, punt to a worker") with no thread
+involved when the data is hot, and the event loop is never blocked on a disk.
+Where either call is missing (not Linux, an old kernel, a seccomp filter
+that refuses ``openat2``) every read is :data:`NOT_CACHED`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+from typing import Final
+
+__all__ = ("NOT_CACHED", "read_cached")
+
+#: Returned when the read would have had to wait (or can't be tried here).
+NOT_CACHED: Final = object()
+
+_SYS_OPENAT2: Final = 437  # the same number on every Linux architecture (5.6+)
+_RESOLVE_CACHED: Final = 0x20
+_AT_FDCWD: Final = -100
+_O_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# EAGAIN: would block; ENOSYS/EPERM/EINVAL: not available here (old kernel,
+# seccomp, or RESOLVE_CACHED unknown). ENOENT and the like are real errors,
+# but the worker-thread path raises them with the usual message: not here.
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    )
+
+
+def _find_syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if sys.platform != "linux" or not hasattr(os, "preadv") or not hasattr(os, "RWF_NOWAIT"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    call.restype = ctypes.c_long
+    call.argtypes = (
+        ctypes.c_long,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.POINTER(_OpenHow),
+        ctypes.c_size_t,
+    )
+    return call
+
+
+_syscall = _find_syscall()
+_HOW: Final = _OpenHow(_O_FLAGS, 0, _RESOLVE_CACHED)
+_HOW_SIZE: Final = ctypes.sizeof(_OpenHow)
+
+
+def _open_cached(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor for ``path``, or -1 if opening it would wait."""
+    global _syscall
+    call = _syscall
+    if call is None:
+        return -1
+    fd: int = call(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(_HOW), _HOW_SIZE)
+    if fd < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+        _syscall = None  # not available here: stop trying
+    return fd
+
+
+def read_cached(path: str | os.PathLike[str], limit: int) -> bytes | object | None:
+    """The whole content of ``path`` if the kernel has all of it in memory.
+
+    Returns the bytes; ``None`` if the file is larger than ``limit`` (the
+    caller streams it); :data:`NOT_CACHED` if opening or reading it would
+    have to wait for a disk (or a network file system), if it changed size
+    while read, or if any error occurred: the caller then does the read in a
+    worker thread, which reports a real error as usual.
+    """
+    fd = _open_cached(path)
+    if fd < 0:
+        return NOT_CACHED
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            return None
+        buf = bytearray(size + 1)
+        try:
+            got = os.preadv(fd, (buf,), 0, os.RWF_NOWAIT)
+        except OSError:  # EAGAIN: not (all) in the page cache
+            return NOT_CACHED
+        if got != size:  # short (partly cached) or grown
+            return NOT_CACHED
+        del buf[size]
+        return bytes(buf)
+    except OSError:
+        return NOT_CACHED
+    finally:
+        os.close(fd)
