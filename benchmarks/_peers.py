@@ -249,25 +249,45 @@ def aiodicom_store_scp(args: argparse.Namespace) -> None:
 
 
 def aiodicom_store_scu(args: argparse.Namespace) -> None:
+    """Send every file; ``--window N`` (N > 1): N tasks share the association,
+    with an Asynchronous Operations Window of N invoked operations proposed
+    (PS3.7 D.3.3.3), so up to N C-STOREs are in flight at once."""
     import anyio
 
     from aiodicom import AE, sop_class
+    from aiodicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
 
     files = _store_files(args.dir)
+    window = max(1, args.window)
 
     async def main() -> dict[str, Any]:
         ae = AE("BENCH_SCU")
         ae.add_requested_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE])
         max_pdu = args.max_pdu or None
+        ext_neg = []
+        if window > 1:
+            item = AsynchronousOperationsWindowNegotiation()
+            item.maximum_number_operations_invoked = window
+            item.maximum_number_operations_performed = 1
+            ext_neg.append(item)
         async with ae.associate(
-            "127.0.0.1", args.port, ae_title="BENCH_SCP", max_pdu=max_pdu
+            "127.0.0.1", args.port, ae_title="BENCH_SCP", max_pdu=max_pdu, ext_neg=ext_neg
         ) as assoc:
+            # what the SCP performs at once is how many we may invoke
+            invoked = assoc.acceptor.asynchronous_operations[1] if window > 1 else 1
+            queue = iter(files)
+
+            async def sender() -> None:
+                for path in queue:
+                    status = await assoc.send_c_store(path)
+                    assert status.Status == 0, status
+
             start = time.perf_counter()
-            for path in files:
-                status = await assoc.send_c_store(path)
-                assert status.Status == 0, status
+            async with anyio.create_task_group() as tg:
+                for _ in range(window):
+                    tg.start_soon(sender)
             seconds = time.perf_counter() - start
-        return _store_result(files, seconds)
+        return _store_result(files, seconds, window=invoked)
 
     _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
 
@@ -618,6 +638,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", help="store SCUs: send every *.dcm file of DIR")
     parser.add_argument("--max-pdu", type=int, default=0, help="0: the library's default")
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
+    parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     args = parser.parse_args(argv)
     roles = {

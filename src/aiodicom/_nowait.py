@@ -86,14 +86,14 @@ def _open_cached(path: str | os.PathLike[str]) -> int:
     return fd
 
 
-def read_cached(path: str | os.PathLike[str], limit: int) -> bytes | object | None:
+def read_cached(path: str | os.PathLike[str], limit: int) -> bytearray | object | None:
     """The whole content of ``path`` if the kernel has all of it in memory.
 
-    Returns the bytes; ``None`` if the file is larger than ``limit`` (the
-    caller streams it); :data:`NOT_CACHED` if opening or reading it would
-    have to wait for a disk (or a network file system), if it changed size
-    while read, or if any error occurred: the caller then does the read in a
-    worker thread, which reports a real error as usual.
+    Returns the content (a new bytearray, the caller's); ``None`` if the
+    file is larger than ``limit`` (the caller streams it); :data:`NOT_CACHED`
+    if opening or reading it would have to wait for a disk (or a network
+    file system), if it changed size while read, or on any error: the caller
+    then reads it in a worker thread, which reports a real error as usual.
     """
     fd = _open_cached(path)
     if fd < 0:
@@ -109,8 +109,8 @@ def read_cached(path: str | os.PathLike[str], limit: int) -> bytes | object | No
             return NOT_CACHED
         if got != size:  # short (partly cached) or grown
             return NOT_CACHED
-        del buf[size]
-        return bytes(buf)
+        del buf[size]  # the byte that would have shown the file grew
+        return buf
     except OSError:
         return NOT_CACHED
     finally:

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import errno
 import inspect
-import io
 import logging
 import math
 import os
@@ -70,6 +69,7 @@ from .dsutils import (
     decode_dataset,
     encode_dataset,
     file_meta_for,
+    probe_buffer,
     probe_part10,
     transfer_syntax_of,
 )
@@ -2265,8 +2265,8 @@ class Association:
                     )
                 # One worker-thread call opens, probes and, for a small file,
                 # reads the whole data set (then closes what it opened).
-                whole: bytes | None = None
-                data: bytes | None
+                whole: bytes | bytearray | None = None
+                data: bytes | memoryview | None
                 if isinstance(dataset, str | os.PathLike):
                     # Hot in the page cache: read here without blocking (and
                     # without a worker-thread round trip); else in a worker.
@@ -2274,19 +2274,19 @@ class Association:
                     if cached is NOT_CACHED:
                         whole = await anyio.to_thread.run_sync(_read_small, dataset)
                     else:
-                        whole = cast("bytes | None", cached)
+                        whole = cast("bytearray | None", cached)
                 if whole is not None:
                     # Probing is CPU work, not I/O: done here, where it does
                     # not contend with the worker thread for the GIL.
-                    info = probe_part10(io.BytesIO(whole))
-                    data, owned = whole[info.offset :], None
+                    info = probe_buffer(whole)
+                    data, owned = memoryview(whole)[info.offset :], None
                 else:
                     source = cast("str | os.PathLike[str] | BinaryIO", dataset)
                     info, data, owned = await anyio.to_thread.run_sync(_prepare_file, source)
                 sop_class, sop_instance = info.sop_class_uid, info.sop_instance_uid
                 cx = self._store_context(sop_class, info.transfer_syntax)
                 if data is not None:
-                    payload = data + b"\x00" if len(data) % 2 else data
+                    payload = bytes(data) + b"\x00" if len(data) % 2 else data
                 else:
                     fp = owned if owned is not None else cast(BinaryIO, dataset)
                     payload = _FileSource(fp, info.offset)

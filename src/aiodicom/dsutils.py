@@ -39,6 +39,7 @@ __all__ = (
     "file_meta_for",
     "is_plain_uid",
     "part10_header",
+    "probe_buffer",
     "probe_part10",
     "transfer_syntax_of",
 )
@@ -363,15 +364,62 @@ def _walk(
     return out, pos
 
 
+#: (group, element, VR, 16-bit length) of an Explicit VR element; (group,
+#: element, 32-bit length) of an Implicit VR one; by byte order.
+_EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+
+
 def _scan(
-    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int
+    buf: bytes | bytearray | memoryview, pos: int, *, implicit: bool, little: bool, until: int
 ) -> tuple[dict[int, bytes], int] | None:
-    """The values by tag of the elements :func:`_walk` finds, and where it stopped."""
-    walked = _walk(buf, pos, implicit=implicit, little=little, until=until)
-    if walked is None:
-        return None
-    headers, stop = walked
-    return {tag: buf[start : start + length] for tag, _, start, length in headers}, stop
+    """The raw values by tag of the top-level elements from ``pos``, up to tag ``until``.
+
+    Returns them and the position where the scan stopped (the first element
+    past ``until``, or the end). ``None`` when it cannot tell, as
+    :func:`_walk`. This is :func:`_walk` with the values sliced as it goes,
+    written for the probe's hot path.
+    """
+    end = len(buf)
+    values: dict[int, bytes] = {}
+    if implicit:
+        header = _IMPLICIT[little].unpack_from
+        while pos < end:
+            if end - pos < 8:
+                return None
+            group, elem, length = header(buf, pos)
+            tag = (group << 16) | elem
+            if tag > until:
+                return values, pos
+            start = pos + 8
+            if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
+                return None
+            pos = start + length
+            values[tag] = bytes(buf[start:pos])
+        return values, pos
+    header = _EXPLICIT[little].unpack_from
+    u32 = _HEADERS[little][2].unpack_from
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, elem, code, length = header(buf, pos)
+        tag = (group << 16) | elem
+        if tag > until:
+            return values, pos
+        if group == 0xFFFE or not code.isalpha():
+            return None
+        if code in _LONG_VRS:
+            if end - pos < 12:
+                return None
+            length = u32(buf, pos + 8)[0]
+            start = pos + 12
+        else:
+            start = pos + 8
+        if length == 0xFFFFFFFF or start + length > end:
+            return None
+        pos = start + length
+        values[tag] = bytes(buf[start:pos])
+    return values, pos
 
 
 def _uid_text(raw: bytes | None) -> str | None:
@@ -384,6 +432,13 @@ def _probe_fast(fp: BinaryIO) -> Part10Info | None:
     """The common case without pydicom: a Part 10 file whose meta and data set head are plain."""
     start = fp.tell()
     buf = fp.read(_PROBE_HEAD)
+    return _probe_head(buf, whole=len(buf) < _PROBE_HEAD, base=start)
+
+
+def _probe_head(
+    buf: bytes | bytearray | memoryview, *, whole: bool, base: int = 0
+) -> Part10Info | None:
+    """:func:`_probe_fast` on the head of a file (``whole``: on all of it) read from ``base``."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
     meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF)
@@ -399,14 +454,22 @@ def _probe_fast(fp: BinaryIO) -> Part10Info | None:
         implicit, little = encoding_of(ts)
         head = _scan(buf, pos, implicit=implicit, little=little, until=0x00080018)
         if head is None:
-            if len(buf) == _PROBE_HEAD:
+            if not whole:
                 return None  # a long head: let pydicom read it
         else:
             sop_class = _uid_text(head[0].get(0x00080016)) or sop_class
             sop_instance = _uid_text(head[0].get(0x00080018)) or sop_instance
     if not sop_class or not sop_instance:
         return None
-    return Part10Info(_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), start + pos)
+    return Part10Info(_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), base + pos)
+
+
+def probe_buffer(buf: bytes | bytearray | memoryview) -> Part10Info:
+    """:func:`probe_part10` of a whole file held in memory (CPU work only)."""
+    info = _probe_head(buf, whole=True)
+    if info is not None:
+        return info
+    return _probe_with_pydicom(BytesIO(buf))
 
 
 @functools.lru_cache(maxsize=256)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -127,6 +128,29 @@ def test_probe_agrees_with_pydicom(name: str) -> None:
     assert path is not None
     with open(path, "rb") as a, open(path, "rb") as b:
         assert probe_part10(a) == _probe_with_pydicom(b)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm", "rtplan.dcm"],
+)
+def test_probe_of_a_buffer_agrees_with_pydicom(name: str) -> None:
+    """The whole file in memory (bytes, bytearray or memoryview): the same answer."""
+    from aiodicom.dsutils import probe_buffer
+
+    path = get_testdata_file(name)
+    assert path is not None
+    with open(path, "rb") as b:
+        expected = _probe_with_pydicom(b)
+    raw = Path(path).read_bytes()
+    for buf in (raw, bytearray(raw), memoryview(raw)):
+        assert probe_buffer(buf) == expected
+    # a preamble that is not DICM: a bare data set, sniffed by pydicom
+    ds = identifier()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4.5"
+    info = probe_buffer(bytearray(encode_dataset(ds, ImplicitVRLittleEndian)))
+    assert (info.sop_instance_uid, info.offset) == ("1.2.3.4.5", 0)
 
 
 def test_probe_bare_data_set() -> None:
