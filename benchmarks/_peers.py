@@ -102,7 +102,13 @@ def _run_aiodicom_scp(
         setup(ae)
         async with ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as server:
             print(f"READY {server.port}", flush=True)
-            await server.serve_forever()
+            # SIGTERM (how the benchmarks stop an SCP) ends the server cleanly.
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(server.serve_forever)
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        break
 
     anyio.run(main, backend_options={"use_uvloop": args.uvloop})
 
