@@ -279,8 +279,7 @@ def aiodicom_store_scu(args: argparse.Namespace) -> None:
         async with ae.associate(
             "127.0.0.1", args.port, ae_title="BENCH_SCP", max_pdu=max_pdu, ext_neg=ext_neg
         ) as assoc:
-            # what the SCP performs at once is how many we may invoke
-            invoked = assoc.acceptor.asynchronous_operations[1] if window > 1 else 1
+            invoked = assoc.max_async_invoked
             queue = iter(files)
 
             async def sender() -> None:

@@ -601,6 +601,46 @@ async def test_concurrent_stores_with_a_window() -> None:
     assert sorted(u for u, _, _, _ in rec.stored) == sorted(ds.SOPInstanceUID for ds in datasets)
 
 
+async def test_files_from_several_tasks_in_flight_over_tcp(tmp_path: Path) -> None:
+    """As bench_store's windowed row: 8 tasks, window 8 invoked / 1 performed, files."""
+    from aiodicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    expected: dict[str, bytes] = {}
+    paths = []
+    for i in range(60):
+        ds = make_dataset()
+        ds.PixelData = os.urandom(2 * (i + 1) * 100)
+        data = encode_dataset(ds, ExplicitVRLittleEndian)
+        meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+        path = tmp_path / f"{i}.dcm"
+        path.write_bytes(part10_header(meta) + data)
+        expected[str(ds.SOPInstanceUID)] = data
+        paths.append(path)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    window = AsynchronousOperationsWindowNegotiation()
+    window.maximum_number_operations_invoked = 8
+    window.maximum_number_operations_performed = 1
+    queue = iter(paths)
+    statuses: list[int] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP", ext_neg=[window]) as assoc,
+        ):
+            assert assoc.max_async_invoked == 8
+
+            async def sender() -> None:
+                for path in queue:
+                    statuses.append(int((await assoc.send_c_store(path)).Status))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(sender)
+    assert statuses == [0] * len(paths)
+    assert {u: d for u, _, d, _ in rec.stored} == expected
+
+
 async def test_peer_beyond_the_window_is_served_in_order() -> None:
     """A peer that sends 6 requests without waiting (window 1) gets 6 answers, in order."""
     scp = make_scp_ae()
