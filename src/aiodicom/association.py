@@ -2007,7 +2007,9 @@ class Association:
             and evt.EVT_DIMSE_SENT not in handlers
         )
 
-    def _send_now(self, context_id: int, command: bytes, dataset: bytes | None) -> bool:
+    def _send_now(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None
+    ) -> bool:
         """Send a message that fits one P-DATA-TF without awaiting, if nothing is in the way.
 
         The asyncio fast path: the send lock is free, the transport takes the
@@ -2036,9 +2038,7 @@ class Association:
         if isinstance(dataset, _FileSource):
             await self._send_streamed(context_id, command, dataset)
             return
-        if (dataset is None or type(dataset) is bytes) and self._send_now(
-            context_id, command, dataset
-        ):
+        if self._send_now(context_id, command, dataset):
             return
         # A small message in several PDUs (a peer with a small maximum) goes
         # out in one write: one system call, not one per PDU.

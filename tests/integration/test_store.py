@@ -777,3 +777,37 @@ async def test_hot_file_is_sent_without_a_worker_thread(
                 await assoc.send_c_store(tmp_path / "missing.dcm")
     expected = encode_dataset(ds, ExplicitVRLittleEndian)
     assert [d for _, _, d, _ in rec.stored] == [expected, expected]
+
+
+async def test_one_pdu_stores_are_written_without_awaiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    """On asyncio a store that fits one P-DATA-TF goes out through ``_send_now``,
+    whatever holds its data set: a path (read into memory), a file object, a Dataset."""
+    taken: list[bool] = []
+    real = Association._send_now
+
+    def watch(self: Association, *args: Any) -> bool:
+        result = real(self, *args)
+        if not self.is_acceptor:
+            taken.append(result)
+        return result
+
+    monkeypatch.setattr(Association, "_send_now", watch)
+    ds = make_dataset()
+    meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    path = tmp_path / "one.dcm"
+    path.write_bytes(part10_header(meta) + encode_dataset(ds, ExplicitVRLittleEndian))
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            assert (await assoc.send_c_store(path)).Status == 0
+            with open(path, "rb") as f:
+                assert (await assoc.send_c_store(f)).Status == 0
+            assert (await assoc.send_c_store(ds)).Status == 0
+    assert len(rec.stored) == 3
+    assert taken == ([True] * 3 if anyio_backend == "asyncio" else [False] * 3)
