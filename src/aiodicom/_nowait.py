@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import sys
 from typing import Final
 
@@ -36,7 +37,9 @@ NOT_CACHED: Final = object()
 _SYS_OPENAT2: Final = 437  # the same number on every Linux architecture (5.6+)
 _RESOLVE_CACHED: Final = 0x20
 _AT_FDCWD: Final = -100
-_O_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# O_NONBLOCK: no effect on a regular file, and opening a FIFO does not wait
+# for a writer (what is not a regular file is then left to the worker).
+_O_FLAGS: Final = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 # EAGAIN: would block; ENOSYS/EPERM/EINVAL: not available here (old kernel,
 # seccomp, or RESOLVE_CACHED unknown). ENOENT and the like are real errors,
 # but the worker-thread path raises them with the usual message: not here.
@@ -80,7 +83,10 @@ def _open_cached(path: str | os.PathLike[str]) -> int:
     call = _syscall
     if call is None:
         return -1
-    fd: int = call(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(_HOW), _HOW_SIZE)
+    name = os.fsencode(path)
+    if b"\0" in name:
+        return -1  # C would cut it there; open() in the worker raises ValueError
+    fd: int = call(_SYS_OPENAT2, _AT_FDCWD, name, ctypes.byref(_HOW), _HOW_SIZE)
     if fd < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
         _syscall = None  # not available here: stop trying
     return fd
@@ -99,7 +105,10 @@ def read_cached(path: str | os.PathLike[str], limit: int) -> bytearray | object 
     if fd < 0:
         return NOT_CACHED
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return NOT_CACHED
+        size = info.st_size
         if size > limit:
             return None
         buf = bytearray(size + 1)

@@ -38,9 +38,23 @@ def test_larger_than_the_limit_is_left_to_stream(tmp_path: Path) -> None:
 
 
 def test_errors_are_left_to_the_worker_thread(tmp_path: Path) -> None:
-    """A missing file or a directory: the worker-thread read raises the real error."""
+    """A missing file, a directory, a NUL in the name: the worker-thread read
+    raises the real error."""
+    (tmp_path / "a").write_bytes(b"x")
     assert read_cached(tmp_path / "missing", 1 << 20) is NOT_CACHED
     assert read_cached(tmp_path, 1 << 20) is NOT_CACHED
+    assert read_cached(f"{tmp_path}/a\0b", 1 << 20) is NOT_CACHED  # not a read of "a"
+
+
+@linux_only
+def test_what_is_not_a_regular_file_is_not_read_here(tmp_path: Path) -> None:
+    """A FIFO without a writer (opening it must not wait), a device, a /proc file."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert read_cached(fifo, 1 << 20) is NOT_CACHED
+    assert read_cached("/dev/zero", 1 << 20) is NOT_CACHED
+    # a /proc file says it is empty but is not: never taken as empty
+    assert read_cached("/proc/self/status", 1 << 20) is NOT_CACHED
 
 
 @linux_only
