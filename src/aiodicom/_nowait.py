@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import stat
 import sys
 from typing import Final
@@ -34,7 +35,24 @@ __all__ = ("NOT_CACHED", "read_cached")
 #: Returned when the read would have had to wait (or can't be tried here).
 NOT_CACHED: Final = object()
 
-_SYS_OPENAT2: Final = 437  # the same number on every Linux architecture (5.6+)
+# openat2 (Linux 5.6) has the number 437 on the architectures sharing the
+# unified system call table; elsewhere (alpha, mips, ...) it differs: not tried.
+_SYS_OPENAT2: Final = 437
+_UNIFIED_TABLE: Final = frozenset(
+    [
+        "x86_64",
+        "i386",
+        "i686",
+        "aarch64",
+        "armv7l",
+        "armv6l",
+        "riscv64",
+        "ppc64le",
+        "ppc64",
+        "s390x",
+        "loongarch64",
+    ]
+)
 _RESOLVE_CACHED: Final = 0x20
 _AT_FDCWD: Final = -100
 # O_NONBLOCK: no effect on a regular file, and opening a FIFO does not wait
@@ -54,7 +72,12 @@ class _OpenHow(ctypes.Structure):
 
 
 def _find_syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if sys.platform != "linux" or not hasattr(os, "preadv") or not hasattr(os, "RWF_NOWAIT"):
+    if (
+        sys.platform != "linux"
+        or platform.machine() not in _UNIFIED_TABLE
+        or not hasattr(os, "preadv")
+        or not hasattr(os, "RWF_NOWAIT")
+    ):
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
