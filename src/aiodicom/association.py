@@ -375,7 +375,7 @@ class Association:
             on_transition=self._on_transition if evt.EVT_FSM_TRANSITION in handlers else None,
         )
         self._transitions: list[tuple[State, Event, Action, State]] = []
-        self._rbuf: bytes = b""  # received, not yet used from _rpos on
+        self._rbuf: bytes | memoryview = b""  # received, not yet used from _rpos on
         self._rpos = 0
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending: dict[int, _Pending] = {}
@@ -537,11 +537,16 @@ class Association:
         parts: list[bytes | memoryview] = [memoryview(rbuf)[rpos:]] if avail else []
         need = n - avail
         self._rbuf, self._rpos = b"", 0
+        stream = self._stream
         while need:
-            # The asyncio stream hands over whole received chunks (no copy);
-            # anyio's socket streams allocate what they are asked for.
-            size = _WHOLE_CHUNKS if type(self._stream) is AsyncioStream else _READ_SIZE
-            chunk = await self._stream.receive(max(size, need))
+            # The asyncio stream hands over whole received chunks (no copy;
+            # with its PDU framing, whole PDUs); anyio's socket streams
+            # allocate what they are asked for.
+            chunk: bytes | memoryview
+            if type(stream) is AsyncioStream:
+                chunk = await stream.receive_view(_WHOLE_CHUNKS)
+            else:
+                chunk = await stream.receive(max(_READ_SIZE, need))
             if len(chunk) > need:
                 parts.append(memoryview(chunk)[:need])
                 self._rbuf, self._rpos = chunk, need
@@ -825,6 +830,10 @@ class Association:
             or evt.EVT_FSM_TRANSITION in self._handlers
         ):
             self._stream.set_consumer(self._consume)
+        if isinstance(self._stream, AsyncioStream):
+            # Whole PDUs up to our maximum (an A-ASSOCIATE-RQ may be longer:
+            # past the limit a PDU comes in pieces, which the reader joins).
+            self._stream.set_frame_limit(6 + self._max_pdu)
         while not self._ul.is_closed:
             try:
                 if broken:
@@ -852,7 +861,7 @@ class Association:
                 await self._log_received(pdu_type, body)
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
 
-    def _consume(self, data: bytes) -> bytes:
+    def _consume(self, data: memoryview) -> bytes | memoryview:
         """The asyncio fast path: handle whole P-DATA-TF PDUs as they arrive.
 
         Called synchronously by the transport's protocol with bytes nobody has
