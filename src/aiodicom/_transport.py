@@ -50,9 +50,12 @@ _CORK_LIMIT = 1 << 18
 #: ``_MIN_READ`` left is replaced before the next read.
 _RECV_BUFFER = 256 << 10
 _MIN_READ = 64 << 10
-#: A PDU (header included) at least this long is read exactly, into a buffer
-#: it starts at, and the header of the one after it alone.
+#: A PDU (header included) at least this long is read into a buffer it
+#: starts at, and so are those after it, expected to be as long (the
+#: P-DATA-TF PDUs of a data set are, but its last): a read ends where a PDU
+#: of that length would, and takes several at most ``_LARGE_BUFFER`` bytes.
 _LARGE_FRAME = 64 << 10
+_LARGE_BUFFER = 1 << 20
 #: Receive buffers kept per connection for reuse, in bytes at most.
 _POOL_BYTES = 16 << 20
 _PDU_HEADER = 6
@@ -63,10 +66,13 @@ def _take_free(pool: list[bytearray], size: int, refs: int) -> bytearray | None:
 
     A memoryview of a bytearray holds a reference to it, so a buffer with no
     more references than the pool's own (``refs``, as counted here) has no
-    view left anywhere: its bytes may be overwritten.
+    view left anywhere: its bytes may be overwritten. The buffer taken moves
+    to the end of ``pool``: the first ones are those longest out of use.
     """
-    for buf in pool:
+    for i, buf in enumerate(pool):
         if len(buf) >= size and sys.getrefcount(buf) <= refs:
+            del pool[i]
+            pool.append(buf)
             return buf
     return None
 
@@ -157,16 +163,18 @@ class _Protocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         frame = self.frame
         if frame >= _LARGE_FRAME:
-            need = frame  # the rest of this PDU, exactly
+            expect = frame  # this PDU, and more of its length
         elif not frame and self.large and not self.passthrough:
-            need = _PDU_HEADER  # after a large PDU, the next header alone
+            expect = self.large  # after a large PDU, more of its length
         else:
             if len(self.buf) - self.end < _MIN_READ or self.start + frame > len(self.buf):
                 self._replace(frame)
             return memoryview(self.buf)[self.end :]
-        if self.start + need > len(self.buf):
-            self._replace(max(need, self.large))
-        return memoryview(self.buf)[self.end : self.start + need]
+        if self.start + expect > len(self.buf):
+            self._replace(expect * max(1, _LARGE_BUFFER // expect))
+        start = self.start
+        stop = start + expect * ((len(self.buf) - start) // expect)
+        return memoryview(self.buf)[self.end : stop]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.stream is not None:
