@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncGenerator
 from typing import IO, Any, BinaryIO
 
 import anyio
@@ -22,8 +21,9 @@ import anyio.to_thread
 from pydicom.dataset import FileMetaDataset
 
 from .dsutils import part10_header
+from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
-__all__ = ("Spool", "read_blocks")
+__all__ = ("Spool", "fill_p_data")
 
 #: Spilled fragments are written to disk once this many bytes are held.
 WRITE_BATCH = 4 << 20
@@ -92,18 +92,43 @@ class Spool:
                 os.unlink(path)
 
 
-async def read_blocks(fp: BinaryIO, block: int) -> AsyncGenerator[tuple[bytes, bool], None]:
-    """Read ``fp`` to its end in blocks of ``block`` bytes, in a worker thread.
+def _read_into(fp: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``fp`` as far as it goes; the bytes read (fewer: end of file)."""
+    readinto = getattr(fp, "readinto", None)
+    got, size = 0, len(view)
+    while got < size:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = fp.read(size - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
 
-    Yields ``(data, is_last)``; one block is read ahead so the last one is
-    known without knowing the file's length. An empty file yields one empty
-    last block.
+
+def fill_p_data(fp: BinaryIO, buf: bytearray, chunk: int, context_id: int) -> list[int]:
+    """Read ``fp`` into ``buf`` laid out as P-DATA-TF PDUs (blocking: for a worker thread).
+
+    Each PDU is its headers, then up to ``chunk`` bytes of the file read in
+    place after them (one PDV, not the last fragment); ``buf`` holds a whole
+    number of them. Returns the end offset of each PDU written: fewer than
+    ``buf`` holds, or an empty last one, only at the end of the file.
     """
-    read = fp.read
-    current: bytes = await anyio.to_thread.run_sync(read, block)
-    while True:
-        following: bytes = await anyio.to_thread.run_sync(read, block) if current else b""
-        yield current, not following
-        if not following:
-            return
-        current = following
+    view = memoryview(buf)
+    slot = P_DATA_HEADER_SIZE + chunk
+    ends: list[int] = []
+    pos = 0
+    while pos + slot <= len(buf):
+        data = pos + P_DATA_HEADER_SIZE
+        n = _read_into(fp, view[data : data + chunk])
+        if not n:
+            break
+        pack_p_data_header(buf, pos, context_id, 0x00, n)
+        pos = data + n
+        ends.append(pos)
+        if n < chunk:
+            break
+    return ends

@@ -47,8 +47,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from . import evt
-from ._spool import WRITE_BATCH, Spool, read_blocks
-from ._transport import AsyncioStream
+from ._spool import WRITE_BATCH, Spool, fill_p_data
+from ._transport import _FREE_REFS, AsyncioStream, _take_free
 from .dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -57,7 +57,6 @@ from .dimse import (
     Reassembler,
     command_dataset,
     data_chunk_size,
-    data_fragments,
     decode_command,
     encode_command,
     encode_status_response,
@@ -101,6 +100,7 @@ from .fsm import (
     UpperLayer,
 )
 from .pdu import (
+    P_DATA_HEADER_SIZE,
     PDU,
     AAssociateAC,
     AAssociateRJ,
@@ -110,6 +110,7 @@ from .pdu import (
     decode,
     encode,
     encode_p_data,
+    pack_p_data_header,
     split_p_data,
     summary,
 )
@@ -132,6 +133,8 @@ from .presentation import (
 )
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from .ae import AE
 
 __all__ = ("Association", "Responses", "ServiceUser")
@@ -174,6 +177,8 @@ class _FileSource:
 
 
 _Payload = bytes | memoryview | _FileSource | None
+#: A block of a file laid out as P-DATA-TF PDUs, and where each PDU ends.
+_Block = tuple[bytearray, list[int]]
 
 
 @dataclass(slots=True)
@@ -499,7 +504,7 @@ class Association:
     # ------------------------------------------------------------------
     # Transport
 
-    async def _write(self, data: bytes, pdu: PDU | None = None) -> None:
+    async def _write(self, data: bytes | memoryview, pdu: PDU | None = None) -> None:
         """Write one encoded PDU; the caller holds the send lock.
 
         The network timeout of a write is watched by the reader (see
@@ -509,7 +514,8 @@ class Association:
             self._send_started = started = anyio.current_time()
             self._kick(started + self.network_timeout)
         try:
-            await self._stream.send(data)
+            # A memoryview only ever goes to an AsyncioStream (see _send_block).
+            await self._stream.send(cast(bytes, data))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             if self._send_timed_out:
                 raise _TransportError("network timeout: the peer stopped reading") from None
@@ -2084,29 +2090,67 @@ class Association:
     async def _send_streamed(self, context_id: int, command: bytes, source: _FileSource) -> None:
         """Send a message whose data set is read from a file, block by block.
 
-        Memory holds two blocks at most (one read ahead), whatever the file's
-        size. A read error after the command went out leaves a message the
-        peer cannot complete: the association is aborted and the error raised.
+        A block is read (in a worker thread) straight into a buffer laid out
+        as P-DATA-TF PDUs, their headers in place, so no byte of the data set
+        is copied in this thread; the next block is read while this one is
+        written. Memory holds three blocks at most, whatever the file's size.
+        A read error after the command went out leaves a message the peer
+        cannot complete: the association is aborted and the error raised.
         """
         max_pdu = self._remote_max_pdu
-        chunk = data_chunk_size(max_pdu)
-        block = chunk * max(1, _FILE_BLOCK // chunk)
+        if max_pdu and max_pdu - 6 < 1:
+            raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+        # PDUs need not be as long as the peer allows: a block holds one at least.
+        chunk = min(data_chunk_size(max_pdu), _FILE_BLOCK - P_DATA_HEADER_SIZE)
+        slot = P_DATA_HEADER_SIZE + chunk
+        size = slot * max(1, _FILE_BLOCK // slot)
+        pool: list[bytearray] = []
+        file = source.file
+
+        async def read(send: MemoryObjectSendStream[_Block | OSError]) -> None:
+            async with send:
+                while True:
+                    buf = _take_free(pool, size, _FREE_REFS)
+                    if buf is None:
+                        buf = bytearray(size)
+                        if len(pool) < 3:
+                            pool.append(buf)
+                    item: _Block | OSError
+                    try:
+                        item = (
+                            buf,
+                            await anyio.to_thread.run_sync(
+                                fill_p_data, file, buf, chunk, context_id
+                            ),
+                        )
+                    except OSError as exc:
+                        item = exc
+                    try:
+                        await send.send(item)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the sender gave up
+                    if isinstance(item, OSError) or not item[1] or item[1][-1] < size:
+                        return  # the end of the file
+
         failure: str | None = None
         read_error: OSError | None = None
         async with self._send_lock:
             try:
                 for pdu in fragment(context_id, command, None, max_pdu):
                     await self._send_pdata(pdu)
-                sent = 0
-                async with contextlib.aclosing(read_blocks(source.file, block)) as blocks:
-                    async for data, last in blocks:
-                        sent += len(data)
-                        if last and sent % 2:
-                            # A data set has even length; only a deflated one
-                            # stored without its pad byte is odd (PS3.5 A.5).
-                            data += b"\x00"
-                        for pdu in data_fragments(context_id, data, max_pdu, last=last):
-                            await self._send_pdata(pdu)
+                send, receive = anyio.create_memory_object_stream[_Block | OSError](0)
+                error: _TransportError | OSError | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, send)
+                    try:
+                        await self._send_blocks(receive, context_id, chunk)
+                    except (_TransportError, OSError) as exc:
+                        error = exc  # raised out of the task group, not in a group
+                    finally:
+                        tg.cancel_scope.cancel()
+                        receive.close()
+                if error is not None:
+                    raise error
             except _TransportError as exc:
                 failure = str(exc)
             except OSError as exc:
@@ -2121,6 +2165,76 @@ class Association:
         if failure is not None:
             await self._transport_failed(failure)
             raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _send_blocks(
+        self,
+        receive: MemoryObjectReceiveStream[_Block | OSError],
+        context_id: int,
+        chunk: int,
+    ) -> None:
+        """Send the blocks a reader task lays out (see :meth:`_send_streamed`)."""
+        held: _Block | None = None
+        sent = 0  # data set bytes written
+        # A full block goes out once the next one is read: only then is it
+        # known whether it ends the data set.
+        while True:
+            item = await receive.receive()
+            if isinstance(item, OSError):
+                raise item
+            buf, ends = item
+            if held is not None:
+                if not ends:
+                    await self._send_last_block(held, sent, context_id, chunk)
+                    return
+                sent += await self._send_block(held)
+            if not ends:  # an empty data set
+                await self._send_pdata(encode_p_data(context_id, 0x02, b""))
+                return
+            if ends[-1] < len(buf):  # a short block: the file ends in it
+                await self._send_last_block(item, sent, context_id, chunk)
+                return
+            held = item
+
+    async def _send_last_block(self, block: _Block, sent: int, context_id: int, chunk: int) -> None:
+        """Send the block that ends a data set: its last PDU is the last fragment,
+        with the pad byte of an odd data set if it has room (PS3.5 A.5: a data
+        set has even length; only a deflated one is stored without it);
+        otherwise the pad byte follows as the last fragment, on its own."""
+        buf, ends = block
+        start = ends[-2] if len(ends) > 1 else 0
+        n = ends[-1] - start - P_DATA_HEADER_SIZE
+        odd = (sent + ends[-1] - P_DATA_HEADER_SIZE * len(ends)) % 2
+        if odd and n < chunk:
+            buf[ends[-1]] = 0
+            n += 1
+            ends[-1] += 1
+            odd = 0
+        pack_p_data_header(buf, start, context_id, 0x00 if odd else 0x02, n)
+        await self._send_block(block)
+        if odd:
+            await self._send_pdata(encode_p_data(context_id, 0x02, b"\x00"))
+
+    async def _send_block(self, block: _Block) -> int:
+        """Write the PDUs laid out in a block; return the data set bytes they carry.
+
+        One write for the block, or one per PDU when each is reported (debug
+        log, EVT_PDU_SENT); a copy for a stream that might keep the view.
+        """
+        buf, ends = block
+        view = memoryview(buf)
+        ul = self._ul
+        per_pdu = self._debug or evt.EVT_PDU_SENT in self._handlers
+        start = 0
+        for end in ends:
+            if not ul.note_data_sent():
+                self._data_sent(bytes(view[start:end]))
+            if per_pdu:
+                await self._write(bytes(view[start:end]))
+            start = end
+        if not per_pdu:
+            whole = view[:start]
+            await self._write(whole if type(self._stream) is AsyncioStream else bytes(whole))
+        return start - P_DATA_HEADER_SIZE * len(ends)
 
     def _data_sent(self, pdu: bytes) -> None:
         """Tell the Upper Layer a P-DATA-TF goes out (Evt9), if it still may."""

@@ -1,0 +1,61 @@
+"""Sending a file: read straight into P-DATA-TF PDUs (fill_p_data)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from aiodicom._spool import fill_p_data
+from aiodicom.pdu import P_DATA_HEADER_SIZE, PDataTF, decode_pdu
+
+# ---------------------------------------------------------------------------
+# fill_p_data
+
+
+def _pdus(buf: bytearray, ends: list[int]) -> list[PDataTF]:
+    out, start = [], 0
+    for end in ends:
+        pdu = decode_pdu(bytes(buf[start:end]))
+        assert isinstance(pdu, PDataTF)
+        out.append(pdu)
+        start = end
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 250, 300, 301])
+def test_fill_p_data_lays_out_pdus_around_the_data(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    fp = io.BytesIO(data)
+    chunk, got = 100, b""
+    while True:
+        buf = bytearray(3 * (P_DATA_HEADER_SIZE + chunk))
+        ends = fill_p_data(fp, buf, chunk, 7)
+        for pdu in _pdus(buf, ends):
+            (pdv,) = pdu.pdvs
+            assert pdv.context_id == 7 and not pdv.is_command and not pdv.is_last
+            assert 0 < len(pdv.data) <= chunk
+            got += bytes(pdv.data)
+        if not ends or ends[-1] < len(buf):
+            break
+    assert got == data
+
+
+def test_fill_p_data_reads_short_reads_to_the_full_chunk() -> None:
+    class Trickle(io.RawIOBase):
+        """Returns at most 7 bytes a call, as a pipe or a socket file might."""
+
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            return self._data.readinto(memoryview(buf)[:7])
+
+    buf = bytearray(2 * (P_DATA_HEADER_SIZE + 50))
+    ends = fill_p_data(Trickle(bytes(120)), buf, 50, 1)  # type: ignore[arg-type]
+    assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [50, 50]
+    assert ends[-1] == len(buf)
