@@ -1993,10 +1993,15 @@ class Association:
                     status = call if isinstance(call, int) else await evt.call_handler(*call)
                 except Exception as exc:
                     status = _store_failure(exc)
-        finally:
+            await self._send_message(msg.context_id, self._response_command(msg, status), None)
+        except BaseException:
             if spool is not None:
                 spool.discard()
-        await self._send_message(msg.context_id, self._response_command(msg, status), None)
+            raise
+        if spool is not None:
+            # Once answered: deleting a big file takes milliseconds of the
+            # kernel's time, which the peer need not wait for.
+            await anyio.to_thread.run_sync(spool.discard)
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any

@@ -324,6 +324,40 @@ async def test_a_read_error_while_streaming_aborts_and_raises_it(
 
 
 @pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_a_spool_file_is_deleted_after_the_answer_off_the_event_loop(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a big file costs the kernel milliseconds: the peer has its
+    C-STORE-RSP first, and the event loop's thread does not wait for it."""
+    import threading
+
+    from aiodicom._spool import Spool
+
+    order: list[str] = []
+    real_discard = Spool.discard
+
+    def discard(self: Spool) -> None:
+        if self.path is not None:  # the call that deletes the file
+            on_loop = threading.current_thread() is threading.main_thread()
+            order.append("deleted on the loop" if on_loop else "deleted in a worker")
+        real_discard(self)
+
+    def on_sent(event: evt.Event) -> None:
+        if event.message.command["CommandField"] == CommandField.C_STORE_RSP:
+            order.append("answered")
+
+    monkeypatch.setattr(Spool, "discard", discard)
+    scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=4096)
+    scp.spool_directory = str(tmp_path)
+    handlers = [(evt.EVT_C_STORE, lambda event: 0), (evt.EVT_DIMSE_SENT, on_sent)]
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, handlers, transport) as assoc:
+            assert (await assoc.send_c_store(get_testdata_file("CT_small.dcm"))).Status == 0
+    assert order == ["answered", "deleted in a worker"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
 async def test_spooled_store(transport: str, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
