@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -59,6 +60,8 @@ _LARGE_BUFFER = 1 << 20
 #: Receive buffers kept per connection for reuse, in bytes at most.
 _POOL_BYTES = 16 << 20
 _PDU_HEADER = 6
+#: The length field of a PDU header (bytes 2-5, big-endian).
+_unpack_length = struct.Struct(">L").unpack_from
 
 
 def _take_free(pool: list[bytearray], size: int, refs: int) -> bytearray | None:
@@ -164,12 +167,14 @@ class _Protocol(asyncio.BufferedProtocol):
         frame = self.frame
         if frame >= _LARGE_FRAME:
             expect = frame  # this PDU, and more of its length
-        elif not frame and self.large and not self.passthrough:
-            expect = self.large  # after a large PDU, more of its length
-        else:
-            if len(self.buf) - self.end < _MIN_READ or self.start + frame > len(self.buf):
+        elif frame or not self.large or self.passthrough:
+            buf = self.buf
+            if len(buf) - self.end < _MIN_READ or self.start + frame > len(buf):
                 self._replace(frame)
-            return memoryview(self.buf)[self.end :]
+                buf = self.buf
+            return memoryview(buf)[self.end :]
+        else:
+            expect = self.large  # after a large PDU, more of its length
         if self.start + expect > len(self.buf):
             self._replace(expect * max(1, _LARGE_BUFFER // expect))
         start = self.start
@@ -177,36 +182,37 @@ class _Protocol(asyncio.BufferedProtocol):
         return memoryview(self.buf)[self.end : stop]
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.stream is not None:
-            self.stream._data_arrived()
+        stream = self.stream
+        if stream is not None:
+            stream._data_arrived()
         start = self.start
         end = self.end = self.end + nbytes
         if not self.framed:
             self.start = end
             self._hand_on(memoryview(self.buf)[start:end])
             return
-        buf = self.buf
-        pos, frame = start, self.frame
+        buf, limit, large = self.buf, self.limit, self.large
+        pos, frame, passthrough = start, self.frame, self.passthrough
         while True:
-            if self.passthrough:
-                take = min(self.passthrough, end - pos)
+            if passthrough:
+                take = min(passthrough, end - pos)
                 pos += take
-                self.passthrough -= take
-                if self.passthrough:
+                passthrough -= take
+                if passthrough:
                     break
             if not frame:
                 if end - pos < _PDU_HEADER:
                     break
-                frame = _PDU_HEADER + int.from_bytes(buf[pos + 2 : pos + 6], "big")
-                if frame > self.limit:
-                    self.passthrough, frame, self.large = frame, 0, 0
+                frame = _PDU_HEADER + _unpack_length(buf, pos + 2)[0]
+                if frame > limit:
+                    passthrough, frame, large = frame, 0, 0
                     continue
             if end - pos < frame:
                 break
-            self.large = frame if frame >= _LARGE_FRAME else 0
+            large = frame if frame >= _LARGE_FRAME else 0
             pos += frame
             frame = 0
-        self.frame = frame
+        self.frame, self.passthrough, self.large = frame, passthrough, large
         if pos > start:
             self.start = pos
             self._hand_on(memoryview(buf)[start:pos])
