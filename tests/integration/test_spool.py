@@ -59,3 +59,45 @@ def test_fill_p_data_reads_short_reads_to_the_full_chunk() -> None:
     ends = fill_p_data(Trickle(bytes(120)), buf, 50, 1)  # type: ignore[arg-type]
     assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [50, 50]
     assert ends[-1] == len(buf)
+
+
+def test_fill_p_data_reads_a_regular_file_with_one_call_a_block(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    data = bytes(i % 253 for i in range(1000))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"HEAD" + data)
+    calls: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[Any], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    got = b""
+    with open(path, "rb") as fp:
+        assert fp.read(4) == b"HEAD"  # a buffered file, read ahead past here
+        while True:
+            buf = bytearray(4 * (P_DATA_HEADER_SIZE + 100))
+            ends = fill_p_data(fp, buf, 100, 1)
+            got += b"".join(bytes(p.pdvs[0].data) for p in _pdus(buf, ends))
+            if not ends or ends[-1] < len(buf):
+                break
+        assert fp.read() == b""  # left at the end
+    assert got == data
+    assert calls == [4, 4, 4]  # 400 + 400 + 200 bytes
+
+
+def test_fill_p_data_reads_a_pipe_as_it_comes() -> None:
+    import os
+
+    r, w = os.pipe()
+    os.write(w, bytes(250))
+    os.close(w)
+    with open(r, "rb") as fp:  # no position: no preadv
+        buf = bytearray(4 * (P_DATA_HEADER_SIZE + 100))
+        ends = fill_p_data(fp, buf, 100, 1)
+    assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [100, 100, 50]
