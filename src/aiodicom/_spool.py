@@ -67,7 +67,7 @@ class Spool:
             return
         file = self._file
         try:
-            await anyio.to_thread.run_sync(file.writelines, chunks)
+            await anyio.to_thread.run_sync(_write_all, file, chunks)
         except OSError as exc:
             self.error = exc
 
@@ -110,7 +110,30 @@ def _read_into(fp: BinaryIO, view: memoryview) -> int:
     return got
 
 
-#: At most this many buffers a preadv() call (Linux's IOV_MAX).
+def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
+    """Append ``chunks`` to ``file`` (blocking: for a worker thread) with as few
+    system calls as writev() allows, not one per chunk (each of which hands
+    the GIL to the event loop and back)."""
+    if not hasattr(os, "writev"):  # pragma: no cover - not on POSIX
+        file.writelines(chunks)
+        return
+    file.flush()  # what went through the file object (the header) first
+    fd = file.fileno()
+    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    while views:
+        group = views[:_IOV_MAX]
+        n = os.writev(fd, group)
+        # a short write (rare on a file): go on from where it stopped
+        while n and group:
+            if n >= len(group[0]):
+                n -= len(group.pop(0))
+                views.pop(0)
+            else:
+                views[0] = group[0] = group[0][n:]
+                n = 0
+
+
+#: At most this many buffers a preadv() or writev() call (Linux's IOV_MAX).
 _IOV_MAX = 1024
 
 

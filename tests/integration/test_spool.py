@@ -101,3 +101,72 @@ def test_fill_p_data_reads_a_pipe_as_it_comes() -> None:
         buf = bytearray(4 * (P_DATA_HEADER_SIZE + 100))
         ends = fill_p_data(fp, buf, 100, 1)
     assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [100, 100, 50]
+
+
+# ---------------------------------------------------------------------------
+# Spool.write
+
+
+async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from aiodicom import sop_class
+    from aiodicom._spool import Spool
+    from aiodicom.dsutils import file_meta_for
+
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    spool = Spool()
+    await spool.open(meta, str(tmp_path))
+    for chunks in batches:
+        await spool.write(chunks)
+    await spool.finish()
+    assert spool.path is not None and spool.error is None
+    with open(spool.path, "rb") as f:
+        data = f.read()
+    spool.discard()
+    assert data[:128] == bytes(128) and data[128:132] == b"DICM"
+    return data[spool.data_offset :]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_batch_is_written_with_one_writev(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    calls: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    batch = [b"ab", memoryview(bytearray(b"cdef"))[1:3], b"", bytes(1000)]
+    assert await _spooled(tmp_path, [batch, [b"xy"]]) == b"abde" + bytes(1000) + b"xy"
+    assert calls == [3, 1]  # one call a batch (an empty chunk left out)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_short_writes_go_on_where_they_stopped(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        # at most 5 bytes a call, across buffers
+        left, out = 5, []
+        for b in buffers:
+            out.append(memoryview(b)[:left])
+            left -= len(out[-1])
+            if not left:
+                break
+        return real(fd, out)
+
+    monkeypatch.setattr(os, "writev", writev)
+    batch = [bytes(range(7)), b"xyz", bytes(range(100, 113))]
+    assert await _spooled(tmp_path, [batch]) == b"".join(batch)
