@@ -500,8 +500,10 @@ def main() -> None:
                 if pair.error:
                     continue
                 try:
-                    pair.small.append(bench.run(pair, root / "small"))
-                    pair.large.append(bench.run(pair, root / "large"))
+                    if args.small:  # storescu refuses an empty directory
+                        pair.small.append(bench.run(pair, root / "small"))
+                    if args.large:
+                        pair.large.append(bench.run(pair, root / "large"))
                 except Exception as exc:  # keep the other rows
                     pair.error = f"failed: {str(exc).splitlines()[0][:120]}"
                     print(f"{pair.name}: {exc}", file=sys.stderr)

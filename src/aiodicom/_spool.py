@@ -12,9 +12,9 @@ awaited.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import AsyncGenerator
 from typing import IO, Any, BinaryIO
 
 import anyio
@@ -22,8 +22,9 @@ import anyio.to_thread
 from pydicom.dataset import FileMetaDataset
 
 from .dsutils import part10_header
+from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
-__all__ = ("Spool", "read_blocks")
+__all__ = ("Spool", "fill_p_data")
 
 #: Spilled fragments are written to disk once this many bytes are held.
 WRITE_BATCH = 4 << 20
@@ -66,7 +67,7 @@ class Spool:
             return
         file = self._file
         try:
-            await anyio.to_thread.run_sync(file.writelines, chunks)
+            await anyio.to_thread.run_sync(_write_all, file, chunks)
         except OSError as exc:
             self.error = exc
 
@@ -92,18 +93,106 @@ class Spool:
                 os.unlink(path)
 
 
-async def read_blocks(fp: BinaryIO, block: int) -> AsyncGenerator[tuple[bytes, bool], None]:
-    """Read ``fp`` to its end in blocks of ``block`` bytes, in a worker thread.
+def _read_into(fp: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` from ``fp`` as far as it goes; the bytes read (fewer: end of file)."""
+    readinto = getattr(fp, "readinto", None)
+    got, size = 0, len(view)
+    while got < size:
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = fp.read(size - got)
+            n = len(data)
+            view[got : got + n] = data
+        if not n:
+            break
+        got += n
+    return got
 
-    Yields ``(data, is_last)``; one block is read ahead so the last one is
-    known without knowing the file's length. An empty file yields one empty
-    last block.
+
+def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
+    """Append ``chunks`` to ``file`` (blocking: for a worker thread) with as few
+    system calls as writev() allows, not one per chunk (each of which hands
+    the GIL to the event loop and back)."""
+    if not hasattr(os, "writev"):  # pragma: no cover - not on POSIX
+        file.writelines(chunks)
+        return
+    file.flush()  # what went through the file object (the header) first
+    fd = file.fileno()
+    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    while views:
+        group = views[:_IOV_MAX]
+        n = os.writev(fd, group)
+        # a short write (rare on a file): go on from where it stopped
+        while n and group:
+            if n >= len(group[0]):
+                n -= len(group.pop(0))
+                views.pop(0)
+            else:
+                views[0] = group[0] = group[0][n:]
+                n = 0
+
+
+#: At most this many buffers a preadv() or writev() call (Linux's IOV_MAX).
+_IOV_MAX = 1024
+
+
+def _scatter_read(fp: BinaryIO, views: list[memoryview]) -> int:
+    """Fill ``views`` in order from ``fp``'s position with one preadv() call (a
+    few for many views), then move ``fp`` past what was read; the bytes read.
+
+    0 for a file object without a file descriptor or position (a BytesIO, a
+    pipe) or where preadv() does not exist: the caller reads on as usual.
     """
-    read = fp.read
-    current: bytes = await anyio.to_thread.run_sync(read, block)
-    while True:
-        following: bytes = await anyio.to_thread.run_sync(read, block) if current else b""
-        yield current, not following
-        if not following:
-            return
-        current = following
+    if not hasattr(os, "preadv"):  # pragma: no cover - not on Linux/BSD
+        return 0
+    try:
+        fd, start = fp.fileno(), fp.tell()
+    except (OSError, ValueError, AttributeError):
+        return 0
+    got = 0
+    for first in range(0, len(views), _IOV_MAX):
+        group = views[first : first + _IOV_MAX]
+        try:
+            n = os.preadv(fd, group, start + got)
+        except OSError as exc:
+            if exc.errno in (errno.ESPIPE, errno.EINVAL, errno.EOPNOTSUPP):
+                break  # not a file preadv() can read
+            raise
+        got += n
+        if n < sum(len(v) for v in group):
+            break
+    if got:
+        fp.seek(start + got)
+    return got
+
+
+def fill_p_data(fp: BinaryIO, buf: bytearray, chunk: int, context_id: int) -> list[int]:
+    """Read ``fp`` into ``buf`` laid out as P-DATA-TF PDUs (blocking: for a worker thread).
+
+    Each PDU is its headers, then up to ``chunk`` bytes of the file read in
+    place after them (one PDV, not the last fragment); ``buf`` holds a whole
+    number of them. Returns the end offset of each PDU written: fewer than
+    ``buf`` holds, or an empty last one, only at the end of the file. A
+    regular file is read with one system call for the whole block (not one
+    per PDU, each handing the GIL over twice).
+    """
+    view = memoryview(buf)
+    slot = P_DATA_HEADER_SIZE + chunk
+    count = len(buf) // slot
+    got = _scatter_read(
+        fp, [view[i * slot + P_DATA_HEADER_SIZE : (i + 1) * slot] for i in range(count)]
+    )
+    ends: list[int] = []
+    for i in range(count):
+        data = i * slot + P_DATA_HEADER_SIZE
+        n = min(chunk, max(0, got - i * chunk))
+        if n < chunk:  # where the scatter read stopped (or there was none): read on
+            n += _read_into(fp, view[data + n : data + chunk])
+        if not n:
+            break
+        pack_p_data_header(buf, i * slot, context_id, 0x00, n)
+        ends.append(data + n)
+        if n < chunk:
+            break
+    return ends

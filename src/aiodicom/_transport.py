@@ -10,6 +10,16 @@ the transport, parks the reader on a future only when no data is buffered, and
 applies flow control both ways (reading pauses past 1 MiB buffered; writing
 waits for the transport to drain).
 
+Receiving is buffered (:class:`asyncio.BufferedProtocol`): the socket is read
+into reusable buffers, and what arrived is handed on as memoryviews of them.
+A stream opened with ``pdu_framing`` knows where the DICOM PDUs begin and end
+(6-byte header, 4-byte big-endian length): it hands on whole PDUs only, and
+reads a large one (a P-DATA-TF of a big data set) straight into a buffer of
+its own size, so a PDU is never joined from pieces. A PDU longer than the
+frame limit (see :meth:`AsyncioStream.set_frame_limit`) is passed on in
+pieces as it arrives, without a buffer of its size: the reader refuses it
+from its header.
+
 Exceptions follow anyio's stream contract: ``EndOfStream`` at EOF,
 ``BrokenResourceError`` when the connection fails, ``ClosedResourceError``
 after a local ``aclose()``.
@@ -20,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, cast
@@ -35,6 +47,51 @@ _HIGH_WATER = 4 << 20
 _LOW_WATER = 1 << 20
 #: Corked writes are flushed at once past this many bytes.
 _CORK_LIMIT = 1 << 18
+#: Size of a receive buffer (at least); one with less free room than
+#: ``_MIN_READ`` left is replaced before the next read.
+_RECV_BUFFER = 256 << 10
+_MIN_READ = 64 << 10
+#: A PDU (header included) at least this long is read into a buffer it
+#: starts at, and so are those after it, expected to be as long (the
+#: P-DATA-TF PDUs of a data set are, but its last): a read ends where a PDU
+#: of that length would, and takes several at most ``_LARGE_BUFFER`` bytes.
+_LARGE_FRAME = 64 << 10
+_LARGE_BUFFER = 1 << 20
+#: Receive buffers kept per connection for reuse, in bytes at most.
+_POOL_BYTES = 16 << 20
+_PDU_HEADER = 6
+#: The length field of a PDU header (bytes 2-5, big-endian).
+_unpack_length = struct.Struct(">L").unpack_from
+
+
+def _take_free(pool: list[bytearray], size: int, refs: int) -> bytearray | None:
+    """A buffer of ``pool`` of ``size`` bytes or more that nothing else references.
+
+    A memoryview of a bytearray holds a reference to it, so a buffer with no
+    more references than the pool's own (``refs``, as counted here) has no
+    view left anywhere: its bytes may be overwritten. The buffer taken moves
+    to the end of ``pool``: the first ones are those longest out of use.
+    """
+    for i, buf in enumerate(pool):
+        if len(buf) >= size and sys.getrefcount(buf) <= refs:
+            del pool[i]
+            pool.append(buf)
+            return buf
+    return None
+
+
+def _free_refs() -> int:
+    """What :func:`_take_free` counts for a free buffer (-1: never reuse)."""
+    if not hasattr(sys, "getrefcount"):  # pragma: no cover - not CPython
+        return -1
+    pool = [bytearray(1)]
+    for refs in range(1, 16):
+        if _take_free(pool, 1, refs) is not None:
+            return refs
+    return -1  # pragma: no cover
+
+
+_FREE_REFS = _free_refs()
 
 
 def _on_asyncio() -> bool:
@@ -46,11 +103,19 @@ def _on_asyncio() -> bool:
     return True
 
 
-class _Protocol(asyncio.Protocol):
-    """Buffers what arrives and wakes the one reader; tracks write flow control."""
+class _Protocol(asyncio.BufferedProtocol):
+    """Receives into reusable buffers, hands on what arrived, wakes the one reader;
+    tracks write flow control.
 
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
+    What arrived and was handed on lives in ``buf[:start]`` (and in earlier
+    buffers) as memoryviews; ``buf[start:end]`` is held back: with framing on,
+    the part of a PDU received so far (``frame`` is its length, header
+    included, once its header is in; ``passthrough`` counts down the rest of
+    a PDU over the limit, passed on as it comes).
+    """
+
+    def __init__(self, pdu_framing: bool = False) -> None:
+        self.chunks: deque[memoryview] = deque()
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
         self.drain: asyncio.Future[None] | None = None
@@ -59,9 +124,21 @@ class _Protocol(asyncio.Protocol):
         self.exception: BaseException | None = None
         self.transport: asyncio.Transport | None = None
         self.reading_paused = False
-        self.consumer: Callable[[bytes], bytes] | None = None
+        self.consumer: Callable[[memoryview], bytes | memoryview] | None = None
         #: Set by the stream while a burst of writes is open (see AsyncioStream.send).
         self.stream: AsyncioStream | None = None
+        self.framed = pdu_framing
+        #: PDUs longer than this (header included) are passed through in pieces.
+        self.limit = _RECV_BUFFER
+        self.buf = bytearray(0)
+        self.start = 0
+        self.end = 0
+        self.frame = 0
+        self.passthrough = 0
+        #: Length of the last PDU if it was a large one (the next header is read alone).
+        self.large = 0
+        self.pool: list[bytearray] = []
+        self.pool_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
@@ -72,13 +149,80 @@ class _Protocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        if self.stream is not None:
-            self.stream._data_arrived()
+    def _replace(self, size: int) -> None:
+        """Read into another buffer of ``size`` bytes or more, with the held-back bytes."""
+        size = max(size, _RECV_BUFFER)
+        new = _take_free(self.pool, size, _FREE_REFS)
+        if new is None:
+            new = bytearray(size)
+            if self.pool_bytes + size <= _POOL_BYTES:
+                self.pool.append(new)
+                self.pool_bytes += size
+        held = self.end - self.start
+        if held:
+            new[:held] = memoryview(self.buf)[self.start : self.end]
+        self.buf, self.start, self.end = new, 0, held
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        frame = self.frame
+        if frame >= _LARGE_FRAME:
+            expect = frame  # this PDU, and more of its length
+        elif frame or not self.large or self.passthrough:
+            buf = self.buf
+            if len(buf) - self.end < _MIN_READ or self.start + frame > len(buf):
+                self._replace(frame)
+                buf = self.buf
+            return memoryview(buf)[self.end :]
+        else:
+            expect = self.large  # after a large PDU, more of its length
+        if self.start + expect > len(self.buf):
+            self._replace(expect * max(1, _LARGE_BUFFER // expect))
+        start = self.start
+        stop = start + expect * ((len(self.buf) - start) // expect)
+        return memoryview(self.buf)[self.end : stop]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream._data_arrived()
+        start = self.start
+        end = self.end = self.end + nbytes
+        if not self.framed:
+            self.start = end
+            self._hand_on(memoryview(self.buf)[start:end])
+            return
+        buf, limit, large = self.buf, self.limit, self.large
+        pos, frame, passthrough = start, self.frame, self.passthrough
+        while True:
+            if passthrough:
+                take = min(passthrough, end - pos)
+                pos += take
+                passthrough -= take
+                if passthrough:
+                    break
+            if not frame:
+                if end - pos < _PDU_HEADER:
+                    break
+                frame = _PDU_HEADER + _unpack_length(buf, pos + 2)[0]
+                if frame > limit:
+                    passthrough, frame, large = frame, 0, 0
+                    continue
+            if end - pos < frame:
+                break
+            large = frame if frame >= _LARGE_FRAME else 0
+            pos += frame
+            frame = 0
+        self.frame, self.passthrough, self.large = frame, passthrough, large
+        if pos > start:
+            self.start = pos
+            self._hand_on(memoryview(buf)[start:pos])
+
+    def _hand_on(self, data: memoryview) -> None:
         if self.consumer is not None and not self.chunks:
-            data = self.consumer(data)
-            if not data:
+            rest = self.consumer(data)
+            if not rest:
                 return
+            data = memoryview(rest)
         self.chunks.append(data)
         self.buffered += len(data)
         self._wake()
@@ -87,12 +231,22 @@ class _Protocol(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
 
+    def _flush_held(self) -> None:
+        """The connection ends: hand on a PDU received in part, as it is."""
+        start, end = self.start, self.end
+        if end > start:
+            self.start, self.frame, self.passthrough = end, 0, 0
+            self.chunks.append(memoryview(self.buf)[start:end])
+            self.buffered += end - start
+
     def eof_received(self) -> bool:
+        self._flush_held()
         self.eof = True
         self._wake()
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_held()
         self.eof = self.lost = True
         self.exception = exc
         self._wake()
@@ -129,16 +283,35 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._loop = asyncio.get_running_loop()
         protocol.stream = self
 
-    def set_consumer(self, consumer: Callable[[bytes], bytes] | None) -> None:
+    def set_consumer(self, consumer: Callable[[memoryview], bytes | memoryview] | None) -> None:
         """Give arriving bytes to ``consumer`` first, while nothing is buffered.
 
-        It is called synchronously from the event loop with the new bytes and
+        It is called synchronously from the event loop with the new bytes (a
+        memoryview of a receive buffer: whole PDUs, with framing on) and
         returns what it did not consume, which :meth:`receive` then returns
-        in order.
+        in order. It must not keep a view past the call unless it is content
+        to pin that buffer.
         """
         self._protocol.consumer = consumer
 
+    def set_frame_limit(self, limit: int) -> None:
+        """With framing on: PDUs up to ``limit`` bytes (header included) are
+        handed on whole; longer ones in pieces, as they arrive.
+
+        A whole PDU takes a buffer of its size, so ``limit`` must not exceed
+        what the reader accepts (its maximum PDU length, plus the header).
+        """
+        self._protocol.limit = max(limit, _RECV_BUFFER)
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
+        return bytes(await self.receive_view(max_bytes))
+
+    async def receive_view(self, max_bytes: int = 65536) -> memoryview:
+        """:meth:`receive` without a copy: a view of a receive buffer.
+
+        With framing on, what one call returns holds whole PDUs (unless it
+        is cut by ``max_bytes``, or at the end of the stream).
+        """
         protocol = self._protocol
         if not protocol.chunks:
             if self._closed:
@@ -277,13 +450,22 @@ async def connect(
     *,
     local_host: str | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    pdu_framing: bool = False,
 ) -> anyio.abc.ByteStream:
-    """Open a TCP connection (TLS over it when ``ssl_context`` is given)."""
+    """Open a TCP connection (TLS over it when ``ssl_context`` is given).
+
+    ``pdu_framing``: on asyncio and without TLS, hand on whole DICOM PDUs
+    (see the module docstring).
+    """
     stream: anyio.abc.ByteStream
     if _on_asyncio():
         loop = asyncio.get_running_loop()
+        framed = pdu_framing and ssl_context is None
         transport, protocol = await loop.create_connection(
-            _Protocol, host, port, local_addr=(local_host, 0) if local_host else None
+            lambda: _Protocol(framed),
+            host,
+            port,
+            local_addr=(local_host, 0) if local_host else None,
         )
         _nodelay(transport)
         stream = AsyncioStream(transport, protocol)
@@ -329,15 +511,20 @@ class Listener:
         name = self._sockets[0].getsockname()
         return str(name[0]), int(name[1])
 
-    async def accept(self, sub: Any) -> anyio.abc.ByteStream:
-        """Accept one connection on ``sub`` (an item of :attr:`sub_listeners`)."""
+    async def accept(self, sub: Any, *, pdu_framing: bool = False) -> anyio.abc.ByteStream:
+        """Accept one connection on ``sub`` (an item of :attr:`sub_listeners`).
+
+        ``pdu_framing``: as for :func:`connect` (never with TLS over the stream).
+        """
         if self._anyio is not None:
             stream: anyio.abc.ByteStream = await sub.accept()
             return stream
         loop = asyncio.get_running_loop()
         conn, _ = await loop.sock_accept(sub)
         try:
-            transport, protocol = await loop.connect_accepted_socket(_Protocol, conn)
+            transport, protocol = await loop.connect_accepted_socket(
+                lambda: _Protocol(pdu_framing), conn
+            )
         except BaseException:
             conn.close()
             raise

@@ -236,7 +236,11 @@ class AE:
         async def connect() -> anyio.abc.ByteStream:
             with anyio.fail_after(self.connection_timeout):
                 return await _transport.connect(
-                    host, port, local_host=local_host or None, ssl_context=ssl_context
+                    host,
+                    port,
+                    local_host=local_host or None,
+                    ssl_context=ssl_context,
+                    pdu_framing=True,
                 )
 
         return _AssociateContext(
@@ -485,7 +489,9 @@ class Server:
         with self._accept_scope:
             while self._accepting:
                 try:
-                    stream = await self._listener.accept(listener)
+                    stream = await self._listener.accept(
+                        listener, pdu_framing=self.ssl_context is None
+                    )
                 except OSError as exc:
                     if exc.errno in _ACCEPT_RESOURCE_ERRORS:
                         LOGGER.error("accept() failed (%s); pausing before accepting again", exc)

@@ -47,8 +47,8 @@ from pydicom.uid import UID
 
 from . import evt
 from ._nowait import NOT_CACHED, read_cached
-from ._spool import WRITE_BATCH, Spool, read_blocks
-from ._transport import AsyncioStream
+from ._spool import WRITE_BATCH, Spool, fill_p_data
+from ._transport import _FREE_REFS, AsyncioStream, _take_free
 from .dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -57,7 +57,6 @@ from .dimse import (
     Reassembler,
     command_dataset,
     data_chunk_size,
-    data_fragments,
     decode_command,
     encode_command,
     encode_status_response,
@@ -102,6 +101,7 @@ from .fsm import (
     UpperLayer,
 )
 from .pdu import (
+    P_DATA_HEADER_SIZE,
     PDU,
     AAssociateAC,
     AAssociateRJ,
@@ -111,6 +111,7 @@ from .pdu import (
     decode,
     encode,
     encode_p_data,
+    pack_p_data_header,
     split_p_data,
     summary,
 )
@@ -133,6 +134,8 @@ from .presentation import (
 )
 
 if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from .ae import AE
 
 __all__ = ("Association", "Responses", "ServiceUser")
@@ -175,6 +178,8 @@ class _FileSource:
 
 
 _Payload = bytes | memoryview | _FileSource | None
+#: A block of a file laid out as P-DATA-TF PDUs, and where each PDU ends.
+_Block = tuple[bytearray, list[int]]
 
 
 @dataclass(slots=True)
@@ -376,7 +381,7 @@ class Association:
             on_transition=self._on_transition if evt.EVT_FSM_TRANSITION in handlers else None,
         )
         self._transitions: list[tuple[State, Event, Action, State]] = []
-        self._rbuf: bytes = b""  # received, not yet used from _rpos on
+        self._rbuf: bytes | memoryview = b""  # received, not yet used from _rpos on
         self._rpos = 0
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending: dict[int, _Pending] = {}
@@ -500,7 +505,7 @@ class Association:
     # ------------------------------------------------------------------
     # Transport
 
-    async def _write(self, data: bytes, pdu: PDU | None = None) -> None:
+    async def _write(self, data: bytes | memoryview, pdu: PDU | None = None) -> None:
         """Write one encoded PDU; the caller holds the send lock.
 
         The network timeout of a write is watched by the reader (see
@@ -510,7 +515,8 @@ class Association:
             self._send_started = started = anyio.current_time()
             self._kick(started + self.network_timeout)
         try:
-            await self._stream.send(data)
+            # A memoryview only ever goes to an AsyncioStream (see _send_block).
+            await self._stream.send(cast(bytes, data))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             if self._send_timed_out:
                 raise _TransportError("network timeout: the peer stopped reading") from None
@@ -538,11 +544,16 @@ class Association:
         parts: list[bytes | memoryview] = [memoryview(rbuf)[rpos:]] if avail else []
         need = n - avail
         self._rbuf, self._rpos = b"", 0
+        stream = self._stream
         while need:
-            # The asyncio stream hands over whole received chunks (no copy);
-            # anyio's socket streams allocate what they are asked for.
-            size = _WHOLE_CHUNKS if type(self._stream) is AsyncioStream else _READ_SIZE
-            chunk = await self._stream.receive(max(size, need))
+            # The asyncio stream hands over whole received chunks (no copy;
+            # with its PDU framing, whole PDUs); anyio's socket streams
+            # allocate what they are asked for.
+            chunk: bytes | memoryview
+            if type(stream) is AsyncioStream:
+                chunk = await stream.receive_view(_WHOLE_CHUNKS)
+            else:
+                chunk = await stream.receive(max(_READ_SIZE, need))
             if len(chunk) > need:
                 parts.append(memoryview(chunk)[:need])
                 self._rbuf, self._rpos = chunk, need
@@ -826,6 +837,10 @@ class Association:
             or evt.EVT_FSM_TRANSITION in self._handlers
         ):
             self._stream.set_consumer(self._consume)
+        if isinstance(self._stream, AsyncioStream):
+            # Whole PDUs up to our maximum (an A-ASSOCIATE-RQ may be longer:
+            # past the limit a PDU comes in pieces, which the reader joins).
+            self._stream.set_frame_limit(6 + self._max_pdu)
         while not self._ul.is_closed:
             try:
                 if broken:
@@ -853,7 +868,7 @@ class Association:
                 await self._log_received(pdu_type, body)
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
 
-    def _consume(self, data: bytes) -> bytes:
+    def _consume(self, data: memoryview) -> bytes | memoryview:
         """The asyncio fast path: handle whole P-DATA-TF PDUs as they arrive.
 
         Called synchronously by the transport's protocol with bytes nobody has
@@ -1979,10 +1994,15 @@ class Association:
                     status = call if isinstance(call, int) else await evt.call_handler(*call)
                 except Exception as exc:
                     status = _store_failure(exc)
-        finally:
+            await self._send_message(msg.context_id, self._response_command(msg, status), None)
+        except BaseException:
             if spool is not None:
                 spool.discard()
-        await self._send_message(msg.context_id, self._response_command(msg, status), None)
+            raise
+        if spool is not None:
+            # Once answered: deleting a big file takes milliseconds of the
+            # kernel's time, which the peer need not wait for.
+            await anyio.to_thread.run_sync(spool.discard)
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any
@@ -2076,29 +2096,67 @@ class Association:
     async def _send_streamed(self, context_id: int, command: bytes, source: _FileSource) -> None:
         """Send a message whose data set is read from a file, block by block.
 
-        Memory holds two blocks at most (one read ahead), whatever the file's
-        size. A read error after the command went out leaves a message the
-        peer cannot complete: the association is aborted and the error raised.
+        A block is read (in a worker thread) straight into a buffer laid out
+        as P-DATA-TF PDUs, their headers in place, so no byte of the data set
+        is copied in this thread; the next block is read while this one is
+        written. Memory holds three blocks at most, whatever the file's size.
+        A read error after the command went out leaves a message the peer
+        cannot complete: the association is aborted and the error raised.
         """
         max_pdu = self._remote_max_pdu
-        chunk = data_chunk_size(max_pdu)
-        block = chunk * max(1, _FILE_BLOCK // chunk)
+        if max_pdu and max_pdu - 6 < 1:
+            raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+        # PDUs need not be as long as the peer allows: a block holds one at least.
+        chunk = min(data_chunk_size(max_pdu), _FILE_BLOCK - P_DATA_HEADER_SIZE)
+        slot = P_DATA_HEADER_SIZE + chunk
+        size = slot * max(1, _FILE_BLOCK // slot)
+        pool: list[bytearray] = []
+        file = source.file
+
+        async def read(send: MemoryObjectSendStream[_Block | OSError]) -> None:
+            async with send:
+                while True:
+                    buf = _take_free(pool, size, _FREE_REFS)
+                    if buf is None:
+                        buf = bytearray(size)
+                        if len(pool) < 3:
+                            pool.append(buf)
+                    item: _Block | OSError
+                    try:
+                        item = (
+                            buf,
+                            await anyio.to_thread.run_sync(
+                                fill_p_data, file, buf, chunk, context_id
+                            ),
+                        )
+                    except OSError as exc:
+                        item = exc
+                    try:
+                        await send.send(item)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        return  # the sender gave up
+                    if isinstance(item, OSError) or not item[1] or item[1][-1] < size:
+                        return  # the end of the file
+
         failure: str | None = None
         read_error: OSError | None = None
         async with self._send_lock:
             try:
                 for pdu in fragment(context_id, command, None, max_pdu):
                     await self._send_pdata(pdu)
-                sent = 0
-                async with contextlib.aclosing(read_blocks(source.file, block)) as blocks:
-                    async for data, last in blocks:
-                        sent += len(data)
-                        if last and sent % 2:
-                            # A data set has even length; only a deflated one
-                            # stored without its pad byte is odd (PS3.5 A.5).
-                            data += b"\x00"
-                        for pdu in data_fragments(context_id, data, max_pdu, last=last):
-                            await self._send_pdata(pdu)
+                send, receive = anyio.create_memory_object_stream[_Block | OSError](0)
+                error: _TransportError | OSError | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(read, send)
+                    try:
+                        await self._send_blocks(receive, context_id, chunk)
+                    except (_TransportError, OSError) as exc:
+                        error = exc  # raised out of the task group, not in a group
+                    finally:
+                        tg.cancel_scope.cancel()
+                        receive.close()
+                if error is not None:
+                    raise error
             except _TransportError as exc:
                 failure = str(exc)
             except OSError as exc:
@@ -2113,6 +2171,76 @@ class Association:
         if failure is not None:
             await self._transport_failed(failure)
             raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _send_blocks(
+        self,
+        receive: MemoryObjectReceiveStream[_Block | OSError],
+        context_id: int,
+        chunk: int,
+    ) -> None:
+        """Send the blocks a reader task lays out (see :meth:`_send_streamed`)."""
+        held: _Block | None = None
+        sent = 0  # data set bytes written
+        # A full block goes out once the next one is read: only then is it
+        # known whether it ends the data set.
+        while True:
+            item = await receive.receive()
+            if isinstance(item, OSError):
+                raise item
+            buf, ends = item
+            if held is not None:
+                if not ends:
+                    await self._send_last_block(held, sent, context_id, chunk)
+                    return
+                sent += await self._send_block(held)
+            if not ends:  # an empty data set
+                await self._send_pdata(encode_p_data(context_id, 0x02, b""))
+                return
+            if ends[-1] < len(buf):  # a short block: the file ends in it
+                await self._send_last_block(item, sent, context_id, chunk)
+                return
+            held = item
+
+    async def _send_last_block(self, block: _Block, sent: int, context_id: int, chunk: int) -> None:
+        """Send the block that ends a data set: its last PDU is the last fragment,
+        with the pad byte of an odd data set if it has room (PS3.5 A.5: a data
+        set has even length; only a deflated one is stored without it);
+        otherwise the pad byte follows as the last fragment, on its own."""
+        buf, ends = block
+        start = ends[-2] if len(ends) > 1 else 0
+        n = ends[-1] - start - P_DATA_HEADER_SIZE
+        odd = (sent + ends[-1] - P_DATA_HEADER_SIZE * len(ends)) % 2
+        if odd and n < chunk:
+            buf[ends[-1]] = 0
+            n += 1
+            ends[-1] += 1
+            odd = 0
+        pack_p_data_header(buf, start, context_id, 0x00 if odd else 0x02, n)
+        await self._send_block(block)
+        if odd:
+            await self._send_pdata(encode_p_data(context_id, 0x02, b"\x00"))
+
+    async def _send_block(self, block: _Block) -> int:
+        """Write the PDUs laid out in a block; return the data set bytes they carry.
+
+        One write for the block, or one per PDU when each is reported (debug
+        log, EVT_PDU_SENT); a copy for a stream that might keep the view.
+        """
+        buf, ends = block
+        view = memoryview(buf)
+        ul = self._ul
+        per_pdu = self._debug or evt.EVT_PDU_SENT in self._handlers
+        start = 0
+        for end in ends:
+            if not ul.note_data_sent():
+                self._data_sent(bytes(view[start:end]))
+            if per_pdu:
+                await self._write(bytes(view[start:end]))
+            start = end
+        if not per_pdu:
+            whole = view[:start]
+            await self._write(whole if type(self._stream) is AsyncioStream else bytes(whole))
+        return start - P_DATA_HEADER_SIZE * len(ends)
 
     def _data_sent(self, pdu: bytes) -> None:
         """Tell the Upper Layer a P-DATA-TF goes out (Evt9), if it still may."""

@@ -43,6 +43,7 @@ __all__ = (
     "APPLICATION_CONTEXT_NAME",
     "PDU",
     "PDV",
+    "P_DATA_HEADER_SIZE",
     "AAbort",
     "AAssociateAC",
     "AAssociateRJ",
@@ -58,6 +59,7 @@ __all__ = (
     "decode_pdu",
     "encode",
     "encode_p_data",
+    "pack_p_data_header",
     "summary",
 )
 
@@ -319,6 +321,20 @@ def _encode_associate(pdu_type: int, pdu: AAssociateRQ | AAssociateAC) -> bytes:
     parts.append(_item(0x50, b"".join(_encode_user_item(i) for i in pdu.user_information)))
     body = b"".join(parts)
     return _HEADER.pack(pdu_type, len(body)) + body
+
+
+#: The headers of a P-DATA-TF holding one PDV: what precedes its data.
+P_DATA_HEADER_SIZE: Final = _PDATA_HEADER.size
+
+
+def pack_p_data_header(
+    buf: bytearray, offset: int, context_id: int, control_header: int, n: int
+) -> None:
+    """Write at ``offset`` the headers of a P-DATA-TF whose one PDV carries ``n``
+    bytes (they follow, in place): a PDU built without copying its data."""
+    _PDATA_HEADER.pack_into(
+        buf, offset, PDUType.P_DATA_TF, n + 6, n + 2, context_id, control_header
+    )
 
 
 def encode_p_data(context_id: int, control_header: int, data: bytes | memoryview) -> bytes:

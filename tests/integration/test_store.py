@@ -234,23 +234,39 @@ async def test_raw_dataset_file_without_meta(tmp_path: Path) -> None:
 # Fragmentation: PDU sizes and file blocks
 
 
+class _Unreadinto(io.BytesIO):
+    """A binary file object without readinto (read() only)."""
+
+    readinto = None  # type: ignore[assignment]
+
+
 @pytest.mark.parametrize(
-    "size", [0, 1, 4088, 4089, 4090, 4092, 2 * 4090, 3 * 4090, 3 * 4090 + 2, 100_000]
+    ("max_pdu", "size"),
+    [
+        (4096, size)
+        for size in [0, 1, 4088, 4089, 4090, 4092, 2 * 4090, 3 * 4090, 3 * 4090 + 2, 100_000]
+    ]
+    # An odd PDV size: an odd data set filling its last PDU gets its pad byte
+    # in a PDU of its own.
+    + [(4095, size) for size in [1, 4088, 4089, 2 * 4089, 3 * 4089, 4 * 4089 - 1]],
 )
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
 async def test_fragment_boundaries(
-    size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    max_pdu: int, size: int, transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The SCP's maximum PDU is 4096 (4090 data bytes a PDV); file blocks are 2 PDVs."""
+    """The SCP's maximum PDU is 4096 (4090 data bytes a PDV) or 4095 (4089);
+    file blocks are 2 PDUs."""
     import aiodicom.association as association_module
 
-    monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * 4090)
+    chunk = max_pdu - 6
+    monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * (chunk + 12))
     monkeypatch.setattr(association_module, "_INLINE_READ", 0)  # stream every file
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     body = bytes(range(256)) * (size // 256) + bytes(size % 256)
     path = tmp_path / "x.dcm"
     path.write_bytes(part10_header(meta) + body)
     rec = RecordingHandlers()
-    scu, scp = storage_pair(maximum_pdu_size=4096)
+    scu, scp = storage_pair(maximum_pdu_size=max_pdu)
     seen: list[int] = []
 
     def on_pdu(event: evt.Event) -> None:
@@ -259,19 +275,95 @@ async def test_fragment_boundaries(
 
     scp_handlers = [*rec.handlers, (evt.EVT_PDU_RECV, on_pdu)]
     with anyio.fail_after(GUARD):
-        async with memory_pair(scu, scp, scp_handlers=scp_handlers) as assoc:
+        async with store_pair(scu, scp, scp_handlers, transport) as assoc:
             assert (await assoc.send_c_store(path)).Status == 0
             assert (await assoc.send_c_store(io.BytesIO(path.read_bytes()))).Status == 0
+            raw = path.read_bytes()
+            assert (await assoc.send_c_store(_Unreadinto(raw))).Status == 0
     sent = body + b"\x00" if size % 2 else body  # an odd data set is padded to even length
-    assert [d for _, _, d, _ in rec.stored] == [sent, sent]
-    assert max(seen) <= 4090
-    # the command alone, then ceil(size / 4090) data fragments (one empty one for 0)
-    per_message = 1 + max(1, -(-len(sent) // 4090))
-    assert len(seen) == 2 * per_message
+    assert [d for _, _, d, _ in rec.stored] == [sent] * 3
+    assert max(seen) <= chunk
+    # the command alone, then ceil(size / chunk) data fragments (one empty one for 0)
+    per_message = 1 + max(1, -(-len(sent) // chunk))
+    assert len(seen) == 3 * per_message
+
+
+class _FailingFile(io.BytesIO):
+    """A file whose reads fail past its first ``good`` bytes."""
+
+    def __init__(self, data: bytes, good: int) -> None:
+        super().__init__(data)
+        self._good = good
+
+    def readinto(self, buf: Any) -> int:
+        if self.tell() >= self._good:
+            raise OSError(errno.EIO, "medium error")
+        return super().readinto(memoryview(buf)[: self._good - self.tell()])
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self._good:
+            raise OSError(errno.EIO, "medium error")
+        end = self._good if size is None or size < 0 else min(self._good, self.tell() + size)
+        return super().read(end - self.tell())
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_a_read_error_while_streaming_aborts_and_raises_it(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiodicom.association as association_module
+
+    monkeypatch.setattr(association_module, "_FILE_BLOCK", 4 * 4102)
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    raw = part10_header(meta) + bytes(200_000)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(maximum_pdu_size=4096)
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, transport) as assoc:
+            # past the first blocks: the command and some data went out
+            with pytest.raises(OSError, match="medium error"):
+                await assoc.send_c_store(_FailingFile(raw, 100_000))
+            assert assoc.is_aborted
+    assert rec.stored == []
 
 
 # ---------------------------------------------------------------------------
 # Spooling
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_a_spool_file_is_deleted_after_the_answer_off_the_event_loop(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deleting a big file costs the kernel milliseconds: the peer has its
+    C-STORE-RSP first, and the event loop's thread does not wait for it."""
+    import threading
+
+    from aiodicom._spool import Spool
+
+    order: list[str] = []
+    real_discard = Spool.discard
+
+    def discard(self: Spool) -> None:
+        if self.path is not None:  # the call that deletes the file
+            on_loop = threading.current_thread() is threading.main_thread()
+            order.append("deleted on the loop" if on_loop else "deleted in a worker")
+        real_discard(self)
+
+    def on_sent(event: evt.Event) -> None:
+        if event.message.command["CommandField"] == CommandField.C_STORE_RSP:
+            order.append("answered")
+
+    monkeypatch.setattr(Spool, "discard", discard)
+    scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=4096)
+    scp.spool_directory = str(tmp_path)
+    handlers = [(evt.EVT_C_STORE, lambda event: 0), (evt.EVT_DIMSE_SENT, on_sent)]
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, handlers, transport) as assoc:
+            assert (await assoc.send_c_store(get_testdata_file("CT_small.dcm"))).Status == 0
+    assert order == ["answered", "deleted in a worker"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("transport", ["memory", "tcp"])

@@ -677,6 +677,41 @@ async def test_tls_c_echo(tmp_path: Path) -> None:
                 assert (await assoc.send_c_echo()).Status == 0
 
 
+async def test_tls_streams_are_not_pdu_framed(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under TLS the bytes on the socket are TLS records, not PDUs: the asyncio
+    transport must not frame them (plain connections are framed)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("the framing transport exists on asyncio only")
+    from aiodicom import _transport
+
+    framed: list[bool] = []
+    real_init = _transport._Protocol.__init__
+
+    def init(self: Any, pdu_framing: bool = False) -> None:
+        framed.append(pdu_framing)
+        real_init(self, pdu_framing)
+
+    monkeypatch.setattr(_transport._Protocol, "__init__", init)
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    async with running_server(ssl_context=server_ctx) as server:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate(
+                "127.0.0.1", server.port, ssl_context=client_ctx
+            ) as assoc:
+                assert (await assoc.send_c_echo()).Status == 0
+    assert framed == [False, False]  # client and server side
+    framed.clear()
+    async with running_server() as server:
+        with anyio.fail_after(GUARD):
+            assert await echo_once(server.port) == 0
+    assert framed == [True, True]
+
+
 async def test_tls_client_to_plain_server_fails_cleanly(tmp_path: Path) -> None:
     cert, _key = _self_signed(tmp_path)
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))

@@ -117,3 +117,141 @@ async def test_a_later_burst_without_new_data_is_flushed_at_its_iteration_end() 
             await anyio.lowlevel.checkpoint()
             assert spy.writes == [b"1", b"2"]
             assert await reader.readexactly(1) == b"2"
+
+
+# ---------------------------------------------------------------------------
+# Receiving: buffered, with DICOM PDU framing
+
+
+def _pdu(length: int, fill: int = 0x41) -> bytes:
+    """A P-DATA-TF-looking PDU: its 6-byte header, then ``length`` bytes."""
+    return b"\x04\x00" + length.to_bytes(4, "big") + bytes([fill]) * length
+
+
+@asynccontextmanager
+async def framed_pair(
+    limit: int = 0,
+) -> AsyncIterator[tuple[AsyncioStream, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """As :func:`pair`, our stream with PDU framing on."""
+    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+
+    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = await connect("127.0.0.1", port, pdu_framing=True)
+    assert isinstance(stream, AsyncioStream)
+    if limit:
+        stream.set_frame_limit(limit)
+    reader, writer = await accepted.get()
+    try:
+        yield stream, reader, writer
+    finally:
+        await stream.aclose()
+        writer.close()
+        server.close()
+
+
+async def _write_in_pieces(writer: asyncio.StreamWriter, data: bytes, piece: int) -> None:
+    for start in range(0, len(data), piece):
+        writer.write(data[start : start + piece])
+        await writer.drain()
+        await anyio.sleep(0)  # let our side read each piece on its own
+
+
+async def test_framing_hands_on_whole_pdus_however_they_arrive() -> None:
+    small, large = _pdu(10, 1), _pdu(300_000, 2)
+    with anyio.fail_after(GUARD):
+        async with framed_pair(limit=6 + 300_000) as (stream, _reader, writer):
+            await _write_in_pieces(writer, small + large + small, 4093)
+            got: list[bytes] = []
+            while sum(map(len, got)) < 2 * len(small) + len(large):
+                view = await stream.receive_view(1 << 62)
+                got.append(bytes(view))
+            # every chunk ends on a PDU boundary; the large one is in one chunk
+            joined = b"".join(got)
+            assert joined == small + large + small
+            assert any(large in chunk for chunk in got)
+            bounds = {0, len(small), len(small) + len(large), len(joined)}
+            offsets = [sum(map(len, got[:i])) for i in range(len(got) + 1)]
+            assert set(offsets) <= bounds
+
+
+async def test_a_large_pdu_is_read_into_a_buffer_of_its_own() -> None:
+    large = _pdu(300_000, 7)
+    with anyio.fail_after(GUARD):
+        async with framed_pair(limit=6 + 300_000) as (stream, _reader, writer):
+            await _write_in_pieces(writer, _pdu(100) + large, 65536)
+            assert bytes(await stream.receive_view(1 << 62)) == _pdu(100)
+            view = await stream.receive_view(1 << 62)
+            assert bytes(view) == large
+            # a view of one of the connection's receive buffers, not a join
+            assert any(view.obj is buf for buf in stream._protocol.pool)
+
+
+async def test_receive_buffers_are_reused_only_once_no_view_is_left() -> None:
+    count, size = 64, 200_000
+    with anyio.fail_after(GUARD):
+        async with framed_pair(limit=6 + size) as (stream, _reader, writer):
+            held: memoryview | None = None
+            kept = b""
+
+            async def feed() -> None:
+                for i in range(count):
+                    writer.write(_pdu(size, i))
+                    await writer.drain()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(feed)
+                i = 0
+                while i < count:
+                    view = await stream.receive_view(1 << 62)
+                    assert len(view) % (6 + size) == 0  # whole PDUs
+                    for start in range(0, len(view), 6 + size):
+                        pdu = view[start : start + 6 + size]
+                        assert pdu[6] == i and pdu[-1] == i
+                        if i == 10:
+                            held, kept = pdu, bytes(pdu)  # viewed to the end
+                        i += 1
+                    del view, pdu
+            protocol = stream._protocol
+            assert held is not None and bytes(held) == kept  # never overwritten
+            # a handful of buffers went round: far fewer than the PDUs received
+            assert len(protocol.pool) <= 4
+            assert protocol.pool_bytes <= 4 * (1 << 20) + (256 << 10)
+
+
+async def test_a_pdu_over_the_limit_is_handed_on_in_pieces() -> None:
+    header = b"\x04\x00" + (10 << 20).to_bytes(4, "big")
+    with anyio.fail_after(GUARD):
+        async with framed_pair() as (stream, _reader, writer):
+            writer.write(header + bytes(1000))
+            await writer.drain()
+            got = b""
+            while len(got) < 1006:
+                got += bytes(await stream.receive_view(1 << 62))
+            assert got == header + bytes(1000)
+            # no buffer of the announced size
+            assert max(len(b) for b in stream._protocol.pool) < 1 << 20
+
+
+async def test_a_partial_pdu_is_handed_on_at_the_end_of_the_stream() -> None:
+    with anyio.fail_after(GUARD):
+        async with framed_pair() as (stream, _reader, writer):
+            writer.write(_pdu(10) + b"\x04\x00\x00")
+            writer.write_eof()
+            await writer.drain()
+            got = b""
+            with pytest.raises(anyio.EndOfStream):
+                while True:
+                    got += await stream.receive()
+            assert got == _pdu(10) + b"\x04\x00\x00"
+
+
+async def test_without_framing_bytes_are_handed_on_as_they_arrive() -> None:
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, _reader, writer):
+            writer.write(b"\x04\x00\x00")
+            await writer.drain()
+            assert await stream.receive() == b"\x04\x00\x00"

@@ -1,0 +1,172 @@
+"""Sending a file: read straight into P-DATA-TF PDUs (fill_p_data)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+
+from aiodicom._spool import fill_p_data
+from aiodicom.pdu import P_DATA_HEADER_SIZE, PDataTF, decode_pdu
+
+# ---------------------------------------------------------------------------
+# fill_p_data
+
+
+def _pdus(buf: bytearray, ends: list[int]) -> list[PDataTF]:
+    out, start = [], 0
+    for end in ends:
+        pdu = decode_pdu(bytes(buf[start:end]))
+        assert isinstance(pdu, PDataTF)
+        out.append(pdu)
+        start = end
+    return out
+
+
+@pytest.mark.parametrize("size", [0, 1, 99, 100, 101, 250, 300, 301])
+def test_fill_p_data_lays_out_pdus_around_the_data(size: int) -> None:
+    data = bytes(i % 251 for i in range(size))
+    fp = io.BytesIO(data)
+    chunk, got = 100, b""
+    while True:
+        buf = bytearray(3 * (P_DATA_HEADER_SIZE + chunk))
+        ends = fill_p_data(fp, buf, chunk, 7)
+        for pdu in _pdus(buf, ends):
+            (pdv,) = pdu.pdvs
+            assert pdv.context_id == 7 and not pdv.is_command and not pdv.is_last
+            assert 0 < len(pdv.data) <= chunk
+            got += bytes(pdv.data)
+        if not ends or ends[-1] < len(buf):
+            break
+    assert got == data
+
+
+def test_fill_p_data_reads_short_reads_to_the_full_chunk() -> None:
+    class Trickle(io.RawIOBase):
+        """Returns at most 7 bytes a call, as a pipe or a socket file might."""
+
+        def __init__(self, data: bytes) -> None:
+            self._data = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buf: Any) -> int:
+            return self._data.readinto(memoryview(buf)[:7])
+
+    buf = bytearray(2 * (P_DATA_HEADER_SIZE + 50))
+    ends = fill_p_data(Trickle(bytes(120)), buf, 50, 1)  # type: ignore[arg-type]
+    assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [50, 50]
+    assert ends[-1] == len(buf)
+
+
+def test_fill_p_data_reads_a_regular_file_with_one_call_a_block(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    data = bytes(i % 253 for i in range(1000))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"HEAD" + data)
+    calls: list[int] = []
+    real = os.preadv
+
+    def preadv(fd: int, buffers: list[Any], offset: int) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    got = b""
+    with open(path, "rb") as fp:
+        assert fp.read(4) == b"HEAD"  # a buffered file, read ahead past here
+        while True:
+            buf = bytearray(4 * (P_DATA_HEADER_SIZE + 100))
+            ends = fill_p_data(fp, buf, 100, 1)
+            got += b"".join(bytes(p.pdvs[0].data) for p in _pdus(buf, ends))
+            if not ends or ends[-1] < len(buf):
+                break
+        assert fp.read() == b""  # left at the end
+    assert got == data
+    assert calls == [4, 4, 4]  # 400 + 400 + 200 bytes
+
+
+def test_fill_p_data_reads_a_pipe_as_it_comes() -> None:
+    import os
+
+    r, w = os.pipe()
+    os.write(w, bytes(250))
+    os.close(w)
+    with open(r, "rb") as fp:  # no position: no preadv
+        buf = bytearray(4 * (P_DATA_HEADER_SIZE + 100))
+        ends = fill_p_data(fp, buf, 100, 1)
+    assert [len(p.pdvs[0].data) for p in _pdus(buf, ends)] == [100, 100, 50]
+
+
+# ---------------------------------------------------------------------------
+# Spool.write
+
+
+async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from aiodicom import sop_class
+    from aiodicom._spool import Spool
+    from aiodicom.dsutils import file_meta_for
+
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    spool = Spool()
+    await spool.open(meta, str(tmp_path))
+    for chunks in batches:
+        await spool.write(chunks)
+    await spool.finish()
+    assert spool.path is not None and spool.error is None
+    with open(spool.path, "rb") as f:
+        data = f.read()
+    spool.discard()
+    assert data[:128] == bytes(128) and data[128:132] == b"DICM"
+    return data[spool.data_offset :]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_batch_is_written_with_one_writev(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    calls: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        calls.append(len(buffers))
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    batch = [b"ab", memoryview(bytearray(b"cdef"))[1:3], b"", bytes(1000)]
+    assert await _spooled(tmp_path, [batch, [b"xy"]]) == b"abde" + bytes(1000) + b"xy"
+    assert calls == [3, 1]  # one call a batch (an empty chunk left out)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_short_writes_go_on_where_they_stopped(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        # at most 5 bytes a call, across buffers
+        left, out = 5, []
+        for b in buffers:
+            out.append(memoryview(b)[:left])
+            left -= len(out[-1])
+            if not left:
+                break
+        return real(fd, out)
+
+    monkeypatch.setattr(os, "writev", writev)
+    batch = [bytes(range(7)), b"xyz", bytes(range(100, 113))]
+    assert await _spooled(tmp_path, [batch]) == b"".join(batch)
