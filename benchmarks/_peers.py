@@ -250,8 +250,6 @@ def aiodicom_store_scp(args: argparse.Namespace) -> None:
         ae.add_supported_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
         if args.max_pdu:
             ae.maximum_pdu_size = args.max_pdu
-        if args.spool_threshold >= 0:
-            ae.spool_threshold = args.spool_threshold  # 0: hold every data set in memory
 
     _run_aiodicom_scp(args, setup, [(evt.EVT_C_STORE, lambda event: 0x0000)])
 
@@ -646,9 +644,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-pdu", type=int, default=0, help="0: the library's default")
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
     parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
-    parser.add_argument(
-        "--spool-threshold", type=int, default=-1, help="aiodicom store SCP (-1: the default)"
-    )
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     args = parser.parse_args(argv)
     roles = {
