@@ -82,6 +82,9 @@ class AE:
         self._ae_title = validate_ae_title(ae_title)
         self.acse_timeout: float | None = 30.0
         self.dimse_timeout: float | None = 30.0
+        #: Seconds without network activity (nothing received, no write going
+        #: out) before an association is aborted; a write that cannot go out
+        #: for as long (a peer that stopped reading) closes the connection.
         self.network_timeout: float | None = 60.0
         self.connection_timeout: float | None = 10.0
         self.maximum_associations = 64

@@ -421,6 +421,9 @@ class Association:
         self._send_started: float | None = None
         self._send_timed_out = False
         self._last_rx = 0.0
+        #: When a write last went out: a peer reading a long stream of
+        #: responses is not idle, though it sends nothing (network timeout).
+        self._last_tx = 0.0
         self._watch_target = math.inf
         self._watch_kick = anyio.Event()
         self._debug = LOGGER.isEnabledFor(logging.DEBUG)
@@ -523,6 +526,7 @@ class Association:
             raise _TransportError(str(exc) or type(exc).__name__) from exc
         finally:
             self._send_started = None
+        self._last_tx = _current_time()
         if self._debug or evt.EVT_PDU_SENT in self._handlers:
             obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
             if self._debug:
@@ -698,15 +702,17 @@ class Association:
     # re-arms when it finds its target not yet reached.
 
     def _deadlines(self, now: float) -> float:
-        """The earliest of: ARTIM, the network timeout of the last receive or
-        of a write in progress, the DIMSE timeout of the oldest request."""
+        """The earliest of: ARTIM, the network timeout of a write in progress
+        or else of the last activity (data received, or a write that went
+        out), the DIMSE timeout of the oldest request."""
         artim = self._ul.get_timer()
         deadline = math.inf if artim is None else artim
         net = self.network_timeout
-        if net is not None and artim is None and not self._ul.is_closed:
-            deadline = min(deadline, self._last_rx + net)
         if net is not None and self._send_started is not None:
+            # a write in progress: its own timer stands for the idle one
             deadline = min(deadline, self._send_started + net)
+        elif net is not None and artim is None and not self._ul.is_closed:
+            deadline = min(deadline, max(self._last_rx, self._last_tx) + net)
         if self.dimse_timeout is not None and self._pending:
             oldest = min(
                 (p.sent_at for p in self._pending.values() if not p.finished), default=math.inf
@@ -766,10 +772,11 @@ class Association:
         if (
             net is not None
             and artim is None
+            and started is None
             and not self._ul.is_closed
-            and now >= self._last_rx + net
+            and now >= max(self._last_rx, self._last_tx) + net
         ):
-            LOGGER.error("Network timeout: nothing received for %s s, aborting", net)
+            LOGGER.error("Network timeout: nothing received or sent for %s s, aborting", net)
             self._timed_out(TimeoutError(f"no data from the peer for {net} s"))
             await self._abort_from_timer(now)
 
@@ -2051,6 +2058,7 @@ class Association:
             pdu = next(fragment(context_id, command, dataset, max_pdu))
         self._data_sent(pdu)
         stream.send_now(pdu)
+        self._last_tx = _loop_time()
         return True
 
     async def _send_message(self, context_id: int, command: bytes, dataset: _Payload) -> None:
