@@ -677,13 +677,12 @@ async def test_tls_c_echo(tmp_path: Path) -> None:
                 assert (await assoc.send_c_echo()).Status == 0
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the framing transport's backend
 async def test_tls_streams_are_not_pdu_framed(
-    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Under TLS the bytes on the socket are TLS records, not PDUs: the asyncio
     transport must not frame them (plain connections are framed)."""
-    if anyio_backend != "asyncio":
-        pytest.skip("the framing transport exists on asyncio only")
     from aiodicom import _transport
 
     framed: list[bool] = []
