@@ -1545,9 +1545,13 @@ class Association:
             # The association ended (aborted, timed out) before we could answer.
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
-            self._inflight -= 1
-            if self._inflight == 0 and self._idle is not None:
-                self._idle.set()
+            self._request_done()
+
+    def _request_done(self) -> None:
+        """One request fewer in flight; wake an A-RELEASE-RQ waiting for none (AR-4)."""
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
 
     async def _refuse(self, msg: Message, status: int, comment: str | None = None) -> None:
         """Answer a request we do not serve with a failure status."""
@@ -1930,9 +1934,7 @@ class Association:
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
-            self._inflight -= 1
-            if self._inflight == 0 and self._idle is not None:
-                self._idle.set()
+            self._request_done()
 
     def _handler_call(
         self, kind: evt.EventType, msg: Message

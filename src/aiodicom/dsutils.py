@@ -316,8 +316,19 @@ _HEADERS = {
 _TAG_LE, _U16LE, _U32LE = _HEADERS[True]
 
 
+#: (group, element, VR, 16-bit length) of an Explicit VR element header;
+#: (group, element, 32-bit length) of an Implicit VR one; by byte order.
+_EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
+_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+
+
 def _walk(
-    buf: bytes, pos: int, *, implicit: bool, little: bool, until: int = 0xFFFFFFFF
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    *,
+    implicit: bool,
+    little: bool,
+    until: int = 0xFFFFFFFF,
 ) -> tuple[list[tuple[int, str | None, int, int]], int] | None:
     """The top-level element headers of ``buf`` from ``pos``, while their tag is at most ``until``.
 
@@ -325,63 +336,10 @@ def _walk(
     each and the position where the walk stopped (the first element past
     ``until``, or the end). ``None`` when it cannot tell (an undefined length,
     an item tag, an odd VR, a truncated element): the caller falls back on
-    pydicom, which also reports the errors.
+    pydicom, which also reports the errors. One unpack per element header.
     """
-    tag_fmt, u16, u32 = _HEADERS[little]
     end = len(buf)
     out: list[tuple[int, str | None, int, int]] = []
-    while pos < end:
-        if end - pos < 8:
-            return None
-        group, elem = tag_fmt.unpack_from(buf, pos)
-        tag = (group << 16) | elem
-        if tag > until:
-            return out, pos
-        if group == 0xFFFE:
-            return None
-        vr: str | None = None
-        if implicit:
-            length = u32.unpack_from(buf, pos + 4)[0]
-            header = 8
-        else:
-            code = buf[pos + 4 : pos + 6]
-            if not code.isalpha():
-                return None
-            vr = code.decode("ascii")
-            if code in _LONG_VRS:
-                if end - pos < 12:
-                    return None
-                length = u32.unpack_from(buf, pos + 8)[0]
-                header = 12
-            else:
-                length = u16.unpack_from(buf, pos + 6)[0]
-                header = 8
-        start = pos + header
-        if length == 0xFFFFFFFF or start + length > end:
-            return None
-        out.append((tag, vr, start, length))
-        pos = start + length
-    return out, pos
-
-
-#: (group, element, VR, 16-bit length) of an Explicit VR element; (group,
-#: element, 32-bit length) of an Implicit VR one; by byte order.
-_EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
-_IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
-
-
-def _scan(
-    buf: bytes | bytearray | memoryview, pos: int, *, implicit: bool, little: bool, until: int
-) -> tuple[dict[int, bytes], int] | None:
-    """The raw values by tag of the top-level elements from ``pos``, up to tag ``until``.
-
-    Returns them and the position where the scan stopped (the first element
-    past ``until``, or the end). ``None`` when it cannot tell, as
-    :func:`_walk`. This is :func:`_walk` with the values sliced as it goes,
-    written for the probe's hot path.
-    """
-    end = len(buf)
-    values: dict[int, bytes] = {}
     if implicit:
         header = _IMPLICIT[little].unpack_from
         while pos < end:
@@ -390,13 +348,13 @@ def _scan(
             group, elem, length = header(buf, pos)
             tag = (group << 16) | elem
             if tag > until:
-                return values, pos
+                return out, pos
             start = pos + 8
             if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
                 return None
+            out.append((tag, None, start, length))
             pos = start + length
-            values[tag] = bytes(buf[start:pos])
-        return values, pos
+        return out, pos
     header = _EXPLICIT[little].unpack_from
     u32 = _HEADERS[little][2].unpack_from
     while pos < end:
@@ -405,7 +363,7 @@ def _scan(
         group, elem, code, length = header(buf, pos)
         tag = (group << 16) | elem
         if tag > until:
-            return values, pos
+            return out, pos
         if group == 0xFFFE or not code.isalpha():
             return None
         if code in _LONG_VRS:
@@ -417,9 +375,21 @@ def _scan(
             start = pos + 8
         if length == 0xFFFFFFFF or start + length > end:
             return None
+        out.append((tag, code.decode("ascii"), start, length))
         pos = start + length
-        values[tag] = bytes(buf[start:pos])
-    return values, pos
+    return out, pos
+
+
+def _scan(
+    buf: bytes | bytearray | memoryview, pos: int, *, implicit: bool, little: bool, until: int
+) -> tuple[dict[int, bytes], int] | None:
+    """The values by tag of the elements :func:`_walk` finds, and where it stopped."""
+    walked = _walk(buf, pos, implicit=implicit, little=little, until=until)
+    if walked is None:
+        return None
+    headers, stop = walked
+    view = memoryview(buf)  # one copy per value, whatever holds the buffer
+    return {tag: bytes(view[start : start + length]) for tag, _, start, length in headers}, stop
 
 
 def _uid_text(raw: bytes | None) -> str | None:

@@ -53,8 +53,11 @@ class _Spy:
 
 
 @asynccontextmanager
-async def pair() -> AsyncIterator[tuple[AsyncioStream, asyncio.StreamReader, asyncio.StreamWriter]]:
-    """Our stream connected to a plain asyncio peer."""
+async def pair(
+    pdu_framing: bool = False, limit: int = 0
+) -> AsyncIterator[tuple[AsyncioStream, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """Our stream connected to a plain asyncio peer (with PDU framing on, PDUs
+    up to ``limit`` bytes handed on whole, if given)."""
     accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
 
     async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -62,8 +65,10 @@ async def pair() -> AsyncIterator[tuple[AsyncioStream, asyncio.StreamReader, asy
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    stream = await connect("127.0.0.1", port)
+    stream = await connect("127.0.0.1", port, pdu_framing=pdu_framing)
     assert isinstance(stream, AsyncioStream)
+    if limit:
+        stream.set_frame_limit(limit)
     reader, writer = await accepted.get()
     try:
         yield stream, reader, writer
@@ -128,31 +133,6 @@ def _pdu(length: int, fill: int = 0x41) -> bytes:
     return b"\x04\x00" + length.to_bytes(4, "big") + bytes([fill]) * length
 
 
-@asynccontextmanager
-async def framed_pair(
-    limit: int = 0,
-) -> AsyncIterator[tuple[AsyncioStream, asyncio.StreamReader, asyncio.StreamWriter]]:
-    """As :func:`pair`, our stream with PDU framing on."""
-    accepted: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-
-    async def on_connect(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        await accepted.put((r, w))
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = await connect("127.0.0.1", port, pdu_framing=True)
-    assert isinstance(stream, AsyncioStream)
-    if limit:
-        stream.set_frame_limit(limit)
-    reader, writer = await accepted.get()
-    try:
-        yield stream, reader, writer
-    finally:
-        await stream.aclose()
-        writer.close()
-        server.close()
-
-
 async def _write_in_pieces(writer: asyncio.StreamWriter, data: bytes, piece: int) -> None:
     for start in range(0, len(data), piece):
         writer.write(data[start : start + piece])
@@ -163,7 +143,7 @@ async def _write_in_pieces(writer: asyncio.StreamWriter, data: bytes, piece: int
 async def test_framing_hands_on_whole_pdus_however_they_arrive() -> None:
     small, large = _pdu(10, 1), _pdu(300_000, 2)
     with anyio.fail_after(GUARD):
-        async with framed_pair(limit=6 + 300_000) as (stream, _reader, writer):
+        async with pair(pdu_framing=True, limit=6 + 300_000) as (stream, _reader, writer):
             await _write_in_pieces(writer, small + large + small, 4093)
             got: list[bytes] = []
             while sum(map(len, got)) < 2 * len(small) + len(large):
@@ -181,7 +161,7 @@ async def test_framing_hands_on_whole_pdus_however_they_arrive() -> None:
 async def test_a_large_pdu_is_read_into_a_buffer_of_its_own() -> None:
     large = _pdu(300_000, 7)
     with anyio.fail_after(GUARD):
-        async with framed_pair(limit=6 + 300_000) as (stream, _reader, writer):
+        async with pair(pdu_framing=True, limit=6 + 300_000) as (stream, _reader, writer):
             await _write_in_pieces(writer, _pdu(100) + large, 65536)
             assert bytes(await stream.receive_view(1 << 62)) == _pdu(100)
             view = await stream.receive_view(1 << 62)
@@ -193,7 +173,7 @@ async def test_a_large_pdu_is_read_into_a_buffer_of_its_own() -> None:
 async def test_receive_buffers_are_reused_only_once_no_view_is_left() -> None:
     count, size = 64, 200_000
     with anyio.fail_after(GUARD):
-        async with framed_pair(limit=6 + size) as (stream, _reader, writer):
+        async with pair(pdu_framing=True, limit=6 + size) as (stream, _reader, writer):
             held: memoryview | None = None
             kept = b""
 
@@ -225,7 +205,7 @@ async def test_receive_buffers_are_reused_only_once_no_view_is_left() -> None:
 async def test_a_pdu_over_the_limit_is_handed_on_in_pieces() -> None:
     header = b"\x04\x00" + (10 << 20).to_bytes(4, "big")
     with anyio.fail_after(GUARD):
-        async with framed_pair() as (stream, _reader, writer):
+        async with pair(pdu_framing=True) as (stream, _reader, writer):
             writer.write(header + bytes(1000))
             await writer.drain()
             got = b""
@@ -238,7 +218,7 @@ async def test_a_pdu_over_the_limit_is_handed_on_in_pieces() -> None:
 
 async def test_a_partial_pdu_is_handed_on_at_the_end_of_the_stream() -> None:
     with anyio.fail_after(GUARD):
-        async with framed_pair() as (stream, _reader, writer):
+        async with pair(pdu_framing=True) as (stream, _reader, writer):
             writer.write(_pdu(10) + b"\x04\x00\x00")
             writer.write_eof()
             await writer.drain()

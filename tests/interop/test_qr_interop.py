@@ -383,12 +383,14 @@ class QRHandlers:
     """An in-process aiodicom Q/R SCP over `instances` (in memory), recording
     every request. `hold_after`: after that many responses a handler waits
     (bounded) until ``event.is_cancelled``. `send`: sub-operations yield the
-    file's path, or a decoded Dataset."""
+    file's path, or a decoded Dataset. `pace`: a pause before each match."""
 
     instances: list[Instance]
     destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
     hold_after: int | None = None
     send: str = "path"
+    #: Seconds before each C-FIND match (a slow source, a database say).
+    pace: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def _record(self, event: evt.Event, service: str) -> dict[str, Any]:
@@ -417,6 +419,8 @@ class QRHandlers:
     async def on_find(self, event: evt.Event) -> Any:
         rec = self._record(event, "find")
         for rsp in find_identifiers(self.instances, event.identifier):
+            if self.pace:
+                await anyio.sleep(self.pace)
             await self._hold(event, rec)
             if rec["cancel_seen"]:
                 yield 0xFE00, None
@@ -1236,6 +1240,32 @@ async def test_pynetdicom_find_to_aiodicom_scp(run_pynetdicom_qrscu, data, case)
     rsps = [e for e in events if e["event"] == "find_rsp"]
     assert rsps[-1]["status"] == 0x0000
     check_matches(data, ident, [pyn_identifier(e["identifier"]) for e in rsps[:-1]])
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_find_outlasting_the_scp_network_timeout(run_pynetdicom_qrscu, tree):
+    """The aiodicom SCP receives nothing while it streams matches to pynetdicom
+    for over three times its network_timeout (0.5 s; a match every 50 ms): its
+    writes are network activity, so it is not aborted as idle."""
+    ident = query("IMAGE", PatientID="*", SOPInstanceUID="")
+    handlers = QRHandlers(tree, pace=0.05)
+    ae = qr_scp_ae()
+    ae.network_timeout = 0.5
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_qrscu,
+                "--port",
+                server.port,
+                "--service",
+                "find",
+                *pyn_keys(ident),
+            )
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    rsps = [e for e in events if e["event"] == "find_rsp"]
+    assert [e["status"] for e in rsps] == [0xFF00] * len(tree) + [0x0000], rsps
+    (rec,) = handlers.requests
+    assert rec["finished"]
 
 
 @pytest.mark.anyio

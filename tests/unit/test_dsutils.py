@@ -119,10 +119,17 @@ def test_encode_decode_round_trip(ts: str) -> None:
     assert decode_dataset(encode_dataset(ds, ts), ts) == ds
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm", "rtplan.dcm"],
-)
+#: pydicom's files for the probe: explicit LE, big endian, deflated, encapsulated, sequences.
+PROBED_FILES = [
+    "CT_small.dcm",
+    "MR_small_bigendian.dcm",
+    "image_dfl.dcm",
+    "JPEG2000.dcm",
+    "rtplan.dcm",
+]
+
+
+@pytest.mark.parametrize("name", PROBED_FILES)
 def test_probe_agrees_with_pydicom(name: str) -> None:
     path = get_testdata_file(name)
     assert path is not None
@@ -130,10 +137,7 @@ def test_probe_agrees_with_pydicom(name: str) -> None:
         assert probe_part10(a) == _probe_with_pydicom(b)
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["CT_small.dcm", "MR_small_bigendian.dcm", "image_dfl.dcm", "JPEG2000.dcm", "rtplan.dcm"],
-)
+@pytest.mark.parametrize("name", PROBED_FILES)
 def test_probe_of_a_buffer_agrees_with_pydicom(name: str) -> None:
     """The whole file in memory (bytes, bytearray or memoryview): the same answer."""
     from aiodicom.dsutils import probe_buffer
