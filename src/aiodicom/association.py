@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import inspect
 import logging
 import math
@@ -59,6 +60,7 @@ from .dimse import (
     data_chunk_size,
     decode_command,
     encode_command,
+    encode_echo_request,
     encode_status_response,
     fragment,
 )
@@ -373,6 +375,8 @@ class Association:
         self.requestor, self.acceptor = (local, remote) if requestor else (remote, local)
         self._local, self._remote = local, remote
         self._handlers = handlers
+        # The registry's own table: a dict lookup in C on every message.
+        self._bound = handlers.bindings
         self._stream = stream
         self._max_pdu = max_pdu
         self._ul = UpperLayer(
@@ -492,7 +496,7 @@ class Association:
 
     async def _notify(self, kind: evt.EventType) -> None:
         """Notify the handlers bound to ``kind``; build no Event when none are."""
-        if kind in self._handlers:
+        if kind in self._bound:
             await evt.notify(self._handlers, evt.Event(self, kind))
 
     def get_handlers(self, event: evt.EventType) -> list[tuple[evt.Handler, tuple[Any, ...]]]:
@@ -527,7 +531,7 @@ class Association:
         finally:
             self._send_started = None
         self._last_tx = _current_time()
-        if self._debug or evt.EVT_PDU_SENT in self._handlers:
+        if self._debug or evt.EVT_PDU_SENT in self._bound:
             obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
             if self._debug:
                 LOGGER.debug("-> %s", summary(obj))
@@ -839,9 +843,9 @@ class Association:
         self._tg.start_soon(self._watchdog)
         if isinstance(self._stream, AsyncioStream) and not (
             self._debug
-            or evt.EVT_PDU_RECV in self._handlers
-            or evt.EVT_DIMSE_RECV in self._handlers
-            or evt.EVT_FSM_TRANSITION in self._handlers
+            or evt.EVT_PDU_RECV in self._bound
+            or evt.EVT_DIMSE_RECV in self._bound
+            or evt.EVT_FSM_TRANSITION in self._bound
         ):
             self._stream.set_consumer(self._consume)
         if isinstance(self._stream, AsyncioStream):
@@ -871,7 +875,7 @@ class Association:
                 await self._apply(self._ul.transport_closed())
                 continue
             now = self._last_rx = anyio.current_time()
-            if self._debug or evt.EVT_PDU_RECV in self._handlers:
+            if self._debug or evt.EVT_PDU_RECV in self._bound:
                 await self._log_received(pdu_type, body)
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
 
@@ -1080,7 +1084,7 @@ class Association:
 
     async def _intervene(self, event: evt.EventType, **attrs: Any) -> tuple[bool, Any]:
         """Call the handler bound to an intervention event: ``(bound, result)``."""
-        bound = self._handlers.get(event)
+        bound = self._bound.get(event)
         if not bound:
             return False, None
         handler, args = bound[0]
@@ -1437,7 +1441,7 @@ class Association:
     async def _on_message(self, msg: Message) -> None:
         if self._debug:
             LOGGER.debug("<- %s (context %d)", msg.name, msg.context_id)
-        if evt.EVT_DIMSE_RECV in self._handlers:
+        if evt.EVT_DIMSE_RECV in self._bound:
             await evt.notify(self._handlers, evt.Event(self, evt.EVT_DIMSE_RECV, message=msg))
         self._route(msg)
         if self._need_workers:
@@ -1618,7 +1622,7 @@ class Association:
             _transfer_syntax=cx.transfer_syntax[0],
             move_destination=msg.command.get("MoveDestination"),
         )
-        bound = self._handlers.get(kind)
+        bound = self._bound.get(kind)
         if not bound:
             LOGGER.warning("No handler is bound to %s: answering 0x%04X", kind.name, failure)
             return event, None, failure
@@ -1891,7 +1895,7 @@ class Association:
             return False
         if not self._can_send_now():
             return False
-        bound = self._handlers.get(kind)
+        bound = self._bound.get(kind)
         if bound:
             handler = bound[0][0]
             plain = self._plain.get(kind)
@@ -1941,7 +1945,7 @@ class Association:
     ) -> tuple[evt.Handler, evt.Event, tuple[Any, ...]] | int:
         """What answers a C-ECHO or C-STORE: its handler, event and arguments,
         or the status that answers it when no handler is bound."""
-        bound = self._handlers.get(kind)
+        bound = self._bound.get(kind)
         if not bound:
             if kind is evt.EVT_C_ECHO:
                 return 0x0000
@@ -2025,7 +2029,7 @@ class Association:
     def _can_send_now(self) -> bool:
         """True if a message may be written without awaiting (see :meth:`_send_now`)."""
         stream = self._stream
-        handlers = self._handlers
+        handlers = self._bound
         return (
             type(stream) is AsyncioStream
             and not self._send_lock.locked()
@@ -2076,7 +2080,7 @@ class Association:
             dataset is not None
             and len(dataset) <= _COALESCE
             and not self._debug
-            and evt.EVT_PDU_SENT not in self._handlers
+            and evt.EVT_PDU_SENT not in self._bound
         )
         failure: str | None = None
         async with self._send_lock:
@@ -2097,7 +2101,7 @@ class Association:
                 except _TransportError as exc:
                     failure = str(exc)
             if failure is None:
-                if self._debug or evt.EVT_DIMSE_SENT in self._handlers:
+                if self._debug or evt.EVT_DIMSE_SENT in self._bound:
                     await self._message_sent(context_id, command, dataset)
                 return
         await self._transport_failed(failure)
@@ -2172,7 +2176,7 @@ class Association:
             except OSError as exc:
                 read_error = exc
             else:
-                if self._debug or evt.EVT_DIMSE_SENT in self._handlers:
+                if self._debug or evt.EVT_DIMSE_SENT in self._bound:
                     await self._message_sent(context_id, command, None)
         if read_error is not None:
             LOGGER.error("Reading the data set to send failed: %s", read_error)
@@ -2239,7 +2243,7 @@ class Association:
         buf, ends = block
         view = memoryview(buf)
         ul = self._ul
-        per_pdu = self._debug or evt.EVT_PDU_SENT in self._handlers
+        per_pdu = self._debug or evt.EVT_PDU_SENT in self._bound
         start = 0
         for end in ends:
             if not ul.note_data_sent():
@@ -2310,9 +2314,17 @@ class Association:
         raise LocalProtocolError("every message ID is in use")
 
     async def _invoke(
-        self, context_id: int, fields: dict[str, Any], dataset: _Payload, msg_id: int | None
+        self,
+        context_id: int,
+        fields: dict[str, Any] | Callable[[int], bytes],
+        dataset: _Payload,
+        msg_id: int | None,
     ) -> Message:
-        """Send a request and wait (``dimse_timeout``) for its single response."""
+        """Send a request and wait (``dimse_timeout``) for its single response.
+
+        ``fields``: the command set without its Message ID, or a function of
+        the Message ID that encodes it.
+        """
         if self._abandoned:
             await self._reap_abandoned()
         self._check_usable()
@@ -2320,11 +2332,15 @@ class Association:
         try:
             self._check_usable()
             mid = self._allocate_id(msg_id)
-            fields["MessageID"] = mid
+            if callable(fields):
+                command = fields(mid)
+            else:
+                fields["MessageID"] = mid
+                command = encode_command(fields)
             pending = _Pending()
             self._pending[mid] = pending
             try:
-                await self._send_message(context_id, encode_command(fields), dataset)
+                await self._send_message(context_id, command, dataset)
                 pending.sent_at = now = _current_time()
                 if self.dimse_timeout is not None:
                     self._kick(now + self.dimse_timeout)
@@ -2349,16 +2365,7 @@ class Association:
         """
         cx = self._context_for(VERIFICATION)
         assert cx.context_id is not None
-        rsp = await self._invoke(
-            cx.context_id,
-            {
-                "CommandField": CommandField.C_ECHO_RQ,
-                "AffectedSOPClassUID": VERIFICATION,
-                "CommandDataSetType": NO_DATASET,
-            },
-            None,
-            msg_id,
-        )
+        rsp = await self._invoke(cx.context_id, _ECHO_REQUEST, None, msg_id)
         return command_dataset(rsp.raw_command)
 
     async def send_c_store(
@@ -3084,6 +3091,12 @@ class Responses:
     def __repr__(self) -> str:
         state = "done" if self._done else "open" if self._pending else "not sent"
         return f"<Responses to message {self.message_id} ({state})>"
+
+
+#: The C-ECHO-RQ command set of Verification, given its Message ID.
+_ECHO_REQUEST: Callable[[int], bytes] = functools.partial(
+    encode_echo_request, sop_class=VERIFICATION
+)
 
 
 def _current_time() -> float:

@@ -214,6 +214,28 @@ def encode_status_response(
     return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
 
 
+def encode_echo_request(message_id: int, sop_class: str) -> bytes:
+    """The command set of a C-ECHO-RQ, fast.
+
+    Byte for byte what :func:`encode_command` makes of ``CommandField``
+    (C-ECHO-RQ), ``MessageID``, ``AffectedSOPClassUID`` and
+    ``CommandDataSetType`` (no data set).
+    """
+    body = b"".join(
+        (
+            _uid_element(0x0002, sop_class),
+            _ECHO_RQ_FIELD,
+            _US_ELEMENT.pack(0, 0x0110, 2, message_id),
+            _NO_DATASET_ELEMENT,
+        )
+    )
+    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+_ECHO_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0030)
+_NO_DATASET_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET)
+
+
 def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
     if vr == "US":
         # Every US element of a command set has VM 1 (PS3.7 Table E.1-1).
@@ -260,6 +282,8 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
             vr = spec[1]
             if vr == "US" and length == 2:
                 out[spec[0]] = data[pos] | (data[pos + 1] << 8)
+            elif vr == "UL" and length == 4:
+                out[spec[0]] = int.from_bytes(data[pos : pos + 4], "little")
             elif vr == "UI" and elem <= 0x0003 and type(data) is bytes:
                 # Affected/Requested SOP Class UID: they repeat, decoded once.
                 raw = data[pos : pos + length]
@@ -290,16 +314,20 @@ def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]]
     state = dict(template.__dict__)
     if "_dict" not in state or not isinstance(state["_dict"], dict):
         return Dataset
-    mutable = [k for k, v in state.items() if isinstance(v, dict | list | set) and k != "_dict"]
-    copy_ = copy.copy
+    # (key, a callable returning a fresh copy of the template's value)
+    mutable: list[tuple[str, Callable[[], Any]]] = [
+        (k, v.copy if type(v) in (dict, list, set) else functools.partial(copy.copy, v))
+        for k, v in state.items()
+        if isinstance(v, dict | list | set) and k != "_dict"
+    ]
     new = object.__new__
 
     def make(elements: dict[BaseTag, DataElement | RawDataElement]) -> Dataset:
         ds: Dataset = new(Dataset)
         d = ds.__dict__
         d.update(state)
-        for key in mutable:
-            d[key] = copy_(state[key])
+        for key, fresh in mutable:
+            d[key] = fresh()
         d["_dict"] = elements
         return ds
 
@@ -342,6 +370,20 @@ def _us_element_factory() -> Callable[[BaseTag, int], DataElement]:
 _new_us_element = _us_element_factory()
 
 
+def _raw_element_factory() -> Callable[[tuple[Any, ...]], RawDataElement]:
+    """``RawDataElement`` from a tuple of its fields, fast.
+
+    It is a named tuple: ``tuple.__new__`` skips its Python-level ``__new__``.
+    If pydicom's RawDataElement is not one of 9 fields, its constructor is used.
+    """
+    if issubclass(RawDataElement, tuple) and len(getattr(RawDataElement, "_fields", ())) == 9:
+        return functools.partial(tuple.__new__, RawDataElement)
+    return lambda fields: RawDataElement(*fields)  # pragma: no cover
+
+
+_new_raw_element = _raw_element_factory()
+
+
 #: The tags of the command set elements (tags are immutable: shared).
 _GROUP_0000_TAGS: Final = {elem: BaseTag(elem) for elem in COMMAND_ELEMENTS}
 
@@ -357,6 +399,7 @@ def command_dataset(raw: bytes) -> Dataset:
     pos, end = 0, len(raw)
     unpack_header = _ELEM_HEADER.unpack_from
     tags = _GROUP_0000_TAGS
+    new_raw = _new_raw_element
     while pos + 8 <= end:
         group, elem, length = unpack_header(raw, pos)
         pos += 8
@@ -366,8 +409,8 @@ def command_dataset(raw: bytes) -> Dataset:
             elements[tag] = _new_us_element(tag, raw[pos] | (raw[pos + 1] << 8))
         elif elem:
             tag = tags[elem] if group == 0 and elem in tags else BaseTag((group << 16) | elem)
-            elements[tag] = RawDataElement(
-                tag, None, length, raw[pos : pos + length], pos, True, True, True, False
+            elements[tag] = new_raw(
+                (tag, None, length, raw[pos : pos + length], pos, True, True, True, False)
             )
         pos += length
     return _new_dataset(elements)

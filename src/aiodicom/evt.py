@@ -72,9 +72,14 @@ __all__ = (
 LOGGER = logging.getLogger("aiodicom")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class EventType:
-    """An event type: its name, a description and whether it is an intervention."""
+    """An event type: its name, a description and whether it is an intervention.
+
+    Each type is one object (``evt.EVT_C_ECHO`` ...), compared and hashed by
+    identity: handler tables are looked up on every message. Pickling and
+    copying return that same object.
+    """
 
     name: str
     description: str
@@ -87,6 +92,11 @@ class EventType:
 
     def __repr__(self) -> str:
         return self.name
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        if globals().get(self.name) is self:
+            return self.name  # the module's own object, by name
+        return (EventType, (self.name, self.description, self.is_intervention))
 
 
 def NotificationEvent(name: str, description: str) -> EventType:
@@ -332,6 +342,12 @@ class HandlerRegistry:
 
     def __contains__(self, event: object) -> bool:
         return event in self._handlers
+
+    @property
+    def bindings(self) -> dict[EventType, list[tuple[Handler, tuple[Any, ...]]]]:
+        """The live table behind the registry (event -> handlers), for lookups
+        on hot paths; change it through :meth:`bind` and :meth:`unbind` only."""
+        return self._handlers
 
     def copy(self) -> HandlerRegistry:
         """A shallow copy, for an association to extend."""

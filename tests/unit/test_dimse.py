@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -39,6 +39,7 @@ from aiodicom.dimse import (
     command_dataset,
     decode_command,
     encode_command,
+    encode_echo_request,
     encode_status_response,
     fragment,
 )
@@ -1331,6 +1332,37 @@ def test_status_response_equals_encode_command(
     assert decode_command(fast) == {k: v for k, v in fields.items() if v is not None} | {
         "CommandGroupLength": len(fast) - 12
     }
+
+
+@settings(max_examples=200)
+@given(
+    message_id=st.integers(0, 0xFFFF),
+    sop_class=st.sampled_from([VERIFICATION, CT_IMAGE])
+    | st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+)
+def test_echo_request_equals_encode_command(message_id: int, sop_class: str) -> None:
+    fields = {
+        "CommandField": CommandField.C_ECHO_RQ,
+        "MessageID": message_id,
+        "AffectedSOPClassUID": sop_class,
+        "CommandDataSetType": NO_DATASET,
+    }
+    fast = encode_echo_request(message_id, sop_class)
+    assert fast == encode_command(fields)
+    assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
+
+
+def test_command_dataset_elements_are_pydicoms_raw_elements() -> None:
+    """Elements built with tuple.__new__ are ordinary RawDataElements, converted on access."""
+    raw = encode_echo_request(7, CT_IMAGE)
+    ds = command_dataset(raw)
+    elem = ds._dict[BaseTag(0x00000002)]
+    assert type(elem) is RawDataElement
+    assert elem == RawDataElement(
+        BaseTag(0x00000002), None, 26, elem.value, 20, True, True, True, False
+    )
+    assert ds.AffectedSOPClassUID == CT_IMAGE and ds.MessageID == 7
+    assert ds[0x00000002].VR == "UI"
 
 
 def test_status_element_from_template_is_an_ordinary_element() -> None:
