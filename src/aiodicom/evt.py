@@ -95,7 +95,7 @@ class EventType:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         if globals().get(self.name) is self:
-            return self.name  # the module's own object, by name
+            return str(self.name)  # the module's own object, by name
         return (EventType, (self.name, self.description, self.is_intervention))
 
 
