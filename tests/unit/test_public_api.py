@@ -182,3 +182,21 @@ def test_imports_with_runtime_dependencies_only() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_event_types_are_singletons_through_pickle_and_copy() -> None:
+    """Event types compare by identity (handler tables are looked up on every
+    message), so pickling and copying must give back the module's object."""
+    import copy
+    import pickle
+
+    for name in evt.__all__:
+        kind = getattr(evt, name)
+        if isinstance(kind, evt.EventType):
+            assert pickle.loads(pickle.dumps(kind)) is kind
+            assert copy.copy(kind) is kind and copy.deepcopy(kind) is kind
+    assert evt.InterventionEvent("EVT_C_ECHO", "C-ECHO request received") != evt.EVT_C_ECHO
+    other = evt.NotificationEvent("EVT_MINE", "not a module constant")
+    clone = pickle.loads(pickle.dumps(other))
+    assert clone.name == "EVT_MINE" and not clone.is_intervention
+    assert {evt.EVT_C_ECHO: 1}.get(evt.EVT_C_ECHO) == 1
