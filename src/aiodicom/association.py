@@ -62,6 +62,7 @@ from .dimse import (
     encode_command,
     encode_echo_request,
     encode_status_response,
+    encode_store_request,
     fragment,
 )
 from .dimse_messages import MESSAGE_SPECS, check_command
@@ -2436,9 +2437,16 @@ class Association:
                     fp = owned if owned is not None else cast(BinaryIO, dataset)
                     payload = _FileSource(fp, info.offset)
             assert cx.context_id is not None
-            rsp = await self._invoke(
-                cx.context_id,
-                {
+            command: dict[str, Any] | Callable[[int], bytes]
+            if originator_aet is None and originator_id is None and isinstance(sop_instance, str):
+                command = functools.partial(
+                    encode_store_request,
+                    sop_class=sop_class,
+                    sop_instance=sop_instance,
+                    priority=priority,
+                )
+            else:
+                command = {
                     "CommandField": CommandField.C_STORE_RQ,
                     "AffectedSOPClassUID": sop_class,
                     "Priority": priority,
@@ -2446,10 +2454,8 @@ class Association:
                     "AffectedSOPInstanceUID": sop_instance,
                     "MoveOriginatorApplicationEntityTitle": originator_aet,
                     "MoveOriginatorMessageID": originator_id,
-                },
-                payload,
-                msg_id,
-            )
+                }
+            rsp = await self._invoke(cx.context_id, command, payload, msg_id)
         finally:
             if owned is not None:
                 with anyio.CancelScope(shield=True):

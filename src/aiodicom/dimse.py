@@ -236,6 +236,37 @@ _ECHO_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0030)
 _NO_DATASET_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET)
 
 
+def encode_store_request(
+    message_id: int, sop_class: str, sop_instance: str, priority: int
+) -> bytes:
+    """The command set of a C-STORE-RQ without Move Originator fields, fast.
+
+    Byte for byte what :func:`encode_command` makes of ``CommandField``
+    (C-STORE-RQ), ``MessageID``, ``AffectedSOPClassUID``, ``Priority``,
+    ``CommandDataSetType`` (a data set follows) and ``AffectedSOPInstanceUID``.
+    The instance UID is not cached (each is new).
+    """
+    instance = sop_instance.encode("ascii")
+    if len(instance) % 2:
+        instance += b"\x00"
+    body = b"".join(
+        (
+            _uid_element(0x0002, sop_class),
+            _STORE_RQ_FIELD,
+            _US_ELEMENT.pack(0, 0x0110, 2, message_id),
+            _US_ELEMENT.pack(0, 0x0700, 2, priority),
+            _DATASET_PRESENT_ELEMENT,
+            _ELEM_HEADER.pack(0, 0x1000, len(instance)),
+            instance,
+        )
+    )
+    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+_STORE_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0001)
+_DATASET_PRESENT_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, 0x0000)
+
+
 def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
     if vr == "US":
         # Every US element of a command set has VM 1 (PS3.7 Table E.1-1).

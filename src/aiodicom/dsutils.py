@@ -11,6 +11,7 @@ import logging
 import re
 import struct
 import zlib
+from collections.abc import Container
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, BinaryIO
@@ -305,6 +306,14 @@ def _stop_after_sop_uids(tag: BaseTag, vr: str | None, length: int) -> bool:
 _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
+_SHORT_VRS = (
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+    b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+)  # fmt: skip
+#: The VR code of an Explicit VR header -> (its name, whether a 4-byte length follows).
+_VR_CODES: dict[bytes, tuple[str, bool]] = {
+    code: (code.decode("ascii"), code in _LONG_VRS) for code in (*_LONG_VRS, *_SHORT_VRS)
+}
 _PROBE_HEAD = 8192
 
 
@@ -357,6 +366,7 @@ def _walk(
         return out, pos
     header = _EXPLICIT[little].unpack_from
     u32 = _HEADERS[little][2].unpack_from
+    vr_codes = _VR_CODES
     while pos < end:
         if end - pos < 8:
             return None
@@ -364,9 +374,15 @@ def _walk(
         tag = (group << 16) | elem
         if tag > until:
             return out, pos
-        if group == 0xFFFE or not code.isalpha():
+        known = vr_codes.get(code)
+        if known is None:
+            # A VR this table does not know (a newer one): 2-byte length.
+            if not code.isalpha():
+                return None
+            known = (code.decode("ascii"), False)
+        if group == 0xFFFE:
             return None
-        if code in _LONG_VRS:
+        if known[1]:
             if end - pos < 12:
                 return None
             length = u32(buf, pos + 8)[0]
@@ -375,21 +391,39 @@ def _walk(
             start = pos + 8
         if length == 0xFFFFFFFF or start + length > end:
             return None
-        out.append((tag, code.decode("ascii"), start, length))
+        out.append((tag, known[0], start, length))
         pos = start + length
     return out, pos
 
 
 def _scan(
-    buf: bytes | bytearray | memoryview, pos: int, *, implicit: bool, little: bool, until: int
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    *,
+    implicit: bool,
+    little: bool,
+    until: int,
+    wanted: Container[int],
 ) -> tuple[dict[int, bytes], int] | None:
-    """The values by tag of the elements :func:`_walk` finds, and where it stopped."""
+    """The values of the ``wanted`` tags among the elements :func:`_walk` finds,
+    and where it stopped."""
     walked = _walk(buf, pos, implicit=implicit, little=little, until=until)
     if walked is None:
         return None
     headers, stop = walked
     view = memoryview(buf)  # one copy per value, whatever holds the buffer
-    return {tag: bytes(view[start : start + length]) for tag, _, start, length in headers}, stop
+    values = {
+        tag: bytes(view[start : start + length])
+        for tag, _, start, length in headers
+        if tag in wanted
+    }
+    return values, stop
+
+
+#: What the probe reads: the meta's SOP Class and Instance and Transfer
+#: Syntax UIDs, and the data set's SOP Class and Instance UIDs.
+_META_WANTED = frozenset((0x00020002, 0x00020003, 0x00020010))
+_HEAD_WANTED = frozenset((0x00080016, 0x00080018))
 
 
 def _uid_text(raw: bytes | None) -> str | None:
@@ -411,7 +445,7 @@ def _probe_head(
     """:func:`_probe_fast` on the head of a file (``whole``: on all of it) read from ``base``."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
-    meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF)
+    meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF, wanted=_META_WANTED)
     if meta is None:
         return None
     values, pos = meta
@@ -422,7 +456,9 @@ def _probe_head(
     sop_instance = _uid_text(values.get(0x00020003))
     if ts != DeflatedExplicitVRLittleEndian:
         implicit, little = encoding_of(ts)
-        head = _scan(buf, pos, implicit=implicit, little=little, until=0x00080018)
+        head = _scan(
+            buf, pos, implicit=implicit, little=little, until=0x00080018, wanted=_HEAD_WANTED
+        )
         if head is None:
             if not whole:
                 return None  # a long head: let pydicom read it

@@ -41,6 +41,7 @@ from aiodicom.dimse import (
     encode_command,
     encode_echo_request,
     encode_status_response,
+    encode_store_request,
     fragment,
 )
 from aiodicom.errors import DIMSEError, PDUError
@@ -1348,6 +1349,29 @@ def test_echo_request_equals_encode_command(message_id: int, sop_class: str) -> 
         "CommandDataSetType": NO_DATASET,
     }
     fast = encode_echo_request(message_id, sop_class)
+    assert fast == encode_command(fields)
+    assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
+
+
+@settings(max_examples=200)
+@given(
+    message_id=st.integers(0, 0xFFFF),
+    sop_class=st.sampled_from([CT_IMAGE, VERIFICATION]),
+    sop_instance=st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+    priority=st.sampled_from([0, 1, 2]),
+)
+def test_store_request_equals_encode_command(
+    message_id: int, sop_class: str, sop_instance: str, priority: int
+) -> None:
+    fields = {
+        "CommandField": CommandField.C_STORE_RQ,
+        "MessageID": message_id,
+        "AffectedSOPClassUID": sop_class,
+        "Priority": priority,
+        "CommandDataSetType": 0x0000,
+        "AffectedSOPInstanceUID": sop_instance,
+    }
+    fast = encode_store_request(message_id, sop_class, sop_instance, priority)
     assert fast == encode_command(fields)
     assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
 

@@ -216,3 +216,25 @@ def test_fast_decoder_declines_sequences_and_garbage() -> None:
         assert _decode_simple(pydicom_bytes(ds, implicit), implicit) is None
     assert _decode_simple(b"\x10\x00\x10\x00PN\xff\x00abc", False) is None  # overruns
     assert _decode_simple(b"\x10\x00\x10", False) is None  # truncated header
+
+
+def test_walk_explicit_vr_codes() -> None:
+    """Known VRs by the table (long ones with a 4-byte length); an unknown
+    alphabetic code as a short VR; anything else declined."""
+    import struct
+
+    from aiodicom.dsutils import _walk
+
+    short = struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 4) + b"1.2\x00"
+    long = struct.pack("<HH2sHL", 0x0009, 0x0010, b"OB", 0, 2) + b"ab"
+    newer = struct.pack("<HH2sH", 0x0009, 0x0020, b"ZZ", 2) + b"xy"
+    assert _walk(short + long + newer, 0, implicit=False, little=True) == (
+        [(0x00080016, "UI", 8, 4), (0x00090010, "OB", 24, 2), (0x00090020, "ZZ", 34, 2)],
+        36,
+    )
+    for bad in (b"\x00\x01", b"1A", b"  "):
+        garbage = struct.pack("<HH2sH", 0x0008, 0x0016, bad, 4) + b"1.2\x00"
+        assert _walk(garbage, 0, implicit=False, little=True) is None
+    # Big endian uses the same table.
+    big = struct.pack(">HH2sH", 0x0008, 0x0016, b"UI", 4) + b"1.2\x00"
+    assert _walk(big, 0, implicit=False, little=False) == ([(0x00080016, "UI", 8, 4)], 12)
