@@ -2329,9 +2329,10 @@ class Association:
         if self._abandoned:
             await self._reap_abandoned()
         self._check_usable()
-        await self._acquire_window()
+        waited = await self._acquire_window()
         try:
-            self._check_usable()
+            if waited:
+                self._check_usable()  # it may have ended meanwhile
             mid = self._allocate_id(msg_id)
             if callable(fields):
                 command = fields(mid)
@@ -2343,8 +2344,8 @@ class Association:
             try:
                 await self._send_message(context_id, command, dataset)
                 pending.sent_at = now = _current_time()
-                if self.dimse_timeout is not None:
-                    self._kick(now + self.dimse_timeout)
+                if self.dimse_timeout is not None and now + self.dimse_timeout < self._watch_target:
+                    self._watch_kick.set()  # the watchdog sleeps past this deadline
                 await pending.done.wait()
             finally:
                 del self._pending[mid]
@@ -2571,8 +2572,8 @@ class Association:
             self._kick(now + self.dimse_timeout)
         return pending
 
-    async def _acquire_window(self) -> None:
-        """Take a place in the invocation window.
+    async def _acquire_window(self) -> bool:
+        """Take a place in the invocation window; True if that meant waiting.
 
         If it is full and some places are held by streams this very task left
         unfinished (not being iterated), waiting would deadlock: those streams
@@ -2583,7 +2584,7 @@ class Association:
             # A free place is taken without a checkpoint: a pending
             # cancellation is delivered at the wait for the response.
             window.acquire_nowait()
-            return
+            return False
         if window.value == 0:
             me = anyio.get_current_task().id
             for pending in list(self._pending.values()):
@@ -2595,6 +2596,7 @@ class Association:
                     with anyio.CancelScope(shield=True):
                         await self._cancel_stream(pending)
         await window.acquire()
+        return True
 
     async def _next_response(self, pending: _Pending) -> Message:
         """The next response of a stream, in order, waiting for it if need be."""

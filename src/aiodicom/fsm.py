@@ -624,7 +624,7 @@ class UpperLayer:
         do; False (nothing changed) when the caller must fire Evt10 through
         the table.
         """
-        return self.note_data_sent()
+        return self.state is State.STA6 and self.on_transition is None
 
     def can_send_data(self) -> bool:
         """True in the states where P-DATA may be sent (Sta6, Sta8)."""
