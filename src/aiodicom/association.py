@@ -423,6 +423,10 @@ class Association:
         self._was_released = False
         self._was_aborted = False
         self._tg: anyio.abc.TaskGroup | None = None
+        #: One per task this association started (see _spawn): cancelled
+        #: when it ends. A requestor's task group is entered in the user's
+        #: task, so cancelling the group would cancel the user's code too.
+        self._task_scopes: set[anyio.CancelScope] = set()
         self._send_started: float | None = None
         self._send_timed_out = False
         self._last_rx = 0.0
@@ -808,6 +812,22 @@ class Association:
             return
         await self._apply(self._ul.abort(0, 0, now))
 
+    def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``func(*args)`` in the association's task group, in a cancel
+        scope of its own that is cancelled when the association ends."""
+        assert self._tg is not None
+        self._tg.start_soon(self._scoped, func, args, name=getattr(func, "__qualname__", None))
+
+    async def _scoped(self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        with anyio.CancelScope() as scope:
+            if self._closed.is_set():
+                scope.cancel()  # started as the association ended
+            self._task_scopes.add(scope)
+            try:
+                await func(*args)
+            finally:
+                self._task_scopes.discard(scope)
+
     async def _run(self) -> None:
         """The reader: runs until the Upper Layer is back in Sta1."""
         try:
@@ -829,8 +849,8 @@ class Association:
                 self._established.set()
                 self._released.set()
                 self._closed.set()
-                if self._tg is not None:
-                    self._tg.cancel_scope.cancel()
+                for scope in list(self._task_scopes):
+                    scope.cancel()
                 if self._was_aborted:
                     await self._notify(evt.EVT_ABORTED)
                 elif self._was_released:
@@ -840,8 +860,7 @@ class Association:
     async def _read_loop(self) -> None:
         broken = False  # after a framing error the byte stream cannot be parsed
         self._last_rx = anyio.current_time()
-        assert self._tg is not None
-        self._tg.start_soon(self._watchdog)
+        self._spawn(self._watchdog)
         if isinstance(self._stream, AsyncioStream) and not (
             self._debug
             or evt.EVT_PDU_RECV in self._bound
@@ -1364,8 +1383,7 @@ class Association:
         if not self._inflight:
             await self._answer_release()
         else:
-            assert self._tg is not None
-            self._tg.start_soon(self._answer_release)
+            self._spawn(self._answer_release)
 
     async def _answer_release(self) -> None:
         """Answer a peer's A-RELEASE-RQ once our own operations are done (AR-4)."""
@@ -1498,11 +1516,10 @@ class Association:
         self._jobs_ready.set()
 
     def _start_workers(self) -> None:
-        assert self._tg is not None
         while self._need_workers:
             self._need_workers -= 1
             self._workers += 1
-            self._tg.start_soon(self._worker)
+            self._spawn(self._worker)
 
     async def _worker(self) -> None:
         """Serve received requests, one at a time, until the association ends.
@@ -1914,16 +1931,14 @@ class Association:
             status = _handler_failure(kind, exc)
         if type(status) is not int and inspect.isawaitable(status):
             # A plain def that returned an awaitable: a task finishes it.
-            assert self._tg is not None
             self._inflight += 1
-            self._tg.start_soon(self._finish_inline, msg, kind, status)
+            self._spawn(self._finish_inline, msg, kind, status)
             return True
         command = self._response_command(msg, status)
         if not self._send_now(msg.context_id, command, None):
             # Only a peer whose maximum PDU length cannot hold a command gets here.
-            assert self._tg is not None
             self._inflight += 1
-            self._tg.start_soon(self._finish_inline, msg, kind, status)
+            self._spawn(self._finish_inline, msg, kind, status)
         return True
 
     async def _finish_inline(self, msg: Message, kind: evt.EventType, status: Any) -> None:

@@ -36,6 +36,19 @@ async def test_memory_pair_c_echo() -> None:
     ]
 
 
+async def test_memory_pair_release_inside_block() -> None:
+    """An explicit release inside the block: the block and what follows run on."""
+    ran: list[str] = []
+    with anyio.fail_after(GUARD):
+        async with memory_pair(make_scu_ae(), make_scp_ae()) as assoc:
+            assert (await assoc.send_c_echo()).Status == 0x0000
+            await assoc.release()
+            await anyio.sleep(0.01)
+            ran.append("block")
+        ran.append("after")
+    assert ran == ["block", "after"] and assoc.is_released
+
+
 async def test_memory_pair_handler_status() -> None:
     recorder = RecordingHandlers(echo_status=0x0110)
     with anyio.fail_after(GUARD):

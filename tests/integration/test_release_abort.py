@@ -58,6 +58,42 @@ async def test_explicit_release_inside_block() -> None:
     assert server_rec.count("EVT_RELEASED") == 1
 
 
+async def test_code_after_release_inside_block_runs() -> None:
+    """The association ending must not cancel the caller's code: after an
+    explicit release, the rest of the block and what follows it still run."""
+    ran: list[str] = []
+    async with running_server() as server:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", server.port) as assoc:
+                await assoc.release()
+                await anyio.sleep(0.01)  # a checkpoint after the association ended
+                ran.append("block")
+            ran.append("after")
+    assert ran == ["block", "after"]
+
+
+async def test_peer_abort_leaves_the_block_running() -> None:
+    """An abort by the peer fails the calls on the association, not the caller's task."""
+
+    async def on_echo(event: evt.Event) -> int:
+        await event.assoc.abort()
+        return 0
+
+    ran: list[str] = []
+    async with running_server(handlers=[(evt.EVT_C_ECHO, on_echo)]) as server:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", server.port) as assoc:
+                with pytest.raises(AssociationAborted):
+                    await assoc.send_c_echo()
+                await anyio.sleep(0.01)
+                assert assoc.is_aborted
+                with pytest.raises(AssociationAborted):
+                    await assoc.send_c_echo()
+                ran.append("block")
+            ran.append("after")
+    assert ran == ["block", "after"]
+
+
 async def test_server_releases_from_handler_pending_op_fails() -> None:
     """The EVT_C_ECHO handler releases the association before answering."""
     server_rec, client_rec = Recorder(), Recorder()
