@@ -1616,7 +1616,7 @@ class Association:
             kind,
             context=cx.as_tuple(),
             _raw_request=msg.raw_command,
-            message_id=msg.message_id,
+            message_id=msg.command.get("MessageID"),  # a request's
             **attrs,
         )
 
@@ -1904,7 +1904,7 @@ class Association:
         read callback), so no worker has to be woken. Returns False, having
         done nothing, when any of that does not hold.
         """
-        field = msg.command_field
+        field = msg.command["CommandField"]
         if field == CommandField.C_ECHO_RQ:
             kind = evt.EVT_C_ECHO
         elif field == CommandField.C_STORE_RQ and msg.spool is None and not msg.spooled:
@@ -1935,7 +1935,8 @@ class Association:
             self._spawn(self._finish_inline, msg, kind, status)
             return True
         command = self._response_command(msg, status)
-        if not self._send_now(msg.context_id, command, None):
+        # Nothing awaited since _can_send_now() above: a plain handler cannot.
+        if not self._send_now(msg.context_id, command, None, checked=True):
             # Only a peer whose maximum PDU length cannot hold a command gets here.
             self._inflight += 1
             self._spawn(self._finish_inline, msg, kind, status)
@@ -1974,7 +1975,7 @@ class Association:
     def _response_command(self, msg: Message, status: Any) -> bytes:
         """The encoded response of a C-ECHO or C-STORE request with ``status``."""
         command = msg.command
-        cf = msg.command_field
+        cf = command["CommandField"]
         if type(status) is int and 0 <= status <= 0xFFFF:
             sop_class = command.get("AffectedSOPClassUID", VERIFICATION)
             mid = command.get("MessageID")
@@ -2057,16 +2058,22 @@ class Association:
         )
 
     def _send_now(
-        self, context_id: int, command: bytes, dataset: bytes | memoryview | None
+        self,
+        context_id: int,
+        command: bytes,
+        dataset: bytes | memoryview | None,
+        *,
+        checked: bool = False,
     ) -> bool:
         """Send a message that fits one P-DATA-TF without awaiting, if nothing is in the way.
 
         The asyncio fast path: the send lock is free, the transport takes the
         bytes without waiting (no drain pending) and nobody watches the PDUs
         sent. Returns False (nothing sent) otherwise; the caller then goes
-        the general way, :meth:`_send_message`.
+        the general way, :meth:`_send_message`. ``checked``: the caller has
+        just asked :meth:`_can_send_now`, with no await since.
         """
-        if not self._can_send_now():
+        if not (checked or self._can_send_now()):
             return False
         stream = self._stream
         assert isinstance(stream, AsyncioStream)

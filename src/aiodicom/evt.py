@@ -185,8 +185,11 @@ class Event:
         self.assoc = assoc
         self.event = event
         self.timestamp = datetime.now()
-        for key, value in attrs.items():
-            setattr(self, key, value)
+        if _PROPERTIES.isdisjoint(attrs):
+            self.__dict__.update(attrs)  # plain attributes: no setattr() each
+        else:
+            for key, value in attrs.items():
+                setattr(self, key, value)
 
     @property
     def request(self) -> Any:
@@ -366,6 +369,12 @@ async def call_handler(handler: Handler, event: Event, args: tuple[Any, ...]) ->
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+#: Event's properties: an attribute given by one of these names goes through setattr().
+_PROPERTIES: frozenset[str] = frozenset(
+    name for name, value in vars(Event).items() if isinstance(value, property)
+)
 
 
 async def notify(registry: HandlerRegistry, event: Event) -> None:
