@@ -879,8 +879,8 @@ async def test_one_pdu_stores_are_written_without_awaiting(
     taken: list[bool] = []
     real = Association._send_now
 
-    def watch(self: Association, *args: Any) -> bool:
-        result = real(self, *args)
+    def watch(self: Association, *args: Any, **kwargs: Any) -> bool:
+        result = real(self, *args, **kwargs)
         if not self.is_acceptor:
             taken.append(result)
         return result
