@@ -60,6 +60,8 @@ _LARGE_BUFFER = 1 << 20
 #: Receive buffers kept per connection for reuse, in bytes at most.
 _POOL_BYTES = 16 << 20
 _PDU_HEADER = 6
+#: Seconds a closed connection has to send what it still holds, before a reset.
+_CLOSE_GRACE = 1.0
 #: The length field of a PDU header (bytes 2-5, big-endian).
 _unpack_length = struct.Struct(">L").unpack_from
 
@@ -416,12 +418,11 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._closed = True
         self._flush()
         transport = self._transport
-        # A transport still holding unsent data belongs to a peer that stopped
-        # reading: close() would wait for it forever, so abort instead.
+        transport.close()  # unsent data (an A-ABORT, say) still goes out
         if transport.get_write_buffer_size():
-            transport.abort()
-        else:
-            transport.close()
+            # ... unless the peer stopped reading: close() would wait for it
+            # forever, so the connection is reset if it is not gone by then.
+            self._loop.call_later(_CLOSE_GRACE, transport.abort)
         self._protocol._wake()
         await anyio.lowlevel.checkpoint()
 

@@ -33,7 +33,7 @@ import os
 import sys
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -963,8 +963,11 @@ class Association:
             LOGGER.debug("<- %s", summary(obj))
         await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_RECV, pdu=obj))
 
-    async def _abort_now(self) -> None:
-        """Abort under cancellation: send A-ABORT if we can and close at once."""
+    async def _abort_now(self, *, send: bool = True) -> None:
+        """Abort under cancellation: send A-ABORT if we can and close at once.
+
+        ``send=False``: close without it (the stream may hold part of a PDU).
+        """
         if self._ul.is_closed:
             return
         if self._ul.state is not State.STA13:
@@ -973,7 +976,7 @@ class Association:
                 self._error = AssociationAborted(0, 0, "the association was aborted locally")
             effects = self._ul.abort(0, 0, anyio.current_time())
             for effect in effects:
-                if isinstance(effect, SendPDU) and not isinstance(effect.pdu, bytes):
+                if send and isinstance(effect, SendPDU) and not isinstance(effect.pdu, bytes):
                     with anyio.move_on_after(1.0):
                         try:
                             await self._write(encode(effect.pdu), effect.pdu)
@@ -2106,29 +2109,60 @@ class Association:
             and evt.EVT_PDU_SENT not in self._bound
         )
         failure: str | None = None
+        begun = False  # a write of the message has started
         async with self._send_lock:
-            pending: list[bytes] = []
-            for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
-                self._data_sent(pdu)
-                if coalesce:
-                    pending.append(pdu)
-                    continue
-                try:
-                    await self._write(pdu)
-                except _TransportError as exc:
-                    failure = str(exc)
-                    break
-            if pending:
-                try:
-                    await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
-                except _TransportError as exc:
-                    failure = str(exc)
+            try:
+                pending: list[bytes] = []
+                for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
+                    self._data_sent(pdu)
+                    if coalesce:
+                        pending.append(pdu)
+                        continue
+                    try:
+                        begun = True
+                        await self._write(pdu)
+                    except _TransportError as exc:
+                        failure = str(exc)
+                        break
+                if pending:
+                    try:
+                        begun = True
+                        await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
+                    except _TransportError as exc:
+                        failure = str(exc)
+            except anyio.get_cancelled_exc_class():
+                if begun:
+                    await self._cut_off()
+                raise
             if failure is None:
                 if self._debug or evt.EVT_DIMSE_SENT in self._bound:
                     await self._message_sent(context_id, command, dataset)
                 return
         await self._transport_failed(failure)
         raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _cut_off(self) -> None:
+        """A send was cancelled part way through a message: abort, at once.
+
+        The peer holds part of a message that nothing can complete or
+        withdraw (PS3.8 has no way to), and the next message would be read
+        as its continuation: the association cannot go on. Called with the
+        send lock held, as the cancellation propagates. On the asyncio stream
+        a write is queued whole before it waits, so PDUs are never cut and
+        A-ABORT follows the last one (if the transport takes it within a
+        second); a cancelled write on any other stream may have sent part of
+        a PDU, after which A-ABORT could not be read: the connection is
+        closed without it. Either way it closes at once.
+        """
+        with anyio.CancelScope(shield=True):
+            if self._ul.is_closed:
+                return
+            LOGGER.warning("A message was cut off by a cancellation: aborting the association")
+            if self._error is None:
+                self._error = AssociationAborted(
+                    0, 0, "aborted: a message was cut off by a cancellation"
+                )
+            await self._abort_now(send=type(self._stream) is AsyncioStream)
 
     async def _send_streamed(self, context_id: int, command: bytes, source: _FileSource) -> None:
         """Send a message whose data set is read from a file, block by block.
@@ -2177,30 +2211,17 @@ class Association:
 
         failure: str | None = None
         read_error: OSError | None = None
-        async with self._send_lock:
-            try:
-                for pdu in fragment(context_id, command, None, max_pdu):
-                    await self._send_pdata(pdu)
-                send, receive = anyio.create_memory_object_stream[_Block | OSError](0)
-                error: _TransportError | OSError | None = None
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(read, send)
-                    try:
-                        await self._send_blocks(receive, context_id, chunk)
-                    except (_TransportError, OSError) as exc:
-                        error = exc  # raised out of the task group, not in a group
-                    finally:
-                        tg.cancel_scope.cancel()
-                        receive.close()
-                if error is not None:
-                    raise error
-            except _TransportError as exc:
-                failure = str(exc)
-            except OSError as exc:
-                read_error = exc
-            else:
-                if self._debug or evt.EVT_DIMSE_SENT in self._bound:
-                    await self._message_sent(context_id, command, None)
+        try:
+            async with self._send_lock:
+                try:
+                    await self._send_file(context_id, command, read, chunk, max_pdu)
+                except anyio.get_cancelled_exc_class():
+                    await self._cut_off()
+                    raise
+        except _TransportError as exc:
+            failure = str(exc)
+        except OSError as exc:
+            read_error = exc
         if read_error is not None:
             LOGGER.error("Reading the data set to send failed: %s", read_error)
             await self._abort(grace=None)
@@ -2208,6 +2229,34 @@ class Association:
         if failure is not None:
             await self._transport_failed(failure)
             raise self._error or AssociationAborted(2, 0, failure)
+
+    async def _send_file(
+        self,
+        context_id: int,
+        command: bytes,
+        read: Callable[[MemoryObjectSendStream[_Block | OSError]], Coroutine[Any, Any, None]],
+        chunk: int,
+        max_pdu: int,
+    ) -> None:
+        """The locked part of :meth:`_send_streamed`: the command, then the blocks
+        ``read`` lays out as it reads them in a task of its own."""
+        for pdu in fragment(context_id, command, None, max_pdu):
+            await self._send_pdata(pdu)
+        send, receive = anyio.create_memory_object_stream[_Block | OSError](0)
+        error: _TransportError | OSError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read, send)
+            try:
+                await self._send_blocks(receive, context_id, chunk)
+            except (_TransportError, OSError) as exc:
+                error = exc  # raised out of the task group, not in a group
+            finally:
+                tg.cancel_scope.cancel()
+                receive.close()
+        if error is not None:
+            raise error
+        if self._debug or evt.EVT_DIMSE_SENT in self._bound:
+            await self._message_sent(context_id, command, None)
 
     async def _send_blocks(
         self,

@@ -617,6 +617,66 @@ async def test_aiodicom_scu_store_parameters_to_pynetdicom_scp(pynetdicom_scp):
     assert event["move_originator_ae"] == "MOVER"
 
 
+async def cut_off_store(ae: AE, port: int, called: str, source: Path) -> None:
+    """Store ``source`` and cancel the call once five P-DATA-TF PDUs went out
+    (EVT_PDU_SENT): the message is cut off, so the association must be
+    aborted and the next call must raise."""
+    import anyio
+
+    from aiodicom.errors import AssociationAborted
+    from aiodicom.pdu import PDataTF
+
+    scope = anyio.CancelScope()
+    sent = 0
+
+    async def on_sent(event: evt.Event) -> None:
+        nonlocal sent
+        if isinstance(event.pdu, PDataTF):
+            sent += 1
+            if sent == 5:
+                scope.cancel()
+                await anyio.sleep(0)  # delivered here, in the sending task
+
+    async with ae.associate(
+        HOST, port, ae_title=called, evt_handlers=[(evt.EVT_PDU_SENT, on_sent)]
+    ) as assoc:
+        with scope:
+            await assoc.send_c_store(source)
+        assert scope.cancelled_caught and sent == 5
+        assert assoc.is_aborted
+        with pytest.raises(AssociationAborted, match="cut off"):
+            await assoc.send_c_store(source)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_cut_off_store_to_storescp(dcmtk_storescp_factory, medium_instances):
+    """A store cancelled part way: storescp gets A-ABORT, not a command read as
+    more data set, and goes on serving (single process): the next association
+    stores an instance whole."""
+    storescp = dcmtk_storescp_factory("+B", fork=False)
+    big = medium_instances[0].path
+    small = bundled_file("CT_small.dcm")
+    with deadline():
+        await cut_off_store(storage_scu_ae([big]), storescp.port, storescp.ae_title, big)
+        ae = storage_scu_ae([small])
+        async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
+            assert status_of(await assoc.send_c_store(small)) == 0
+    received = await in_thread(storescp.wait_for_files, 1)
+    assert [file_info(p)[1] for p in received] == [file_info(small)[1]]
+    assert storescp.process.running
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_cut_off_store_to_pynetdicom_scp(pynetdicom_scp, medium_instances):
+    """As above against pynetdicom: it sees the abort and stores nothing."""
+    scp = pynetdicom_scp()
+    big = medium_instances[0].path
+    with deadline():
+        await cut_off_store(storage_scu_ae([big]), scp.port, scp.ae_title, big)
+        await in_thread(scp.wait_for_event, "aborted")
+    assert not scp.events("c_store")
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("name", "proposed"),

@@ -1,0 +1,153 @@
+"""Cancelling a request: before it goes out, while it goes out, after it went out.
+
+A message cut off part way (a C-STORE whose data set was being written when
+the caller's deadline expired) cannot be completed or withdrawn: the
+association is aborted and later calls raise. A request cancelled while it
+waits for its turn or for its response leaves the association usable.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+
+from aiodicom import AE, evt, sop_class
+from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
+from aiodicom.errors import AssociationAborted
+from aiodicom.testing import make_dataset
+
+from .conftest import GUARD, RawPeer, fake_scp, make_scp_ae, running_server, verification_ac
+
+pytestmark = pytest.mark.anyio
+
+P_DATA_TF, A_ABORT = 0x04, 0x07
+
+#: Large enough that a peer reading 256 KiB every 10 ms takes seconds over it.
+BIG = 48 << 20
+
+
+def big_dataset() -> Any:
+    ds = make_dataset(Rows=2048, Columns=BIG // 4096)
+    ds.PixelData = bytes(BIG)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # what the fake SCP accepts
+    return ds
+
+
+def storage_scu() -> AE:
+    ae = AE("TEST_SCU")
+    ae.add_requested_context(sop_class.CTImageStorage, [ImplicitVRLittleEndian])
+    ae.add_requested_context(sop_class.Verification)
+    return ae
+
+
+async def slow_reader(peer: RawPeer, received: list[Any]) -> None:
+    """Accept the association, then read 256 KiB every 10 ms until the connection ends."""
+    rq = await peer.read_pdu()
+    await peer.send(verification_ac(rq))
+    with anyio.fail_after(GUARD):
+        while True:
+            try:
+                chunk = await peer.stream.receive(256 << 10)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                break
+            peer.buffer += chunk
+            await anyio.sleep(0.01)
+    # What arrived, PDU by PDU (a P-DATA-TF cut by the close is left out).
+    data = bytes(peer.buffer)
+    while len(data) >= 6:
+        length = int.from_bytes(data[2:6], "big")
+        if len(data) < 6 + length:
+            break
+        received.append(data[0])
+        data = data[6 + length :]
+
+
+@pytest.mark.parametrize("source", ["path", "dataset"])
+async def test_store_cancelled_mid_message_aborts(
+    source: str, tmp_path: Path, anyio_backend: str
+) -> None:
+    """The deadline expires while the data set is being written: the
+    association is aborted and the connection closed at once, and the next
+    call raises AssociationAborted instead of sending a command the peer
+    would read as more of the cut-off data set. On asyncio A-ABORT follows
+    the PDUs already queued; on trio a cancelled write may have cut a PDU,
+    so the connection closes without it."""
+    ds = big_dataset()
+    item: Any = ds
+    if source == "path":
+        meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian)
+        path = tmp_path / "big.dcm"
+        path.write_bytes(part10_header(meta) + encode_dataset(ds, ImplicitVRLittleEndian))
+        item = path
+    received: list[int] = []
+    async with fake_scp(lambda peer: slow_reader(peer, received)) as port:
+        with anyio.fail_after(GUARD):
+            async with storage_scu().associate("127.0.0.1", port) as assoc:
+                started = time.monotonic()
+                with anyio.move_on_after(0.3) as scope:
+                    await assoc.send_c_store(item)
+                assert scope.cancelled_caught
+                # A-ABORT waits a second at most for the stalled transport.
+                assert time.monotonic() - started < 3
+                assert assoc.is_aborted and not assoc.is_established
+                with pytest.raises(AssociationAborted, match="cut off"):
+                    await assoc.send_c_echo()
+    assert received[0] == P_DATA_TF
+    if anyio_backend == "asyncio":
+        assert received[-1] == A_ABORT
+        assert set(received[:-1]) == {P_DATA_TF}
+    else:
+        assert set(received) == {P_DATA_TF}
+
+
+async def test_cancel_while_waiting_for_the_response_keeps_the_association() -> None:
+    """The request went out whole: cancelling the wait for its response leaves
+    the association usable (the late response is dropped)."""
+
+    async def slow_echo(event: evt.Event) -> int:
+        await anyio.sleep(0.3)
+        return 0
+
+    async with running_server(handlers=[(evt.EVT_C_ECHO, slow_echo)]) as server:
+        with anyio.fail_after(GUARD):
+            async with storage_scu().associate("127.0.0.1", server.port) as assoc:
+                with anyio.move_on_after(0.05) as scope:
+                    await assoc.send_c_echo()
+                assert scope.cancelled_caught
+                assert assoc.is_established
+                assert (await assoc.send_c_echo()).Status == 0
+            assert assoc.is_released
+
+
+async def test_cancel_while_waiting_for_the_window_keeps_the_association() -> None:
+    """With the window full (1 invoked operation), a second request waits its
+    turn; cancelling it there sends nothing and aborts nothing."""
+    release = anyio.Event()
+
+    async def held_echo(event: evt.Event) -> int:
+        await release.wait()
+        return 0
+
+    scp = make_scp_ae()
+    async with running_server(scp, handlers=[(evt.EVT_C_ECHO, held_echo)]) as server:
+        with anyio.fail_after(GUARD):
+            async with storage_scu().associate("127.0.0.1", server.port) as assoc:
+                async with anyio.create_task_group() as tg:
+                    first: list[int] = []
+
+                    async def echo() -> None:
+                        first.append((await assoc.send_c_echo()).Status)
+
+                    tg.start_soon(echo)
+                    await anyio.sleep(0.05)  # the first request holds the window
+                    with anyio.move_on_after(0.05) as scope:
+                        await assoc.send_c_echo()
+                    assert scope.cancelled_caught and assoc.is_established
+                    release.set()
+                assert first == [0]
+                assert (await assoc.send_c_echo()).Status == 0
