@@ -2113,17 +2113,23 @@ class Association:
         async with self._send_lock:
             try:
                 pending: list[bytes] = []
+                unyielded = 0  # bytes written since the last checkpoint
                 for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
                     self._data_sent(pdu)
                     if coalesce:
                         pending.append(pdu)
                         continue
+                    if unyielded >= _FILE_BLOCK:
+                        # As between the blocks of a file (see _send_blocks).
+                        unyielded = 0
+                        await anyio.lowlevel.checkpoint()
                     try:
                         begun = True
                         await self._write(pdu)
                     except _TransportError as exc:
                         failure = str(exc)
                         break
+                    unyielded += len(pdu)
                 if pending:
                     try:
                         begun = True
@@ -2279,6 +2285,9 @@ class Association:
                     await self._send_last_block(held, sent, context_id, chunk)
                     return
                 sent += await self._send_block(held)
+                # Writes that never wait for a drain do not yield: yield here,
+                # so other tasks run and a cancellation lands between blocks.
+                await anyio.lowlevel.checkpoint()
             if not ends:  # an empty data set
                 await self._send_pdata(encode_p_data(context_id, 0x02, b""))
                 return

@@ -151,3 +151,43 @@ async def test_cancel_while_waiting_for_the_window_keeps_the_association() -> No
                     release.set()
                 assert first == [0]
                 assert (await assoc.send_c_echo()).Status == 0
+
+
+@pytest.mark.parametrize("source", ["path", "dataset"])
+async def test_cancel_lands_within_a_block_of_writes(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that never wait (a transport that always has room) still yield
+    every 4 MiB: a cancel requested while a 6 MiB data set goes out lands
+    before its end and cuts it off. The SCU's writes go to a sink that never
+    awaits, so the only checkpoints are the send path's own."""
+    ds = make_dataset(Rows=1024, Columns=3072)
+    ds.PixelData = bytes(1024 * 3072 * 2)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    item: Any = ds
+    if source == "path":
+        meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian)
+        path = tmp_path / "six.dcm"
+        path.write_bytes(part10_header(meta) + encode_dataset(ds, ImplicitVRLittleEndian))
+        item = path
+    scope = anyio.CancelScope()
+    written = 0
+
+    async def sink(data: bytes | memoryview, pdu: Any = None) -> None:
+        nonlocal written
+        written += len(data)
+        if written > 5 * 16384:
+            scope.cancel()  # no checkpoint here
+
+    scp = make_scp_ae(maximum_pdu_size=16384)
+    scp.add_supported_context(sop_class.CTImageStorage, [ImplicitVRLittleEndian])
+    async with running_server(scp) as server:
+        with anyio.fail_after(GUARD):
+            async with storage_scu().associate("127.0.0.1", server.port) as assoc:
+                monkeypatch.setattr(assoc, "_write", sink)
+                with scope:
+                    await assoc.send_c_store(item)
+                assert scope.cancelled_caught
+                assert assoc.is_aborted
+    # The data set is 6 MiB; the cancel lands within 4 MiB of writes.
+    assert written < 5 << 20
