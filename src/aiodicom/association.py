@@ -2397,14 +2397,14 @@ class Association:
     async def _invoke(
         self,
         context_id: int,
-        fields: dict[str, Any] | Callable[[int], bytes],
+        command: dict[str, Any] | Callable[[int], bytes],
         dataset: _Payload,
         msg_id: int | None,
     ) -> Message:
         """Send a request and wait (``dimse_timeout``) for its single response.
 
-        ``fields``: the command set without its Message ID, or a function of
-        the Message ID that encodes it.
+        ``command``: the command set's fields without its Message ID, or a
+        function of the Message ID that encodes the command set.
         """
         if self._abandoned:
             await self._reap_abandoned()
@@ -2414,18 +2414,18 @@ class Association:
             if waited:
                 self._check_usable()  # it may have ended meanwhile
             mid = self._allocate_id(msg_id)
-            if callable(fields):
-                command = fields(mid)
+            if callable(command):
+                encoded = command(mid)
             else:
-                fields["MessageID"] = mid
-                command = encode_command(fields)
+                command["MessageID"] = mid
+                encoded = encode_command(command)
             pending = _Pending()
             self._pending[mid] = pending
             try:
-                await self._send_message(context_id, command, dataset)
+                await self._send_message(context_id, encoded, dataset)
                 pending.sent_at = now = _current_time()
-                if self.dimse_timeout is not None and now + self.dimse_timeout < self._watch_target:
-                    self._watch_kick.set()  # the watchdog sleeps past this deadline
+                if self.dimse_timeout is not None:
+                    self._kick(now + self.dimse_timeout)
                 await pending.done.wait()
             finally:
                 del self._pending[mid]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import struct
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -178,8 +178,19 @@ def encode_command(fields: Mapping[str, Any]) -> bytes:
         raw = _encode_value(vr, value)
         parts.append((elem, _ELEM_HEADER.pack(0, elem, len(raw)) + raw))
     parts.sort()
-    body = b"".join([p for _, p in parts])
+    return _command_set([p for _, p in parts])
+
+
+def _command_set(elements: Iterable[bytes]) -> bytes:
+    """Encoded elements (in tag order) behind the Command Group Length they make."""
+    body = b"".join(elements)
     return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+def _uid_value(uid: str) -> bytes:
+    """A UID's value padded to even length, uncached (for instance UIDs: each is new)."""
+    raw = uid.encode("ascii")
+    return raw + b"\x00" if len(raw) % 2 else raw
 
 
 def encode_status_response(
@@ -199,19 +210,18 @@ def encode_status_response(
     if sop_instance is None:
         instance = b""
     else:
-        raw = _encode_text("UI", sop_instance)
+        raw = _uid_value(sop_instance)
         instance = _ELEM_HEADER.pack(0, 0x1000, len(raw)) + raw
-    body = b"".join(
+    return _command_set(
         (
             _uid_element(0x0002, sop_class),
             _US_ELEMENT.pack(0, 0x0100, 2, command_field),
             _US_ELEMENT.pack(0, 0x0120, 2, message_id),
-            _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET),
+            _NO_DATASET_ELEMENT,
             _US_ELEMENT.pack(0, 0x0900, 2, status),
             instance,
         )
     )
-    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
 
 
 def encode_echo_request(message_id: int, sop_class: str) -> bytes:
@@ -221,7 +231,7 @@ def encode_echo_request(message_id: int, sop_class: str) -> bytes:
     (C-ECHO-RQ), ``MessageID``, ``AffectedSOPClassUID`` and
     ``CommandDataSetType`` (no data set).
     """
-    body = b"".join(
+    return _command_set(
         (
             _uid_element(0x0002, sop_class),
             _ECHO_RQ_FIELD,
@@ -229,11 +239,6 @@ def encode_echo_request(message_id: int, sop_class: str) -> bytes:
             _NO_DATASET_ELEMENT,
         )
     )
-    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
-
-
-_ECHO_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0030)
-_NO_DATASET_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET)
 
 
 def encode_store_request(
@@ -246,10 +251,8 @@ def encode_store_request(
     ``CommandDataSetType`` (a data set follows) and ``AffectedSOPInstanceUID``.
     The instance UID is not cached (each is new).
     """
-    instance = sop_instance.encode("ascii")
-    if len(instance) % 2:
-        instance += b"\x00"
-    body = b"".join(
+    instance = _uid_value(sop_instance)
+    return _command_set(
         (
             _uid_element(0x0002, sop_class),
             _STORE_RQ_FIELD,
@@ -260,10 +263,12 @@ def encode_store_request(
             instance,
         )
     )
-    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
 
 
+#: Elements the fast encoders above use whole.
+_ECHO_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0030)
 _STORE_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0001)
+_NO_DATASET_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET)
 _DATASET_PRESENT_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, 0x0000)
 
 

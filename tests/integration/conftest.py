@@ -16,9 +16,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+from pydicom.dataset import Dataset
 
 from aiodicom import AE, Server, evt, sop_class
 from aiodicom.dimse import NO_DATASET, CommandField, encode_command, fragment
+from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
 from aiodicom.pdu import (
     PDU,
     AAssociateAC,
@@ -372,3 +374,10 @@ def can_evict(directory: Path) -> bool:
         os.close(fd)
         probe.unlink()
     return False
+
+
+def write_part10(path: Path, ds: Dataset, transfer_syntax: str) -> Path:
+    """Write ``ds`` to ``path`` as a Part 10 file in ``transfer_syntax``; return the path."""
+    meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
+    path.write_bytes(part10_header(meta) + encode_dataset(ds, transfer_syntax))
+    return path

@@ -17,11 +17,18 @@ import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from aiodicom import AE, evt, sop_class
-from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
 from aiodicom.errors import AssociationAborted
 from aiodicom.testing import make_dataset
 
-from .conftest import GUARD, RawPeer, fake_scp, make_scp_ae, running_server, verification_ac
+from .conftest import (
+    GUARD,
+    RawPeer,
+    fake_scp,
+    make_scp_ae,
+    running_server,
+    verification_ac,
+    write_part10,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -80,10 +87,7 @@ async def test_store_cancelled_mid_message_aborts(
     ds = big_dataset()
     item: Any = ds
     if source == "path":
-        meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian)
-        path = tmp_path / "big.dcm"
-        path.write_bytes(part10_header(meta) + encode_dataset(ds, ImplicitVRLittleEndian))
-        item = path
+        item = write_part10(tmp_path / "big.dcm", ds, ImplicitVRLittleEndian)
     received: list[int] = []
     async with fake_scp(lambda peer: slow_reader(peer, received)) as port:
         with anyio.fail_after(GUARD):
@@ -166,10 +170,7 @@ async def test_cancel_lands_within_a_block_of_writes(
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     item: Any = ds
     if source == "path":
-        meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ImplicitVRLittleEndian)
-        path = tmp_path / "six.dcm"
-        path.write_bytes(part10_header(meta) + encode_dataset(ds, ImplicitVRLittleEndian))
-        item = path
+        item = write_part10(tmp_path / "six.dcm", ds, ImplicitVRLittleEndian)
     scope = anyio.CancelScope()
     written = 0
 

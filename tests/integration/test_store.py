@@ -63,6 +63,7 @@ from .conftest import (
     make_scu_ae,
     raw_connection,
     running_server,
+    write_part10,
 )
 
 pytestmark = pytest.mark.anyio
@@ -848,9 +849,7 @@ async def test_hot_file_is_sent_without_a_worker_thread(
 
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     ds = make_dataset()
-    meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
-    path = tmp_path / "hot.dcm"
-    path.write_bytes(part10_header(meta) + encode_dataset(ds, ExplicitVRLittleEndian))
+    path = write_part10(tmp_path / "hot.dcm", ds, ExplicitVRLittleEndian)
     path.read_bytes()  # in the page cache
     rec = RecordingHandlers()
     scu, scp = storage_pair()
@@ -887,9 +886,7 @@ async def test_one_pdu_stores_are_written_without_awaiting(
 
     monkeypatch.setattr(Association, "_send_now", watch)
     ds = make_dataset()
-    meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
-    path = tmp_path / "one.dcm"
-    path.write_bytes(part10_header(meta) + encode_dataset(ds, ExplicitVRLittleEndian))
+    path = write_part10(tmp_path / "one.dcm", ds, ExplicitVRLittleEndian)
     rec = RecordingHandlers()
     scu, scp = storage_pair()
     with anyio.fail_after(GUARD):

@@ -1216,27 +1216,35 @@ def pyn_identifier(d: dict[str, Any]) -> Dataset:
     return ds
 
 
+async def pyn_qrscu_to_aiodicom(
+    run_pynetdicom_qrscu: Any, handlers: QRHandlers, *args: Any, ae: AE | None = None
+) -> list[dict[str, Any]]:
+    """Serve ``handlers`` on an aiodicom Q/R SCP (``qr_scp_ae()`` unless ``ae``
+    is given), run pynetdicom's Q/R SCU against it with ``args``; its events."""
+    ae = ae or qr_scp_ae()
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
+            cp, events = await in_thread(run_pynetdicom_qrscu, "--port", server.port, *args)
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    return events
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("case", range(len(CASE_IDS)), ids=CASE_IDS)
 async def test_pynetdicom_find_to_aiodicom_scp(run_pynetdicom_qrscu, data, case):
     model, ident = query_cases(data)[case]
     handlers = QRHandlers(data)
-    ae = qr_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--called",
-                "AIOQR",
-                "--service",
-                "find",
-                "--model",
-                model,
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--called",
+        "AIOQR",
+        "--service",
+        "find",
+        "--model",
+        model,
+        *pyn_keys(ident),
+    )
     rsps = [e for e in events if e["event"] == "find_rsp"]
     assert rsps[-1]["status"] == 0x0000
     check_matches(data, ident, [pyn_identifier(e["identifier"]) for e in rsps[:-1]])
@@ -1251,17 +1259,14 @@ async def test_pynetdicom_find_outlasting_the_scp_network_timeout(run_pynetdicom
     handlers = QRHandlers(tree, pace=0.05)
     ae = qr_scp_ae()
     ae.network_timeout = 0.5
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--service",
-                "find",
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "find",
+        *pyn_keys(ident),
+        ae=ae,
+    )
     rsps = [e for e in events if e["event"] == "find_rsp"]
     assert [e["status"] for e in rsps] == [0xFF00] * len(tree) + [0x0000], rsps
     (rec,) = handlers.requests
@@ -1272,21 +1277,16 @@ async def test_pynetdicom_find_outlasting_the_scp_network_timeout(run_pynetdicom
 async def test_pynetdicom_find_cancel_to_aiodicom_scp(run_pynetdicom_qrscu, tree):
     ident = query("IMAGE", PatientID="*", SOPInstanceUID="")
     handlers = QRHandlers(tree, hold_after=2)
-    ae = qr_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--service",
-                "find",
-                "--cancel-after",
-                "2",
-                "--echo-after",
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "find",
+        "--cancel-after",
+        "2",
+        "--echo-after",
+        *pyn_keys(ident),
+    )
     rsps = [e for e in events if e["event"] == "find_rsp"]
     assert [e["status"] for e in rsps] == [0xFF00, 0xFF00, 0xFE00], rsps
     assert [e["event"] for e in events if e["event"] in ("cancel_sent", "c_echo")] == [
@@ -1304,22 +1304,17 @@ async def test_pynetdicom_get_to_aiodicom_scp(run_pynetdicom_qrscu, tmp_path, da
     model, ident = retrieve_cases(data)[level]
     expected = select_instances(data, ident)
     handlers = QRHandlers(data)
-    ae = qr_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--service",
-                "get",
-                "--model",
-                model,
-                "--store-dir",
-                tmp_path,
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "get",
+        "--model",
+        model,
+        "--store-dir",
+        tmp_path,
+        *pyn_keys(ident),
+    )
     rsps = [e for e in events if e["event"] == "get_rsp"]
     assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
     assert [e["remaining"] for e in rsps[:-1]] == list(range(len(expected) - 1, -1, -1))
@@ -1331,25 +1326,20 @@ async def test_pynetdicom_get_cancel_to_aiodicom_scp(run_pynetdicom_qrscu, tmp_p
     _model, ident = retrieve_cases(tree)["PATIENT"]
     total = len(select_instances(tree, ident))
     handlers = QRHandlers(tree, hold_after=2)
-    ae = qr_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--service",
-                "get",
-                "--model",
-                "patient",
-                "--cancel-after",
-                "2",
-                "--echo-after",
-                "--store-dir",
-                tmp_path,
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "get",
+        "--model",
+        "patient",
+        "--cancel-after",
+        "2",
+        "--echo-after",
+        "--store-dir",
+        tmp_path,
+        *pyn_keys(ident),
+    )
     rsps = [e for e in events if e["event"] == "get_rsp"]
     assert [e["status"] for e in rsps] == [0xFF00, 0xFF00, 0xFE00], rsps
     # PS3.7 9.1.3.1.6: a Cancel response may contain Number of Remaining Sub-operations
@@ -1364,22 +1354,17 @@ async def test_pynetdicom_move_to_aiodicom_scp(run_pynetdicom_qrscu, dcmtk_store
     model, ident = retrieve_cases(data)["STUDY"]
     expected = select_instances(data, ident)
     handlers = QRHandlers(data, destinations={"STORESCP": dcmtk_storescp.address})
-    ae = qr_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
-            cp, events = await in_thread(
-                run_pynetdicom_qrscu,
-                "--port",
-                server.port,
-                "--service",
-                "move",
-                "--model",
-                model,
-                "--move-dest",
-                "STORESCP",
-                *pyn_keys(ident),
-            )
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "move",
+        "--model",
+        model,
+        "--move-dest",
+        "STORESCP",
+        *pyn_keys(ident),
+    )
     rsps = [e for e in events if e["event"] == "move_rsp"]
     assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
     files = await in_thread(dcmtk_storescp.wait_for_files, len(expected))
