@@ -269,7 +269,7 @@ def encode_store_request(
 _ECHO_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0030)
 _STORE_RQ_FIELD: Final = _US_ELEMENT.pack(0, 0x0100, 2, 0x0001)
 _NO_DATASET_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET)
-_DATASET_PRESENT_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, 0x0000)
+_DATASET_PRESENT_ELEMENT: Final = _US_ELEMENT.pack(0, 0x0800, 2, DATASET_PRESENT)
 
 
 def _decode_value(vr: str, raw: bytes | memoryview) -> Any:

@@ -651,6 +651,23 @@ async def test_request_fields_reach_the_handler() -> None:
     assert event.message_id == event.request.MessageID
 
 
+async def test_both_command_encoders_announce_the_data_set_alike() -> None:
+    """A C-STORE-RQ with Move Originator fields (general encoder) and one
+    without (template) carry the same Command Data Set Type, field for field."""
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=rec.handlers) as assoc:
+            await assoc.send_c_store(make_dataset(), priority=1)
+            await assoc.send_c_store(
+                make_dataset(), priority=1, originator_aet="MOVER", originator_id=9
+            )
+    plain, moved = (e.request for e in rec.of(evt.EVT_C_STORE))
+    assert plain.CommandDataSetType == moved.CommandDataSetType == DATASET_PRESENT
+    shared = ("CommandField", "AffectedSOPClassUID", "Priority", "CommandDataSetType")
+    assert [plain[k].value for k in shared] == [moved[k].value for k in shared]
+
+
 # ---------------------------------------------------------------------------
 # Many, concurrently, and a peer that ignores the window
 

@@ -31,6 +31,7 @@ from pydicom.tag import BaseTag, Tag
 
 from aiodicom.dimse import (
     COMMAND_ELEMENTS,
+    DATASET_PRESENT,
     NO_DATASET,
     UNLIMITED_CHUNK,
     CommandField,
@@ -1368,7 +1369,7 @@ def test_store_request_equals_encode_command(
         "MessageID": message_id,
         "AffectedSOPClassUID": sop_class,
         "Priority": priority,
-        "CommandDataSetType": 0x0000,
+        "CommandDataSetType": DATASET_PRESENT,  # what send_c_store's other path sends
         "AffectedSOPInstanceUID": sop_instance,
     }
     fast = encode_store_request(message_id, sop_class, sop_instance, priority)
