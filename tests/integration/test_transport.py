@@ -235,3 +235,37 @@ async def test_without_framing_bytes_are_handed_on_as_they_arrive() -> None:
             writer.write(b"\x04\x00\x00")
             await writer.drain()
             assert await stream.receive() == b"\x04\x00\x00"
+
+
+async def test_close_lets_queued_bytes_out_to_a_peer_that_reads() -> None:
+    """aclose() with bytes still queued (an A-ABORT behind a slow reader, say)
+    closes gracefully: a peer that reads within the grace gets every byte,
+    then EOF, not a reset."""
+    data = bytes(range(256)) * (32 << 12)  # 32 MiB: more than the socket buffers hold
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            stream.send_now(data)
+            assert stream._transport.get_write_buffer_size()  # still queued
+            await stream.aclose()
+            got = await reader.read(-1)  # to EOF
+    assert got == data
+
+
+async def test_close_resets_a_peer_that_never_reads() -> None:
+    """... and a peer that reads nothing gets the connection reset after the
+    grace: the transport is not kept open forever for it."""
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, _reader, _writer):
+            stream.send_now(bytes(32 << 20))
+            protocol = stream._protocol
+            lost = asyncio.Event()
+            connection_lost = protocol.connection_lost
+
+            def on_lost(exc: Exception | None) -> None:
+                connection_lost(exc)
+                lost.set()
+
+            protocol.connection_lost = on_lost  # type: ignore[method-assign]
+            await stream.aclose()
+            assert not protocol.lost  # closing, bytes still queued
+            await lost.wait()
