@@ -12,11 +12,10 @@ import re
 import struct
 import zlib
 from collections.abc import Container
-from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-from pydicom import config, dcmread
+from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -283,8 +282,7 @@ def part10_header(meta: FileMetaDataset) -> bytes:
     return fp.getvalue()
 
 
-@dataclass(frozen=True, slots=True)
-class Part10Info:
+class Part10Info(NamedTuple):
     """What sending a DICOM file needs to know of it, without reading its data set."""
 
     sop_class_uid: UID
@@ -396,6 +394,10 @@ def _walk(
     return out, pos
 
 
+#: Explicit VR VR codes -> whether a 4-byte length follows (what the probe needs of them).
+_LONG_LENGTH: dict[bytes, bool] = {code: known[1] for code, known in _VR_CODES.items()}
+
+
 def _scan(
     buf: bytes | bytearray | memoryview,
     pos: int,
@@ -404,20 +406,63 @@ def _scan(
     little: bool,
     until: int,
     wanted: Container[int],
-) -> tuple[dict[int, bytes], int] | None:
-    """The values of the ``wanted`` tags among the elements :func:`_walk` finds,
-    and where it stopped."""
-    walked = _walk(buf, pos, implicit=implicit, little=little, until=until)
-    if walked is None:
-        return None
-    headers, stop = walked
-    view = memoryview(buf)  # one copy per value, whatever holds the buffer
-    values = {
-        tag: bytes(view[start : start + length])
-        for tag, _, start, length in headers
-        if tag in wanted
-    }
-    return values, stop
+) -> tuple[dict[int, tuple[int, int]], int] | None:
+    """Where the values of the ``wanted`` tags are, among the top-level elements
+    from ``pos`` whose tag is at most ``until``, and where the walk stopped.
+
+    Returns ``{tag: (value start, value length)}`` and the position of the
+    first element past ``until`` (or the end). Walks exactly as :func:`_walk`
+    (``None`` where it would be), in one pass, keeping nothing but the
+    wanted: the probe of every file sent runs it twice.
+    """
+    end = len(buf)
+    found: dict[int, tuple[int, int]] = {}
+    if implicit:
+        header = _IMPLICIT[little].unpack_from
+        while pos < end:
+            if end - pos < 8:
+                return None
+            group, elem, length = header(buf, pos)
+            tag = (group << 16) | elem
+            if tag > until:
+                return found, pos
+            start = pos + 8
+            if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
+                return None
+            if tag in wanted:
+                found[tag] = (start, length)
+            pos = start + length
+        return found, pos
+    header = _EXPLICIT[little].unpack_from
+    u32 = _HEADERS[little][2].unpack_from
+    long_length = _LONG_LENGTH
+    while pos < end:
+        if end - pos < 8:
+            return None
+        group, elem, code, length = header(buf, pos)
+        tag = (group << 16) | elem
+        if tag > until:
+            return found, pos
+        if group == 0xFFFE:
+            return None
+        long = long_length.get(code)
+        if long:
+            if end - pos < 12:
+                return None
+            length = u32(buf, pos + 8)[0]
+            if length == 0xFFFFFFFF:
+                return None
+            start = pos + 12
+        elif long is None and not code.isalpha():
+            return None  # an unknown code that is no VR (a newer VR: 2-byte length)
+        else:
+            start = pos + 8
+        if start + length > end:
+            return None
+        if tag in wanted:
+            found[tag] = (start, length)
+        pos = start + length
+    return found, pos
 
 
 #: What the probe reads: the meta's SOP Class and Instance and Transfer
@@ -426,53 +471,54 @@ _META_WANTED = frozenset((0x00020002, 0x00020003, 0x00020010))
 _HEAD_WANTED = frozenset((0x00080016, 0x00080018))
 
 
-def _uid_text(raw: bytes | None) -> str | None:
-    if not raw:
+def _uid_at(buf: bytes | bytearray | memoryview, span: tuple[int, int] | None) -> str | None:
+    """The text of a UID value found by :func:`_scan` (``None`` if absent or empty)."""
+    if span is None or not span[1]:
         return None
-    return raw.decode("ascii", "replace").rstrip("\x00 ") or None
+    start, length = span
+    # Latin-1, as pydicom decodes it: bytes outside ASCII (a broken file) read alike.
+    return str(buf[start : start + length], "latin-1").rstrip("\x00 ") or None
 
 
 def _probe_fast(fp: BinaryIO) -> Part10Info | None:
     """The common case without pydicom: a Part 10 file whose meta and data set head are plain."""
     start = fp.tell()
     buf = fp.read(_PROBE_HEAD)
-    return _probe_head(buf, whole=len(buf) < _PROBE_HEAD, base=start)
+    return _probe_head(buf, base=start)
 
 
-def _probe_head(
-    buf: bytes | bytearray | memoryview, *, whole: bool, base: int = 0
-) -> Part10Info | None:
-    """:func:`_probe_fast` on the head of a file (``whole``: on all of it) read from ``base``."""
+def _probe_head(buf: bytes | bytearray | memoryview, *, base: int = 0) -> Part10Info | None:
+    """:func:`_probe_fast` on the head of a file (or all of it) read from ``base``."""
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
     meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF, wanted=_META_WANTED)
     if meta is None:
         return None
-    values, pos = meta
-    ts = _uid_text(values.get(0x00020010))
+    spans, pos = meta
+    ts = _uid_at(buf, spans.get(0x00020010))
     if ts is None:
         return None
-    sop_class = _uid_text(values.get(0x00020002))
-    sop_instance = _uid_text(values.get(0x00020003))
+    sop_class = sop_instance = None
     if ts != DeflatedExplicitVRLittleEndian:
         implicit, little = encoding_of(ts)
         head = _scan(
             buf, pos, implicit=implicit, little=little, until=0x00080018, wanted=_HEAD_WANTED
         )
         if head is None:
-            if not whole:
-                return None  # a long head: let pydicom read it
-        else:
-            sop_class = _uid_text(head[0].get(0x00080016)) or sop_class
-            sop_instance = _uid_text(head[0].get(0x00080018)) or sop_instance
+            return None  # a long or unusual head: let pydicom read it
+        sop_class = _uid_at(buf, head[0].get(0x00080016))
+        sop_instance = _uid_at(buf, head[0].get(0x00080018))
+    # The data set's own UIDs, else the meta's.
+    sop_class = sop_class or _uid_at(buf, spans.get(0x00020002))
+    sop_instance = sop_instance or _uid_at(buf, spans.get(0x00020003))
     if not sop_class or not sop_instance:
         return None
-    return Part10Info(_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), base + pos)
+    return _new_info((_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), base + pos))
 
 
 def probe_buffer(buf: bytes | bytearray | memoryview) -> Part10Info:
     """:func:`probe_part10` of a whole file held in memory (CPU work only)."""
-    info = _probe_head(buf, whole=True)
+    info = _probe_head(buf)
     if info is not None:
         return info
     return _probe_with_pydicom(BytesIO(buf))
@@ -486,8 +532,17 @@ def _known_uid(text: str) -> UID:
 
 def _new_uid(text: str) -> UID:
     """A UID read from a file, as is: pydicom's value check costs more than the rest
-    of the probe, and what is sent is what the file holds either way."""
-    return UID(text, validation_mode=config.IGNORE)
+    of the probe, and what is sent is what the file holds either way.
+
+    What ``UID(text, validation_mode=config.IGNORE)`` makes of a str, without
+    its checks of the argument and the mode (a test keeps the two equal).
+    """
+    return _str_new(UID, text.strip())
+
+
+_str_new = str.__new__
+#: ``Part10Info`` from a tuple of its fields, without the named tuple's ``__new__``.
+_new_info = functools.partial(tuple.__new__, Part10Info)
 
 
 def probe_part10(fp: BinaryIO) -> Part10Info:
@@ -509,6 +564,18 @@ def probe_part10(fp: BinaryIO) -> Part10Info:
     return _probe_with_pydicom(fp)
 
 
+def _meta_end(meta: Dataset, position: int) -> int:
+    """Where the data set starts: the end of the meta's last element, as
+    pydicom's ``dcmread`` (and the fast probe) read it, whatever the group
+    length says. ``position`` (the reader's) if the elements do not tell."""
+    end = None
+    for elem in meta._dict.values():
+        if not isinstance(elem, RawDataElement) or elem.length == 0xFFFFFFFF:
+            return position
+        end = max(end or 0, elem.value_tell + elem.length)
+    return position if end is None else end
+
+
 def _probe_with_pydicom(fp: BinaryIO) -> Part10Info:
     start = fp.tell()
     head = fp.read(132)
@@ -519,10 +586,7 @@ def _probe_with_pydicom(fp: BinaryIO) -> Part10Info:
             meta = read_dataset(fp, False, True, stop_when=_stop_after_meta)
         except Exception as exc:
             raise DIMSEError(f"unreadable File Meta Information: {exc}") from exc
-        length = meta.get("FileMetaInformationGroupLength")
-        # The group length says where the meta ends; the reader's position
-        # does not when the data set is shorter than an element header.
-        offset = start + 132 + 12 + int(length) if length is not None else fp.tell()
+        offset = _meta_end(meta, fp.tell())
     ts = None
     if meta is not None and "TransferSyntaxUID" in meta:
         ts = UID(str(meta.TransferSyntaxUID))

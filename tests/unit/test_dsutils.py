@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from aiodicom.dsutils import (
     _encode_simple,
@@ -238,3 +239,118 @@ def test_walk_explicit_vr_codes() -> None:
     # Big endian uses the same table.
     big = struct.pack(">HH2sH", 0x0008, 0x0016, b"UI", 4) + b"1.2\x00"
     assert _walk(big, 0, implicit=False, little=False) == ([(0x00080016, "UI", 8, 4)], 12)
+
+
+_UIDS = st.from_regex(r"[1-9][0-9]{0,5}(\.(0|[1-9][0-9]{0,7})){1,7}", fullmatch=True)
+
+
+@st.composite
+def part10_files(draw: st.DrawFn) -> bytes:
+    """Part 10 files as pydicom writes them: optional meta elements, a data set
+    head with or without its SOP UIDs (which may differ from the meta's), in
+    every encoding the probe reads itself or leaves to pydicom."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import dcmwrite
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        JPEG2000Lossless,
+    )
+
+    ts = draw(
+        st.sampled_from(
+            [
+                ExplicitVRLittleEndian,
+                ImplicitVRLittleEndian,
+                ExplicitVRBigEndian,
+                DeflatedExplicitVRLittleEndian,
+                JPEG2000Lossless,
+            ]
+        )
+    )
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = draw(_UIDS)
+    meta.MediaStorageSOPInstanceUID = draw(_UIDS)
+    meta.TransferSyntaxUID = ts
+    meta.ImplementationClassUID = draw(_UIDS)
+    if draw(st.booleans()):
+        meta.ImplementationVersionName = draw(st.from_regex(r"[A-Z0-9_]{1,16}", fullmatch=True))
+    if draw(st.booleans()):
+        meta.SourceApplicationEntityTitle = draw(st.from_regex(r"[A-Z0-9]{1,16}", fullmatch=True))
+    if draw(st.booleans()):
+        meta.PrivateInformationCreatorUID = draw(_UIDS)
+        meta.PrivateInformation = draw(st.binary(max_size=40))
+    ds = Dataset()
+    if draw(st.booleans()):
+        ds.SpecificCharacterSet = "ISO_IR 100"
+    if draw(st.booleans()):
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    if draw(st.booleans()):
+        ds.InstanceCreationDate = "20260101"
+    if draw(st.booleans()):
+        ds.SOPClassUID = draw(_UIDS)
+    if draw(st.booleans()):
+        ds.SOPInstanceUID = draw(_UIDS)
+    ds.PatientName = draw(st.from_regex(r"[A-Za-z^]{0,20}", fullmatch=True))
+    if draw(st.booleans()):
+        ds.add_new(0x00091010, "OB", draw(st.binary(max_size=300)))
+    ds.file_meta = meta
+    fp = io.BytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return fp.getvalue()
+
+
+@settings(max_examples=150, deadline=None)
+@given(part10_files())
+def test_probe_of_generated_files_agrees_with_pydicom(raw: bytes) -> None:
+    """The fast probe (both its entry points) gives pydicom's answer, or declines
+    it to pydicom: for every mix of meta elements, head elements and encodings."""
+    from aiodicom.dsutils import probe_buffer
+
+    try:
+        expected = _probe_with_pydicom(io.BytesIO(raw))
+    except Exception as exc:  # no SOP UIDs anywhere: both must refuse
+        with pytest.raises(type(exc)):
+            probe_buffer(raw)
+        return
+    for buf in (raw, bytearray(raw), memoryview(raw)):
+        got = probe_buffer(buf)
+        assert got == expected
+        assert type(got.sop_instance_uid) is UID and type(got.transfer_syntax) is UID
+    assert probe_part10(io.BytesIO(raw)) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(part10_files(), st.data())
+def test_probe_of_damaged_files(raw: bytes, data: st.DataObject) -> None:
+    """A truncated or overwritten head: the fast probe gives pydicom's answer
+    or raises as pydicom does; it never makes up an answer of its own."""
+    from aiodicom.dsutils import probe_buffer
+
+    buf = bytearray(raw)
+    if data.draw(st.booleans()):
+        del buf[data.draw(st.integers(132, len(buf))) :]
+    else:
+        at = data.draw(st.integers(132, len(buf) - 1))
+        buf[at : at + 4] = data.draw(st.binary(min_size=1, max_size=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns of what the damage made invalid
+        try:
+            expected = _probe_with_pydicom(io.BytesIO(bytes(buf)))
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                probe_buffer(buf)
+            return
+        assert probe_buffer(buf) == expected
+
+
+@given(st.from_regex(r" ?[0-9.]{0,64}[ \x00]?", fullmatch=True))
+def test_new_uid_is_pydicoms_uid(text: str) -> None:
+    from pydicom import config
+
+    from aiodicom.dsutils import _new_uid
+
+    made = _new_uid(text)
+    expected = UID(text, validation_mode=config.IGNORE)
+    assert type(made) is UID and made == expected
+    assert (made.is_transfer_syntax, made.name) == (expected.is_transfer_syntax, expected.name)
