@@ -2789,7 +2789,7 @@ _INVALID_STATUS: dict[int, int] = {
 def _check_request(msg: Message) -> DIMSEError | None:
     """The problem with a received request's command set, if any (PS3.7 9.3, 10.3)."""
     try:
-        check_command(msg.command)
+        check_command(msg.command, decoded=True)
     except DIMSEError as exc:
         return exc
     return None

@@ -564,7 +564,9 @@ def _check_value(name: str, keyword: str, vr: str, value: Any, strict: bool) -> 
         raise _fail(name, keyword, "is longer than 64 characters")
 
 
-def check_command(command: Mapping[str, Any], *, strict: bool = False) -> None:
+def check_command(
+    command: Mapping[str, Any], *, strict: bool = False, decoded: bool = False
+) -> None:
     """Check a decoded command set against the table of its message.
 
     ``command`` is ``{keyword: value}`` as :func:`aiodicom.dimse.decode_command`
@@ -572,7 +574,15 @@ def check_command(command: Mapping[str, Any], *, strict: bool = False) -> None:
     :class:`~aiodicom.errors.DIMSEError` naming the message and the field,
     e.g. ``"C-STORE-RQ: required field Affected SOP Instance UID (0000,1000)
     is missing"``. See the module docstring for what ``strict`` adds.
+
+    ``decoded``: ``command`` is exactly what ``decode_command`` returned, so
+    each value already has its VR's type and range (a US is an int of two
+    bytes, a UI a str) and only known keywords occur: of the values, only the
+    text of the UIs and AE titles is checked (the received request's path).
     """
+    if decoded and not strict:
+        _check_decoded(command)
+        return
     cf = command.get("CommandField")
     if cf is None:
         raise DIMSEError("command set has no Command Field (0000,0100)")
@@ -605,6 +615,45 @@ def check_command(command: Mapping[str, Any], *, strict: bool = False) -> None:
     priority = command.get("Priority")
     if priority is not None and priority not in (0, 1, 2):
         raise _fail(name, "Priority", f"value {priority} is not LOW (2), MEDIUM (0) or HIGH (1)")
+    has_dataset = _check_dataset_rule(name, rule, command)
+    if strict:
+        _check_conditions(name, cf, command, has_dataset)
+
+
+#: The fields checked by their text when the command was decoded: (keyword, VR).
+_TEXT_FIELDS: Final = frozenset(kw for kw, vr in _VRS.items() if vr in ("UI", "AE"))
+
+
+def _check_decoded(command: Mapping[str, Any]) -> None:
+    """:func:`check_command` of what :func:`~aiodicom.dimse.decode_command` returned."""
+    cf = command["CommandField"]
+    spec = _FAST.get(cf)
+    if spec is None:
+        check_command(command)  # raises: unknown Command Field
+        return
+    name, mandatory, _, rule = spec
+    for keyword in mandatory:
+        if keyword not in command:
+            raise DIMSEError(f"{name}: required field {field_label(keyword)} is missing")
+    seen = _SEEN_OK
+    vrs = _VRS
+    try:
+        for keyword in _TEXT_FIELDS.intersection(command):
+            value = command[keyword]
+            vr = vrs[keyword]
+            if (vr, value) not in seen:
+                _check_value(name, keyword, vr, value, False)
+    except DIMSEError:
+        check_command(command)  # raises the first problem in the command's own order
+        raise
+    priority = command.get("Priority")
+    if priority is not None and priority not in (0, 1, 2):
+        raise _fail(name, "Priority", f"value {priority} is not LOW (2), MEDIUM (0) or HIGH (1)")
+    _check_dataset_rule(name, rule, command)
+
+
+def _check_dataset_rule(name: str, rule: str, command: Mapping[str, Any]) -> bool:
+    """Whether the command announces a data set, checked against the message's rule."""
     has_dataset = command["CommandDataSetType"] != NO_DATASET
     if rule == DATASET_FORBIDDEN:
         if has_dataset:
@@ -618,8 +667,7 @@ def check_command(command: Mapping[str, Any], *, strict: bool = False) -> None:
             raise _fail(name, "CommandDataSetType", "announces an Identifier; status not Pending")
         if pending and not has_dataset:
             raise _fail(name, "CommandDataSetType", "is 0x0101 but a Pending response has one")
-    if strict:
-        _check_conditions(name, cf, command, has_dataset)
+    return bool(has_dataset)
 
 
 def _check_conditions(name: str, cf: int, command: Mapping[str, Any], has_dataset: bool) -> None:
