@@ -292,6 +292,28 @@ def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
 
 _DECODED_UIDS: dict[bytes, str] = {}
 
+#: How decode_command reads each element: (keyword, kind) with kind 0 for a
+#: US, 1 for a UL, 2 for the UIDs that repeat from message to message (the
+#: Affected/Requested SOP Class UID, decoded once), 3 for anything else.
+_US, _UL, _REPEATED_UID, _OTHER = 0, 1, 2, 3
+_DECODING: Final[dict[int, tuple[str, int]]] = {
+    elem: (
+        kw,
+        _US if vr == "US" else _UL if vr == "UL" else _REPEATED_UID if elem <= 0x0003 else _OTHER,
+    )
+    for elem, (kw, vr) in COMMAND_ELEMENTS.items()
+}
+
+
+def _element_error(data: bytes | bytearray | memoryview, pos: int, end: int) -> DIMSEError:
+    """What is wrong with the element header at ``pos`` (decode_command's slow path)."""
+    if end - pos < 8:
+        return DIMSEError("command set: truncated element header")
+    group, elem, _ = _ELEM_HEADER.unpack_from(data, pos)
+    if group != 0:
+        return DIMSEError(f"command set holds an element of group 0x{group:04X}")
+    return DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
+
 
 def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode an Implicit VR Little Endian command set to ``{keyword: value}``.
@@ -302,36 +324,35 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pos, end = 0, len(data)
     unpack_header = _ELEM_HEADER.unpack_from
-    elements = COMMAND_ELEMENTS
-    uids = _DECODED_UIDS
+    decoding = _DECODING
+    uids = _DECODED_UIDS if type(data) is bytes else None
     while pos < end:
-        if end - pos < 8:
-            raise DIMSEError("command set: truncated element header")
-        group, elem, length = unpack_header(data, pos)
-        pos += 8
-        if group != 0:
-            raise DIMSEError(f"command set holds an element of group 0x{group:04X}")
-        if length > end - pos:
-            raise DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
-        spec = elements.get(elem)
-        if spec is not None:
-            vr = spec[1]
-            if vr == "US" and length == 2:
-                out[spec[0]] = data[pos] | (data[pos + 1] << 8)
-            elif vr == "UL" and length == 4:
-                out[spec[0]] = int.from_bytes(data[pos : pos + 4], "little")
-            elif vr == "UI" and elem <= 0x0003 and type(data) is bytes:
-                # Affected/Requested SOP Class UID: they repeat, decoded once.
-                raw = data[pos : pos + length]
-                text = uids.get(raw)
-                if text is None:
-                    text = raw.decode("latin-1").rstrip("\x00 ")
-                    if len(uids) < 1024:
-                        uids[raw] = text
-                out[spec[0]] = text
-            else:
-                out[spec[0]] = _decode_value(vr, memoryview(data)[pos : pos + length])
-        pos += length
+        try:
+            group, elem, length = unpack_header(data, pos)
+        except struct.error:
+            raise _element_error(data, pos, end) from None
+        start = pos + 8
+        pos = start + length
+        if group or pos > end:
+            raise _element_error(data, start - 8, end)
+        spec = decoding.get(elem)
+        if spec is None:
+            continue
+        key, kind = spec
+        if kind == _US and length == 2:
+            out[key] = data[start] | (data[start + 1] << 8)
+        elif kind == _REPEATED_UID and uids is not None:
+            raw = data[start:pos]
+            text = uids.get(raw)
+            if text is None:
+                text = raw.decode("latin-1").rstrip("\x00 ")
+                if len(uids) < 1024:
+                    uids[raw] = text
+            out[key] = text
+        elif kind == _UL and length == 4:
+            out[key] = int.from_bytes(data[start:pos], "little")
+        else:
+            out[key] = _decode_value(COMMAND_ELEMENTS[elem][1], memoryview(data)[start:pos])
     if "CommandField" not in out:
         raise DIMSEError("command set has no Command Field (0000,0100)")
     return out
