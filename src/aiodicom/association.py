@@ -64,6 +64,7 @@ from .dimse import (
     encode_status_response,
     encode_store_request,
     fragment,
+    single_pdu,
 )
 from .dimse_messages import MESSAGE_SPECS, check_command
 from .dsutils import (
@@ -2087,7 +2088,7 @@ class Association:
         if dataset is None:
             pdu = encode_p_data(context_id, 0x03, command)
         else:
-            pdu = next(fragment(context_id, command, dataset, max_pdu))
+            pdu = single_pdu(context_id, command, dataset)
         self._data_sent(pdu)
         stream.send_now(pdu)
         self._last_tx = _loop_time()

@@ -40,6 +40,7 @@ __all__ = (
     "decode_command",
     "encode_command",
     "fragment",
+    "single_pdu",
 )
 
 #: CommandDataSetType value meaning "no data set follows" (PS3.7 E.1).
@@ -342,7 +343,7 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         if kind == _US and length == 2:
             out[key] = data[start] | (data[start + 1] << 8)
         elif kind == _REPEATED_UID and uids is not None:
-            raw = data[start:pos]
+            raw: bytes = data[start:pos]  # type: ignore[assignment]  # bytes: uids is set
             text = uids.get(raw)
             if text is None:
                 text = raw.decode("latin-1").rstrip("\x00 ")
@@ -544,21 +545,7 @@ def _fragments(
     """The generator behind :func:`fragment`."""
     chunk = data_chunk_size(max_pdu)
     if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
-        yield b"".join(
-            (
-                struct.pack(
-                    ">BxLLBB",
-                    0x04,
-                    len(command) + len(dataset) + 12,
-                    len(command) + 2,
-                    context_id,
-                    0x03,
-                ),
-                command,
-                struct.pack(">LBB", len(dataset) + 2, context_id, 0x02),
-                dataset,
-            )
-        )
+        yield single_pdu(context_id, command, dataset)
         return
     view = memoryview(command)
     for start in range(0, len(view), chunk):
@@ -566,6 +553,26 @@ def _fragments(
         yield encode_p_data(context_id, 0x03 if last else 0x01, view[start : start + chunk])
     if dataset is not None:
         yield from data_fragments(context_id, dataset, max_pdu, last=True)
+
+
+_COMMAND_PDV_HEADER: Final = struct.Struct(">BxLLBB")
+_DATA_PDV_HEADER: Final = struct.Struct(">LBB")
+
+
+def single_pdu(context_id: int, command: bytes, dataset: bytes | memoryview) -> bytes:
+    """A message in one P-DATA-TF: the command PDV, then the data set PDV (both last fragments).
+
+    The caller has checked that the peer's maximum PDU length allows it.
+    """
+    n, m = len(command), len(dataset)
+    return b"".join(
+        (
+            _COMMAND_PDV_HEADER.pack(0x04, n + m + 12, n + 2, context_id, 0x03),
+            command,
+            _DATA_PDV_HEADER.pack(m + 2, context_id, 0x02),
+            dataset,
+        )
+    )
 
 
 def data_chunk_size(max_pdu: int) -> int:

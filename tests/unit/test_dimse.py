@@ -44,6 +44,7 @@ from aiodicom.dimse import (
     encode_status_response,
     encode_store_request,
     fragment,
+    single_pdu,
 )
 from aiodicom.errors import DIMSEError, PDUError
 from aiodicom.pdu import PDV, PDataTF, decode_pdu
@@ -1400,3 +1401,28 @@ def test_status_element_from_template_is_an_ordinary_element() -> None:
     ds.Status = 0x0000
     assert ds.Status == 0 and ds[0x00000900].value == 0
     assert command_dataset(raw).Status == 0xB000  # a new element each time
+
+
+@given(
+    st.integers(1, 255),
+    st.binary(min_size=2, max_size=300),
+    st.binary(max_size=3000),
+    st.sampled_from([0, 4096, 16384]),
+    st.booleans(),
+)
+def test_single_pdu_is_what_fragment_makes(
+    context_id: int, command: bytes, data: bytes, max_pdu: int, view: bool
+) -> None:
+    """The one-PDU form the asyncio fast path writes is byte for byte the
+    first (and only) PDU of the general fragmenter, from bytes or a view."""
+    if max_pdu and len(command) + len(data) + 12 > max_pdu:
+        return  # does not fit one PDU: the fast path does not take it
+    dataset = memoryview(data) if view else data
+    pdus = list(fragment(context_id, command, dataset, max_pdu))
+    assert pdus == [single_pdu(context_id, command, dataset)]
+    pdu = decode_pdu(pdus[0])
+    assert isinstance(pdu, PDataTF)
+    assert [(p.context_id, p.control_header, bytes(p.data)) for p in pdu.pdvs] == [
+        (context_id, 0x03, command),
+        (context_id, 0x02, data),
+    ]
