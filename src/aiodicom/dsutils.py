@@ -406,14 +406,15 @@ def _scan(
     little: bool,
     until: int,
     wanted: Container[int],
+    since: int = 0,
 ) -> tuple[dict[int, tuple[int, int]], int] | None:
     """Where the values of the ``wanted`` tags are, among the top-level elements
-    from ``pos`` whose tag is at most ``until``, and where the walk stopped.
+    from ``pos`` whose tag is from ``since`` to ``until``, and where the walk stopped.
 
     Returns ``{tag: (value start, value length)}`` and the position of the
-    first element past ``until`` (or the end). Walks exactly as :func:`_walk`
-    (``None`` where it would be), in one pass, keeping nothing but the
-    wanted: the probe of every file sent runs it twice.
+    first element outside that range (or the end). Walks exactly as
+    :func:`_walk` (``None`` where it would be), in one pass, keeping nothing
+    but the wanted: the probe of every file sent runs it twice.
     """
     end = len(buf)
     found: dict[int, tuple[int, int]] = {}
@@ -424,7 +425,7 @@ def _scan(
                 return None
             group, elem, length = header(buf, pos)
             tag = (group << 16) | elem
-            if tag > until:
+            if tag > until or tag < since:
                 return found, pos
             start = pos + 8
             if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
@@ -441,7 +442,7 @@ def _scan(
             return None
         group, elem, code, length = header(buf, pos)
         tag = (group << 16) | elem
-        if tag > until:
+        if tag > until or tag < since:
             return found, pos
         if group == 0xFFFE:
             return None
@@ -477,7 +478,14 @@ def _uid_at(buf: bytes | bytearray | memoryview, span: tuple[int, int] | None) -
         return None
     start, length = span
     # Latin-1, as pydicom decodes it: bytes outside ASCII (a broken file) read alike.
-    return str(buf[start : start + length], "latin-1").rstrip("\x00 ") or None
+    text = str(buf[start : start + length], "latin-1").rstrip("\x00 ")
+    if "\\" in text:
+        raise _MultiValued  # more than one value: pydicom's path tells what is wrong
+    return text or None
+
+
+class _MultiValued(Exception):
+    """A UID of more than one value, in a file to probe (the probe gives way to pydicom)."""
 
 
 def _probe_fast(fp: BinaryIO) -> Part10Info | None:
@@ -489,9 +497,20 @@ def _probe_fast(fp: BinaryIO) -> Part10Info | None:
 
 def _probe_head(buf: bytes | bytearray | memoryview, *, base: int = 0) -> Part10Info | None:
     """:func:`_probe_fast` on the head of a file (or all of it) read from ``base``."""
+    try:
+        return _walk_head(buf, base)
+    except _MultiValued:
+        return None
+
+
+def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | None:
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
-    meta = _scan(buf, 132, implicit=False, little=True, until=0x0002FFFF, wanted=_META_WANTED)
+    # The meta is the group 0002 elements, as pydicom reads it: another group ends it.
+    meta = _scan(
+        buf, 132, implicit=False, little=True, since=0x00020000, until=0x0002FFFF,
+        wanted=_META_WANTED,
+    )  # fmt: skip
     if meta is None:
         return None
     spans, pos = meta
@@ -624,4 +643,6 @@ def _probe_with_pydicom(fp: BinaryIO) -> Part10Info:
         sop_instance = sop_instance or ds.get("SOPInstanceUID")
     if not sop_class or not sop_instance:
         raise DIMSEError("the file has no SOP Class UID or SOP Instance UID")
-    return Part10Info(UID(str(sop_class)), UID(str(sop_instance)), ts, offset)
+    if not isinstance(sop_class, str) or not isinstance(sop_instance, str):
+        raise DIMSEError("the file's SOP Class UID or SOP Instance UID has more than one value")
+    return Part10Info(UID(sop_class), UID(sop_instance), ts, offset)
