@@ -84,11 +84,11 @@ def _decode_simple(data: bytes, implicit: bool) -> Dataset | None:
     """
     from .dimse import _new_dataset
 
-    walked = _walk(data, 0, implicit=implicit, little=True)
-    if walked is None:
+    scanned = _scan(data, 0, implicit=implicit, little=True)
+    if scanned is None:
         return None
     elements: dict[BaseTag, Any] = {}
-    for number, vr, start, length in walked[0]:
+    for number, (start, length, vr) in scanned[0].items():
         tag = BaseTag(number)
         if vr == "SQ":
             return None
@@ -329,95 +329,29 @@ _EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
 _IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
 
 
-def _walk(
-    buf: bytes | bytearray | memoryview,
-    pos: int,
-    *,
-    implicit: bool,
-    little: bool,
-    until: int = 0xFFFFFFFF,
-) -> tuple[list[tuple[int, str | None, int, int]], int] | None:
-    """The top-level element headers of ``buf`` from ``pos``, while their tag is at most ``until``.
-
-    Returns ``(tag, VR or None if implicit, value start, value length)`` for
-    each and the position where the walk stopped (the first element past
-    ``until``, or the end). ``None`` when it cannot tell (an undefined length,
-    an item tag, an odd VR, a truncated element): the caller falls back on
-    pydicom, which also reports the errors. One unpack per element header.
-    """
-    end = len(buf)
-    out: list[tuple[int, str | None, int, int]] = []
-    if implicit:
-        header = _IMPLICIT[little].unpack_from
-        while pos < end:
-            if end - pos < 8:
-                return None
-            group, elem, length = header(buf, pos)
-            tag = (group << 16) | elem
-            if tag > until:
-                return out, pos
-            start = pos + 8
-            if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
-                return None
-            out.append((tag, None, start, length))
-            pos = start + length
-        return out, pos
-    header = _EXPLICIT[little].unpack_from
-    u32 = _HEADERS[little][2].unpack_from
-    vr_codes = _VR_CODES
-    while pos < end:
-        if end - pos < 8:
-            return None
-        group, elem, code, length = header(buf, pos)
-        tag = (group << 16) | elem
-        if tag > until:
-            return out, pos
-        known = vr_codes.get(code)
-        if known is None:
-            # A VR this table does not know (a newer one): 2-byte length.
-            if not code.isalpha():
-                return None
-            known = (code.decode("ascii"), False)
-        if group == 0xFFFE:
-            return None
-        if known[1]:
-            if end - pos < 12:
-                return None
-            length = u32(buf, pos + 8)[0]
-            start = pos + 12
-        else:
-            start = pos + 8
-        if length == 0xFFFFFFFF or start + length > end:
-            return None
-        out.append((tag, known[0], start, length))
-        pos = start + length
-    return out, pos
-
-
-#: Explicit VR VR codes -> whether a 4-byte length follows (what the probe needs of them).
-_LONG_LENGTH: dict[bytes, bool] = {code: known[1] for code, known in _VR_CODES.items()}
-
-
 def _scan(
     buf: bytes | bytearray | memoryview,
     pos: int,
     *,
     implicit: bool,
     little: bool,
-    until: int,
-    wanted: Container[int],
+    until: int = 0xFFFFFFFF,
+    wanted: Container[int] | None = None,
     since: int = 0,
-) -> tuple[dict[int, tuple[int, int]], int] | None:
-    """Where the values of the ``wanted`` tags are, among the top-level elements
-    from ``pos`` whose tag is from ``since`` to ``until``, and where the walk stopped.
+) -> tuple[dict[int, tuple[int, int, str | None]], int] | None:
+    """Walk the top-level element headers of ``buf`` from ``pos`` while their
+    tag is from ``since`` to ``until``: where the values of the ``wanted`` tags
+    (``None``: every tag) are, and where the walk stopped.
 
-    Returns ``{tag: (value start, value length)}`` and the position of the
-    first element outside that range (or the end). Walks exactly as
-    :func:`_walk` (``None`` where it would be), in one pass, keeping nothing
-    but the wanted: the probe of every file sent runs it twice.
+    Returns ``{tag: (value start, value length, VR or None if implicit)}``
+    and the position of the first element outside the range (or the end).
+    ``None`` when it cannot tell (an undefined length, an item tag, an odd VR,
+    a truncated element): the caller falls back on pydicom, which also reports
+    the errors. One unpack per element header, nothing kept but the wanted:
+    the probe of every file sent runs it twice.
     """
     end = len(buf)
-    found: dict[int, tuple[int, int]] = {}
+    found: dict[int, tuple[int, int, str | None]] = {}
     if implicit:
         header = _IMPLICIT[little].unpack_from
         while pos < end:
@@ -430,13 +364,13 @@ def _scan(
             start = pos + 8
             if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
                 return None
-            if tag in wanted:
-                found[tag] = (start, length)
+            if wanted is None or tag in wanted:
+                found[tag] = (start, length, None)
             pos = start + length
         return found, pos
     header = _EXPLICIT[little].unpack_from
     u32 = _HEADERS[little][2].unpack_from
-    long_length = _LONG_LENGTH
+    vr_codes = _VR_CODES
     while pos < end:
         if end - pos < 8:
             return None
@@ -446,24 +380,44 @@ def _scan(
             return found, pos
         if group == 0xFFFE:
             return None
-        long = long_length.get(code)
-        if long:
+        known = vr_codes.get(code)
+        if known is None:
+            # A VR this table does not know (a newer one): 2-byte length.
+            if not code.isalpha():
+                return None
+            known = (code.decode("ascii"), False)
+        if known[1]:
             if end - pos < 12:
                 return None
             length = u32(buf, pos + 8)[0]
             if length == 0xFFFFFFFF:
                 return None
             start = pos + 12
-        elif long is None and not code.isalpha():
-            return None  # an unknown code that is no VR (a newer VR: 2-byte length)
         else:
             start = pos + 8
         if start + length > end:
             return None
-        if tag in wanted:
-            found[tag] = (start, length)
+        if wanted is None or tag in wanted:
+            found[tag] = (start, length, known[0])
         pos = start + length
     return found, pos
+
+
+def _walk(
+    buf: bytes | bytearray | memoryview,
+    pos: int,
+    *,
+    implicit: bool,
+    little: bool,
+    until: int = 0xFFFFFFFF,
+) -> tuple[list[tuple[int, str | None, int, int]], int] | None:
+    """Every element header :func:`_scan` walks: ``(tag, VR or None if implicit,
+    value start, value length)`` and where it stopped."""
+    scanned = _scan(buf, pos, implicit=implicit, little=little, until=until)
+    if scanned is None:
+        return None
+    found, stop = scanned
+    return [(tag, vr, start, n) for tag, (start, n, vr) in found.items()], stop
 
 
 #: What the probe reads: the meta's SOP Class and Instance and Transfer
@@ -472,11 +426,13 @@ _META_WANTED = frozenset((0x00020002, 0x00020003, 0x00020010))
 _HEAD_WANTED = frozenset((0x00080016, 0x00080018))
 
 
-def _uid_at(buf: bytes | bytearray | memoryview, span: tuple[int, int] | None) -> str | None:
+def _uid_at(
+    buf: bytes | bytearray | memoryview, span: tuple[int, int, str | None] | None
+) -> str | None:
     """The text of a UID value found by :func:`_scan` (``None`` if absent or empty)."""
     if span is None or not span[1]:
         return None
-    start, length = span
+    start, length, _ = span
     # Latin-1, as pydicom decodes it: bytes outside ASCII (a broken file) read alike.
     text = str(buf[start : start + length], "latin-1").rstrip("\x00 ")
     if "\\" in text:

@@ -22,6 +22,7 @@ from aiodicom.dsutils import (
     _probe_with_pydicom,
     decode_dataset,
     encode_dataset,
+    probe_buffer,
     probe_part10,
 )
 
@@ -354,3 +355,48 @@ def test_new_uid_is_pydicoms_uid(text: str) -> None:
     expected = UID(text, validation_mode=config.IGNORE)
     assert type(made) is UID and made == expected
     assert (made.is_transfer_syntax, made.name) == (expected.is_transfer_syntax, expected.name)
+
+
+def _part10(**elements: str) -> bytearray:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import dcmwrite
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = "1.2.3.4"
+    for keyword, value in elements.items():
+        setattr(ds, keyword, value)
+    ds.PatientName = "Doe^John"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    fp = io.BytesIO()
+    dcmwrite(fp, ds, enforce_file_format=True)
+    return bytearray(fp.getvalue())
+
+
+def test_probe_meta_ends_at_another_group() -> None:
+    """An element of group 0000 where the meta should start ends the meta, as
+    in pydicom: no transfer syntax, so no answer from the meta's UIDs."""
+    from aiodicom.errors import DIMSEError
+
+    buf = _part10()
+    buf[132:136] = b"\x00\x00\x00\\"  # (0002,0000) made (0000,5C00)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DIMSEError):
+            _probe_with_pydicom(io.BytesIO(bytes(buf)))
+        with pytest.raises(DIMSEError):
+            probe_buffer(buf)
+
+
+def test_probe_refuses_a_multi_valued_sop_instance_uid() -> None:
+    from aiodicom.errors import DIMSEError
+
+    buf = _part10(SOPInstanceUID="1.2.3\\4.5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for probe in (probe_buffer, lambda b: _probe_with_pydicom(io.BytesIO(bytes(b)))):
+            with pytest.raises(DIMSEError, match="more than one value"):
+                probe(buf)
