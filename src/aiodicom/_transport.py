@@ -28,6 +28,7 @@ after a local ``aclose()``.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 import struct
@@ -62,6 +63,8 @@ _POOL_BYTES = 16 << 20
 _PDU_HEADER = 6
 #: Seconds a closed connection has to send what it still holds, before a reset.
 _CLOSE_GRACE = 1.0
+#: A write at least this long goes to the socket itself (see AsyncioStream._send_direct).
+_DIRECT_MIN = 256 << 10
 #: The length field of a PDU header (bytes 2-5, big-endian).
 _unpack_length = struct.Struct(">L").unpack_from
 
@@ -252,6 +255,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.eof = self.lost = True
         self.exception = exc
         self._wake()
+        if self.stream is not None:
+            self.stream._wake_direct()
         drain = self.drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -284,6 +289,11 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._burst = False
         self._loop = asyncio.get_running_loop()
         protocol.stream = self
+        # A large write goes to the socket directly (see _send_direct).
+        self._direct_ok = sys.platform != "win32"  # a proactor loop has no add_writer()
+        #: What a direct write still has to send while it waits for room.
+        self._direct_rest: memoryview | None = None
+        self._direct_waiter: asyncio.Future[None] | None = None
 
     def set_consumer(self, consumer: Callable[[memoryview], bytes | memoryview] | None) -> None:
         """Give arriving bytes to ``consumer`` first, while nothing is buffered.
@@ -346,6 +356,16 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol = self._protocol
         if protocol.lost or self._transport.is_closing():
             raise anyio.BrokenResourceError from protocol.exception
+        if (
+            len(item) >= _DIRECT_MIN
+            and self._direct_ok
+            and self._direct_rest is None
+            and not self._corked
+            and protocol.drain is None
+            and not self._transport.get_write_buffer_size()
+        ):
+            await self._send_direct(item)
+            return
         self._put(item)
         drain = protocol.drain
         if drain is not None:
@@ -353,12 +373,84 @@ class AsyncioStream(anyio.abc.ByteStream):
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.exception
 
+    async def _send_direct(self, item: bytes) -> None:
+        """Write a large item to the socket itself, waiting for room as needed.
+
+        The transport (on Python < 3.12) copies what the socket does not take
+        at once into a buffer of its own: for the blocks of a file being sent,
+        that is nearly all of them, one more copy of every byte. Written here,
+        a block is copied once, into the kernel. The transport's buffer is
+        empty (the caller checked), so the order holds; a write that comes
+        while this one waits first hands what is left of it to the transport
+        (:meth:`_hand_over`), and so does a cancellation: as with any write
+        on this stream, a write begun is queued whole, never cut.
+
+        The loop is told to watch for room on a duplicate of the socket's
+        descriptor (the transport's own is the transport's to watch), closed
+        when the write ends: it would keep the connection open.
+        """
+        view = memoryview(item).cast("B")
+        protocol = self._protocol
+        loop = self._loop
+        sock = socket.socket(fileno=os.dup(self._transport.get_extra_info("socket").fileno()))
+        try:
+            sock.setblocking(False)  # it is (the flag is shared): made sure
+            while True:
+                try:
+                    sent = sock.send(view)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._transport.abort()
+                    raise anyio.BrokenResourceError from exc
+                if sent == len(view):
+                    return
+                view = view[sent:]
+                self._direct_rest = view
+                waiter = self._direct_waiter = loop.create_future()
+                loop.add_writer(sock, _wake_future, waiter)
+                try:
+                    await waiter
+                except BaseException:
+                    self._hand_over()
+                    raise
+                finally:
+                    loop.remove_writer(sock)
+                    self._direct_waiter = None
+                if self._direct_rest is None:
+                    break  # handed over to the transport: it sends the rest
+                self._direct_rest = None
+                if protocol.lost:
+                    raise anyio.BrokenResourceError from protocol.exception
+        finally:
+            sock.close()
+        drain = protocol.drain
+        if drain is not None:
+            await drain
+        if protocol.lost:
+            raise anyio.BrokenResourceError from protocol.exception
+
+    def _hand_over(self) -> None:
+        """What a waiting direct write has left goes to the transport, ahead of
+        anything written after it; the direct write then waits as any write."""
+        rest, self._direct_rest = self._direct_rest, None
+        if rest is not None:
+            if not self._transport.is_closing():
+                self._transport.write(rest)
+            self._wake_direct()
+
+    def _wake_direct(self) -> None:
+        waiter = self._direct_waiter
+        if waiter is not None:
+            _wake_future(waiter)
+
     def can_send_now(self) -> bool:
         """True if :meth:`send_now` would not have to wait (no drain pending)."""
         protocol = self._protocol
         return not (
             self._closed
             or protocol.lost
+            or self._direct_rest is not None
             or protocol.drain is not None
             or self._transport.is_closing()
         )
@@ -378,6 +470,8 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._burst = False
 
     def _put(self, item: bytes) -> None:
+        if self._direct_rest is not None:
+            self._hand_over()
         if not self._burst:
             self._burst = True
             self._transport.write(item)
@@ -408,6 +502,7 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._transport.write(data)
 
     async def send_eof(self) -> None:
+        self._hand_over()
         self._flush()
         if self._transport.can_write_eof():
             self._transport.write_eof()
@@ -416,6 +511,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         if self._closed:
             return
         self._closed = True
+        self._hand_over()
         self._flush()
         transport = self._transport
         transport.close()  # unsent data (an A-ABORT, say) still goes out
@@ -437,6 +533,11 @@ class AsyncioStream(anyio.abc.ByteStream):
             SocketAttribute.remote_port: lambda: self._transport.get_extra_info("peername")[1],
             SocketAttribute.raw_socket: lambda: sock,
         }
+
+
+def _wake_future(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:

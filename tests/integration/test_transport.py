@@ -1,4 +1,4 @@
-"""The asyncio transport's write corking, over a real loopback connection.
+"""The asyncio transport's writes and reads, over a real loopback connection.
 
 What is checked: a write that answers data just received goes to the socket
 at once and schedules nothing; writes that follow it before anything else
@@ -41,6 +41,9 @@ class _Spy:
             def call_soon(self, *args: Any) -> Any:
                 spy.soon += 1
                 return loop.call_soon(*args)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(loop, name)
 
         real_write = transport.write
 
@@ -269,3 +272,142 @@ async def test_close_resets_a_peer_that_never_reads() -> None:
             await stream.aclose()
             assert not protocol.lost  # closing, bytes still queued
             await lost.wait()
+
+
+# ---------------------------------------------------------------------------
+# Large writes go to the socket itself (no copy into the transport's buffer)
+
+
+def _pattern(size: int) -> bytes:
+    return bytes(range(251)) * (size // 251) + bytes(size % 251)
+
+
+async def _read_slowly(reader: asyncio.StreamReader, size: int) -> bytes:
+    """Read ``size`` bytes in small pieces, yielding between them (a slow peer)."""
+    got = bytearray()
+    while len(got) < size:
+        got += await reader.read(min(1 << 16, size - len(got)))
+        await anyio.sleep(0)
+    return bytes(got)
+
+
+async def test_a_large_write_goes_to_the_socket_not_the_transport_buffer() -> None:
+    data = _pattern(24 << 20)  # more than the socket buffers hold: it must wait
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            spy = _Spy(stream)
+            waits = 0
+            real_add_writer = stream._loop.add_writer
+
+            def add_writer(*args: Any) -> Any:
+                nonlocal waits
+                waits += 1
+                return real_add_writer(*args)
+
+            stream._loop.add_writer = add_writer  # type: ignore[method-assign]  # the spy's loop
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.send, data)
+                got = await _read_slowly(reader, len(data))
+            assert got == data
+            assert waits > 0  # it did wait for room
+            assert spy.writes == []  # and never went through the transport
+            assert not stream._transport.get_write_buffer_size()
+            await stream.send(b"after")  # the stream goes on as before
+            assert await reader.readexactly(5) == b"after"
+
+
+async def test_a_write_while_a_large_one_waits_comes_after_all_of_it() -> None:
+    data = _pattern(24 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            spy = _Spy(stream)
+            done = anyio.Event()
+
+            async def send_large() -> None:
+                await stream.send(data)
+                done.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_large)
+                while stream._direct_rest is None:  # it is waiting for room
+                    await anyio.lowlevel.checkpoint()
+                assert not stream.can_send_now()
+                tg.start_soon(stream.send, b"next")  # e.g. an A-ABORT from the reader
+                await anyio.lowlevel.checkpoint()
+                # what the large write had left went to the transport first
+                assert stream._direct_rest is None
+                assert len(spy.writes) == 2 and spy.writes[1] == b"next"
+                got = await _read_slowly(reader, len(data) + 4)
+                await done.wait()
+            assert got == data + b"next"
+
+
+async def test_a_cancelled_large_write_is_still_sent_whole() -> None:
+    data = _pattern(24 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.send, data)
+                    while stream._direct_rest is None:
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert stream._transport.get_write_buffer_size()  # the rest, queued
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.send, b"!")
+                got = await _read_slowly(reader, len(data) + 1)
+    assert got == data + b"!"
+
+
+async def test_a_large_write_to_a_peer_that_resets_fails_and_leaks_nothing() -> None:
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, _reader, writer):
+            selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+            watched = len(selector.get_map())
+            fds = open_fds()
+            failed: list[BaseException] = []
+
+            async def send_large() -> None:
+                try:
+                    await stream.send(_pattern(32 << 20))
+                except anyio.BrokenResourceError as exc:
+                    failed.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_large)
+                while stream._direct_rest is None:
+                    await anyio.lowlevel.checkpoint()
+                writer.transport.abort()  # the peer resets the connection
+            assert failed
+            assert len(selector.get_map()) <= watched  # no writer left registered
+            assert open_fds() <= fds  # the duplicate descriptor is closed
+
+
+async def test_close_while_a_large_write_waits_lets_all_of_it_out() -> None:
+    data = _pattern(24 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            outcome: list[BaseException | None] = []
+
+            async def send_large() -> None:
+                try:
+                    await stream.send(data)
+                except anyio.BrokenResourceError as exc:
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_large)
+                while stream._direct_rest is None:
+                    await anyio.lowlevel.checkpoint()
+                await stream.aclose()
+                got = await reader.read(-1)  # to EOF
+    assert got == data
+    assert len(outcome) == 1
