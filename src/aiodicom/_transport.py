@@ -289,8 +289,11 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._burst = False
         self._loop = asyncio.get_running_loop()
         protocol.stream = self
-        # A large write goes to the socket directly (see _send_direct).
-        self._direct_ok = sys.platform != "win32"  # a proactor loop has no add_writer()
+        # A large write goes to the socket directly (see _send_direct); not
+        # on Windows, whose proactor loop has no add_writer().
+        self._direct_ok = (
+            sys.platform != "win32" and transport.get_extra_info("socket") is not None
+        )
         #: What a direct write still has to send while it waits for room.
         self._direct_rest: memoryview | None = None
         self._direct_waiter: asyncio.Future[None] | None = None
