@@ -291,9 +291,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol.stream = self
         # A large write goes to the socket directly (see _send_direct); not
         # on Windows, whose proactor loop has no add_writer().
-        self._direct_ok = (
-            sys.platform != "win32" and transport.get_extra_info("socket") is not None
-        )
+        self._direct_ok = sys.platform != "win32" and transport.get_extra_info("socket") is not None
         #: What a direct write still has to send while it waits for room.
         self._direct_rest: memoryview | None = None
         self._direct_waiter: asyncio.Future[None] | None = None
