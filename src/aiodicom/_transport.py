@@ -28,13 +28,16 @@ after a local ``aclose()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import functools
 import os
 import socket
 import ssl
 import struct
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import anyio
@@ -65,6 +68,8 @@ _PDU_HEADER = 6
 _CLOSE_GRACE = 1.0
 #: A write at least this long goes to the socket itself (see AsyncioStream._send_direct).
 _DIRECT_MIN = 256 << 10
+#: send() flag: more follows at once (Linux; elsewhere a header may go alone).
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 #: The length field of a PDU header (bytes 2-5, big-endian).
 _unpack_length = struct.Struct(">L").unpack_from
 
@@ -292,8 +297,9 @@ class AsyncioStream(anyio.abc.ByteStream):
         # A large write goes to the socket directly (see _send_direct); not
         # on Windows, whose proactor loop has no add_writer().
         self._direct_ok = sys.platform != "win32" and transport.get_extra_info("socket") is not None
-        #: What a direct write still has to send while it waits for room.
-        self._direct_rest: memoryview | None = None
+        #: While a direct write waits for room: makes what it still has to send
+        #: (of the item, or of the file segment under way).
+        self._direct_rest: Callable[[], bytes | memoryview] | None = None
         self._direct_waiter: asyncio.Future[None] | None = None
 
     def set_consumer(self, consumer: Callable[[memoryview], bytes | memoryview] | None) -> None:
@@ -385,46 +391,144 @@ class AsyncioStream(anyio.abc.ByteStream):
         while this one waits first hands what is left of it to the transport
         (:meth:`_hand_over`), and so does a cancellation: as with any write
         on this stream, a write begun is queued whole, never cut.
-
-        The loop is told to watch for room on a duplicate of the socket's
-        descriptor (the transport's own is the transport's to watch), closed
-        when the write ends: it would keep the connection open.
         """
         view = memoryview(item).cast("B")
-        protocol = self._protocol
-        loop = self._loop
-        sock = socket.socket(fileno=os.dup(self._transport.get_extra_info("socket").fileno()))
-        try:
-            sock.setblocking(False)  # it is (the flag is shared): made sure
+        with self._direct_socket() as sock:
             while True:
                 try:
-                    sent = sock.send(view)
+                    view = view[sock.send(view) :]
                 except (BlockingIOError, InterruptedError):
-                    sent = 0
+                    pass
                 except OSError as exc:
                     self._transport.abort()
                     raise anyio.BrokenResourceError from exc
-                if sent == len(view):
+                if not view:
                     return
-                view = view[sent:]
-                self._direct_rest = view
-                waiter = self._direct_waiter = loop.create_future()
-                loop.add_writer(sock, _wake_future, waiter)
-                try:
-                    await waiter
-                except BaseException:
-                    self._hand_over()
-                    raise
-                finally:
-                    loop.remove_writer(sock)
-                    self._direct_waiter = None
-                if self._direct_rest is None:
+                if not await self._wait_for_room(sock, functools.partial(_same, view)):
                     break  # handed over to the transport: it sends the rest
-                self._direct_rest = None
-                if protocol.lost:
-                    raise anyio.BrokenResourceError from protocol.exception
+        await self._drained()
+
+    async def send_file(self, fd: int, segments: Sequence[tuple[bytes, int, int, bytes]]) -> None:
+        """Write each segment: its prefix, ``length`` bytes of the file ``fd``
+        from ``offset``, its suffix; the file's bytes by ``sendfile(2)``, which
+        hands the socket the page cache's pages, copying none here.
+
+        For a file the page cache holds (see :func:`aiodicom._nowait.page_cached`):
+        ``sendfile`` reads it, on the event loop. A write that comes while
+        this one waits for room, a cancellation or a close makes the rest of
+        the segment under way (read from the file) go to the transport, so
+        no segment is cut; the segments after it are then not sent, and this
+        raises ``BrokenResourceError`` (or the cancellation).
+        """
+        if self._closed:
+            raise anyio.ClosedResourceError
+        protocol = self._protocol
+        if protocol.lost or self._transport.is_closing():
+            raise anyio.BrokenResourceError from protocol.exception
+        self._write_corked()
+        if (
+            not self._direct_ok
+            or self._direct_rest is not None
+            or protocol.drain is not None
+            or self._transport.get_write_buffer_size()
+        ):
+            # Something is queued ahead: this goes behind it, as bytes.
+            for prefix, offset, length, suffix in segments:
+                await self.send(prefix + _pread_all(fd, length, offset) + suffix)
+            return
+        with self._direct_socket() as sock:
+            out = sock.fileno()
+            for prefix, offset, length, suffix in segments:
+                done = 0  # of the segment: prefix, then file bytes, then suffix
+                total = len(prefix) + length + len(suffix)
+                while done < total:
+                    try:
+                        if done < len(prefix):
+                            done += sock.send(memoryview(prefix)[done:], _MSG_MORE)
+                        elif done < len(prefix) + length:
+                            at = done - len(prefix)
+                            sent = os.sendfile(out, fd, offset + at, length - at)
+                            if not sent:
+                                raise _FileError(errno.EIO, "the file ended before its data set")
+                            done += sent
+                        else:
+                            done += sock.send(memoryview(suffix)[done - len(prefix) - length :])
+                        continue
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError as exc:
+                        # Part of a segment may be out: the connection cannot go on.
+                        self._transport.abort()
+                        if isinstance(exc, _FileError) or exc.errno not in _SOCKET_ERRORS:
+                            raise  # the file's (a read error): the caller reports it
+                        raise anyio.BrokenResourceError from exc
+                    at_done = done
+
+                    def rest(
+                        at_done: int = at_done,
+                        prefix: bytes = prefix,
+                        offset: int = offset,
+                        length: int = length,
+                        suffix: bytes = suffix,
+                    ) -> bytes:
+                        head = prefix[at_done:]
+                        start = max(0, at_done - len(prefix))
+                        body = (
+                            _pread_all(fd, length - start, offset + start)
+                            if start < length
+                            else b""
+                        )
+                        tail = suffix[max(0, at_done - len(prefix) - length) :]
+                        return head + body + tail
+
+                    if not await self._wait_for_room(sock, rest):
+                        await self._drained()
+                        raise anyio.BrokenResourceError(
+                            "another write came while a file was being sent"
+                        )
+
+    @contextlib.contextmanager
+    def _direct_socket(self) -> Iterator[socket.socket]:
+        """A duplicate of the connection's socket to write to and wait on.
+
+        The loop is told to watch for room on it (the transport's own
+        descriptor is the transport's to watch); it is closed when the write
+        ends, as it would keep the connection open.
+        """
+        sock = socket.socket(fileno=os.dup(self._transport.get_extra_info("socket").fileno()))
+        try:
+            sock.setblocking(False)  # it is (the flag is shared): made sure
+            yield sock
         finally:
             sock.close()
+
+    async def _wait_for_room(
+        self, sock: socket.socket, rest: Callable[[], bytes | memoryview]
+    ) -> bool:
+        """Wait until ``sock`` may take more; ``rest`` makes what is left to
+        send, should it be handed to the transport meanwhile. False if it was
+        (the caller stops); raises if the connection was lost."""
+        self._direct_rest = rest
+        waiter = self._direct_waiter = self._loop.create_future()
+        self._loop.add_writer(sock, _wake_future, waiter)
+        try:
+            await waiter
+        except BaseException:
+            self._hand_over()
+            raise
+        finally:
+            self._loop.remove_writer(sock)
+            self._direct_waiter = None
+        if self._direct_rest is None:
+            return False
+        self._direct_rest = None
+        if self._protocol.lost:
+            raise anyio.BrokenResourceError from self._protocol.exception
+        return True
+
+    async def _drained(self) -> None:
+        """Wait, as :meth:`send` does, for the transport to drain."""
+        protocol = self._protocol
         drain = protocol.drain
         if drain is not None:
             await drain
@@ -437,7 +541,14 @@ class AsyncioStream(anyio.abc.ByteStream):
         rest, self._direct_rest = self._direct_rest, None
         if rest is not None:
             if not self._transport.is_closing():
-                self._transport.write(rest)
+                try:
+                    data = rest()
+                except OSError:
+                    # The rest of a file segment is unreadable: what follows
+                    # would be read as part of it. The connection ends here.
+                    self._transport.abort()
+                else:
+                    self._transport.write(data)
             self._wake_direct()
 
     def _wake_direct(self) -> None:
@@ -534,6 +645,33 @@ class AsyncioStream(anyio.abc.ByteStream):
             SocketAttribute.remote_port: lambda: self._transport.get_extra_info("peername")[1],
             SocketAttribute.raw_socket: lambda: sock,
         }
+
+
+class _FileError(OSError):
+    """A file being sent ended early."""
+
+
+#: What sendfile() fails with when the connection (not the file) is at fault.
+_SOCKET_ERRORS = frozenset(
+    (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED)
+)
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    """``length`` bytes of the file ``fd`` from ``offset``; OSError if it ends first."""
+    parts = []
+    while length > 0:
+        data = os.pread(fd, length, offset)
+        if not data:
+            raise _FileError(errno.EIO, "the file ended before its data set")
+        parts.append(data)
+        length -= len(data)
+        offset += len(data)
+    return b"".join(parts)
+
+
+def _same(view: memoryview) -> memoryview:
+    return view
 
 
 def _wake_future(future: asyncio.Future[None]) -> None:

@@ -27,9 +27,11 @@ import contextlib
 import errno
 import functools
 import inspect
+import io
 import logging
 import math
 import os
+import stat
 import sys
 import weakref
 from collections import deque
@@ -47,7 +49,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from . import evt
-from ._nowait import NOT_CACHED, read_cached
+from ._nowait import NOT_CACHED, page_cached, read_cached
 from ._spool import WRITE_BATCH, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _take_free
 from .dimse import (
@@ -167,6 +169,8 @@ _STREAM_BACKLOG = 256
 _COALESCE = 1 << 20
 #: A data set up to this size is read whole and sent from memory (0: never).
 _INLINE_READ = 1 << 20
+#: A file is sent by sendfile(2) only in PDVs of this many bytes or more.
+_SENDFILE_MIN_CHUNK = 64 << 10
 #: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
 _NO_RESOURCES = {errno.ENOSPC, errno.ENOMEM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -2216,12 +2220,18 @@ class Association:
                     if isinstance(item, OSError) or not item[1] or item[1][-1] < size:
                         return  # the end of the file
 
+        by_sendfile = self._sendfile_ok(source, chunk)
         failure: str | None = None
         read_error: OSError | None = None
         try:
             async with self._send_lock:
                 try:
-                    await self._send_file(context_id, command, read, chunk, max_pdu)
+                    if by_sendfile is not None:
+                        await self._send_file_pages(
+                            context_id, command, by_sendfile, chunk, max_pdu
+                        )
+                    else:
+                        await self._send_file(context_id, command, read, chunk, max_pdu)
                 except anyio.get_cancelled_exc_class():
                     await self._cut_off()
                     raise
@@ -2236,6 +2246,91 @@ class Association:
         if failure is not None:
             await self._transport_failed(failure)
             raise self._error or AssociationAborted(2, 0, failure)
+
+    def _sendfile_ok(self, source: _FileSource, chunk: int) -> tuple[int, int, int] | None:
+        """``(descriptor, start, end)`` of a file to send by ``sendfile(2)``, or None.
+
+        Only on the asyncio stream, with PDUs of ``_SENDFILE_MIN_CHUNK`` bytes or
+        more (each costs two system calls), nobody watching the PDUs sent, and
+        a regular file the page cache holds from its position to its end
+        (``sendfile`` reads on the event loop: it must not wait for a disk).
+        """
+        if (
+            type(self._stream) is not AsyncioStream
+            or chunk < _SENDFILE_MIN_CHUNK
+            or self._debug
+            or evt.EVT_PDU_SENT in self._bound
+            or not hasattr(os, "sendfile")
+        ):
+            return None
+        file = source.file
+        try:
+            fd = file.fileno()
+            start = file.tell()
+            info = os.fstat(fd)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return None
+        if not stat.S_ISREG(info.st_mode) or not page_cached(fd, start, info.st_size - start):
+            return None
+        return fd, start, info.st_size
+
+    async def _send_file_pages(
+        self,
+        context_id: int,
+        command: bytes,
+        span: tuple[int, int, int],
+        chunk: int,
+        max_pdu: int,
+    ) -> None:
+        """The locked part of :meth:`_send_streamed` by ``sendfile(2)``: the
+        command, then the data set as P-DATA-TF PDUs whose headers are written
+        from here and whose data the kernel takes from the page cache. The
+        file's size when it was opened is what is sent (one that shrinks
+        meanwhile is a read error)."""
+        for pdu in fragment(context_id, command, None, max_pdu):
+            await self._send_pdata(pdu)
+        fd, start, end = span
+        size = end - start
+        if not size:
+            await self._send_pdata(encode_p_data(context_id, 0x02, b""))
+            return
+        pad = size % 2  # a data set has even length (PS3.5 A.5)
+        header = bytearray(P_DATA_HEADER_SIZE)
+        segments: list[tuple[bytes, int, int, bytes]] = []
+        per_block = max(1, _FILE_BLOCK // (chunk + P_DATA_HEADER_SIZE))
+        for offset in range(start, end, chunk):
+            n = min(chunk, end - offset)
+            last = offset + n == end
+            carries_pad = last and pad and n < chunk
+            control = 0x02 if last and (not pad or carries_pad) else 0x00
+            pack_p_data_header(header, 0, context_id, control, n + (1 if carries_pad else 0))
+            self._data_sent(bytes(header))
+            segments.append((bytes(header), offset, n, b"\x00" if carries_pad else b""))
+            if len(segments) == per_block or last:
+                await self._write_file(fd, segments)
+                segments = []
+                if not last:
+                    await anyio.lowlevel.checkpoint()  # as between blocks read
+        if pad and size % chunk == 0:
+            # The last PDU was full: the pad byte goes as the last fragment, alone.
+            await self._send_pdata(encode_p_data(context_id, 0x02, b"\x00"))
+
+    async def _write_file(self, fd: int, segments: list[tuple[bytes, int, int, bytes]]) -> None:
+        """:meth:`_write` for PDUs whose data the stream sends from a file."""
+        if self.network_timeout is not None:
+            self._send_started = started = anyio.current_time()
+            self._kick(started + self.network_timeout)
+        stream = self._stream
+        assert isinstance(stream, AsyncioStream)
+        try:
+            await stream.send_file(fd, segments)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            if self._send_timed_out:
+                raise _TransportError("network timeout: the peer stopped reading") from None
+            raise _TransportError(str(exc) or type(exc).__name__) from exc
+        finally:
+            self._send_started = None
+        self._last_tx = _current_time()
 
     async def _send_file(
         self,

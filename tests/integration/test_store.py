@@ -289,6 +289,119 @@ async def test_fragment_boundaries(
     assert len(seen) == 3 * per_message
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (one list item a call)."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("max_pdu", "size"),
+    [(4096, size) for size in [0, 1, 4089, 4090, 2 * 4090, 3 * 4090 + 1, 100_001]]
+    + [(4095, size) for size in [1, 4088, 4089, 2 * 4089, 4 * 4089 - 1]],
+)
+async def test_fragment_boundaries_by_sendfile(
+    max_pdu: int, size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As test_fragment_boundaries, the data set sent by sendfile(2) from the
+    page cache (over TCP): the same PDVs, the pad byte of an odd data set in
+    the last one if it has room, else alone."""
+    import aiodicom.association as association_module
+    from aiodicom._transport import AsyncioStream, _on_asyncio
+
+    monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * (max_pdu - 6 + 12))
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    monkeypatch.setattr(association_module, "_SENDFILE_MIN_CHUNK", 0)
+    by_sendfile = _count_calls(monkeypatch, AsyncioStream, "send_file")
+    chunk = max_pdu - 6
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + body)
+    path.read_bytes()  # in the page cache
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(maximum_pdu_size=max_pdu)
+    seen: list[int] = []
+
+    def on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, PDataTF):
+            seen.append(len(event.pdu.pdvs[0].data))
+
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, [*rec.handlers, (evt.EVT_PDU_RECV, on_pdu)], "tcp") as a:
+            assert (await a.send_c_store(path)).Status == 0
+            assert (await a.send_c_store(path)).Status == 0
+    sent = body + b"\x00" if size % 2 else body
+    assert [d for _, _, d, _ in rec.stored] == [sent] * 2
+    # (on asyncio; an empty data set is one empty PDV, no file to send)
+    assert by_sendfile if size and _on_asyncio() else not by_sendfile
+    assert max(seen) <= chunk
+    assert len(seen) == 2 * (1 + max(1, -(-len(sent) // chunk)))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # sendfile: the asyncio stream's
+async def test_a_file_not_in_the_page_cache_is_read_in_a_worker_not_sent_by_sendfile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aiodicom.association as association_module
+    from aiodicom._transport import AsyncioStream
+
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    monkeypatch.setattr(association_module, "page_cached", lambda fd, offset, length: False)
+    by_sendfile = _count_calls(monkeypatch, AsyncioStream, "send_file")
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    body = bytes(range(256)) * 4096
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + body)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+    assert [d for _, _, d, _ in rec.stored] == [body]
+    assert not by_sendfile
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_file_that_shrinks_while_sent_by_sendfile_aborts_and_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile(2) finds the end of the file before the size it had when
+    opened: the PDU under way cannot be completed, so the association is
+    aborted (closed: what follows would be read as part of that PDU) and the
+    SCP stores nothing."""
+    import aiodicom.association as association_module
+
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + bytes(3 << 20))
+    path.read_bytes()
+    real = os.sendfile
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        if offset >= 1 << 20:
+            return 0  # the end of the file, 1 MiB in
+        return real(out, fd, offset, min(count, (1 << 20) - offset))
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            with pytest.raises(OSError, match="ended before its data set"):
+                await assoc.send_c_store(path)
+            assert assoc.is_aborted
+    assert rec.stored == []
+
+
 class _FailingFile(io.BytesIO):
     """A file whose reads fail past its first ``good`` bytes."""
 

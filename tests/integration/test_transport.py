@@ -9,6 +9,7 @@ iteration, in order; ``send_now`` queues exactly as ``send`` does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -411,3 +412,182 @@ async def test_close_while_a_large_write_waits_lets_all_of_it_out() -> None:
                 got = await reader.read(-1)  # to EOF
     assert got == data
     assert len(outcome) == 1
+
+
+# ---------------------------------------------------------------------------
+# Sending a file by sendfile(2): segments of header, file bytes, trailer
+
+
+def _segments_of(
+    path: Any, size: int, piece: int
+) -> tuple[list[tuple[bytes, int, int, bytes]], bytes]:
+    """Segments over a file of ``size`` bytes (``piece`` bytes of it each, a
+    numbered 4-byte prefix, a 1-byte suffix) and the bytes they make."""
+    data = _pattern(size)
+    path.write_bytes(data)
+    path.read_bytes()
+    segments = [
+        (b"H%03d" % i, start, min(piece, size - start), b"T")
+        for i, start in enumerate(range(0, size, piece))
+    ]
+    wire = b"".join(p + data[o : o + n] + t for p, o, n, t in segments)
+    return segments, wire
+
+
+def _whole_segments(got: bytes, segments: list[tuple[bytes, int, int, bytes]]) -> int:
+    """How many whole segments ``got`` starts with (it must end at a segment's end)."""
+    pos = 0
+    for count, (prefix, _, length, suffix) in enumerate(segments):
+        if pos == len(got):
+            return count
+        pos += len(prefix) + length + len(suffix)
+    assert pos == len(got), "a segment was cut"
+    return len(segments)
+
+
+async def test_send_file_writes_the_segments_in_order_without_the_transport(tmp_path: Any) -> None:
+    import os
+
+    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            spy = _Spy(stream)
+            fd = os.open(tmp_path / "f", os.O_RDONLY)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.send_file, fd, segments)
+                    got = await _read_slowly(reader, len(wire))
+            finally:
+                os.close(fd)
+            assert got == wire
+            assert spy.writes == []
+
+
+async def test_a_write_while_send_file_waits_follows_the_segment_under_way(tmp_path: Any) -> None:
+    import os
+
+    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            fd = os.open(tmp_path / "f", os.O_RDONLY)
+            failed: list[BaseException] = []
+
+            async def send() -> None:
+                try:
+                    await stream.send_file(fd, segments)
+                except anyio.BrokenResourceError as exc:
+                    failed.append(exc)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(send)
+                    while stream._direct_rest is None:
+                        await anyio.lowlevel.checkpoint()
+
+                    async def other_write() -> None:  # e.g. an A-ABORT from the reader
+                        with contextlib.suppress(anyio.BrokenResourceError):
+                            await stream.send(b"ABORT")
+
+                    tg.start_soon(other_write)
+                    await anyio.lowlevel.checkpoint()
+                    await stream.aclose()
+                    got = await reader.read(-1)
+            finally:
+                os.close(fd)
+            assert got.endswith(b"ABORT")
+            count = _whole_segments(got[:-5], segments)
+            assert 0 < count < len(segments)
+            assert got[:-5] == wire[: len(got) - 5]
+            assert failed  # the rest of the file was not sent: the caller is told
+
+
+async def test_a_cancelled_send_file_completes_the_segment_under_way(tmp_path: Any) -> None:
+    import os
+
+    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            fd = os.open(tmp_path / "f", os.O_RDONLY)
+            try:
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(stream.send_file, fd, segments)
+                        while stream._direct_rest is None:
+                            await anyio.lowlevel.checkpoint()
+                        scope.cancel()
+                assert scope.cancelled_caught
+                await stream.aclose()
+                got = await reader.read(-1)
+            finally:
+                os.close(fd)
+            assert 0 < _whole_segments(got, segments) < len(segments)
+            assert got == wire[: len(got)]
+
+
+async def test_send_file_to_a_peer_that_resets_fails_and_leaks_nothing(tmp_path: Any) -> None:
+    import os
+
+    segments, _ = _segments_of(tmp_path / "f", 32 << 20, 1 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, _reader, writer):
+            selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+            watched = len(selector.get_map())
+            fd = os.open(tmp_path / "f", os.O_RDONLY)
+            fds = len(os.listdir("/proc/self/fd"))
+            failed: list[BaseException] = []
+
+            async def send() -> None:
+                try:
+                    await stream.send_file(fd, segments)
+                except anyio.BrokenResourceError as exc:
+                    failed.append(exc)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(send)
+                    while stream._direct_rest is None:
+                        await anyio.lowlevel.checkpoint()
+                    writer.transport.abort()
+                assert failed
+                assert len(selector.get_map()) <= watched
+                assert len(os.listdir("/proc/self/fd")) <= fds
+            finally:
+                os.close(fd)
+
+
+async def test_send_file_behind_queued_bytes_keeps_the_order(tmp_path: Any) -> None:
+    import os
+
+    segments, wire = _segments_of(tmp_path / "f", 3 << 20, 1 << 20)
+    first = _pattern(16 << 20)
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            stream.send_now(first)  # queued in the transport: the socket is full
+            assert stream._transport.get_write_buffer_size()
+            fd = os.open(tmp_path / "f", os.O_RDONLY)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.send_file, fd, segments)
+                    got = await _read_slowly(reader, len(first) + len(wire))
+            finally:
+                os.close(fd)
+            assert got == first + wire
+
+
+def test_page_cached_tells_a_file_read_from_one_dropped(tmp_path: Any) -> None:
+    import os
+
+    from aiodicom import _nowait
+
+    path = tmp_path / "f"
+    path.write_bytes(_pattern(8 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert not _nowait.page_cached(fd, 0, 8 << 20)
+        os.pread(fd, 8 << 20, 0)
+        assert _nowait.page_cached(fd, 0, 8 << 20)
+        assert _nowait.page_cached(fd, 4096, 10)
+    finally:
+        os.close(fd)
