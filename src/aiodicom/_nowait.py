@@ -31,7 +31,7 @@ import os
 import platform
 import stat
 import sys
-from typing import Final
+from typing import Any, Final
 
 __all__ = ("NOT_CACHED", "page_cached", "read_cached")
 
@@ -74,28 +74,25 @@ class _OpenHow(ctypes.Structure):
     )
 
 
-def _find_syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if (
-        sys.platform != "linux"
-        or platform.machine() not in _UNIFIED_TABLE
-        or not hasattr(os, "preadv")
-        or not hasattr(os, "RWF_NOWAIT")
-    ):
+def _libc_syscall(*argtypes: Any) -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """libc's ``syscall()`` taking these arguments after the call's number;
+    None where the numbers used here do not hold (not Linux, an architecture
+    outside the unified table) or there is no libc to call."""
+    if sys.platform != "linux" or platform.machine() not in _UNIFIED_TABLE:
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        call = libc.syscall
+        call = ctypes.CDLL(None, use_errno=True).syscall  # a function object of its own
     except (OSError, AttributeError):
         return None
     call.restype = ctypes.c_long
-    call.argtypes = (
-        ctypes.c_long,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.POINTER(_OpenHow),
-        ctypes.c_size_t,
-    )
+    call.argtypes = (ctypes.c_long, *argtypes)
     return call
+
+
+def _find_syscall() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    if not hasattr(os, "preadv") or not hasattr(os, "RWF_NOWAIT"):
+        return None
+    return _libc_syscall(ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_OpenHow), ctypes.c_size_t)
 
 
 _syscall = _find_syscall()
@@ -152,8 +149,7 @@ def read_cached(path: str | os.PathLike[str], limit: int) -> bytearray | object 
         os.close(fd)
 
 
-# cachestat (Linux 6.5) is 451 on every architecture (added after the tables
-# were unified).
+# cachestat (Linux 6.5) is 451 on the architectures of the unified table.
 _SYS_CACHESTAT: Final = 451
 
 
@@ -172,21 +168,12 @@ class _Cachestat(ctypes.Structure):
 
 
 def _find_cachestat() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    if sys.platform != "linux":
-        return None
-    try:
-        call = ctypes.CDLL(None, use_errno=True).syscall
-    except (OSError, AttributeError):
-        return None
-    call.restype = ctypes.c_long
-    call.argtypes = (
-        ctypes.c_long,
+    return _libc_syscall(
         ctypes.c_int,
         ctypes.POINTER(_CachestatRange),
         ctypes.POINTER(_Cachestat),
         ctypes.c_uint,
     )
-    return call
 
 
 _cachestat = _find_cachestat()

@@ -37,7 +37,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
 import anyio
 import anyio.abc
@@ -169,6 +169,8 @@ _STREAM_BACKLOG = 256
 _COALESCE = 1 << 20
 #: A data set up to this size is read whole and sent from memory (0: never).
 _INLINE_READ = 1 << 20
+#: What a failed write on the stream raises.
+_STREAM_ERRORS: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 #: A file is sent by sendfile(2) only in PDVs of this many bytes or more.
 _SENDFILE_MIN_CHUNK = 64 << 10
 #: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
@@ -528,24 +530,32 @@ class Association:
         The network timeout of a write is watched by the reader (see
         :meth:`_deadline`), so the hot path opens no cancel scope.
         """
+        # A memoryview only ever goes to an AsyncioStream (see _send_block).
+        await self._watched(self._stream.send(cast(bytes, data)), _STREAM_ERRORS)
+        if self._debug or evt.EVT_PDU_SENT in self._bound:
+            obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
+            if self._debug:
+                LOGGER.debug("-> %s", summary(obj))
+            await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_SENT, pdu=obj))
+
+    async def _watched(
+        self, send: Coroutine[Any, Any, None], errors: tuple[type[Exception], ...]
+    ) -> None:
+        """Await a write on the stream, watched by the network timeout (the
+        reader's watchdog, see :meth:`_deadline`; no cancel scope on the hot
+        path); ``errors`` mean the connection failed: _TransportError."""
         if self.network_timeout is not None:
             self._send_started = started = anyio.current_time()
             self._kick(started + self.network_timeout)
         try:
-            # A memoryview only ever goes to an AsyncioStream (see _send_block).
-            await self._stream.send(cast(bytes, data))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            await send
+        except errors as exc:
             if self._send_timed_out:
                 raise _TransportError("network timeout: the peer stopped reading") from None
             raise _TransportError(str(exc) or type(exc).__name__) from exc
         finally:
             self._send_started = None
         self._last_tx = _current_time()
-        if self._debug or evt.EVT_PDU_SENT in self._bound:
-            obj = pdu if pdu is not None else decode(data[0], memoryview(data)[6:])
-            if self._debug:
-                LOGGER.debug("-> %s", summary(obj))
-            await evt.notify(self._handlers, evt.Event(self, evt.EVT_PDU_SENT, pdu=obj))
 
     async def _read_exact(self, n: int) -> bytes | memoryview:
         """Exactly ``n`` bytes from the stream.
@@ -2316,21 +2326,14 @@ class Association:
             await self._send_pdata(encode_p_data(context_id, 0x02, b"\x00"))
 
     async def _write_file(self, fd: int, segments: list[tuple[bytes, int, int, bytes]]) -> None:
-        """:meth:`_write` for PDUs whose data the stream sends from a file."""
-        if self.network_timeout is not None:
-            self._send_started = started = anyio.current_time()
-            self._kick(started + self.network_timeout)
+        """:meth:`_write` for PDUs whose data the stream sends from a file (an
+        OSError from it is the file's: the caller reports it as a read error)."""
         stream = self._stream
         assert isinstance(stream, AsyncioStream)
-        try:
-            await stream.send_file(fd, segments)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            if self._send_timed_out:
-                raise _TransportError("network timeout: the peer stopped reading") from None
-            raise _TransportError(str(exc) or type(exc).__name__) from exc
-        finally:
-            self._send_started = None
-        self._last_tx = _current_time()
+        await self._watched(
+            stream.send_file(fd, segments),
+            (anyio.BrokenResourceError, anyio.ClosedResourceError),
+        )
 
     async def _send_file(
         self,

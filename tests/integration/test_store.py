@@ -241,31 +241,62 @@ class _Unreadinto(io.BytesIO):
     readinto = None  # type: ignore[assignment]
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (one list item a call)."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
 @pytest.mark.parametrize(
     ("max_pdu", "size"),
     [
         (4096, size)
-        for size in [0, 1, 4088, 4089, 4090, 4092, 2 * 4090, 3 * 4090, 3 * 4090 + 2, 100_000]
+        for size in [
+            *(0, 1, 4088, 4089, 4090, 4092, 2 * 4090, 3 * 4090, 3 * 4090 + 2),
+            *(100_000, 100_001),
+        ]
     ]
     # An odd PDV size: an odd data set filling its last PDU gets its pad byte
     # in a PDU of its own.
     + [(4095, size) for size in [1, 4088, 4089, 2 * 4089, 3 * 4089, 4 * 4089 - 1]],
 )
-@pytest.mark.parametrize("transport", ["memory", "tcp"])
+@pytest.mark.parametrize(
+    ("transport", "by_sendfile"), [("memory", False), ("tcp", False), ("tcp", True)]
+)
 async def test_fragment_boundaries(
-    max_pdu: int, size: int, transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    max_pdu: int,
+    size: int,
+    transport: str,
+    by_sendfile: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The SCP's maximum PDU is 4096 (4090 data bytes a PDV) or 4095 (4089);
-    file blocks are 2 PDUs."""
+    file blocks are 2 PDUs. ``by_sendfile``: a path's data set goes by
+    sendfile(2) from the page cache (on asyncio), whatever the PDU size."""
     import aiodicom.association as association_module
+    from aiodicom._transport import AsyncioStream, _on_asyncio
 
     chunk = max_pdu - 6
     monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * (chunk + 12))
     monkeypatch.setattr(association_module, "_INLINE_READ", 0)  # stream every file
+    if by_sendfile:
+        monkeypatch.setattr(association_module, "_SENDFILE_MIN_CHUNK", 0)
+    else:
+        monkeypatch.setattr(association_module, "page_cached", lambda fd, off, n: False)
+    sent_files = _count_calls(monkeypatch, AsyncioStream, "send_file")
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     body = bytes(range(256)) * (size // 256) + bytes(size % 256)
     path = tmp_path / "x.dcm"
     path.write_bytes(part10_header(meta) + body)
+    path.read_bytes()  # in the page cache
     rec = RecordingHandlers()
     scu, scp = storage_pair(maximum_pdu_size=max_pdu)
     seen: list[int] = []
@@ -283,67 +314,12 @@ async def test_fragment_boundaries(
             assert (await assoc.send_c_store(_Unreadinto(raw))).Status == 0
     sent = body + b"\x00" if size % 2 else body  # an odd data set is padded to even length
     assert [d for _, _, d, _ in rec.stored] == [sent] * 3
+    # (an empty data set is one empty PDV: no file to send)
+    assert bool(sent_files) == (by_sendfile and bool(size) and _on_asyncio())
     assert max(seen) <= chunk
     # the command alone, then ceil(size / chunk) data fragments (one empty one for 0)
     per_message = 1 + max(1, -(-len(sent) // chunk))
     assert len(seen) == 3 * per_message
-
-
-def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str) -> list[int]:
-    """Count the calls of ``owner.name`` (one list item a call)."""
-    calls: list[int] = []
-    real = getattr(owner, name)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counted)
-    return calls
-
-
-@pytest.mark.parametrize(
-    ("max_pdu", "size"),
-    [(4096, size) for size in [0, 1, 4089, 4090, 2 * 4090, 3 * 4090 + 1, 100_001]]
-    + [(4095, size) for size in [1, 4088, 4089, 2 * 4089, 4 * 4089 - 1]],
-)
-async def test_fragment_boundaries_by_sendfile(
-    max_pdu: int, size: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """As test_fragment_boundaries, the data set sent by sendfile(2) from the
-    page cache (over TCP): the same PDVs, the pad byte of an odd data set in
-    the last one if it has room, else alone."""
-    import aiodicom.association as association_module
-    from aiodicom._transport import AsyncioStream, _on_asyncio
-
-    monkeypatch.setattr(association_module, "_FILE_BLOCK", 2 * (max_pdu - 6 + 12))
-    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
-    monkeypatch.setattr(association_module, "_SENDFILE_MIN_CHUNK", 0)
-    by_sendfile = _count_calls(monkeypatch, AsyncioStream, "send_file")
-    chunk = max_pdu - 6
-    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
-    body = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    path = tmp_path / "x.dcm"
-    path.write_bytes(part10_header(meta) + body)
-    path.read_bytes()  # in the page cache
-    rec = RecordingHandlers()
-    scu, scp = storage_pair(maximum_pdu_size=max_pdu)
-    seen: list[int] = []
-
-    def on_pdu(event: evt.Event) -> None:
-        if isinstance(event.pdu, PDataTF):
-            seen.append(len(event.pdu.pdvs[0].data))
-
-    with anyio.fail_after(GUARD):
-        async with store_pair(scu, scp, [*rec.handlers, (evt.EVT_PDU_RECV, on_pdu)], "tcp") as a:
-            assert (await a.send_c_store(path)).Status == 0
-            assert (await a.send_c_store(path)).Status == 0
-    sent = body + b"\x00" if size % 2 else body
-    assert [d for _, _, d, _ in rec.stored] == [sent] * 2
-    # (on asyncio; an empty data set is one empty PDV, no file to send)
-    assert by_sendfile if size and _on_asyncio() else not by_sendfile
-    assert max(seen) <= chunk
-    assert len(seen) == 2 * (1 + max(1, -(-len(sent) // chunk)))
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # sendfile: the asyncio stream's

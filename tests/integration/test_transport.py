@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 from aiodicom._transport import AsyncioStream, connect
@@ -292,6 +294,25 @@ async def _read_slowly(reader: asyncio.StreamReader, size: int) -> bytes:
     return bytes(got)
 
 
+async def _start_until_waiting(
+    tg: anyio.abc.TaskGroup, stream: AsyncioStream, send: Callable[[], Awaitable[None]]
+) -> list[BaseException]:
+    """Start ``send`` in ``tg``; return once the stream waits for room, with
+    the list that gets the BrokenResourceError ``send`` may end with."""
+    failed: list[BaseException] = []
+
+    async def run() -> None:
+        try:
+            await send()
+        except anyio.BrokenResourceError as exc:
+            failed.append(exc)
+
+    tg.start_soon(run)
+    while stream._direct_rest is None:
+        await anyio.lowlevel.checkpoint()
+    return failed
+
+
 async def test_a_large_write_goes_to_the_socket_not_the_transport_buffer() -> None:
     data = _pattern(24 << 20)  # more than the socket buffers hold: it must wait
     with anyio.fail_after(GUARD):
@@ -372,18 +393,10 @@ async def test_a_large_write_to_a_peer_that_resets_fails_and_leaks_nothing() -> 
             selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
             watched = len(selector.get_map())
             fds = open_fds()
-            failed: list[BaseException] = []
-
-            async def send_large() -> None:
-                try:
-                    await stream.send(_pattern(32 << 20))
-                except anyio.BrokenResourceError as exc:
-                    failed.append(exc)
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(send_large)
-                while stream._direct_rest is None:
-                    await anyio.lowlevel.checkpoint()
+                failed = await _start_until_waiting(
+                    tg, stream, functools.partial(stream.send, _pattern(32 << 20))
+                )
                 writer.transport.abort()  # the peer resets the connection
             assert failed
             assert len(selector.get_map()) <= watched  # no writer left registered
@@ -470,19 +483,11 @@ async def test_a_write_while_send_file_waits_follows_the_segment_under_way(tmp_p
     with anyio.fail_after(GUARD):
         async with pair() as (stream, reader, _writer):
             fd = os.open(tmp_path / "f", os.O_RDONLY)
-            failed: list[BaseException] = []
-
-            async def send() -> None:
-                try:
-                    await stream.send_file(fd, segments)
-                except anyio.BrokenResourceError as exc:
-                    failed.append(exc)
-
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(send)
-                    while stream._direct_rest is None:
-                        await anyio.lowlevel.checkpoint()
+                    failed = await _start_until_waiting(
+                        tg, stream, functools.partial(stream.send_file, fd, segments)
+                    )
 
                     async def other_write() -> None:  # e.g. an A-ABORT from the reader
                         with contextlib.suppress(anyio.BrokenResourceError):
@@ -534,19 +539,11 @@ async def test_send_file_to_a_peer_that_resets_fails_and_leaks_nothing(tmp_path:
             watched = len(selector.get_map())
             fd = os.open(tmp_path / "f", os.O_RDONLY)
             fds = len(os.listdir("/proc/self/fd"))
-            failed: list[BaseException] = []
-
-            async def send() -> None:
-                try:
-                    await stream.send_file(fd, segments)
-                except anyio.BrokenResourceError as exc:
-                    failed.append(exc)
-
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(send)
-                    while stream._direct_rest is None:
-                        await anyio.lowlevel.checkpoint()
+                    failed = await _start_until_waiting(
+                        tg, stream, functools.partial(stream.send_file, fd, segments)
+                    )
                     writer.transport.abort()
                 assert failed
                 assert len(selector.get_map()) <= watched
