@@ -438,6 +438,7 @@ class AsyncioStream(anyio.abc.ByteStream):
             return
         with self._direct_socket() as sock:
             out = sock.fileno()
+            by_sendfile = True  # until sendfile() says this file or socket can't
             for prefix, offset, length, suffix in segments:
                 done = 0  # of the segment: prefix, then file bytes, then suffix
                 total = len(prefix) + length + len(suffix)
@@ -447,7 +448,11 @@ class AsyncioStream(anyio.abc.ByteStream):
                             done += sock.send(memoryview(prefix)[done:], _MSG_MORE)
                         elif done < len(prefix) + length:
                             at = done - len(prefix)
-                            sent = os.sendfile(out, fd, offset + at, length - at)
+                            if by_sendfile:
+                                sent = os.sendfile(out, fd, offset + at, length - at)
+                            else:
+                                piece = os.pread(fd, min(length - at, _PREAD_PIECE), offset + at)
+                                sent = sock.send(piece) if piece else 0
                             if not sent:
                                 raise _FileError(errno.EIO, "the file ended before its data set")
                             done += sent
@@ -457,6 +462,9 @@ class AsyncioStream(anyio.abc.ByteStream):
                     except (BlockingIOError, InterruptedError):
                         pass
                     except OSError as exc:
+                        if by_sendfile and exc.errno in _NO_SENDFILE:
+                            by_sendfile = False  # (a file system without it): read and send
+                            continue
                         # Part of a segment may be out: the connection cannot go on.
                         self._transport.abort()
                         if isinstance(exc, _FileError) or exc.errno not in _SOCKET_ERRORS:
@@ -651,6 +659,10 @@ class _FileError(OSError):
     """A file being sent ended early."""
 
 
+#: What sendfile() fails with, having sent nothing, where it cannot be used.
+_NO_SENDFILE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
+#: Bytes read a call when sendfile() cannot be used.
+_PREAD_PIECE = 1 << 20
 #: What sendfile() fails with when the connection (not the file) is at fault.
 _SOCKET_ERRORS = frozenset(
     (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.ECONNABORTED)

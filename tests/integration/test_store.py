@@ -346,6 +346,37 @@ async def test_a_file_not_in_the_page_cache_is_read_in_a_worker_not_sent_by_send
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_file_sendfile_refuses_is_read_and_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sendfile(2) refuses a file (EINVAL: a file system without it): its
+    bytes are read and sent instead, whole and in order."""
+    import aiodicom.association as association_module
+
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    body = bytes(range(251)) * 12_001  # odd: its pad byte too
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + body)
+    path.read_bytes()
+    refused: list[int] = []
+
+    def sendfile(out: int, fd: int, offset: int, count: int) -> int:
+        refused.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+            assert (await assoc.send_c_store(path)).Status == 0
+    assert [d for _, _, d, _ in rec.stored] == [body + b"\x00"] * 2
+    assert len(refused) == 2  # asked once a file
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_file_that_shrinks_while_sent_by_sendfile_aborts_and_raises(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
