@@ -2563,7 +2563,9 @@ class Association:
         10 with File Meta Information, or a bare data set), or a binary file
         object open at the start of one. A file is sent as it is, in its own
         transfer syntax, read in blocks as it goes out: memory does not grow
-        with its size. A ``Dataset`` is encoded in the transfer syntax of its
+        with its size (on Linux, a large file the page cache holds goes out
+        by ``sendfile``, never read into memory; a file object's position
+        afterwards is unspecified). A ``Dataset`` is encoded in the transfer syntax of its
         file meta, else the one it was read with, else the first accepted for
         its SOP class. The context used must have been accepted for the SOP
         class in exactly that transfer syntax, or :class:`NoAcceptedContext`
