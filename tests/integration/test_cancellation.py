@@ -157,20 +157,26 @@ async def test_cancel_while_waiting_for_the_window_keeps_the_association() -> No
                 assert (await assoc.send_c_echo()).Status == 0
 
 
-@pytest.mark.parametrize("source", ["path", "dataset"])
+@pytest.mark.parametrize("source", ["path", "path-by-sendfile", "dataset"])
 async def test_cancel_lands_within_a_block_of_writes(
     source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes that never wait (a transport that always has room) still yield
     every 4 MiB: a cancel requested while a 6 MiB data set goes out lands
     before its end and cuts it off. The SCU's writes go to a sink that never
-    awaits, so the only checkpoints are the send path's own."""
+    awaits, so the only checkpoints are the send path's own. A path is read
+    in a worker thread, or (on asyncio, the file in the page cache) its
+    PDUs go out by sendfile(2)."""
+    import aiodicom.association as association_module
+
     ds = make_dataset(Rows=1024, Columns=3072)
     ds.PixelData = bytes(1024 * 3072 * 2)
     ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     item: Any = ds
-    if source == "path":
+    if source.startswith("path"):
         item = write_part10(tmp_path / "six.dcm", ds, ImplicitVRLittleEndian)
+    if source == "path":
+        monkeypatch.setattr(association_module, "page_cached", lambda fd, off, n: False)
     scope = anyio.CancelScope()
     written = 0
 
@@ -180,15 +186,26 @@ async def test_cancel_lands_within_a_block_of_writes(
         if written > 5 * 16384:
             scope.cancel()  # no checkpoint here
 
+    by_sendfile: list[int] = []
+
+    async def file_sink(fd: int, segments: list[tuple[bytes, int, int, bytes]]) -> None:
+        by_sendfile.append(len(segments))
+        for prefix, _, length, suffix in segments:
+            await sink(bytes(len(prefix) + length + len(suffix)))
+
     scp = make_scp_ae(maximum_pdu_size=16384)
     scp.add_supported_context(sop_class.CTImageStorage, [ImplicitVRLittleEndian])
     async with running_server(scp) as server:
         with anyio.fail_after(GUARD):
             async with storage_scu().associate("127.0.0.1", server.port) as assoc:
                 monkeypatch.setattr(assoc, "_write", sink)
+                monkeypatch.setattr(assoc, "_write_file", file_sink)
                 with scope:
                     await assoc.send_c_store(item)
                 assert scope.cancelled_caught
                 assert assoc.is_aborted
     # The data set is 6 MiB; the cancel lands within 4 MiB of writes.
     assert written < 5 << 20
+    from aiodicom._transport import _on_asyncio
+
+    assert bool(by_sendfile) == (source == "path-by-sendfile" and _on_asyncio())
