@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -59,11 +60,23 @@ class Server:
 
 
 @contextmanager
-def server(argv: list[str], *, port: int | None = None) -> Iterator[Server]:
-    """Start an SCP; yield it once it listens (READY line, or its port answers)."""
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV
-    )
+def server(
+    argv: list[str],
+    *,
+    port: int | None = None,
+    stop_signal: int | None = None,
+    start_timeout: float = 20.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[Server]:
+    """Start an SCP; yield it once it listens (READY line, or its port answers).
+
+    ``stop_signal``: run it in a session of its own and stop it with that
+    signal sent to the whole session (a wrapper such as valgrind or strace,
+    and the SCP it runs), then wait for it to exit (the wrapper writes its
+    counts then); without it, ``terminate()``.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=ENV, start_new_session=stop_signal is not None)  # fmt: skip
     try:
         if port is None:
             assert proc.stdout is not None
@@ -72,14 +85,20 @@ def server(argv: list[str], *, port: int | None = None) -> Iterator[Server]:
                 raise RuntimeError(f"{argv} did not start: {line!r}")
             port = int(line.split()[1])
         else:
-            _wait_listening(proc, port)
+            _wait_listening(proc, port, start_timeout)
         yield Server(port, proc)
     finally:
-        proc.terminate()
+        if stop_signal is None:
+            proc.terminate()
+        else:
+            os.killpg(proc.pid, stop_signal)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=stop_timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            if stop_signal is None:
+                proc.kill()
+            else:
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 

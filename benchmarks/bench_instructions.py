@@ -26,21 +26,19 @@ os.open instead (same flags; the rest of the path is unchanged).
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_echo import ENV, PEERS, _wait_listening, dcmtk_tool, free_port  # noqa: E402
+from bench_echo import ENV, PEERS, dcmtk_tool, free_port, server  # noqa: E402
 from bench_store import make_instances  # noqa: E402
 
 #: The aiodicom store SCU, its openat2 call standing in by os.open (see above).
@@ -104,36 +102,10 @@ def scp_argv(kind: str, port: int) -> tuple[list[str], int | None]:
     return [storescp, "--ignore", "-aet", "BENCH_SCP", str(port)], port
 
 
-@contextmanager
-def serving(argv: list[str], port: int | None, stop: int) -> Iterator[int]:
-    """Run an SCP (maybe under a counter) in a session of its own; yield its
-    port; stop it with signal ``stop`` sent to the whole session (the counter
-    and the SCP it runs), then wait for the counter to write its file."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=ENV, start_new_session=True)  # fmt: skip
-    try:
-        if port is None:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if not line.startswith("READY"):
-                raise RuntimeError(f"{argv} did not start: {line!r}")
-            port = int(line.split()[1])
-        else:
-            _wait_listening(proc, port, timeout=120)
-        yield port
-    finally:
-        os.killpg(proc.pid, stop)
-        try:
-            proc.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def measure_scu(kind: str, directory: Path, wrap: Counter, out: Path) -> None:
     argv, port = scp_argv(kind, free_port())
-    with serving(argv, port, signal.SIGTERM) as port:
-        subprocess.run(wrap(scu_argv(kind, port, directory), out), env=ENV, check=True,
+    with server(argv, port=port) as srv:
+        subprocess.run(wrap(scu_argv(kind, srv.port, directory), out), env=ENV, check=True,
                        capture_output=True, timeout=3600)  # fmt: skip
 
 
@@ -141,8 +113,9 @@ def measure_scp(kind: str, directory: Path, wrap: Counter, out: Path) -> None:
     argv, port = scp_argv(kind, free_port())
     # storescp ends on SIGINT, the Python SCP on SIGTERM; the counter then writes its file.
     stop = signal.SIGINT if kind == "dcmtk" else signal.SIGTERM
-    with serving(wrap(argv, out), port, stop) as port:
-        subprocess.run(scu_argv(kind, port, directory), env=ENV, check=True,
+    with server(wrap(argv, out), port=port, stop_signal=stop, start_timeout=120,
+                stop_timeout=600) as srv:  # fmt: skip
+        subprocess.run(scu_argv(kind, srv.port, directory), env=ENV, check=True,
                        capture_output=True, timeout=3600)  # fmt: skip
 
 

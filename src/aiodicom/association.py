@@ -27,7 +27,6 @@ import contextlib
 import errno
 import functools
 import inspect
-import io
 import logging
 import math
 import os
@@ -65,6 +64,7 @@ from .dimse import (
     encode_echo_request,
     encode_status_response,
     encode_store_request,
+    file_fragments,
     fragment,
     single_pdu,
 )
@@ -2280,7 +2280,7 @@ class Association:
             fd = file.fileno()
             start = file.tell()
             info = os.fstat(fd)
-        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
             return None
         if not stat.S_ISREG(info.st_mode) or not page_cached(fd, start, info.st_size - start):
             return None
@@ -2295,37 +2295,31 @@ class Association:
         max_pdu: int,
     ) -> None:
         """The locked part of :meth:`_send_streamed` by ``sendfile(2)``: the
-        command, then the data set as P-DATA-TF PDUs whose headers are written
-        from here and whose data the kernel takes from the page cache. The
+        command, then the data set as the P-DATA-TF PDUs :func:`file_fragments`
+        lays out, whose data the kernel takes from the page cache. The
         file's size when it was opened is what is sent (one that shrinks
         meanwhile is a read error)."""
         for pdu in fragment(context_id, command, None, max_pdu):
             await self._send_pdata(pdu)
         fd, start, end = span
-        size = end - start
-        if not size:
-            await self._send_pdata(encode_p_data(context_id, 0x02, b""))
-            return
-        pad = size % 2  # a data set has even length (PS3.5 A.5)
-        header = bytearray(P_DATA_HEADER_SIZE)
-        segments: list[tuple[bytes, int, int, bytes]] = []
         per_block = max(1, _FILE_BLOCK // (chunk + P_DATA_HEADER_SIZE))
-        for offset in range(start, end, chunk):
-            n = min(chunk, end - offset)
-            last = offset + n == end
-            carries_pad = last and pad and n < chunk
-            control = 0x02 if last and (not pad or carries_pad) else 0x00
-            pack_p_data_header(header, 0, context_id, control, n + (1 if carries_pad else 0))
-            self._data_sent(bytes(header))
-            segments.append((bytes(header), offset, n, b"\x00" if carries_pad else b""))
-            if len(segments) == per_block or last:
+        segments: list[tuple[bytes, int, int, bytes]] = []
+        for segment in file_fragments(context_id, start, end, max_pdu):
+            head, _, length, trailer = segment
+            if not length:  # none of the file: an empty data set, or its pad byte alone
+                if segments:
+                    await self._write_file(fd, segments)
+                    segments = []
+                await self._send_pdata(head + trailer)
+                continue
+            self._data_sent(head)
+            segments.append(segment)
+            if len(segments) == per_block:
                 await self._write_file(fd, segments)
                 segments = []
-                if not last:
-                    await anyio.lowlevel.checkpoint()  # as between blocks read
-        if pad and size % chunk == 0:
-            # The last PDU was full: the pad byte goes as the last fragment, alone.
-            await self._send_pdata(encode_p_data(context_id, 0x02, b"\x00"))
+                await anyio.lowlevel.checkpoint()  # as between blocks read
+        if segments:
+            await self._write_file(fd, segments)
 
     async def _write_file(self, fd: int, segments: list[tuple[bytes, int, int, bytes]]) -> None:
         """:meth:`_write` for PDUs whose data the stream sends from a file (an

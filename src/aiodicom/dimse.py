@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from .errors import DIMSEError, PDUError
-from .pdu import PDV, encode_p_data
+from .pdu import P_DATA_HEADER_SIZE, PDV, encode_p_data, pack_p_data_header
 
 __all__ = (
     "COMMAND_ELEMENTS",
@@ -39,6 +39,7 @@ __all__ = (
     "data_fragments",
     "decode_command",
     "encode_command",
+    "file_fragments",
     "fragment",
     "single_pdu",
 )
@@ -601,6 +602,33 @@ def data_fragments(
     for start in range(0, n, chunk):
         final = last and start + chunk >= n
         yield encode_p_data(context_id, 0x02 if final else 0x00, view[start : start + chunk])
+
+
+def file_fragments(
+    context_id: int, start: int, end: int, max_pdu: int
+) -> Iterator[tuple[bytes, int, int, bytes]]:
+    """The data set P-DATA-TF PDUs of bytes ``start`` to ``end`` of a file,
+    with the file's bytes left where they are (for ``sendfile``).
+
+    Each PDU is ``(headers, offset, length, trailer)``: its 12 header bytes,
+    then ``length`` bytes of the file from ``offset``, then ``trailer`` (the
+    pad byte of an odd data set, PS3.5 A.5, or nothing). Joined, they are
+    what :func:`data_fragments` makes of those bytes padded to even length:
+    the pad byte rides in the last PDU if it has room, else it goes alone as
+    the last fragment; an empty data set is one empty last fragment.
+    """
+    chunk = data_chunk_size(max_pdu)
+    if chunk < 1:
+        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    padded = end - start + (end - start) % 2
+    header = bytearray(P_DATA_HEADER_SIZE)
+    for first in range(0, max(padded, 1), chunk):
+        n = min(chunk, padded - first)
+        final = first + chunk >= padded
+        pack_p_data_header(header, 0, context_id, 0x02 if final else 0x00, n)
+        offset = start + first
+        from_file = max(0, min(n, end - offset))
+        yield bytes(header), offset, from_file, b"\x00" * (n - from_file)
 
 
 class Reassembler:

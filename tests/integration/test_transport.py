@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -431,11 +431,16 @@ async def test_close_while_a_large_write_waits_lets_all_of_it_out() -> None:
 # Sending a file by sendfile(2): segments of header, file bytes, trailer
 
 
-def _segments_of(
-    path: Any, size: int, piece: int
-) -> tuple[list[tuple[bytes, int, int, bytes]], bytes]:
-    """Segments over a file of ``size`` bytes (``piece`` bytes of it each, a
-    numbered 4-byte prefix, a 1-byte suffix) and the bytes they make."""
+@contextlib.contextmanager
+def _file_segments(
+    tmp_path: Any, size: int, piece: int = 1 << 20
+) -> Iterator[tuple[int, list[tuple[bytes, int, int, bytes]], bytes]]:
+    """A file of ``size`` bytes in the page cache, open: its descriptor, the
+    segments over it (``piece`` bytes of it each, a numbered 4-byte prefix,
+    a 1-byte suffix) and the bytes they make."""
+    import os
+
+    path = tmp_path / "f"
     data = _pattern(size)
     path.write_bytes(data)
     path.read_bytes()
@@ -444,7 +449,11 @@ def _segments_of(
         for i, start in enumerate(range(0, size, piece))
     ]
     wire = b"".join(p + data[o : o + n] + t for p, o, n, t in segments)
-    return segments, wire
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        yield fd, segments, wire
+    finally:
+        os.close(fd)
 
 
 def _whole_segments(got: bytes, segments: list[tuple[bytes, int, int, bytes]]) -> int:
@@ -459,46 +468,32 @@ def _whole_segments(got: bytes, segments: list[tuple[bytes, int, int, bytes]]) -
 
 
 async def test_send_file_writes_the_segments_in_order_without_the_transport(tmp_path: Any) -> None:
-    import os
-
-    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(GUARD), _file_segments(tmp_path, 20 << 20) as (fd, segments, wire):
         async with pair() as (stream, reader, _writer):
             spy = _Spy(stream)
-            fd = os.open(tmp_path / "f", os.O_RDONLY)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream.send_file, fd, segments)
-                    got = await _read_slowly(reader, len(wire))
-            finally:
-                os.close(fd)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.send_file, fd, segments)
+                got = await _read_slowly(reader, len(wire))
             assert got == wire
             assert spy.writes == []
 
 
 async def test_a_write_while_send_file_waits_follows_the_segment_under_way(tmp_path: Any) -> None:
-    import os
-
-    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(GUARD), _file_segments(tmp_path, 20 << 20) as (fd, segments, wire):
         async with pair() as (stream, reader, _writer):
-            fd = os.open(tmp_path / "f", os.O_RDONLY)
-            try:
-                async with anyio.create_task_group() as tg:
-                    failed = await _start_until_waiting(
-                        tg, stream, functools.partial(stream.send_file, fd, segments)
-                    )
+            async with anyio.create_task_group() as tg:
+                failed = await _start_until_waiting(
+                    tg, stream, functools.partial(stream.send_file, fd, segments)
+                )
 
-                    async def other_write() -> None:  # e.g. an A-ABORT from the reader
-                        with contextlib.suppress(anyio.BrokenResourceError):
-                            await stream.send(b"ABORT")
+                async def other_write() -> None:  # e.g. an A-ABORT from the reader
+                    with contextlib.suppress(anyio.BrokenResourceError):
+                        await stream.send(b"ABORT")
 
-                    tg.start_soon(other_write)
-                    await anyio.lowlevel.checkpoint()
-                    await stream.aclose()
-                    got = await reader.read(-1)
-            finally:
-                os.close(fd)
+                tg.start_soon(other_write)
+                await anyio.lowlevel.checkpoint()
+                await stream.aclose()
+                got = await reader.read(-1)
             assert got.endswith(b"ABORT")
             count = _whole_segments(got[:-5], segments)
             assert 0 < count < len(segments)
@@ -507,24 +502,17 @@ async def test_a_write_while_send_file_waits_follows_the_segment_under_way(tmp_p
 
 
 async def test_a_cancelled_send_file_completes_the_segment_under_way(tmp_path: Any) -> None:
-    import os
-
-    segments, wire = _segments_of(tmp_path / "f", 20 << 20, 1 << 20)
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(GUARD), _file_segments(tmp_path, 20 << 20) as (fd, segments, wire):
         async with pair() as (stream, reader, _writer):
-            fd = os.open(tmp_path / "f", os.O_RDONLY)
-            try:
-                with anyio.CancelScope() as scope:
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(stream.send_file, fd, segments)
-                        while stream._direct_rest is None:
-                            await anyio.lowlevel.checkpoint()
-                        scope.cancel()
-                assert scope.cancelled_caught
-                await stream.aclose()
-                got = await reader.read(-1)
-            finally:
-                os.close(fd)
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream.send_file, fd, segments)
+                    while stream._direct_rest is None:
+                        await anyio.lowlevel.checkpoint()
+                    scope.cancel()
+            assert scope.cancelled_caught
+            await stream.aclose()
+            got = await reader.read(-1)
             assert 0 < _whole_segments(got, segments) < len(segments)
             assert got == wire[: len(got)]
 
@@ -532,42 +520,30 @@ async def test_a_cancelled_send_file_completes_the_segment_under_way(tmp_path: A
 async def test_send_file_to_a_peer_that_resets_fails_and_leaks_nothing(tmp_path: Any) -> None:
     import os
 
-    segments, _ = _segments_of(tmp_path / "f", 32 << 20, 1 << 20)
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(GUARD), _file_segments(tmp_path, 32 << 20) as (fd, segments, _):
         async with pair() as (stream, _reader, writer):
             selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
             watched = len(selector.get_map())
-            fd = os.open(tmp_path / "f", os.O_RDONLY)
             fds = len(os.listdir("/proc/self/fd"))
-            try:
-                async with anyio.create_task_group() as tg:
-                    failed = await _start_until_waiting(
-                        tg, stream, functools.partial(stream.send_file, fd, segments)
-                    )
-                    writer.transport.abort()
-                assert failed
-                assert len(selector.get_map()) <= watched
-                assert len(os.listdir("/proc/self/fd")) <= fds
-            finally:
-                os.close(fd)
+            async with anyio.create_task_group() as tg:
+                failed = await _start_until_waiting(
+                    tg, stream, functools.partial(stream.send_file, fd, segments)
+                )
+                writer.transport.abort()
+            assert failed
+            assert len(selector.get_map()) <= watched
+            assert len(os.listdir("/proc/self/fd")) <= fds
 
 
 async def test_send_file_behind_queued_bytes_keeps_the_order(tmp_path: Any) -> None:
-    import os
-
-    segments, wire = _segments_of(tmp_path / "f", 3 << 20, 1 << 20)
     first = _pattern(16 << 20)
-    with anyio.fail_after(GUARD):
+    with anyio.fail_after(GUARD), _file_segments(tmp_path, 3 << 20) as (fd, segments, wire):
         async with pair() as (stream, reader, _writer):
             stream.send_now(first)  # queued in the transport: the socket is full
             assert stream._transport.get_write_buffer_size()
-            fd = os.open(tmp_path / "f", os.O_RDONLY)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream.send_file, fd, segments)
-                    got = await _read_slowly(reader, len(first) + len(wire))
-            finally:
-                os.close(fd)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.send_file, fd, segments)
+                got = await _read_slowly(reader, len(first) + len(wire))
             assert got == first + wire
 
 

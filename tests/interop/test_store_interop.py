@@ -649,6 +649,61 @@ async def cut_off_store(ae: AE, port: int, called: str, source: Path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("way", ["sendfile", "read"])
+@pytest.mark.parametrize("peer", ["storescp", "pynetdicom"])
+async def test_aiodicom_scu_file_over_1_mib_to_peer(
+    dcmtk_storescp_factory, pynetdicom_scp, tmp_path, medium_instances, monkeypatch, peer, way
+):
+    """Two 6 MiB files, in the peer's 16 KB PDUs, each way a file over 1 MiB
+    goes: by sendfile(2) from the page cache, or (the cache reported cold)
+    read in a worker thread in 4 MiB blocks written to the socket directly.
+    The data sets the peer stored are the files' own, byte for byte."""
+    import aiodicom.association as association_module
+    from aiodicom._transport import AsyncioStream
+
+    calls: dict[str, int] = {"send_file": 0, "_send_direct": 0}
+    for name in calls:
+        real = getattr(AsyncioStream, name)
+
+        def counted(self: Any, *args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(self, *args)
+
+        monkeypatch.setattr(AsyncioStream, name, counted)
+    if way == "read":
+        monkeypatch.setattr(association_module, "page_cached", lambda fd, off, n: False)
+    sources = [m.path for m in medium_instances]
+    for source in sources:
+        source.read_bytes()  # in the page cache
+    if peer == "storescp":
+        storescp = dcmtk_storescp_factory("+B", fork=False)
+        port, called = storescp.port, storescp.ae_title
+    else:
+        out = tmp_path / "received"
+        out.mkdir()
+        scp = pynetdicom_scp("--output-dir", out)
+        port, called = scp.port, scp.ae_title
+    ae = storage_scu_ae(sources)
+    with deadline():
+        async with ae.associate(HOST, port, ae_title=called) as assoc:
+            for source in sources:
+                assert status_of(await assoc.send_c_store(source)) == 0
+        if peer == "storescp":
+            received = await in_thread(storescp.wait_for_files, 2)
+        else:
+            events = await in_thread(scp.wait_for_event, "c_store", count=2)
+            received = [Path(e["stored"]) for e in events]
+    by_uid = {file_info(p)[1]: p for p in received}
+    for m in medium_instances:
+        got = by_uid[m.sop_instance_uid]
+        assert dataset_digest(got) == (m.dataset_size, m.dataset_sha256), got
+    if way == "sendfile":
+        assert calls["send_file"] >= 2
+    else:
+        assert calls["send_file"] == 0 and calls["_send_direct"] >= 2
+
+
+@pytest.mark.anyio
 async def test_aiodicom_scu_cut_off_store_to_storescp(dcmtk_storescp_factory, medium_instances):
     """A store cancelled part way: storescp gets A-ABORT, not a command read as
     more data set, and goes on serving (single process): the next association

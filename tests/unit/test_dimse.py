@@ -38,11 +38,13 @@ from aiodicom.dimse import (
     Message,
     Reassembler,
     command_dataset,
+    data_fragments,
     decode_command,
     encode_command,
     encode_echo_request,
     encode_status_response,
     encode_store_request,
+    file_fragments,
     fragment,
     single_pdu,
 )
@@ -1426,3 +1428,24 @@ def test_single_pdu_is_what_fragment_makes(
         (context_id, 0x03, command),
         (context_id, 0x02, data),
     ]
+
+
+@given(
+    st.integers(1, 255),
+    st.binary(max_size=3000),
+    st.integers(0, 50),
+    st.sampled_from([7, 8, 9, 64, 4096]),
+)
+def test_file_fragments_are_what_data_fragments_makes_of_the_padded_data(
+    context_id: int, data: bytes, start: int, max_pdu: int
+) -> None:
+    """The PDUs sendfile(2) sends, joined with the file's bytes they point at,
+    are byte for byte the fragmenter's PDUs of the data set padded to even
+    length (the pad byte in the last PDU, or alone when it is full)."""
+    file = bytes(start) + data  # the data set starts ``start`` bytes in
+    padded = data + b"\x00" * (len(data) % 2)
+    got = [
+        head + file[offset : offset + length] + trailer
+        for head, offset, length, trailer in file_fragments(context_id, start, len(file), max_pdu)
+    ]
+    assert got == list(data_fragments(context_id, padded, max_pdu, last=True))
