@@ -19,6 +19,7 @@ import functools
 import struct
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, Final
 
 from pydicom.dataelem import DataElement, RawDataElement
@@ -317,12 +318,128 @@ def _element_error(data: bytes | bytearray | memoryview, pos: int, end: int) -> 
     return DIMSEError(f"command set: element (0000,{elem:04X}) overruns the set")
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The layout of one command set seen before: its element headers, in order.
+
+    A peer sends the same kind of command with the same elements and lengths
+    message after message (only values differ), so once a set is decoded its
+    layout is kept, and a set of the same length whose headers are the same
+    bytes is read in one ``struct`` unpack. Equal headers and total length
+    mean equal element positions, so the result is what the element walk
+    gives. Only sets the walk reads without a special case have a layout:
+    every element known, a US of 2 bytes, a UL of 4, no AT.
+    """
+
+    #: 8-byte header, value, 8-byte header, value...: US and UL values as
+    #: ints, the others as bytes.
+    decode: Callable[[bytes | bytearray | memoryview], tuple[Any, ...]]
+    #: The same with every value as bytes (for :func:`command_dataset`).
+    raw: Callable[[bytes | bytearray | memoryview], tuple[Any, ...]]
+    headers: tuple[bytes, ...]
+    keys: tuple[str, ...]
+    #: The text values: (keyword, whether it is a UID that repeats (cached)).
+    texts: tuple[tuple[str, bool], ...]
+    #: For command_dataset: the elements' tags, lengths and value offsets.
+    tags: tuple[BaseTag, ...]
+    lengths: tuple[int, ...]
+    tells: tuple[int, ...]
+    #: Where the (last) Status value is among the values, or -1.
+    status: int
+
+
+#: Command set length -> the layouts of that length seen; bounded by
+#: _MAX_LAYOUTS in all (a peer sending ever new layouts gets the walk).
+_LAYOUTS: dict[int, list[_Layout]] = {}
+_MAX_LAYOUTS: Final = 128
+_layout_count = 0
+
+
+def _find_layout(data: bytes | bytearray | memoryview) -> tuple[_Layout, tuple[Any, ...]] | None:
+    """The known layout ``data`` has, with ``data`` unpacked by it."""
+    layouts = _LAYOUTS.get(len(data))
+    if layouts is not None:
+        for layout in layouts:
+            fields = layout.decode(data)
+            if fields[0::2] == layout.headers:
+                return layout, fields
+    return None
+
+
+def _learn_layout(data: bytes | bytearray | memoryview) -> None:
+    """Keep the layout of a command set :func:`decode_command` walked without error."""
+    global _layout_count
+    if _layout_count >= _MAX_LAYOUTS:
+        return
+    decode_fmt, raw_fmt = ["<"], ["<"]
+    headers, keys, texts, tags, lengths, tells = [], [], [], [], [], []
+    pos, end = 0, len(data)
+    while pos < end:
+        _, elem, length = _ELEM_HEADER.unpack_from(data, pos)
+        known = COMMAND_ELEMENTS.get(elem)
+        if known is None:
+            return
+        keyword, vr = known
+        if vr == "US":
+            if length != 2:
+                return
+            decode_fmt.append("8sH")
+        elif vr == "UL":
+            if length != 4:
+                return
+            decode_fmt.append("8sL")
+        elif vr == "AT":
+            return
+        else:
+            decode_fmt.append(f"8s{length}s")
+            texts.append((keyword, _DECODING[elem][1] == _REPEATED_UID))
+        raw_fmt.append(f"8s{length}s")
+        headers.append(bytes(data[pos : pos + 8]))
+        keys.append(keyword)
+        tags.append(_GROUP_0000_TAGS[elem])
+        lengths.append(length)
+        tells.append(pos + 8)
+        pos += 8 + length
+    layout = _Layout(
+        struct.Struct("".join(decode_fmt)).unpack_from,
+        struct.Struct("".join(raw_fmt)).unpack_from,
+        tuple(headers), tuple(keys), tuple(texts), tuple(tags), tuple(lengths), tuple(tells),
+        max((i for i, kw in enumerate(keys) if kw == "Status"), default=-1),
+    )  # fmt: skip
+    _LAYOUTS.setdefault(end, []).append(layout)
+    _layout_count += 1
+
+
 def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode an Implicit VR Little Endian command set to ``{keyword: value}``.
 
     Raises :class:`DIMSEError` if it is not a well-formed group 0000 set;
     unknown group 0000 elements (retired ones) are skipped.
     """
+    found = _find_layout(data)
+    if found is not None:
+        layout, fields = found
+        out = dict(zip(layout.keys, fields[1::2], strict=True))
+        uids = _DECODED_UIDS
+        for key, repeats in layout.texts:
+            raw: bytes = out[key]
+            if repeats:
+                text = uids.get(raw)
+                if text is None:
+                    text = raw.decode("latin-1").rstrip("\x00 ")
+                    if len(uids) < 1024:
+                        uids[raw] = text
+            else:
+                text = raw.decode("latin-1").rstrip("\x00 ")
+            out[key] = text
+        return out
+    out = _walk_command(data)
+    _learn_layout(data)
+    return out
+
+
+def _walk_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """:func:`decode_command` element by element."""
     out: dict[str, Any] = {}
     pos, end = 0, len(data)
     unpack_header = _ELEM_HEADER.unpack_from
@@ -454,6 +571,17 @@ def command_dataset(raw: bytes) -> Dataset:
     caller that reads only ``.Status`` pays for one element. The Command Group
     Length is dropped.
     """
+    layouts = _LAYOUTS.get(len(raw))
+    if layouts is not None:
+        for layout in layouts:
+            fields = layout.raw(raw)
+            if fields[0::2] == layout.headers:
+                return _layout_dataset(layout, fields[1::2])
+    return _walk_dataset(raw)
+
+
+def _walk_dataset(raw: bytes) -> Dataset:
+    """:func:`command_dataset` element by element."""
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     pos, end = 0, len(raw)
     unpack_header = _ELEM_HEADER.unpack_from
@@ -472,6 +600,33 @@ def command_dataset(raw: bytes) -> Dataset:
                 (tag, None, length, raw[pos : pos + length], pos, True, True, True, False)
             )
         pos += length
+    return _new_dataset(elements)
+
+
+_GROUP_LENGTH_TAG: Final = _GROUP_0000_TAGS[0x0000]
+_STATUS_TAG: Final = _GROUP_0000_TAGS[0x0900]
+
+
+def _layout_dataset(layout: _Layout, values: tuple[bytes, ...]) -> Dataset:
+    """:func:`command_dataset` of a set of a known layout, from its values."""
+    true = repeat(True)
+    elements: dict[BaseTag, DataElement | RawDataElement] = dict(
+        zip(
+            layout.tags,
+            map(
+                _new_raw_element,
+                zip(layout.tags, repeat(None), layout.lengths, values, layout.tells,
+                    true, true, true, repeat(False), strict=False),
+            ),
+            strict=True,
+        )
+    )  # fmt: skip
+    elements.pop(_GROUP_LENGTH_TAG, None)
+    if layout.status >= 0:
+        # Nearly every caller reads .Status: convert it now, cheaply (a
+        # layout's US is 2 bytes long).
+        value = values[layout.status]
+        elements[_STATUS_TAG] = _new_us_element(_STATUS_TAG, value[0] | (value[1] << 8))
     return _new_dataset(elements)
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import re
 import struct
 import zlib
-from collections.abc import Container
+from collections.abc import Callable, Container
 from io import BytesIO
 from typing import Any, BinaryIO, NamedTuple
 
@@ -410,10 +411,12 @@ def _walk(
     implicit: bool,
     little: bool,
     until: int = 0xFFFFFFFF,
+    since: int = 0,
 ) -> tuple[list[tuple[int, str | None, int, int]], int] | None:
     """Every element header :func:`_scan` walks: ``(tag, VR or None if implicit,
-    value start, value length)`` and where it stopped."""
-    scanned = _scan(buf, pos, implicit=implicit, little=little, until=until)
+    value start, value length)`` and where it stopped (a tag met twice: its
+    last value, at its first place)."""
+    scanned = _scan(buf, pos, implicit=implicit, little=little, until=until, since=since)
     if scanned is None:
         return None
     found, stop = scanned
@@ -459,9 +462,146 @@ def _probe_head(buf: bytes | bytearray | memoryview, *, base: int = 0) -> Part10
         return None
 
 
+class _HeadLayout(NamedTuple):
+    """The element headers of a file's head seen before, from its meta to
+    the data set's SOP Instance UID, and the transfer syntax they were read in.
+
+    Files of one source have the same head layout (their UIDs are the same
+    lengths, their elements the same), so once a head is walked its layout
+    is kept, and a head whose header bytes (and the tag after it) are the
+    same is read in one unpack: equal headers mean equal element positions,
+    so the values are where the walk would find them.
+    """
+
+    #: The head from byte 132: each header, and the value of each UID the
+    #: probe reads, as bytes (other values skipped); the 4 tag bytes after.
+    unpack: Callable[[bytes | bytearray | memoryview, int], tuple[bytes, ...]]
+    #: Pick the headers out of what ``unpack`` gives, and the UIDs in the
+    #: order of _HEAD_UIDS (an absent one: the empty value at index 0).
+    headers: Callable[[tuple[bytes, ...]], tuple[bytes, ...]]
+    uids: Callable[[tuple[bytes, ...]], tuple[bytes, ...]]
+    header_bytes: tuple[bytes, ...]
+    #: The bytes ``unpack`` reads (the walk needs 8 after the last element).
+    size: int
+    transfer_syntax: str
+    #: Where the data set starts, from byte 0 of the head.
+    meta_end: int
+
+
+#: The UIDs a head layout reads: the meta's Transfer Syntax, SOP Class and
+#: Instance UIDs, then the data set's SOP Class and Instance UIDs.
+_HEAD_UIDS = (0x00020010, 0x00020002, 0x00020003, 0x00080016, 0x00080018)
+#: The 12 bytes from 132 (the meta's group length element) -> head layouts.
+_HEAD_LAYOUTS: dict[bytes, list[_HeadLayout]] = {}
+_MAX_HEAD_LAYOUTS = 64
+_head_layout_count = 0
+
+
+def _head_by_layout(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | None:
+    """:func:`_walk_head` of a head of a known layout (``None``: not known)."""
+    layouts = _HEAD_LAYOUTS.get(bytes(buf[132:144]))
+    if layouts is None:
+        return None
+    end = len(buf)
+    for layout in layouts:
+        if layout.size > end:
+            continue
+        fields = layout.unpack(buf, 132)
+        if layout.headers(fields) != layout.header_bytes:
+            continue
+        ts, meta_class, meta_instance, sop_class, sop_instance = map(_uid_text, layout.uids(fields))
+        if ts != layout.transfer_syntax:
+            continue  # same headers, another syntax: the head reads otherwise
+        return _head_info(
+            ts, sop_class or meta_class, sop_instance or meta_instance, base + layout.meta_end
+        )
+    return None
+
+
+def _uid_text(raw: bytes) -> str | None:
+    """:func:`_uid_at` of a value's bytes."""
+    text = raw.decode("latin-1").rstrip("\x00 ")
+    if "\\" in text:
+        raise _MultiValued
+    return text or None
+
+
+def _head_info(
+    ts: str, sop_class: str | None, sop_instance: str | None, offset: int
+) -> Part10Info | None:
+    if not sop_class or not sop_instance:
+        return None
+    return _new_info((_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), offset))
+
+
+def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> None:
+    """Keep the layout of a head :func:`_walk_head` read (meta and data set
+    head Explicit VR Little Endian or Implicit VR Little Endian)."""
+    global _head_layout_count
+    if _head_layout_count >= _MAX_HEAD_LAYOUTS or ts == DeflatedExplicitVRLittleEndian:
+        return
+    implicit, little = encoding_of(ts)
+    if not little:
+        return
+    meta = _walk(buf, 132, implicit=False, little=True, since=0x00020000, until=0x0002FFFF)
+    head = _walk(buf, meta_end, implicit=implicit, little=True, until=0x00080018)
+    if meta is None or head is None or meta[1] != meta_end:
+        return
+    stop = head[1]
+    if len(buf) - stop < 8:
+        return  # the walk ended at the buffer's end, not at a later tag
+    fmt = ["<"]
+    header_at: list[int] = []
+    uid_at = dict.fromkeys(_HEAD_UIDS, -1)
+    pos = 132
+    count = 0
+    for tag, _, start, length in (*meta[0], *head[0]):
+        if start - pos not in (8, 12):
+            return  # a tag met twice: the walk's list is not the head's
+        fmt.append(f"{start - pos}s")
+        header_at.append(count)
+        count += 1
+        if tag in uid_at:
+            fmt.append(f"{length}s")
+            uid_at[tag] = count
+            count += 1
+        elif length:
+            fmt.append(f"{length}x")
+        pos = start + length
+    if pos != stop:
+        return
+    fmt.append("4s4x")
+    header_at.append(count)
+    count += 1
+    unpack = struct.Struct("".join(fmt))
+    fields = unpack.unpack_from(buf, 132)
+    headers = operator.itemgetter(*header_at)
+    # A UID the head lacks reads as the first field... of length 0: none is,
+    # so an empty constant takes its place.
+    uids_at = [uid_at[t] for t in _HEAD_UIDS]
+    pick = operator.itemgetter(*uids_at) if min(uids_at) >= 0 else _picker(uids_at)
+    layout = _HeadLayout(
+        unpack.unpack_from, headers, pick, headers(fields), 132 + unpack.size, ts, meta_end
+    )
+    _HEAD_LAYOUTS.setdefault(bytes(buf[132:144]), []).append(layout)
+    _head_layout_count += 1
+
+
+def _picker(indexes: list[int]) -> Callable[[tuple[bytes, ...]], tuple[bytes, ...]]:
+    """Pick the fields at ``indexes``, ``b""`` where the index is -1."""
+
+    def pick(fields: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        return tuple(fields[i] if i >= 0 else b"" for i in indexes)
+
+    return pick
+
+
 def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | None:
     if len(buf) < 132 or buf[128:132] != b"DICM":
         return None
+    known = _head_by_layout(buf, base)
+    if known is not None:
+        return known
     # The meta is the group 0002 elements, as pydicom reads it: another group ends it.
     meta = _scan(
         buf, 132, implicit=False, little=True, since=0x00020000, until=0x0002FFFF,
@@ -486,9 +626,10 @@ def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | N
     # The data set's own UIDs, else the meta's.
     sop_class = sop_class or _uid_at(buf, spans.get(0x00020002))
     sop_instance = sop_instance or _uid_at(buf, spans.get(0x00020003))
-    if not sop_class or not sop_instance:
-        return None
-    return _new_info((_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), base + pos))
+    info = _head_info(ts, sop_class, sop_instance, base + pos)
+    if info is not None:
+        _learn_head(buf, ts, pos)
+    return info
 
 
 def probe_buffer(buf: bytes | bytearray | memoryview) -> Part10Info:

@@ -29,6 +29,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 
+from aiodicom import dimse
 from aiodicom.dimse import (
     COMMAND_ELEMENTS,
     DATASET_PRESENT,
@@ -703,6 +704,139 @@ def test_round_trip_property(fields: dict[str, Any]) -> None:
         if isinstance(value, list) and not isinstance(theirs, list):
             theirs = [theirs]
         assert theirs == value, keyword
+
+
+# Known layouts: a command set whose headers were seen before is read in one
+# unpack; what it gives must be what the element walk gives.
+
+
+@pytest.fixture
+def fresh_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[int, list[Any]]:
+    layouts: dict[int, list[Any]] = {}
+    monkeypatch.setattr(dimse, "_LAYOUTS", layouts)
+    monkeypatch.setattr(dimse, "_layout_count", 0)
+    return layouts
+
+
+def assert_same_dataset(ours: Dataset, walked: Dataset) -> None:
+    assert list(ours._dict) == list(walked._dict)
+    for tag, elem in walked._dict.items():
+        mine = ours._dict[tag]
+        assert type(mine) is type(elem), tag
+        if isinstance(elem, RawDataElement):
+            assert tuple(mine) == tuple(elem), tag
+        else:
+            assert (mine.tag, mine.VR, mine.value) == (elem.tag, elem.VR, elem.value)
+    assert ours == walked
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(command_fields(), st.data())
+def test_known_layout_reads_as_the_walk(fields: dict[str, Any], data: st.DataObject) -> None:
+    dimse._LAYOUTS.clear()
+    dimse._layout_count = 0
+    raw = encode_command(fields)
+    first = decode_command(raw)
+    assert first == dimse._walk_command(raw)
+    eligible = "OffendingElement" not in fields and "AttributeIdentifierList" not in fields
+    assert (dimse._find_layout(raw) is not None) == eligible
+    # The same layout with other values: message IDs, status, UIDs of the
+    # same length (the last digit changed), titles and comments alike.
+    changed = dict(fields)
+    for keyword, value in fields.items():
+        vr = COMMAND_ELEMENTS[Tag(keyword).element][1]
+        if vr == "US":
+            changed[keyword] = data.draw(US)
+        elif vr in ("UI", "AE", "LO"):
+            last = "7" if value[-1] != "7" else "5"
+            changed[keyword] = value[:-1] + last
+    other = encode_command(changed)
+    assert len(other) == len(raw)
+    assert (
+        decode_command(other)
+        == dimse._walk_command(other)
+        == {**normalized(changed), "CommandGroupLength": len(other) - 12}
+    )
+    assert_same_dataset(command_dataset(other), dimse._walk_dataset(other))
+    assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
+    # Bytes, bytearray and memoryview read alike.
+    walked = dimse._walk_command(other)
+    assert decode_command(bytearray(other)) == decode_command(memoryview(other)) == walked
+
+
+def test_same_length_other_headers_is_walked(fresh_layouts: dict[int, list[Any]]) -> None:
+    # Two UIDs of lengths 10 and 12, then 12 and 10: the same total length,
+    # other element positions.
+    a = encode_command(
+        {
+            "CommandField": 1,
+            "AffectedSOPClassUID": "1.2.3.4.56",
+            "AffectedSOPInstanceUID": "1.2.3.4.5.67",
+        }
+    )
+    b = encode_command(
+        {
+            "CommandField": 1,
+            "AffectedSOPClassUID": "1.2.3.4.5.67",
+            "AffectedSOPInstanceUID": "1.2.3.4.56",
+        }
+    )
+    assert len(a) == len(b)
+    decode_command(a)
+    assert dimse._find_layout(b) is None
+    assert decode_command(b)["AffectedSOPClassUID"] == "1.2.3.4.5.67"
+    assert decode_command(b)["AffectedSOPInstanceUID"] == "1.2.3.4.56"
+    assert len(fresh_layouts[len(a)]) == 2
+    assert command_dataset(b).AffectedSOPClassUID == "1.2.3.4.5.67"
+    assert command_dataset(a).AffectedSOPClassUID == "1.2.3.4.56"
+
+
+def test_layouts_are_bounded(fresh_layouts: dict[int, list[Any]]) -> None:
+    # Layouts of their own: an instance UID and an error comment of each
+    # pair of lengths.
+    lengths = [(a, b) for a in range(2, 66, 2) for b in range(2, 66, 2)]
+    for a, b in lengths[: dimse._MAX_LAYOUTS + 40]:
+        fields = {
+            "CommandField": 0x8001,
+            "AffectedSOPInstanceUID": "1." + "2" * (a - 2) if a > 2 else "12",
+            "ErrorComment": "x" * b,
+        }
+        raw = encode_command(fields)
+        assert decode_command(raw) == dimse._walk_command(raw)
+    assert sum(map(len, fresh_layouts.values())) == dimse._MAX_LAYOUTS
+    # Past the bound, sets are still read (by the walk).
+    assert dimse._find_layout(raw) is None
+    assert command_dataset(raw).ErrorComment == fields["ErrorComment"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # An element this table does not know (skipped by the walk).
+        pytest.param(ECHO_RQ_GOLDEN + struct.pack("<HHL", 0, 0x5010, 2) + b"ab", id="unknown"),
+        # An AT value (a list of tags).
+        pytest.param(
+            encode_command(
+                {"CommandField": 0x8120, "Status": 0x0106, "AttributeIdentifierList": [0x00100010]}
+            ),
+            id="AT",
+        ),
+    ],
+)
+def test_sets_without_a_layout(fresh_layouts: dict[int, list[Any]], raw: bytes) -> None:
+    expected = dimse._walk_command(raw)
+    assert decode_command(raw) == expected
+    assert decode_command(raw) == expected
+    assert not fresh_layouts
+    assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
+
+
+def test_malformed_set_learns_nothing(fresh_layouts: dict[int, list[Any]]) -> None:
+    with pytest.raises(DIMSEError):
+        decode_command(ECHO_RQ_GOLDEN[:-1])
+    with pytest.raises(DIMSEError):
+        decode_command(struct.pack("<HHLH", 0, 0x0110, 2, 5))  # no Command Field
+    assert not fresh_layouts
 
 
 # ---------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -400,3 +402,130 @@ def test_probe_refuses_a_multi_valued_sop_instance_uid() -> None:
         for probe in (probe_buffer, lambda b: _probe_with_pydicom(io.BytesIO(bytes(b)))):
             with pytest.raises(DIMSEError, match="more than one value"):
                 probe(buf)
+
+
+# Known head layouts: a file whose head has the headers of one probed before
+# is read in one unpack; what that gives must be what the walk (and pydicom)
+# gives, for a sibling file, a damaged one, or one of another syntax.
+
+
+def _forget_heads() -> None:
+    from aiodicom import dsutils
+
+    dsutils._HEAD_LAYOUTS.clear()
+    dsutils._head_layout_count = 0
+
+
+def _sibling(raw: bytes, draw: st.DrawFn) -> bytearray:
+    """``raw`` with UIDs' digits changed (lengths kept) but for the transfer
+    syntax's: a file of the same layout and other values."""
+    buf = bytearray(raw)
+    ts = raw.index(b"\x02\x00\x10\x00UI")
+    ts_value = range(ts, ts + 8 + int.from_bytes(raw[ts + 6 : ts + 8], "little"))
+    for match in re.finditer(rb"(?<=[0-9]\.)[0-9]+(?=[.\x00]|$)", raw):
+        if match.start() not in ts_value and draw(st.booleans()):
+            start, end = match.span()
+            digits = draw(st.from_regex(rf"[1-9][0-9]{{{end - start - 1}}}", fullmatch=True))
+            buf[start:end] = digits.encode()
+    return buf
+
+
+def _probe_or_error(buf: bytes | bytearray) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return probe_buffer(buf)
+        except Exception as exc:
+            return type(exc)
+
+
+def _pydicom_or_error(buf: bytes | bytearray) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _probe_with_pydicom(io.BytesIO(bytes(buf)))
+        except Exception as exc:
+            return type(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(part10_files(), st.data())
+def test_known_head_layout_reads_as_pydicom(raw: bytes, data: st.DataObject) -> None:
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from aiodicom import dsutils
+
+    _forget_heads()
+    first = _probe_or_error(raw)
+    assert first == _pydicom_or_error(raw)
+    learned = bool(dsutils._HEAD_LAYOUTS)
+    if isinstance(first, dsutils.Part10Info) and first.transfer_syntax in (
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+    ):
+        assert learned  # the walk read it: its layout is kept
+    for buf in (bytearray(raw), _sibling(raw, data.draw)):
+        if learned and isinstance(first, dsutils.Part10Info):
+            assert dsutils._head_by_layout(buf, 0) is not None
+        assert _probe_or_error(buf) == _pydicom_or_error(buf)
+    # Damage after the layout is known: pydicom's answer or its error still.
+    buf = bytearray(raw)
+    if data.draw(st.booleans()):
+        del buf[data.draw(st.integers(132, len(buf))) :]
+    else:
+        at = data.draw(st.integers(132, len(buf) - 1))
+        buf[at : at + 4] = data.draw(st.binary(min_size=1, max_size=4))
+    assert _probe_or_error(buf) == _pydicom_or_error(buf)
+    # The same headers in another syntax of the same length: big endian.
+    swapped = bytes(raw).replace(ExplicitVRLittleEndian.encode(), ExplicitVRBigEndian.encode())
+    assert _probe_or_error(swapped) == _pydicom_or_error(swapped)
+
+
+def test_head_layouts_are_bounded() -> None:
+    from aiodicom import dsutils
+
+    _forget_heads()
+    for n in range(dsutils._MAX_HEAD_LAYOUTS + 10):
+        uid = "1.2." + "3" * (2 * (n % 30) + 1)
+        buf = _part10(SOPInstanceUID=uid, ImageType="XX" * (n // 30 + 1))
+        expected = _pydicom_or_error(buf)
+        assert probe_buffer(buf) == expected
+        assert probe_buffer(buf) == expected  # by its layout, while there is room
+    assert sum(map(len, dsutils._HEAD_LAYOUTS.values())) == dsutils._MAX_HEAD_LAYOUTS
+    assert dsutils._head_by_layout(buf, 0) is None
+    _forget_heads()
+
+
+def test_head_layout_of_a_tag_met_twice_is_not_kept() -> None:
+    """Two SOP Instance UIDs: the walk keeps the last; no layout is kept."""
+    from aiodicom import dsutils
+
+    _forget_heads()
+    buf = _part10(SOPInstanceUID="1.2.3.4")
+    head = buf.index(b"\x08\x00\x18\x00UI")
+    element = bytes(buf[head : head + 16])
+    again = element.replace(b"1.2.3.4", b"9.8.7.6")
+    buf[head + 16 : head + 16] = again
+    info = probe_buffer(buf)
+    assert info.sop_instance_uid == "9.8.7.6"
+    assert not dsutils._HEAD_LAYOUTS
+
+
+def test_head_layout_is_of_its_transfer_syntax() -> None:
+    """The same header bytes under another syntax of the same length (Explicit
+    VR Big Endian) read otherwise: the data set's head is not where the
+    layout of the little endian file says, and the meta's UIDs are taken."""
+    from pydicom.uid import ExplicitVRBigEndian
+
+    from aiodicom import dsutils
+
+    _forget_heads()
+    little = bytes(_part10())
+    little = little.replace(b"1.2.3.4\x00", b"9.8.7.6\x00", 1)  # the meta's instance UID
+    assert probe_buffer(little).sop_instance_uid == "1.2.3.4"
+    assert dsutils._head_by_layout(little, 0) is not None
+    big = little.replace(ExplicitVRLittleEndian.encode(), ExplicitVRBigEndian.encode())
+    assert dsutils._head_by_layout(big, 0) is None
+    assert probe_buffer(big) == _pydicom_or_error(big)
+    assert probe_buffer(big).sop_instance_uid == "9.8.7.6"
+    _forget_heads()
