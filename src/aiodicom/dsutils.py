@@ -476,14 +476,16 @@ class _HeadLayout(NamedTuple):
     #: The head from byte 132: each header, and the value of each UID the
     #: probe reads, as bytes (other values skipped); the 4 tag bytes after.
     unpack: Callable[[bytes | bytearray | memoryview, int], tuple[bytes, ...]]
-    #: Pick the headers out of what ``unpack`` gives, and the UIDs in the
-    #: order of _HEAD_UIDS (an absent one: the empty value at index 0).
+    #: Pick the headers out of what ``unpack`` gives, and the UIDs' values
+    #: in the order of _HEAD_UIDS (an absent one: ``b""``).
     headers: Callable[[tuple[bytes, ...]], tuple[bytes, ...]]
     uids: Callable[[tuple[bytes, ...]], tuple[bytes, ...]]
     header_bytes: tuple[bytes, ...]
     #: The bytes ``unpack`` reads (the walk needs 8 after the last element).
     size: int
-    transfer_syntax: str
+    #: The Transfer Syntax UID's value as it was, and as a UID.
+    transfer_syntax_value: bytes
+    transfer_syntax: UID
     #: Where the data set starts, from byte 0 of the head.
     meta_end: int
 
@@ -509,13 +511,31 @@ def _head_by_layout(buf: bytes | bytearray | memoryview, base: int) -> Part10Inf
         fields = layout.unpack(buf, 132)
         if layout.headers(fields) != layout.header_bytes:
             continue
-        ts, meta_class, meta_instance, sop_class, sop_instance = map(_uid_text, layout.uids(fields))
-        if ts != layout.transfer_syntax:
-            continue  # same headers, another syntax: the head reads otherwise
-        return _head_info(
-            ts, sop_class or meta_class, sop_instance or meta_instance, base + layout.meta_end
-        )
+        ts, meta_class, meta_instance, sop_class, sop_instance = layout.uids(fields)
+        if ts != layout.transfer_syntax_value:
+            continue  # another syntax (or its value padded otherwise): walk it
+        # The data set's own UIDs, else the meta's (as the walk takes them).
+        cls = _class_uid(sop_class) or _class_uid(meta_class)
+        instance = _uid_text(sop_instance) or _uid_text(meta_instance)
+        if cls is None or instance is None:
+            return None
+        return _new_info((cls, _new_uid(instance), layout.transfer_syntax, base + layout.meta_end))
     return None
+
+
+#: SOP Class UID values read by a head layout -> their UID (they repeat).
+_CLASS_UIDS: dict[bytes, UID | None] = {}
+
+
+def _class_uid(raw: bytes) -> UID | None:
+    """The SOP Class UID of a value's bytes, as :func:`_head_info` makes it."""
+    uid = _CLASS_UIDS.get(raw)
+    if uid is None:
+        text = _uid_text(raw)
+        uid = None if text is None else _known_uid(text)
+        if uid is not None and len(_CLASS_UIDS) < 256:
+            _CLASS_UIDS[raw] = uid
+    return uid
 
 
 def _uid_text(raw: bytes) -> str | None:
@@ -581,8 +601,9 @@ def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> 
     uids_at = [uid_at[t] for t in _HEAD_UIDS]
     pick = operator.itemgetter(*uids_at) if min(uids_at) >= 0 else _picker(uids_at)
     layout = _HeadLayout(
-        unpack.unpack_from, headers, pick, headers(fields), 132 + unpack.size, ts, meta_end
-    )
+        unpack.unpack_from, headers, pick, headers(fields), 132 + unpack.size,
+        pick(fields)[0], _known_uid(ts), meta_end,
+    )  # fmt: skip
     _HEAD_LAYOUTS.setdefault(bytes(buf[132:144]), []).append(layout)
     _head_layout_count += 1
 
