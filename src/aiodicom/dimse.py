@@ -392,7 +392,9 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
             return
         else:
             decode_fmt.append(f"8s{length}s")
-            texts.append((keyword, _DECODING[elem][1] == _REPEATED_UID))
+            text = (keyword, _DECODING[elem][1] == _REPEATED_UID)
+            if text not in texts:  # an element met twice: its last value, once
+                texts.append(text)
         raw_fmt.append(f"8s{length}s")
         headers.append(bytes(data[pos : pos + 8]))
         keys.append(keyword)

@@ -831,6 +831,34 @@ def test_sets_without_a_layout(fresh_layouts: dict[int, list[Any]], raw: bytes) 
     assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
 
 
+def test_layout_of_an_element_met_twice(fresh_layouts: dict[int, list[Any]]) -> None:
+    """The last value counts, as in the walk, by the layout too."""
+
+    def twice(instance: str, comment: str) -> bytes:
+        once = encode_command(
+            {
+                "CommandField": 0x8001,
+                "Status": 0,
+                "AffectedSOPInstanceUID": "1.2.3.4",
+                "ErrorComment": "first",
+            }
+        )
+        again = encode_command(
+            {"AffectedSOPInstanceUID": instance, "ErrorComment": comment, "Status": 0x0107}
+        )
+        body = once[12:] + again[12:]
+        return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+    for raw in (twice("1.2.3.5", "other"), twice("1.2.3.6", "again")):
+        expected = dimse._walk_command(raw)
+        assert decode_command(raw) == expected
+        assert expected["AffectedSOPInstanceUID"] in ("1.2.3.5", "1.2.3.6")
+        assert expected["Status"] == 0x0107
+        assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
+    assert dimse._find_layout(raw) is not None
+    assert command_dataset(raw).Status == 0x0107
+
+
 def test_malformed_set_learns_nothing(fresh_layouts: dict[int, list[Any]]) -> None:
     with pytest.raises(DIMSEError):
         decode_command(ECHO_RQ_GOLDEN[:-1])

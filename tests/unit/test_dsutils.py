@@ -323,6 +323,17 @@ def test_probe_of_generated_files_agrees_with_pydicom(raw: bytes) -> None:
     assert probe_part10(io.BytesIO(raw)) == expected
 
 
+def _damaged(raw: bytes, draw: st.DrawFn) -> bytearray:
+    """``raw`` cut short, or with up to 4 bytes of its head overwritten."""
+    buf = bytearray(raw)
+    if draw(st.booleans()):
+        del buf[draw(st.integers(132, len(buf))) :]
+    else:
+        at = draw(st.integers(132, len(buf) - 1))
+        buf[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
+    return buf
+
+
 @settings(max_examples=150, deadline=None)
 @given(part10_files(), st.data())
 def test_probe_of_damaged_files(raw: bytes, data: st.DataObject) -> None:
@@ -330,12 +341,7 @@ def test_probe_of_damaged_files(raw: bytes, data: st.DataObject) -> None:
     or raises as pydicom does; it never makes up an answer of its own."""
     from aiodicom.dsutils import probe_buffer
 
-    buf = bytearray(raw)
-    if data.draw(st.booleans()):
-        del buf[data.draw(st.integers(132, len(buf))) :]
-    else:
-        at = data.draw(st.integers(132, len(buf) - 1))
-        buf[at : at + 4] = data.draw(st.binary(min_size=1, max_size=4))
+    buf = _damaged(raw, data.draw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns of what the damage made invalid
         try:
@@ -469,12 +475,7 @@ def test_known_head_layout_reads_as_pydicom(raw: bytes, data: st.DataObject) -> 
             assert dsutils._head_by_layout(buf, 0) is not None
         assert _probe_or_error(buf) == _pydicom_or_error(buf)
     # Damage after the layout is known: pydicom's answer or its error still.
-    buf = bytearray(raw)
-    if data.draw(st.booleans()):
-        del buf[data.draw(st.integers(132, len(buf))) :]
-    else:
-        at = data.draw(st.integers(132, len(buf) - 1))
-        buf[at : at + 4] = data.draw(st.binary(min_size=1, max_size=4))
+    buf = _damaged(raw, data.draw)
     assert _probe_or_error(buf) == _pydicom_or_error(buf)
     # The same headers in another syntax of the same length: big endian.
     swapped = bytes(raw).replace(ExplicitVRLittleEndian.encode(), ExplicitVRBigEndian.encode())
