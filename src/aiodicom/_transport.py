@@ -470,25 +470,9 @@ class AsyncioStream(anyio.abc.ByteStream):
                         if isinstance(exc, _FileError) or exc.errno not in _SOCKET_ERRORS:
                             raise  # the file's (a read error): the caller reports it
                         raise anyio.BrokenResourceError from exc
-                    at_done = done
-
-                    def rest(
-                        at_done: int = at_done,
-                        prefix: bytes = prefix,
-                        offset: int = offset,
-                        length: int = length,
-                        suffix: bytes = suffix,
-                    ) -> bytes:
-                        head = prefix[at_done:]
-                        start = max(0, at_done - len(prefix))
-                        body = (
-                            _pread_all(fd, length - start, offset + start)
-                            if start < length
-                            else b""
-                        )
-                        tail = suffix[max(0, at_done - len(prefix) - length) :]
-                        return head + body + tail
-
+                    rest = functools.partial(
+                        _segment_rest, fd, prefix, offset, length, suffix, done
+                    )
                     if not await self._wait_for_room(sock, rest):
                         await self._drained()
                         raise anyio.BrokenResourceError(
@@ -680,6 +664,16 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
         length -= len(data)
         offset += len(data)
     return b"".join(parts)
+
+
+def _segment_rest(
+    fd: int, prefix: bytes, offset: int, length: int, suffix: bytes, done: int
+) -> bytes:
+    """What is left of a :meth:`AsyncioStream.send_file` segment of which
+    ``done`` bytes are sent: the rest of its prefix, file bytes and suffix."""
+    start = max(0, done - len(prefix))
+    body = _pread_all(fd, length - start, offset + start) if start < length else b""
+    return prefix[done:] + body + suffix[max(0, done - len(prefix) - length) :]
 
 
 def _same(view: memoryview) -> memoryview:

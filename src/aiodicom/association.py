@@ -169,8 +169,10 @@ _STREAM_BACKLOG = 256
 _COALESCE = 1 << 20
 #: A data set up to this size is read whole and sent from memory (0: never).
 _INLINE_READ = 1 << 20
-#: What a failed write on the stream raises.
-_STREAM_ERRORS: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+#: What a write on the stream raises when the connection fails; and with
+#: OSError, what a failed write raises (send_file's OSError is the file's).
+_CONNECTION_ERRORS: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError)
+_STREAM_ERRORS: Final = (*_CONNECTION_ERRORS, OSError)
 #: A file is sent by sendfile(2) only in PDVs of this many bytes or more: two
 #: system calls a PDU cost less than reading and copying from about 16 KB
 #: (dcmtk's and pynetdicom's usual 16,384 and 16,382 qualify); at 4 KB not.
@@ -2326,10 +2328,7 @@ class Association:
         OSError from it is the file's: the caller reports it as a read error)."""
         stream = self._stream
         assert isinstance(stream, AsyncioStream)
-        await self._watched(
-            stream.send_file(fd, segments),
-            (anyio.BrokenResourceError, anyio.ClosedResourceError),
-        )
+        await self._watched(stream.send_file(fd, segments), _CONNECTION_ERRORS)
 
     async def _send_file(
         self,

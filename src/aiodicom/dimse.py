@@ -355,15 +355,28 @@ _MAX_LAYOUTS: Final = 128
 _layout_count = 0
 
 
-def _find_layout(data: bytes | bytearray | memoryview) -> tuple[_Layout, tuple[Any, ...]] | None:
-    """The known layout ``data`` has, with ``data`` unpacked by it."""
+def _find_layout(
+    data: bytes | bytearray | memoryview, *, raw: bool = False
+) -> tuple[_Layout, tuple[Any, ...]] | None:
+    """The known layout ``data`` has, with ``data`` unpacked by it (``raw``:
+    every value as bytes)."""
     layouts = _LAYOUTS.get(len(data))
     if layouts is not None:
         for layout in layouts:
-            fields = layout.decode(data)
+            fields = layout.raw(data) if raw else layout.decode(data)
             if fields[0::2] == layout.headers:
                 return layout, fields
     return None
+
+
+def _repeated_uid(raw: bytes) -> str:
+    """A UID value that repeats from message to message (a SOP Class UID), decoded once."""
+    text = _DECODED_UIDS.get(raw)
+    if text is None:
+        text = raw.decode("latin-1").rstrip("\x00 ")
+        if len(_DECODED_UIDS) < 1024:
+            _DECODED_UIDS[raw] = text
+    return text
 
 
 def _learn_layout(data: bytes | bytearray | memoryview) -> None:
@@ -422,18 +435,9 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     if found is not None:
         layout, fields = found
         out = dict(zip(layout.keys, fields[1::2], strict=True))
-        uids = _DECODED_UIDS
         for key, repeats in layout.texts:
             raw: bytes = out[key]
-            if repeats:
-                text = uids.get(raw)
-                if text is None:
-                    text = raw.decode("latin-1").rstrip("\x00 ")
-                    if len(uids) < 1024:
-                        uids[raw] = text
-            else:
-                text = raw.decode("latin-1").rstrip("\x00 ")
-            out[key] = text
+            out[key] = _repeated_uid(raw) if repeats else raw.decode("latin-1").rstrip("\x00 ")
         return out
     out = _walk_command(data)
     _learn_layout(data)
@@ -446,7 +450,7 @@ def _walk_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     pos, end = 0, len(data)
     unpack_header = _ELEM_HEADER.unpack_from
     decoding = _DECODING
-    uids = _DECODED_UIDS if type(data) is bytes else None
+    bytes_in = type(data) is bytes  # a slice is bytes: hashable, for _repeated_uid
     while pos < end:
         try:
             group, elem, length = unpack_header(data, pos)
@@ -462,14 +466,8 @@ def _walk_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         key, kind = spec
         if kind == _US and length == 2:
             out[key] = data[start] | (data[start + 1] << 8)
-        elif kind == _REPEATED_UID and uids is not None:
-            raw: bytes = data[start:pos]  # type: ignore[assignment]  # bytes: uids is set
-            text = uids.get(raw)
-            if text is None:
-                text = raw.decode("latin-1").rstrip("\x00 ")
-                if len(uids) < 1024:
-                    uids[raw] = text
-            out[key] = text
+        elif kind == _REPEATED_UID and bytes_in:
+            out[key] = _repeated_uid(data[start:pos])  # type: ignore[arg-type]  # bytes
         elif kind == _UL and length == 4:
             out[key] = int.from_bytes(data[start:pos], "little")
         else:
@@ -573,12 +571,9 @@ def command_dataset(raw: bytes) -> Dataset:
     caller that reads only ``.Status`` pays for one element. The Command Group
     Length is dropped.
     """
-    layouts = _LAYOUTS.get(len(raw))
-    if layouts is not None:
-        for layout in layouts:
-            fields = layout.raw(raw)
-            if fields[0::2] == layout.headers:
-                return _layout_dataset(layout, fields[1::2])
+    found = _find_layout(raw, raw=True)
+    if found is not None:
+        return _layout_dataset(found[0], found[1][1::2])
     return _walk_dataset(raw)
 
 

@@ -436,8 +436,13 @@ def _uid_at(
     if span is None or not span[1]:
         return None
     start, length, _ = span
+    return _uid_text(buf[start : start + length])
+
+
+def _uid_text(raw: bytes | bytearray | memoryview) -> str | None:
+    """The text of a UID value's bytes (``None`` if empty)."""
     # Latin-1, as pydicom decodes it: bytes outside ASCII (a broken file) read alike.
-    text = str(buf[start : start + length], "latin-1").rstrip("\x00 ")
+    text = str(raw, "latin-1").rstrip("\x00 ")
     if "\\" in text:
         raise _MultiValued  # more than one value: pydicom's path tells what is wrong
     return text or None
@@ -528,7 +533,7 @@ _CLASS_UIDS: dict[bytes, UID | None] = {}
 
 
 def _class_uid(raw: bytes) -> UID | None:
-    """The SOP Class UID of a value's bytes, as :func:`_head_info` makes it."""
+    """The SOP Class UID of a value's bytes, as :func:`_walk_head` makes it."""
     uid = _CLASS_UIDS.get(raw)
     if uid is None:
         text = _uid_text(raw)
@@ -536,22 +541,6 @@ def _class_uid(raw: bytes) -> UID | None:
         if uid is not None and len(_CLASS_UIDS) < 256:
             _CLASS_UIDS[raw] = uid
     return uid
-
-
-def _uid_text(raw: bytes) -> str | None:
-    """:func:`_uid_at` of a value's bytes."""
-    text = raw.decode("latin-1").rstrip("\x00 ")
-    if "\\" in text:
-        raise _MultiValued
-    return text or None
-
-
-def _head_info(
-    ts: str, sop_class: str | None, sop_instance: str | None, offset: int
-) -> Part10Info | None:
-    if not sop_class or not sop_instance:
-        return None
-    return _new_info((_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), offset))
 
 
 def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> None:
@@ -592,29 +581,19 @@ def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> 
         return
     fmt.append("4s4x")
     header_at.append(count)
-    count += 1
+    # A UID the head lacks reads as an empty field at the end ("0s": b"").
+    fmt.append("0s")
+    uids_at = [count + 1 if uid_at[t] < 0 else uid_at[t] for t in _HEAD_UIDS]
     unpack = struct.Struct("".join(fmt))
     fields = unpack.unpack_from(buf, 132)
     headers = operator.itemgetter(*header_at)
-    # A UID the head lacks reads as the first field... of length 0: none is,
-    # so an empty constant takes its place.
-    uids_at = [uid_at[t] for t in _HEAD_UIDS]
-    pick = operator.itemgetter(*uids_at) if min(uids_at) >= 0 else _picker(uids_at)
+    pick = operator.itemgetter(*uids_at)
     layout = _HeadLayout(
         unpack.unpack_from, headers, pick, headers(fields), 132 + unpack.size,
         pick(fields)[0], _known_uid(ts), meta_end,
     )  # fmt: skip
     _HEAD_LAYOUTS.setdefault(bytes(buf[132:144]), []).append(layout)
     _head_layout_count += 1
-
-
-def _picker(indexes: list[int]) -> Callable[[tuple[bytes, ...]], tuple[bytes, ...]]:
-    """Pick the fields at ``indexes``, ``b""`` where the index is -1."""
-
-    def pick(fields: tuple[bytes, ...]) -> tuple[bytes, ...]:
-        return tuple(fields[i] if i >= 0 else b"" for i in indexes)
-
-    return pick
 
 
 def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | None:
@@ -647,10 +626,10 @@ def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | N
     # The data set's own UIDs, else the meta's.
     sop_class = sop_class or _uid_at(buf, spans.get(0x00020002))
     sop_instance = sop_instance or _uid_at(buf, spans.get(0x00020003))
-    info = _head_info(ts, sop_class, sop_instance, base + pos)
-    if info is not None:
-        _learn_head(buf, ts, pos)
-    return info
+    if not sop_class or not sop_instance:
+        return None
+    _learn_head(buf, ts, pos)
+    return _new_info((_known_uid(sop_class), _new_uid(sop_instance), _known_uid(ts), base + pos))
 
 
 def probe_buffer(buf: bytes | bytearray | memoryview) -> Part10Info:
