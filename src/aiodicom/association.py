@@ -948,12 +948,21 @@ class Association:
                 # Spooling writes to disk and a backlog waits for the
                 # workers: both need the reader, which can await.
                 break
-            try:
-                items = split_p_data(view[pos + 6 : pos + 6 + length])
-            except PDUError:
-                break  # the reader reports it
+            body = view[pos + 6 : pos + 6 + length]
             if not self._ul.note_data_received():
                 break  # the reader runs it through the table
+            plain, msg = reassembler.feed_plain(body)
+            if plain:
+                if now < 0:
+                    now = _loop_time()
+                pos += 6 + length
+                if msg is not None:
+                    self._route(msg)
+                continue
+            try:
+                items = split_p_data(body)
+            except PDUError:
+                break  # the reader reports it
             if now < 0:
                 now = _loop_time()
             pos += 6 + length

@@ -709,7 +709,8 @@ def _fragments(
 
 
 _COMMAND_PDV_HEADER: Final = struct.Struct(">BxLLBB")
-_DATA_PDV_HEADER: Final = struct.Struct(">LBB")
+#: A PDV item's header: item length, presentation context ID, message control header.
+_PDV_ITEM: Final = struct.Struct(">LBB")
 
 
 def single_pdu(context_id: int, command: bytes, dataset: bytes | memoryview) -> bytes:
@@ -722,7 +723,7 @@ def single_pdu(context_id: int, command: bytes, dataset: bytes | memoryview) -> 
         (
             _COMMAND_PDV_HEADER.pack(0x04, n + m + 12, n + 2, context_id, 0x03),
             command,
-            _DATA_PDV_HEADER.pack(m + 2, context_id, 0x02),
+            _PDV_ITEM.pack(m + 2, context_id, 0x02),
             dataset,
         )
     )
@@ -838,16 +839,91 @@ class Reassembler:
         return self._current
 
     def would_spill(self, incoming: int) -> bool:
-        """True if ``incoming`` more data set bytes would start or continue spilling."""
-        return (
-            self._expect == "data"
-            and self.spool_threshold > 0
-            and (self.spilling or self._data_size + incoming > self.spool_threshold)
+        """True if a PDU of ``incoming`` bytes could start or continue spilling.
+
+        Between messages too: a PDU may hold a whole command and a data set
+        past the threshold.
+        """
+        return self.spool_threshold > 0 and (
+            self.spilling or self._data_size + incoming > self.spool_threshold
         )
 
     def feed(self, pdv: PDV) -> Message | None:
         """Take one PDV; return the message it completes, if any."""
         return self.feed_item(pdv.context_id, pdv.control_header, pdv.data)
+
+    def feed_plain(self, body: memoryview) -> tuple[bool, Message | None]:
+        """Take a P-DATA-TF body in one step if it has one of the shapes
+        nearly every PDU has; ``(False, None)`` (nothing taken, nothing
+        changed) otherwise.
+
+        The shapes: a whole command, alone or followed by its whole data set
+        (how aiodicom and many peers send a small message); one fragment of a
+        data set being received (how a large data set arrives, and a data set
+        sent apart from its command). Whatever could break a rule or must
+        spill is left out, so ``(True, message)`` is exactly what
+        :func:`~aiodicom.pdu.split_p_data` and :meth:`feed_item` give (the
+        message the PDU completes, or None), and ``(False, None)`` sends the
+        caller there, where a problem is reported as usual.
+        """
+        end = len(body)
+        if end < 6:
+            return False, None
+        length, context_id, mch = _PDV_ITEM.unpack_from(body, 0)
+        stop = 4 + length
+        if length < 2 or stop > end:
+            return False, None
+        if self._expect == "command":
+            # A whole command, then (maybe) the whole data set it announces.
+            if mch != 0x03 or self._command_parts or context_id not in self.accepted:
+                return False, None
+            if stop == end:
+                data = None
+            elif end - stop >= 6:
+                length, data_context, mch = _PDV_ITEM.unpack_from(body, stop)
+                if (
+                    mch != 0x02
+                    or data_context != context_id
+                    or length < 2
+                    or stop + 4 + length != end
+                    or (self.spool_threshold and length - 2 > self.spool_threshold)
+                ):
+                    return False, None
+                data = body[stop + 6 : end]
+            else:
+                return False, None
+            raw = bytes(body[6:stop])
+            try:
+                command = decode_command(raw)
+            except DIMSEError:
+                return False, None
+            msg = Message(context_id=context_id, command=command, raw_command=raw)
+            if command.get("CommandDataSetType", NO_DATASET) == NO_DATASET:
+                if data is not None:
+                    return False, None  # a data set the command does not announce
+                self._context = context_id
+                return True, msg
+            self._context = context_id
+            if data is None:
+                self._current = msg
+                self._expect = "data"
+                self._data_size = 0
+                return True, None
+            msg.data = bytes(data)
+            msg.data_size = len(data)
+            return True, msg
+        # One fragment of the data set being received.
+        current = self._current
+        if (
+            stop != end
+            or mch & 0xFD
+            or current is None
+            or context_id != current.context_id
+            # (spilling already: past the threshold too)
+            or (self.spool_threshold and self._data_size + length - 2 > self.spool_threshold)
+        ):
+            return False, None
+        return True, self.feed_item(context_id, mch, body[6:end])
 
     def feed_item(
         self, context_id: int, control_header: int, data: bytes | memoryview

@@ -487,8 +487,18 @@ async def test_a_spool_file_is_deleted_after_the_answer_off_the_event_loop(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("transport", ["memory", "tcp"])
-async def test_spooled_store(transport: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("transport", "max_pdu"),
+    [
+        ("memory", 4096),
+        ("tcp", 4096),
+        # The command and the whole data set in one PDU: the data set must
+        # still reach the spool (it was once handed on without it).
+        ("memory", 0),
+        ("tcp", 0),
+    ],
+)
+async def test_spooled_store(transport: str, max_pdu: int, tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     seen: list[dict[str, Any]] = []
@@ -508,7 +518,7 @@ async def test_spooled_store(transport: str, tmp_path: Path) -> None:
         return 0
 
     source = get_testdata_file("CT_small.dcm")
-    scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=4096)
+    scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=max_pdu)
     scp.spool_directory = str(spool_dir)
     handlers = [(evt.EVT_C_STORE, on_store)]
     with anyio.fail_after(GUARD):

@@ -51,7 +51,7 @@ from aiodicom.dimse import (
     single_pdu,
 )
 from aiodicom.errors import DIMSEError, PDUError
-from aiodicom.pdu import PDV, PDataTF, decode_pdu
+from aiodicom.pdu import PDV, PDataTF, decode_pdu, split_p_data
 
 INVALID_PARAMETER_VALUE = 6
 UNEXPECTED_PARAMETER = 5
@@ -1516,6 +1516,146 @@ def test_reassembler_copies_memoryview_payloads() -> None:
     assert msg.data == b"abcdef"
     assert msg.raw_command == MOVE_RQ_GOLDEN
     assert msg.command == decode_command(MOVE_RQ_GOLDEN)
+
+
+def reassembler_state(r: Reassembler) -> dict[str, Any]:
+    """Everything a Reassembler holds, with buffers as bytes (for comparing two)."""
+    state: dict[str, Any] = {}
+    for name in Reassembler.__slots__:
+        value = getattr(r, name)
+        if isinstance(value, list):
+            value = [bytes(part) for part in value]
+        state[name] = value
+    return state
+
+
+def general_feed(r: Reassembler, body: bytes) -> tuple[str, list[Message]]:
+    """What the shell does without the fast path: split the PDU, then feed
+    each PDV; ``('malformed', ...)`` or ``('violation', ...)`` on a PDUError."""
+    try:
+        items = split_p_data(memoryview(body))
+    except PDUError:
+        return "malformed", []
+    out = []
+    for context_id, mch, data in items:
+        try:
+            msg = r.feed_item(context_id, mch, data)
+        except PDUError:
+            return "violation", out
+        if msg is not None:
+            out.append(msg)
+    return "ok", out
+
+
+def pdv_item(context_id: int, mch: int, data: bytes) -> bytes:
+    return struct.pack(">LBB", len(data) + 2, context_id, mch) + data
+
+
+_PLAIN_COMMANDS = [
+    encode_command(REPRESENTATIVE["C-STORE-RQ"]),
+    encode_command(REPRESENTATIVE["C-STORE-RSP"]),
+    encode_command(REPRESENTATIVE["C-ECHO-RQ"]),
+    encode_store_request(7, CT_IMAGE, INSTANCE, 2),
+    b"\x00\x00\x00\x00\x04\x00",  # a broken command set
+]
+
+
+@st.composite
+def pdv_items(draw: st.DrawFn, mch: int | None = None, context_id: int | None = None) -> bytes:
+    """One PDV item: a command set or data bytes, under any context and header."""
+    if context_id is None:
+        context_id = draw(st.sampled_from([1, 1, 1, 3, 5]))
+    if mch is None:
+        mch = draw(st.sampled_from([0, 1, 2, 3, 0x07, 0x82]))
+    if mch & 1:
+        data = draw(st.sampled_from(_PLAIN_COMMANDS))
+        cut = draw(st.sampled_from([None, None, None, 4, 11]))
+        data = data if cut is None else data[:cut]
+    else:
+        data = draw(st.binary(max_size=40))
+    return pdv_item(context_id, mch, data)
+
+
+@st.composite
+def p_data_bodies(draw: st.DrawFn) -> bytes:
+    """A P-DATA-TF body: mostly the shapes peers send, sometimes damaged."""
+    shape = draw(st.sampled_from(["command", "message", "fragment", "last", "any"]))
+    cx = draw(st.sampled_from([1, 1, 1, 3, 5]))
+    if shape == "command":
+        items = [draw(pdv_items(3, cx))]
+    elif shape == "message":
+        items = [draw(pdv_items(3, cx)), draw(pdv_items(2, draw(st.sampled_from([cx, cx, 3]))))]
+    elif shape in ("fragment", "last"):
+        items = [draw(pdv_items(0 if shape == "fragment" else 2, cx))]
+    else:
+        items = draw(st.lists(pdv_items(), min_size=1, max_size=3))
+    body = b"".join(items)
+    damage = draw(st.sampled_from([None, None, None, None, "cut", "pad", "length"]))
+    if damage == "cut":
+        body = body[: draw(st.integers(0, len(body) - 1))]
+    elif damage == "pad":
+        body += b"\x00" * draw(st.integers(1, 7))
+    elif damage == "length":
+        body = struct.pack(">L", draw(st.integers(0, 0xFFFFFFFF))) + body[4:]
+    return body
+
+
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.lists(p_data_bodies(), max_size=3),
+    body=p_data_bodies(),
+    threshold=st.sampled_from([0, 0, 10, 30, 100]),
+)
+def test_feed_plain_is_split_and_feed_item_or_nothing(
+    before: list[bytes], body: bytes, threshold: int
+) -> None:
+    # From any state the PDUs before left (a message half received, a data
+    # set spilling...), a body feed_plain takes gives what the general path
+    # gives, message and state alike; one it declines leaves the state as it
+    # was, for the general path to report any problem.
+    plain, general = Reassembler({1, 3}, threshold), Reassembler({1, 3}, threshold)
+    for earlier in before:
+        if general_feed(general, earlier)[0] != "ok":
+            # That association would be aborted: go on with a new one.
+            plain, general = Reassembler({1, 3}, threshold), Reassembler({1, 3}, threshold)
+            continue
+        general_feed(plain, earlier)
+        plain.spilled, general.spilled = [], []  # what the shell drains after each PDU
+    state = reassembler_state(plain)
+    taken, msg = plain.feed_plain(memoryview(body))
+    if not taken:
+        assert msg is None
+        assert reassembler_state(plain) == state
+        return
+    outcome, messages = general_feed(general, body)
+    assert outcome == "ok"
+    assert messages == ([] if msg is None else [msg])
+    if msg is not None:
+        assert msg.data_size == messages[0].data_size
+    assert reassembler_state(plain) == reassembler_state(general)
+
+
+def test_feed_plain_takes_the_shapes_peers_send() -> None:
+    # The shapes the fast path is for are taken, not declined.
+    command = encode_store_request(7, CT_IMAGE, INSTANCE, 2)
+    r = Reassembler({1})
+    # a whole message in one PDU (aiodicom, small data sets)
+    taken, msg = r.feed_plain(memoryview(pdv_item(1, 3, command) + pdv_item(1, 2, b"abcd")))
+    assert taken and msg is not None and msg.data == b"abcd" and msg.data_size == 4
+    # the command alone, then the data set in fragments (dcmtk, pynetdicom, large data sets)
+    assert r.feed_plain(memoryview(pdv_item(1, 3, command))) == (True, None)
+    assert r.feed_plain(memoryview(pdv_item(1, 0, b"ab"))) == (True, None)
+    taken, msg = r.feed_plain(memoryview(pdv_item(1, 2, b"cd")))
+    assert taken and msg is not None and msg.data == b"abcd"
+    # a response without a data set
+    rsp = encode_command(REPRESENTATIVE["C-STORE-RSP"])
+    taken, msg = r.feed_plain(memoryview(pdv_item(1, 3, rsp)))
+    assert taken and msg is not None and msg.raw_command == rsp
+    # declined: what must spill, and a data set the command does not announce
+    spilling = Reassembler({1}, spool_threshold=3)
+    body = memoryview(pdv_item(1, 3, command) + pdv_item(1, 2, b"abcd"))
+    assert spilling.feed_plain(body) == (False, None)
+    assert r.feed_plain(memoryview(pdv_item(1, 3, rsp) + pdv_item(1, 2, b"ab"))) == (False, None)
 
 
 # ---------------------------------------------------------------------------
