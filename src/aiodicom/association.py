@@ -2551,7 +2551,7 @@ class Association:
         cx = self._context_for(VERIFICATION)
         assert cx.context_id is not None
         rsp = await self._invoke(cx.context_id, _ECHO_REQUEST, None, msg_id)
-        return command_dataset(rsp.raw_command)
+        return command_dataset(rsp.raw_command, rsp.layout)
 
     async def send_c_store(
         self,
@@ -2646,7 +2646,7 @@ class Association:
             if owned is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(owned.close)
-        return command_dataset(rsp.raw_command)
+        return command_dataset(rsp.raw_command, rsp.layout)
 
     def send_c_find(
         self,
@@ -3255,7 +3255,7 @@ class Responses:
             await self.aclose()  # cancelled: C-CANCEL and drain, shielded
             raise
         pending.in_next = False
-        status = command_dataset(msg.raw_command)
+        status = command_dataset(msg.raw_command, msg.layout)
         if msg.command.get("Status") not in _PENDING:
             self._finish()
         identifier = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import operator
 import struct
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -431,6 +432,11 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     Raises :class:`DIMSEError` if it is not a well-formed group 0000 set;
     unknown group 0000 elements (retired ones) are skipped.
     """
+    return _decode_command(data)[0]
+
+
+def _decode_command(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], _Layout | None]:
+    """:func:`decode_command`, with the layout it was read by (None: walked)."""
     found = _find_layout(data)
     if found is not None:
         layout, fields = found
@@ -438,10 +444,10 @@ def decode_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         for key, repeats in layout.texts:
             raw: bytes = out[key]
             out[key] = _repeated_uid(raw) if repeats else raw.decode("latin-1").rstrip("\x00 ")
-        return out
+        return out, layout
     out = _walk_command(data)
     _learn_layout(data)
-    return out
+    return out, None
 
 
 def _walk_command(data: bytes | bytearray | memoryview) -> dict[str, Any]:
@@ -490,20 +496,22 @@ def _dataset_factory() -> Callable[[dict[BaseTag, DataElement | RawDataElement]]
     state = dict(template.__dict__)
     if "_dict" not in state or not isinstance(state["_dict"], dict):
         return Dataset
-    # (key, a callable returning a fresh copy of the template's value)
-    mutable: list[tuple[str, Callable[[], Any]]] = [
-        (k, v.copy if type(v) in (dict, list, set) else functools.partial(copy.copy, v))
-        for k, v in state.items()
-        if isinstance(v, dict | list | set) and k != "_dict"
+    # The keys of the mutable values, and callables returning fresh copies.
+    keys = [k for k, v in state.items() if isinstance(v, dict | list | set) and k != "_dict"]
+    fresh = [
+        state[k].copy
+        if type(state[k]) in (dict, list, set)
+        else functools.partial(copy.copy, state[k])
+        for k in keys
     ]
     new = object.__new__
+    call = operator.call
 
     def make(elements: dict[BaseTag, DataElement | RawDataElement]) -> Dataset:
         ds: Dataset = new(Dataset)
         d = ds.__dict__
         d.update(state)
-        for key, fresh in mutable:
-            d[key] = fresh()
+        d.update(zip(keys, map(call, fresh), strict=True))
         d["_dict"] = elements
         return ds
 
@@ -564,13 +572,17 @@ _new_raw_element = _raw_element_factory()
 _GROUP_0000_TAGS: Final = {elem: BaseTag(elem) for elem in COMMAND_ELEMENTS}
 
 
-def command_dataset(raw: bytes) -> Dataset:
+def command_dataset(raw: bytes, layout: Any = None) -> Dataset:
     """An encoded command set as a pydicom Dataset, as pynetdicom returns it.
 
     The elements are left raw (pydicom converts each on first access), so a
     caller that reads only ``.Status`` pays for one element. The Command Group
-    Length is dropped.
+    Length is dropped. ``layout``: :attr:`Message.layout` of the message
+    ``raw`` is the command set of, if it has one.
     """
+    if layout is not None:
+        assert isinstance(layout, _Layout)
+        return _layout_dataset(layout, layout.raw(raw)[1::2])
     found = _find_layout(raw, raw=True)
     if found is not None:
         return _layout_dataset(found[0], found[1][1::2])
@@ -641,6 +653,8 @@ class Message:
     data_size: int = field(default=0, compare=False)
     #: Where the shell put a spooled data set (opaque here).
     spool: Any = field(default=None, compare=False)
+    #: The layout ``raw_command`` was decoded by, if any (for :func:`command_dataset`).
+    layout: Any = field(default=None, compare=False, repr=False)
 
     @property
     def command_field(self) -> int:
@@ -894,10 +908,10 @@ class Reassembler:
                 return False, None
             raw = bytes(body[6:stop])
             try:
-                command = decode_command(raw)
+                command, layout = _decode_command(raw)
             except DIMSEError:
                 return False, None
-            msg = Message(context_id=context_id, command=command, raw_command=raw)
+            msg = Message(context_id=context_id, command=command, raw_command=raw, layout=layout)
             if command.get("CommandDataSetType", NO_DATASET) == NO_DATASET:
                 if data is not None:
                     return False, None  # a data set the command does not announce
@@ -948,10 +962,10 @@ class Reassembler:
                 raw = b"".join(self._command_parts)
                 self._command_parts = []
             try:
-                command = decode_command(raw)
+                command, layout = _decode_command(raw)
             except DIMSEError as exc:
                 raise PDUError(f"malformed command set: {exc}") from None
-            msg = Message(context_id=context_id, command=command, raw_command=raw)
+            msg = Message(context_id=context_id, command=command, raw_command=raw, layout=layout)
             if command.get("CommandDataSetType", NO_DATASET) != NO_DATASET:
                 self._current = msg
                 self._expect = "data"

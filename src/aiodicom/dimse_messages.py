@@ -624,6 +624,12 @@ def check_command(
 _TEXT_FIELDS: Final = frozenset(kw for kw, vr in _VRS.items() if vr in ("UI", "AE"))
 
 
+#: Command Field -> its mandatory keywords as a set (one comparison checks them all).
+_MANDATORY: Final = {cf: frozenset(spec[1]) for cf, spec in _FAST.items()}
+#: The UIDs that differ from message to message: checked, not remembered in _SEEN_OK.
+_INSTANCE_UIDS: Final = frozenset({"AffectedSOPInstanceUID", "RequestedSOPInstanceUID"})
+
+
 def _check_decoded(command: Mapping[str, Any]) -> None:
     """:func:`check_command` of what :func:`~aiodicom.dimse.decode_command` returned."""
     cf = command["CommandField"]
@@ -632,17 +638,21 @@ def _check_decoded(command: Mapping[str, Any]) -> None:
         check_command(command)  # raises: unknown Command Field
         return
     name, mandatory, _, rule = spec
-    for keyword in mandatory:
-        if keyword not in command:
-            raise DIMSEError(f"{name}: required field {field_label(keyword)} is missing")
+    if not command.keys() >= _MANDATORY[cf]:
+        for keyword in mandatory:  # the first missing, in table order
+            if keyword not in command:
+                raise DIMSEError(f"{name}: required field {field_label(keyword)} is missing")
     seen = _SEEN_OK
     vrs = _VRS
     try:
         for keyword in _TEXT_FIELDS.intersection(command):
             value = command[keyword]
             vr = vrs[keyword]
-            if (vr, value) not in seen:
-                _check_value(name, keyword, vr, value, False)
+            if (vr, value) in seen:
+                continue
+            if keyword in _INSTANCE_UIDS and len(value) <= 64 and _UID_LENIENT.fullmatch(value):
+                continue
+            _check_value(name, keyword, vr, value, False)
     except DIMSEError:
         check_command(command)  # raises the first problem in the command's own order
         raise

@@ -760,6 +760,10 @@ def test_known_layout_reads_as_the_walk(fields: dict[str, Any], data: st.DataObj
     )
     assert_same_dataset(command_dataset(other), dimse._walk_dataset(other))
     assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
+    # The layout decoding found, handed on (as a Message carries it).
+    _, layout = dimse._decode_command(other)
+    assert (layout is not None) == eligible
+    assert_same_dataset(command_dataset(other, layout), dimse._walk_dataset(other))
     # Bytes, bytearray and memoryview read alike.
     walked = dimse._walk_command(other)
     assert decode_command(bytearray(other)) == decode_command(memoryview(other)) == walked
@@ -900,10 +904,13 @@ def test_any_set_reads_as_the_walk_once_its_layout_is_known(
             if not any(t - 8 <= i < t for t in layout.tells):  # values only
                 other[i] = data.draw(st.integers(0, 255))
     other_bytes = bytes(other)
-    assert decode_command(other_bytes) == dimse._walk_command(other_bytes)
+    decoded, layout = dimse._decode_command(other_bytes)
+    assert decoded == dimse._walk_command(other_bytes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom warns of the random values it converts
+        # (each comparison converts the raw elements it compares: a new walk each)
         assert_same_dataset(command_dataset(other_bytes), dimse._walk_dataset(other_bytes))
+        assert_same_dataset(command_dataset(other_bytes, layout), dimse._walk_dataset(other_bytes))
 
 
 def test_malformed_set_learns_nothing(fresh_layouts: dict[int, list[Any]]) -> None:
