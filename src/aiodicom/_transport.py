@@ -36,6 +36,7 @@ import socket
 import ssl
 import struct
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
@@ -292,7 +293,12 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._corked: list[bytes] = []
         self._corked_size = 0
         self._burst = False
-        self._loop = asyncio.get_running_loop()
+        #: The event loop this stream runs on.
+        self.loop = loop = asyncio.get_running_loop()
+        #: The loop's clock: time.monotonic itself where that is what it reads.
+        self.clock: Callable[[], float] = (
+            time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        )
         protocol.stream = self
         # A large write goes to the socket directly (see _send_direct); not
         # on Windows, whose proactor loop has no add_writer().
@@ -336,7 +342,7 @@ class AsyncioStream(anyio.abc.ByteStream):
             if self._closed:
                 raise anyio.ClosedResourceError
             if not protocol.eof:
-                waiter = protocol.waiter = asyncio.get_running_loop().create_future()
+                waiter = protocol.waiter = self.loop.create_future()
                 try:
                     await waiter
                 finally:
@@ -501,15 +507,15 @@ class AsyncioStream(anyio.abc.ByteStream):
         send, should it be handed to the transport meanwhile. False if it was
         (the caller stops); raises if the connection was lost."""
         self._direct_rest = rest
-        waiter = self._direct_waiter = self._loop.create_future()
-        self._loop.add_writer(sock, _wake_future, waiter)
+        waiter = self._direct_waiter = self.loop.create_future()
+        self.loop.add_writer(sock, _wake_future, waiter)
         try:
             await waiter
         except BaseException:
             self._hand_over()
             raise
         finally:
-            self._loop.remove_writer(sock)
+            self.loop.remove_writer(sock)
             self._direct_waiter = None
         if self._direct_rest is None:
             return False
@@ -581,7 +587,7 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._transport.write(item)
         else:
             if not self._corked:
-                self._loop.call_soon(self._flush)
+                self.loop.call_soon(self._flush)
             self._corked.append(item)
             self._corked_size += len(item)
             if self._corked_size >= _CORK_LIMIT:
@@ -622,7 +628,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         if transport.get_write_buffer_size():
             # ... unless the peer stopped reading: close() would wait for it
             # forever, so the connection is reset if it is not gone by then.
-            self._loop.call_later(_CLOSE_GRACE, transport.abort)
+            self.loop.call_later(_CLOSE_GRACE, transport.abort)
         self._protocol._wake()
         await anyio.lowlevel.checkpoint()
 

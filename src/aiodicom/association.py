@@ -267,15 +267,17 @@ class _Signal:
         elif not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self) -> None:
+    async def wait(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Wait until set. ``loop``: the running asyncio loop, if the caller knows it."""
         if self._flag:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            event = self._waiter = anyio.Event()
-            await event.wait()
-            return
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                event = self._waiter = anyio.Event()
+                await event.wait()
+                return
         future: asyncio.Future[None] = loop.create_future()
         self._waiter = future
         try:
@@ -390,6 +392,13 @@ class Association:
         # The registry's own table: a dict lookup in C on every message.
         self._bound = handlers.bindings
         self._stream = stream
+        # On asyncio: the loop, and its clock read without looking the loop
+        # up (on asyncio before 3.12 every lookup is a getpid() system call).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: Callable[[], float] = _current_time
+        if isinstance(stream, AsyncioStream):
+            self._loop = stream.loop
+            self._clock = stream.clock
         self._max_pdu = max_pdu
         self._ul = UpperLayer(
             requestor=requestor,
@@ -559,7 +568,7 @@ class Association:
             raise _TransportError(str(exc) or type(exc).__name__) from exc
         finally:
             self._send_started = None
-        self._last_tx = _current_time()
+        self._last_tx = self._clock()
 
     async def _read_exact(self, n: int) -> bytes | memoryview:
         """Exactly ``n`` bytes from the stream.
@@ -954,7 +963,7 @@ class Association:
             plain, msg = reassembler.feed_plain(body)
             if plain:
                 if now < 0:
-                    now = _loop_time()
+                    now = self._clock()
                 pos += 6 + length
                 if msg is not None:
                     self._route(msg)
@@ -964,7 +973,7 @@ class Association:
             except PDUError:
                 break  # the reader reports it
             if now < 0:
-                now = _loop_time()
+                now = self._clock()
             pos += 6 + length
             for context_id, control_header, pdv_data in items:
                 try:
@@ -2118,7 +2127,7 @@ class Association:
             pdu = single_pdu(context_id, command, dataset)
         self._data_sent(pdu)
         stream.send_now(pdu)
-        self._last_tx = _loop_time()
+        self._last_tx = self._clock()
         return True
 
     async def _send_message(self, context_id: int, command: bytes, dataset: _Payload) -> None:
@@ -2526,10 +2535,10 @@ class Association:
             self._pending[mid] = pending
             try:
                 await self._send_message(context_id, encoded, dataset)
-                pending.sent_at = now = _current_time()
+                pending.sent_at = now = self._clock()
                 if self.dimse_timeout is not None:
                     self._kick(now + self.dimse_timeout)
-                await pending.done.wait()
+                await pending.done.wait(self._loop)
             finally:
                 del self._pending[mid]
         finally:
@@ -3298,11 +3307,6 @@ def _current_time() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return anyio.current_time()
-
-
-def _loop_time() -> float:
-    """The asyncio loop's clock (anyio's current_time() needs a task)."""
-    return asyncio.get_running_loop().time()
 
 
 def _cap(value: int) -> int:

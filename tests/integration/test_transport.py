@@ -37,7 +37,7 @@ class _Spy:
     def __init__(self, stream: AsyncioStream) -> None:
         self.soon = 0
         self.writes: list[bytes] = []
-        loop, transport = stream._loop, stream._transport
+        loop, transport = stream.loop, stream._transport
         spy = self
 
         class Loop:
@@ -54,7 +54,7 @@ class _Spy:
             spy.writes.append(bytes(data))
             real_write(data)
 
-        stream._loop = Loop()  # type: ignore[assignment]
+        stream.loop = Loop()  # type: ignore[assignment]
         transport.write = write  # type: ignore[method-assign]
 
 
@@ -319,14 +319,14 @@ async def test_a_large_write_goes_to_the_socket_not_the_transport_buffer() -> No
         async with pair() as (stream, reader, _writer):
             spy = _Spy(stream)
             waits = 0
-            real_add_writer = stream._loop.add_writer
+            real_add_writer = stream.loop.add_writer
 
             def add_writer(*args: Any) -> Any:
                 nonlocal waits
                 waits += 1
                 return real_add_writer(*args)
 
-            stream._loop.add_writer = add_writer  # type: ignore[method-assign]  # the spy's loop
+            stream.loop.add_writer = add_writer  # type: ignore[method-assign]  # the spy's loop
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream.send, data)
                 got = await _read_slowly(reader, len(data))
