@@ -133,6 +133,7 @@ from .pdu_primitives import (
     UserItem,
 )
 from .presentation import (
+    ContextTuple,
     PresentationContext,
     negotiate_as_acceptor,
     negotiate_as_requestor,
@@ -412,6 +413,7 @@ class Association:
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
         self._contexts: dict[int, PresentationContext] = {}
+        self._context_tuples: dict[int, ContextTuple] = {}
         self._rejected: list[PresentationContext] = []
         self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
         self._spool: Spool | None = None
@@ -1649,12 +1651,19 @@ class Association:
             )
         )
 
+    def _context_tuple(self, context_id: int) -> ContextTuple:
+        """``event.context`` of an accepted context (made once: contexts do not
+        change once negotiated, and the tuple is immutable)."""
+        found = self._context_tuples.get(context_id)
+        if found is None:
+            found = self._context_tuples[context_id] = self._contexts[context_id].as_tuple()
+        return found
+
     def _event_for(self, kind: evt.EventType, msg: Message, **attrs: Any) -> evt.Event:
-        cx = self._contexts[msg.context_id]
         return evt.Event(
             self,
             kind,
-            context=cx.as_tuple(),
+            context=self._context_tuple(msg.context_id),
             _raw_request=msg.raw_command,
             message_id=msg.command.get("MessageID"),  # a request's
             **attrs,
@@ -2039,13 +2048,17 @@ class Association:
         return encode_command(fields)
 
     def _store_event(self, msg: Message) -> evt.Event:
+        """The EVT_C_STORE event of a request (what :meth:`_event_for` makes, and the data set)."""
         spool = msg.spool if isinstance(msg.spool, Spool) else None
-        cx = self._contexts[msg.context_id]
-        return self._event_for(
+        context = self._context_tuple(msg.context_id)
+        return evt.Event(
+            self,
             evt.EVT_C_STORE,
-            msg,
+            context=context,
+            _raw_request=msg.raw_command,
+            message_id=msg.command.get("MessageID"),
             _encoded=msg.data,
-            _transfer_syntax=cx.transfer_syntax[0],
+            _transfer_syntax=context.transfer_syntax,
             dataset_path=None if spool is None else spool.path,
             _data_offset=0 if spool is None else spool.data_offset,
         )
@@ -2500,6 +2513,10 @@ class Association:
             if msg_id in self._pending:
                 raise ValueError(f"message ID {msg_id} is already in use on this association")
             return msg_id
+        mid = (self._next_id + 1) & 0xFFFF
+        if mid and mid not in self._pending:  # nearly always: the next one is free
+            self._next_id = mid
+            return mid
         for _ in range(0x10000):
             self._next_id = (self._next_id + 1) & 0xFFFF
             if self._next_id and self._next_id not in self._pending:
