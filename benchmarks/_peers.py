@@ -287,12 +287,13 @@ def aiodicom_store_scu(args: argparse.Namespace) -> None:
                     status = await assoc.send_c_store(path)
                     assert status.Status == 0, status
 
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             async with anyio.create_task_group() as tg:
                 for _ in range(window):
                     tg.start_soon(sender)
             seconds = time.perf_counter() - start
-        return _store_result(files, seconds, window=invoked)
+            cpu = time.process_time() - cpu
+        return _store_result(files, seconds, window=invoked, cpu_seconds=cpu)
 
     _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
 
@@ -339,7 +340,7 @@ def pynetdicom_store_scu(args: argparse.Namespace) -> None:
 
     assoc = associate()
     stalls, stalled, i = 0, 0.0, 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while i < len(files):
         t0 = time.perf_counter()
         # send_c_store(path) is dcmread(path) + send_c_store(dataset) unless
@@ -353,8 +354,9 @@ def pynetdicom_store_scu(args: argparse.Namespace) -> None:
         stalled += time.perf_counter() - t0
         assoc = associate()
     seconds = time.perf_counter() - start - stalled
+    cpu = time.process_time() - cpu  # (a stall's waiting costs no CPU)
     assoc.release()
-    _emit(_store_result(files, seconds, pynetdicom_stalls=stalls))
+    _emit(_store_result(files, seconds, pynetdicom_stalls=stalls, cpu_seconds=cpu))
 
 
 # -- C-FIND / C-GET (bench_qr.py) ------------------------------------------------

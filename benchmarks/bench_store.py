@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -140,13 +141,35 @@ class Finished:
     stderr: str
     seconds: float
     sampled_hwm_mib: float
+    cpu_seconds: float  # user + system, the whole process
 
 
-def run_client(argv: list[str], timeout: float = 900) -> Finished:
-    """Run a client to its end: its output, wall time and sampled VmHWM."""
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time of a live process, all its threads (those gone too), in seconds.
+
+    Linux's clock of a process's CPU time: clock ID ``(~pid << 3) | 2``
+    (CPUCLOCK_SCHED, per process), what clock_getcpuclockid() returns.
+    """
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        return float("nan")
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Keep a process (its main thread, and the threads it starts) on one CPU."""
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
+
+
+def run_client(argv: list[str], timeout: float = 900, cpu: int | None = None) -> Finished:
+    """Run a client to its end: its output, wall time and sampled VmHWM (on ``cpu``, if given)."""
     with tempfile.TemporaryFile("w+") as err:
+        # The children reaped meanwhile are this one alone (the SCP is reaped later).
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=ENV)
+        pin(proc.pid, cpu)  # (a Python client is still starting: nothing to time yet)
         sampler = HwmSampler(proc.pid)
         sampler.start()
         try:
@@ -159,11 +182,13 @@ def run_client(argv: list[str], timeout: float = 900) -> Finished:
             seconds = time.perf_counter() - start
             sampler.stop.set()
             sampler.join()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         err.seek(0)
         stderr = err.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[:4]} exited with {proc.returncode}: {stderr[-2000:]}")
-    return Finished(out, stderr, seconds, sampler.peak)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Finished(out, stderr, seconds, sampler.peak, cpu)
 
 
 # -- pairs --------------------------------------------------------------------------
@@ -178,6 +203,11 @@ class Sample:
     scp_rss: float
     stalls: int = 0
     whole_process: bool = False  # storescu: seconds is its wall time, start-up included
+    #: CPU time (user + system) of each side during the job: the SCU's over its
+    #: stores (storescu: the whole process, its base subtracted later), the
+    #: SCP's over the SCU's run (association set-up and release included).
+    scu_cpu: float = float("nan")
+    scp_cpu: float = float("nan")
 
 
 @dataclass
@@ -188,6 +218,8 @@ class Pair:
     uvloop: bool = False
     window: int = 1  # aiodicom SCU: tasks sharing the association / async ops window
     scp_writes: bool = False  # dcmtk storescp: write the files (-od) instead of --ignore
+    #: (SCP's CPU, SCU's CPU): both processes pinned there; None: the scheduler's choice.
+    cpus: tuple[int, int] | None = None
     small: list[Sample] = field(default_factory=list)
     large: list[Sample] = field(default_factory=list)
     error: str = ""
@@ -199,6 +231,7 @@ class Bench:
     storescu: str | None
     storescp: str | None
     storescu_base: float = float("inf")  # storescu start-up + association + 1 store + release
+    storescu_base_cpu: float = float("inf")  # its CPU time
     storescu_start: float = 0.0  # storescu --version
     profile_dir: Path | None = None  # run the Python peers under cProfile
 
@@ -230,6 +263,12 @@ class Bench:
 
     @contextmanager
     def scp(self, pair: Pair) -> Iterator[Server]:
+        with self._scp(pair) as srv:
+            pin(srv.proc.pid, pair.cpus[0] if pair.cpus else None)
+            yield srv
+
+    @contextmanager
+    def _scp(self, pair: Pair) -> Iterator[Server]:
         if pair.scp == "dcmtk":
             assert self.storescp is not None
             port = free_port()
@@ -269,13 +308,17 @@ class Bench:
         times = []
         for _ in range(runs):
             with self.scp(pair) as srv:
-                times.append(run_client(self.storescu_argv(srv.port, directory)).seconds)
+                done = run_client(self.storescu_argv(srv.port, directory))
+            times.append(done.seconds)
+            self.storescu_base_cpu = min(self.storescu_base_cpu, done.cpu_seconds)
         return min(times)
 
     def run(self, pair: Pair, directory: Path) -> Sample:
         with self.scp(pair) as srv:
+            scp_cpu = process_cpu_seconds(srv.proc.pid)
+            cpu = pair.cpus[1] if pair.cpus else None
             if pair.scu == "dcmtk":
-                done = run_client(self.storescu_argv(srv.port, directory))
+                done = run_client(self.storescu_argv(srv.port, directory), cpu=cpu)
                 files = [p for p in directory.iterdir() if p.suffix == ".dcm"]
                 sample = Sample(
                     done.seconds,
@@ -284,12 +327,13 @@ class Bench:
                     done.sampled_hwm_mib,
                     float("nan"),
                     whole_process=True,
+                    scu_cpu=done.cpu_seconds,
                 )
             else:
                 role = f"{pair.scu}-store-scu"
                 argv = [*self.peers(role), str(srv.port), "--dir", str(directory)]
                 window = ["--window", str(pair.window)] if pair.window > 1 else []
-                done = run_client([*argv, *self.python_args(pair, pair.scu), *window])
+                done = run_client([*argv, *self.python_args(pair, pair.scu), *window], cpu=cpu)
                 res = json.loads(done.stdout.strip().splitlines()[-1])
                 sample = Sample(
                     res["seconds"],
@@ -298,12 +342,18 @@ class Bench:
                     res["vm_hwm_mib"],
                     float("nan"),
                     int(res.get("pynetdicom_stalls", 0)),
+                    scu_cpu=res.get("cpu_seconds", float("nan")),
                 )
+            sample.scp_cpu = process_cpu_seconds(srv.proc.pid) - scp_cpu
             sample.scp_rss = vm_hwm_mib(srv.proc.pid)
         return sample
 
 
-def make_pairs(have_dcmtk: bool, have_uvloop: bool) -> list[Pair]:
+#: Where the pinned rows put (SCP, SCU): what they are called after.
+PINNINGS: dict[tuple[int, int], str] = {(0, 0): "both on CPU 0", (0, 1): "SCP on CPU 0, SCU on 1"}
+
+
+def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> list[Pair]:
     pairs = [Pair("aiodicom <-> aiodicom (asyncio)", "aiodicom", "aiodicom")]
     if have_uvloop:
         pairs.append(Pair("aiodicom <-> aiodicom (uvloop)", "aiodicom", "aiodicom", True))
@@ -316,7 +366,18 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool) -> list[Pair]:
         pairs.append(Pair("dcmtk storescu -> aiodicom SCP", "dcmtk", "aiodicom"))
     pairs.append(Pair("aiodicom SCU -> pynetdicom SCP", "aiodicom", "pynetdicom"))
     pairs.append(Pair("pynetdicom SCU -> aiodicom SCP", "pynetdicom", "aiodicom"))
+    if pinned:
+        for cpus, where in PINNINGS.items():
+            pairs.append(Pair(f"aiodicom <-> aiodicom (asyncio), {where}", "aiodicom",
+                              "aiodicom", cpus=cpus))  # fmt: skip
+            if have_dcmtk:
+                pairs.append(Pair(dcmtk_ref(cpus), "dcmtk", "dcmtk", cpus=cpus))
     return pairs
+
+
+def dcmtk_ref(cpus: tuple[int, int] | None) -> str:
+    """The dcmtk row the others compare with: pinned alike, or not pinned."""
+    return DCMTK_REF if cpus is None else f"{DCMTK_REF}, {PINNINGS[cpus]}"
 
 
 def aiodicom_has_store() -> bool:
@@ -348,6 +409,16 @@ def _rss(samples: list[Sample]) -> str:
     return f"{scu:,.0f} / {scp:,.0f}"
 
 
+def _cpu(samples: list[Sample]) -> str:
+    """CPU microseconds per instance, SCU + SCP, of the run that used the least."""
+    done = [s for s in samples if s.scu_cpu == s.scu_cpu and s.scp_cpu == s.scp_cpu]
+    if not done:
+        return "-"
+    best = min(done, key=lambda s: s.scu_cpu + s.scp_cpu)
+    scu, scp = (1e6 * t / best.instances for t in (best.scu_cpu, best.scp_cpu))
+    return f"{scu:,.0f} + {scp:,.0f} = {scu + scp:,.0f}"
+
+
 def pdu_note(pair: Pair, max_pdu: int) -> str:
     """The SCP's maximum PDU, which bounds the P-DATA-TF PDUs of the stores."""
     return f"{max_pdu or DEFAULT_PDU[pair.scp]:,}"
@@ -360,15 +431,13 @@ def table(pairs: list[Pair], max_pdu: int) -> str:
         pair = by_name.get(name)
         return _best(getattr(pair, which), rate) if pair else None
 
-    refs = {
-        which: (ref(PYN_REF, which, rate), ref(DCMTK_REF, which, rate))
-        for which, rate in (("small", small_rate), ("large", large_rate))
-    }
+    rates = {"small": small_rate, "large": large_rate}
 
-    def cells(value: float | None, which: str, fmt: str) -> list[str]:
+    def cells(pair: Pair, value: float | None, which: str, fmt: str) -> list[str]:
         if value is None:
             return ["-", "", ""]
-        pyn, dcm = refs[which]
+        pyn = ref(PYN_REF, which, rates[which])
+        dcm = ref(dcmtk_ref(pair.cpus), which, rates[which])
         return [
             format(value, fmt),
             f"{value / pyn:.2f}x" if pyn else "",
@@ -377,9 +446,10 @@ def table(pairs: list[Pair], max_pdu: int) -> str:
 
     lines = [
         "| pair | small inst/s | vs pynetdicom | vs dcmtk | large MB/s | vs pynetdicom "
-        "| vs dcmtk | peak RSS MiB SCU / SCP, small | peak RSS MiB SCU / SCP, large "
+        "| vs dcmtk | CPU µs/instance SCU + SCP, small "
+        "| peak RSS MiB SCU / SCP, small | peak RSS MiB SCU / SCP, large "
         "| SCP max PDU | note |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for p in pairs:
         small = _best(p.small, small_rate)
@@ -390,8 +460,9 @@ def table(pairs: list[Pair], max_pdu: int) -> str:
             note = f"{note} {stalls} pynetdicom stall(s) left out (pynetdicom#875)".strip()
         row = [
             p.name,
-            *cells(small, "small", ",.0f"),
-            *cells(large, "large", ",.0f"),
+            *cells(p, small, "small", ",.0f"),
+            *cells(p, large, "large", ",.0f"),
+            _cpu(p.small),
             _rss(p.small),
             _rss(p.large),
             pdu_note(p, max_pdu),
@@ -443,6 +514,9 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="--profile: run under uvloop")
     parser.add_argument("--no-aiodicom", action="store_true", help="skip the aiodicom rows")
     parser.add_argument(
+        "--no-pinned", action="store_true", help="skip the rows pinned to CPUs 0 and 1"
+    )
+    parser.add_argument(
         "--only", default="", help="comma-separated substrings: run only the matching pairs"
     )
     parser.add_argument("--tmpdir", default=None, help="where to generate the instances")
@@ -467,7 +541,8 @@ def main() -> None:
         have_uvloop = True
     except ImportError:
         have_uvloop = False
-    pairs = make_pairs(have_dcmtk, have_uvloop)
+    pinned = not args.no_pinned and len(os.sched_getaffinity(0)) >= 2
+    pairs = make_pairs(have_dcmtk, have_uvloop, pinned and {0, 1} <= os.sched_getaffinity(0))
     skipped_aio = ""
     if args.no_aiodicom:
         skipped_aio = "--no-aiodicom"
@@ -507,7 +582,7 @@ def main() -> None:
                 try:
                     if args.small:  # storescu refuses an empty directory
                         pair.small.append(bench.run(pair, root / "small"))
-                    if args.large:
+                    if args.large and not pair.cpus:  # (see the note on pinned rows)
                         pair.large.append(bench.run(pair, root / "large"))
                 except Exception as exc:  # keep the other rows
                     pair.error = f"failed: {str(exc).splitlines()[0][:120]}"
@@ -517,6 +592,7 @@ def main() -> None:
         for sample in pair.small + pair.large:
             if sample.whole_process:
                 sample.seconds = max(sample.seconds - bench.storescu_base, 1e-9)
+                sample.scu_cpu = max(sample.scu_cpu - bench.storescu_base_cpu, 0.0)
     print(table(pairs, args.max_pdu))
     pdu = (
         f"forced to {args.max_pdu:,} bytes on every side"
@@ -562,6 +638,27 @@ def main() -> None:
             f"release); its process start alone (storescu --version) is "
             f"{bench.storescu_start * 1000:.1f} ms, negligible against 2,000 stores."
         )
+    if any(p.cpus for p in pairs):
+        notes.append(
+            "Pinned rows: each side kept on one CPU (sched_setaffinity), 'both on CPU 0' "
+            "or 'SCP on CPU 0, SCU on 1', and compared with dcmtk pinned the same way. "
+            "Unpinned, the scheduler puts the two sides on one CPU or on two as it goes, "
+            "and one store at a time is far faster on one (no wake-up crosses CPUs): a "
+            "run's rate depends on where it happened to land. The pinned rows show each "
+            "case alone, for the small set only: pinned, a process's threads share its "
+            "CPU, and the aiodicom SCP spools a large instance to disk from a worker "
+            "thread, which would then take turns with its event loop."
+        )
+    notes.append(
+        "CPU per instance: user + system time of each side while the small set went, "
+        "divided by the instances (of the repetition that used the least in all): a "
+        "Python SCU's over its stores (time.process_time()), storescu's over its whole "
+        "process minus that of its 1-instance runs, an SCP's from its process CPU clock "
+        "(all threads) across the SCU's run (association set-up and release included, "
+        "for every SCP alike). It too depends on where the scheduler ran the two sides: "
+        "on two CPUs each wake-up crosses CPUs, and both the rate and the CPU time of "
+        "every side are worse than when they share one."
+    )
     notes.append(
         "Peak RSS is VmHWM: Python SCUs report their own at the end, storescu's is sampled "
         "every 5 ms from /proc/PID/status, an SCP's is read there just before it is stopped; "
