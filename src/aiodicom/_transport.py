@@ -194,8 +194,10 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         stream = self.stream
-        if stream is not None:
-            stream._data_arrived()
+        if stream is not None and not stream._corked:
+            # What is written next answers what just arrived: it goes out at
+            # once (unless earlier writes still wait for their flush: order).
+            stream._burst = False
         start = self.start
         end = self.end = self.end + nbytes
         if not self.framed:
@@ -565,21 +567,8 @@ class AsyncioStream(anyio.abc.ByteStream):
             or self._transport.is_closing()
         )
 
-    def send_now(self, item: bytes) -> None:
-        """Write ``item`` without awaiting; only after :meth:`can_send_now` said yes.
-
-        The bytes are queued exactly as :meth:`send` queues them; a peer that
-        stops reading makes the next :meth:`send` wait, not this call.
-        """
-        self._put(item)
-
-    def _data_arrived(self) -> None:
-        """What is written next answers what just arrived: it goes out at once
-        (unless earlier writes still wait for their flush, which keeps order)."""
-        if not self._corked:
-            self._burst = False
-
     def _put(self, item: bytes) -> None:
+        """Queue ``item`` for the transport (see the cork comment in ``__init__``)."""
         if self._direct_rest is not None:
             self._hand_over()
         if not self._burst:
@@ -592,6 +581,11 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._corked_size += len(item)
             if self._corked_size >= _CORK_LIMIT:
                 self._write_corked()
+
+    #: Write ``item`` without awaiting; only after :meth:`can_send_now` said yes.
+    #: The bytes are queued exactly as :meth:`send` queues them; a peer that
+    #: stops reading makes the next :meth:`send` wait, not this call.
+    send_now = _put
 
     def _flush(self) -> None:
         """End of the loop iteration: hand the corked writes to the transport.

@@ -2138,7 +2138,8 @@ class Association:
             pdu = encode_p_data(context_id, 0x03, command)
         else:
             pdu = single_pdu(context_id, command, dataset)
-        self._data_sent(pdu)
+        if not self._ul.note_data_sent():  # (nothing to do: the usual case)
+            self._data_sent(pdu)
         stream.send_now(pdu)
         self._last_tx = self._clock()
         return True
