@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_echo import ENV, PEERS, dcmtk_tool, free_port, server  # noqa: E402
-from bench_store import make_instances  # noqa: E402
+from bench_store import make_instances, warm  # noqa: E402
 
 #: The aiodicom store SCU, its openat2 call standing in by os.open (see above).
 _SCU_UNDER_VALGRIND = """
@@ -103,6 +103,7 @@ def scp_argv(kind: str, port: int) -> tuple[list[str], int | None]:
 
 
 def measure_scu(kind: str, directory: Path, wrap: Counter, out: Path) -> None:
+    warm(directory)
     argv, port = scp_argv(kind, free_port())
     with server(argv, port=port) as srv:
         subprocess.run(wrap(scu_argv(kind, srv.port, directory), out), env=ENV, check=True,
@@ -110,6 +111,7 @@ def measure_scu(kind: str, directory: Path, wrap: Counter, out: Path) -> None:
 
 
 def measure_scp(kind: str, directory: Path, wrap: Counter, out: Path) -> None:
+    warm(directory)
     argv, port = scp_argv(kind, free_port())
     # storescp ends on SIGINT, the Python SCP on SIGTERM; the counter then writes its file.
     stop = signal.SIGINT if kind == "dcmtk" else signal.SIGTERM

@@ -97,6 +97,19 @@ def make_instances(directory: Path, count: int, rows: int, cols: int, tag: str) 
     return size
 
 
+def warm(directory: Path) -> None:
+    """Read every file of a set, so the page cache holds it when a run starts.
+
+    Some machines page out what has not been touched for seconds (a VM whose
+    host reclaims cold memory, e.g. with DAMON): files generated, or read by
+    the runs before, may be back on disk, and a run would then time the disk.
+    """
+    for path in directory.iterdir():
+        with path.open("rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+
+
 # -- processes ----------------------------------------------------------------------
 
 
@@ -315,6 +328,7 @@ class Bench:
 
     def run(self, pair: Pair, directory: Path) -> Sample:
         with self.scp(pair) as srv:
+            warm(directory)  # last thing before the client starts
             scp_cpu = process_cpu_seconds(srv.proc.pid)
             cpu = pair.cpus[1] if pair.cpus else None
             if pair.scu == "dcmtk":
@@ -610,7 +624,9 @@ def main() -> None:
         f"{large_size:,} bytes ({rows}x{cols} 16-bit pixels); each set on one association; "
         f"CT Image Storage, Explicit VR Little Endian; generated in {gen:.1f} s.",
         f"Max PDU: {pdu}; the SCP's limit sets the size of the P-DATA-TF PDUs of the stores.",
-        "SCUs read every instance from its file (page cache): aiodicom send_c_store(path); "
+        "SCUs read every instance from its file, in the page cache (every file of the set "
+        "is read just before each run: this machine may page out what went unused for "
+        "seconds): aiodicom send_c_store(path); "
         "dcmtk storescu +sd DIR (it scans the files' headers first, inside its timing); "
         "pynetdicom send_c_store(path), which is dcmread(path) and then encoding the data set "
         f"again{chunked}.",
