@@ -341,11 +341,14 @@ class _Layout:
     keys: tuple[str, ...]
     #: The text values: (keyword, whether it is a UID that repeats (cached)).
     texts: tuple[tuple[str, bool], ...]
-    #: For command_dataset: the elements' tags, lengths and value offsets.
+    #: For command_dataset, of the elements but the Command Group Length: a
+    #: function picking their values out of what ``raw`` unpacks, their
+    #: tags, lengths and value offsets, and where the (last) Status is among
+    #: them (-1: none).
+    pick: Callable[[tuple[Any, ...]], tuple[bytes, ...]]
     tags: tuple[BaseTag, ...]
     lengths: tuple[int, ...]
     tells: tuple[int, ...]
-    #: Where the (last) Status value is among the values, or -1.
     status: int
 
 
@@ -416,11 +419,19 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
         lengths.append(length)
         tells.append(pos + 8)
         pos += 8 + length
+    # command_dataset leaves the Command Group Length out (wherever it is).
+    kept = [i for i, kw in enumerate(keys) if kw != "CommandGroupLength"]
+    if not kept:
+        return
+    values = [2 * i + 1 for i in kept]  # where each value is in what ``raw`` unpacks
+    pick = operator.itemgetter(*values) if len(values) > 1 else lambda f: (f[values[0]],)
     layout = _Layout(
         struct.Struct("".join(decode_fmt)).unpack_from,
         struct.Struct("".join(raw_fmt)).unpack_from,
-        tuple(headers), tuple(keys), tuple(texts), tuple(tags), tuple(lengths), tuple(tells),
-        max((i for i, kw in enumerate(keys) if kw == "Status"), default=-1),
+        tuple(headers), tuple(keys), tuple(texts), pick,
+        tuple(tags[i] for i in kept), tuple(lengths[i] for i in kept),
+        tuple(tells[i] for i in kept),
+        max((n for n, i in enumerate(kept) if keys[i] == "Status"), default=-1),
     )  # fmt: skip
     _LAYOUTS.setdefault(end, []).append(layout)
     _layout_count += 1
@@ -582,10 +593,10 @@ def command_dataset(raw: bytes, layout: Any = None) -> Dataset:
     """
     if layout is not None:
         assert isinstance(layout, _Layout)
-        return _layout_dataset(layout, layout.raw(raw)[1::2])
+        return _layout_dataset(layout, layout.pick(layout.raw(raw)))
     found = _find_layout(raw, raw=True)
     if found is not None:
-        return _layout_dataset(found[0], found[1][1::2])
+        return _layout_dataset(found[0], found[0].pick(found[1]))
     return _walk_dataset(raw)
 
 
@@ -612,25 +623,28 @@ def _walk_dataset(raw: bytes) -> Dataset:
     return _new_dataset(elements)
 
 
-_GROUP_LENGTH_TAG: Final = _GROUP_0000_TAGS[0x0000]
 _STATUS_TAG: Final = _GROUP_0000_TAGS[0x0900]
 
 
+#: Endless: shared by every call of _layout_dataset (zip takes what it needs).
+_NONES, _TRUES, _FALSES = repeat(None), repeat(True), repeat(False)
+
+
 def _layout_dataset(layout: _Layout, values: tuple[bytes, ...]) -> Dataset:
-    """:func:`command_dataset` of a set of a known layout, from its values."""
-    true = repeat(True)
+    """:func:`command_dataset` of a set of a known layout, from the values
+    ``layout.pick`` picked."""
+    true = _TRUES
     elements: dict[BaseTag, DataElement | RawDataElement] = dict(
         zip(
             layout.tags,
             map(
                 _new_raw_element,
-                zip(layout.tags, repeat(None), layout.lengths, values, layout.tells,
-                    true, true, true, repeat(False), strict=False),
+                zip(layout.tags, _NONES, layout.lengths, values, layout.tells,
+                    true, true, true, _FALSES, strict=False),
             ),
             strict=True,
         )
     )  # fmt: skip
-    elements.pop(_GROUP_LENGTH_TAG, None)
     if layout.status >= 0:
         # Nearly every caller reads .Status: convert it now, cheaply (a
         # layout's US is 2 bytes long).
