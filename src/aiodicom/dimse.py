@@ -352,8 +352,8 @@ class _Layout:
     status: int
 
 
-#: Command set length -> the layouts of that length seen; bounded by
-#: _MAX_LAYOUTS in all (a peer sending ever new layouts gets the walk).
+#: Command set length -> the layouts of that length seen; at most
+#: _MAX_LAYOUTS in all (when full, the cache starts over).
 _LAYOUTS: dict[int, list[_Layout]] = {}
 _MAX_LAYOUTS: Final = 128
 _layout_count = 0
@@ -378,8 +378,9 @@ def _repeated_uid(raw: bytes) -> str:
     text = _DECODED_UIDS.get(raw)
     if text is None:
         text = raw.decode("latin-1").rstrip("\x00 ")
-        if len(_DECODED_UIDS) < 1024:
-            _DECODED_UIDS[raw] = text
+        if len(_DECODED_UIDS) >= 1024:
+            _DECODED_UIDS.clear()  # full: start over (bounded, never stale)
+        _DECODED_UIDS[raw] = text
     return text
 
 
@@ -387,7 +388,10 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     """Keep the layout of a command set :func:`decode_command` walked without error."""
     global _layout_count
     if _layout_count >= _MAX_LAYOUTS:
-        return
+        # Full: start over, so the layouts in use now are learned again (a
+        # peer sending ever new layouts cannot keep the others out for good).
+        _LAYOUTS.clear()
+        _layout_count = 0
     decode_fmt, raw_fmt = ["<"], ["<"]
     headers, keys, texts, tags, lengths, tells = [], [], [], [], [], []
     pos, end = 0, len(data)

@@ -538,7 +538,9 @@ def _class_uid(raw: bytes) -> UID | None:
     if uid is None:
         text = _uid_text(raw)
         uid = None if text is None else _known_uid(text)
-        if uid is not None and len(_CLASS_UIDS) < 256:
+        if uid is not None:
+            if len(_CLASS_UIDS) >= 256:
+                _CLASS_UIDS.clear()  # full: start over
             _CLASS_UIDS[raw] = uid
     return uid
 
@@ -547,8 +549,12 @@ def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> 
     """Keep the layout of a head :func:`_walk_head` read (meta and data set
     head Explicit VR Little Endian or Implicit VR Little Endian)."""
     global _head_layout_count
-    if _head_layout_count >= _MAX_HEAD_LAYOUTS or ts == DeflatedExplicitVRLittleEndian:
+    if ts == DeflatedExplicitVRLittleEndian:
         return
+    if _head_layout_count >= _MAX_HEAD_LAYOUTS:
+        # Full: start over, so the layouts of the files sent now are learned.
+        _HEAD_LAYOUTS.clear()
+        _head_layout_count = 0
     implicit, little = encoding_of(ts)
     if not little:
         return

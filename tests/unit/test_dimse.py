@@ -800,6 +800,7 @@ def test_layouts_are_bounded(fresh_layouts: dict[int, list[Any]]) -> None:
     # Layouts of their own: an instance UID and an error comment of each
     # pair of lengths.
     lengths = [(a, b) for a in range(2, 66, 2) for b in range(2, 66, 2)]
+    sets = []
     for a, b in lengths[: dimse._MAX_LAYOUTS + 40]:
         fields = {
             "CommandField": 0x8001,
@@ -807,11 +808,17 @@ def test_layouts_are_bounded(fresh_layouts: dict[int, list[Any]]) -> None:
             "ErrorComment": "x" * b,
         }
         raw = encode_command(fields)
+        sets.append(raw)
         assert decode_command(raw) == dimse._walk_command(raw)
-    assert sum(map(len, fresh_layouts.values())) == dimse._MAX_LAYOUTS
-    # Past the bound, sets are still read (by the walk).
-    assert dimse._find_layout(raw) is None
-    assert command_dataset(raw).ErrorComment == fields["ErrorComment"]
+        assert sum(map(len, fresh_layouts.values())) <= dimse._MAX_LAYOUTS
+    # Full, the cache started over: the layouts seen since are known (those
+    # in use now), the first ones are not (until they come back).
+    assert sum(map(len, fresh_layouts.values())) == 40
+    assert dimse._find_layout(sets[-1]) is not None
+    assert dimse._find_layout(sets[0]) is None
+    assert command_dataset(sets[0]).ErrorComment == "x" * lengths[0][1]
+    assert decode_command(sets[0]) == dimse._walk_command(sets[0])
+    assert dimse._find_layout(sets[0]) is not None
 
 
 @pytest.mark.parametrize(

@@ -486,14 +486,20 @@ def test_head_layouts_are_bounded() -> None:
     from aiodicom import dsutils
 
     _forget_heads()
+    first = None
     for n in range(dsutils._MAX_HEAD_LAYOUTS + 10):
         uid = "1.2." + "3" * (2 * (n % 30) + 1)
         buf = _part10(SOPInstanceUID=uid, ImageType="XX" * (n // 30 + 1))
+        first = first or buf
         expected = _pydicom_or_error(buf)
         assert probe_buffer(buf) == expected
-        assert probe_buffer(buf) == expected  # by its layout, while there is room
-    assert sum(map(len, dsutils._HEAD_LAYOUTS.values())) == dsutils._MAX_HEAD_LAYOUTS
-    assert dsutils._head_by_layout(buf, 0) is None
+        assert probe_buffer(buf) == expected  # by its layout
+        assert dsutils._head_by_layout(buf, 0) == expected
+        assert sum(map(len, dsutils._HEAD_LAYOUTS.values())) <= dsutils._MAX_HEAD_LAYOUTS
+    # Full, the cache started over: the first layout is read by the walk again.
+    assert sum(map(len, dsutils._HEAD_LAYOUTS.values())) == 10
+    assert dsutils._head_by_layout(first, 0) is None
+    assert probe_buffer(first) == _pydicom_or_error(first)
     _forget_heads()
 
 
