@@ -211,21 +211,28 @@ def encode_status_response(
     ``CommandDataSetType`` (no data set), ``Status`` and, if given,
     ``AffectedSOPInstanceUID``: the answer to every C-ECHO and C-STORE.
     """
-    if sop_instance is None:
-        instance = b""
-    else:
-        raw = _uid_value(sop_instance)
-        instance = _ELEM_HEADER.pack(0, 0x1000, len(raw)) + raw
-    return _command_set(
-        (
-            _uid_element(0x0002, sop_class),
-            _US_ELEMENT.pack(0, 0x0100, 2, command_field),
-            _US_ELEMENT.pack(0, 0x0120, 2, message_id),
-            _NO_DATASET_ELEMENT,
-            _US_ELEMENT.pack(0, 0x0900, 2, status),
-            instance,
-        )
+    body = _response_head(command_field, sop_class) + _RESPONSE_MIDDLE.pack(
+        _MID_HEADER, message_id, _NO_DATASET_STATUS_HEADER, status
     )
+    if sop_instance is not None:
+        raw = _uid_value(sop_instance)
+        body += _ELEM_HEADER.pack(0, 0x1000, len(raw)) + raw
+    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+@functools.lru_cache(maxsize=256)
+def _response_head(command_field: int, sop_class: str) -> bytes:
+    """The Affected SOP Class UID and Command Field elements of a response (they repeat)."""
+    return _uid_element(0x0002, sop_class) + _US_ELEMENT.pack(0, 0x0100, 2, command_field)
+
+
+#: What follows them in a status response: the Message ID Being Responded
+#: To, Command Data Set Type (none) and Status, the constant parts as bytes.
+_RESPONSE_MIDDLE: Final = struct.Struct("<8sH18sH")
+_MID_HEADER: Final = _ELEM_HEADER.pack(0, 0x0120, 2)
+_NO_DATASET_STATUS_HEADER: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET) + _ELEM_HEADER.pack(
+    0, 0x0900, 2
+)
 
 
 def encode_echo_request(message_id: int, sop_class: str) -> bytes:
