@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -425,7 +426,7 @@ def _rss(samples: list[Sample]) -> str:
 
 def _cpu(samples: list[Sample]) -> str:
     """CPU microseconds per instance, SCU + SCP, of the run that used the least."""
-    done = [s for s in samples if s.scu_cpu == s.scu_cpu and s.scp_cpu == s.scp_cpu]
+    done = [s for s in samples if not (math.isnan(s.scu_cpu) or math.isnan(s.scp_cpu))]
     if not done:
         return "-"
     best = min(done, key=lambda s: s.scu_cpu + s.scp_cpu)
@@ -555,8 +556,8 @@ def main() -> None:
         have_uvloop = True
     except ImportError:
         have_uvloop = False
-    pinned = not args.no_pinned and len(os.sched_getaffinity(0)) >= 2
-    pairs = make_pairs(have_dcmtk, have_uvloop, pinned and {0, 1} <= os.sched_getaffinity(0))
+    pinned = not args.no_pinned and {0, 1} <= os.sched_getaffinity(0)
+    pairs = make_pairs(have_dcmtk, have_uvloop, pinned)
     skipped_aio = ""
     if args.no_aiodicom:
         skipped_aio = "--no-aiodicom"

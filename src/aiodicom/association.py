@@ -962,21 +962,20 @@ class Association:
             body = view[pos + 6 : pos + 6 + length]
             if not self._ul.note_data_received():
                 break  # the reader runs it through the table
+            # The shapes nearly every PDU has in one step, else PDV by PDV.
             plain, msg = reassembler.feed_plain(body)
-            if plain:
-                if now < 0:
-                    now = self._clock()
-                pos += 6 + length
-                if msg is not None:
-                    self._route(msg)
-                continue
-            try:
-                items = split_p_data(body)
-            except PDUError:
-                break  # the reader reports it
+            if not plain:
+                try:
+                    items = split_p_data(body)
+                except PDUError:
+                    break  # the reader reports it
             if now < 0:
                 now = self._clock()
             pos += 6 + length
+            if plain:
+                if msg is not None:
+                    self._route(msg)
+                continue
             for context_id, control_header, pdv_data in items:
                 try:
                     msg = reassembler.feed_item(context_id, control_header, pdv_data)
@@ -2048,17 +2047,12 @@ class Association:
         return encode_command(fields)
 
     def _store_event(self, msg: Message) -> evt.Event:
-        """The EVT_C_STORE event of a request (what :meth:`_event_for` makes, and the data set)."""
         spool = msg.spool if isinstance(msg.spool, Spool) else None
-        context = self._context_tuple(msg.context_id)
-        return evt.Event(
-            self,
+        return self._event_for(
             evt.EVT_C_STORE,
-            context=context,
-            _raw_request=msg.raw_command,
-            message_id=msg.command.get("MessageID"),
+            msg,
             _encoded=msg.data,
-            _transfer_syntax=context.transfer_syntax,
+            _transfer_syntax=self._context_tuple(msg.context_id).transfer_syntax,
             dataset_path=None if spool is None else spool.path,
             _data_offset=0 if spool is None else spool.data_offset,
         )
@@ -2138,8 +2132,7 @@ class Association:
             pdu = encode_p_data(context_id, 0x03, command)
         else:
             pdu = single_pdu(context_id, command, dataset)
-        if not self._ul.note_data_sent():  # (nothing to do: the usual case)
-            self._data_sent(pdu)
+        self._data_sent(pdu)
         stream.send_now(pdu)
         self._last_tx = self._clock()
         return True
@@ -2514,15 +2507,15 @@ class Association:
             if msg_id in self._pending:
                 raise ValueError(f"message ID {msg_id} is already in use on this association")
             return msg_id
-        mid = (self._next_id + 1) & 0xFFFF
-        if mid and mid not in self._pending:  # nearly always: the next one is free
-            self._next_id = mid
-            return mid
-        for _ in range(0x10000):
-            self._next_id = (self._next_id + 1) & 0xFFFF
-            if self._next_id and self._next_id not in self._pending:
-                return self._next_id
-        raise LocalProtocolError("every message ID is in use")
+        # The next free ID after the last one given (0 skipped), round once.
+        mid = last = self._next_id
+        while True:
+            mid = (mid + 1) & 0xFFFF
+            if mid and mid not in self._pending:
+                self._next_id = mid
+                return mid
+            if mid == last:
+                raise LocalProtocolError("every message ID is in use")
 
     async def _invoke(
         self,

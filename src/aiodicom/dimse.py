@@ -394,13 +394,16 @@ def _repeated_uid(raw: bytes) -> str:
 def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     """Keep the layout of a command set :func:`decode_command` walked without error."""
     global _layout_count
-    if _layout_count >= _MAX_LAYOUTS:
-        # Full: start over, so the layouts in use now are learned again (a
-        # peer sending ever new layouts cannot keep the others out for good).
-        _LAYOUTS.clear()
-        _layout_count = 0
     decode_fmt, raw_fmt = ["<"], ["<"]
-    headers, keys, texts, tags, lengths, tells = [], [], [], [], [], []
+    headers: list[bytes] = []
+    keys: list[str] = []
+    texts: list[tuple[str, bool]] = []
+    # For command_dataset, of every element but the Command Group Length:
+    # where its value is in what ``raw`` unpacks, its tag, length, offset.
+    values: list[int] = []
+    tags: list[BaseTag] = []
+    lengths: list[int] = []
+    tells: list[int] = []
     pos, end = 0, len(data)
     while pos < end:
         _, elem, length = _ELEM_HEADER.unpack_from(data, pos)
@@ -424,26 +427,29 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
             if text not in texts:  # an element met twice: its last value, once
                 texts.append(text)
         raw_fmt.append(f"8s{length}s")
+        if elem:  # not the Command Group Length
+            values.append(2 * len(keys) + 1)
+            tags.append(_GROUP_0000_TAGS[elem])
+            lengths.append(length)
+            tells.append(pos + 8)
         headers.append(bytes(data[pos : pos + 8]))
         keys.append(keyword)
-        tags.append(_GROUP_0000_TAGS[elem])
-        lengths.append(length)
-        tells.append(pos + 8)
         pos += 8 + length
-    # command_dataset leaves the Command Group Length out (wherever it is).
-    kept = [i for i, kw in enumerate(keys) if kw != "CommandGroupLength"]
-    if not kept:
+    if not values:
         return
-    values = [2 * i + 1 for i in kept]  # where each value is in what ``raw`` unpacks
     pick = operator.itemgetter(*values) if len(values) > 1 else lambda f: (f[values[0]],)
     layout = _Layout(
         struct.Struct("".join(decode_fmt)).unpack_from,
         struct.Struct("".join(raw_fmt)).unpack_from,
         tuple(headers), tuple(keys), tuple(texts), pick,
-        tuple(tags[i] for i in kept), tuple(lengths[i] for i in kept),
-        tuple(tells[i] for i in kept),
-        max((n for n, i in enumerate(kept) if keys[i] == "Status"), default=-1),
+        tuple(tags), tuple(lengths), tuple(tells),
+        max((i for i, tag in enumerate(tags) if tag == _STATUS_TAG), default=-1),
     )  # fmt: skip
+    if _layout_count >= _MAX_LAYOUTS:
+        # Full: start over, so the layouts in use now are learned again (a
+        # peer sending ever new layouts cannot keep the others out for good).
+        _LAYOUTS.clear()
+        _layout_count = 0
     _LAYOUTS.setdefault(end, []).append(layout)
     _layout_count += 1
 
@@ -594,7 +600,7 @@ _new_raw_element = _raw_element_factory()
 _GROUP_0000_TAGS: Final = {elem: BaseTag(elem) for elem in COMMAND_ELEMENTS}
 
 
-def command_dataset(raw: bytes, layout: Any = None) -> Dataset:
+def command_dataset(raw: bytes, layout: _Layout | None = None) -> Dataset:
     """An encoded command set as a pydicom Dataset, as pynetdicom returns it.
 
     The elements are left raw (pydicom converts each on first access), so a
@@ -603,7 +609,6 @@ def command_dataset(raw: bytes, layout: Any = None) -> Dataset:
     ``raw`` is the command set of, if it has one.
     """
     if layout is not None:
-        assert isinstance(layout, _Layout)
         return _layout_dataset(layout, layout.pick(layout.raw(raw)))
     found = _find_layout(raw, raw=True)
     if found is not None:
@@ -679,7 +684,7 @@ class Message:
     #: Where the shell put a spooled data set (opaque here).
     spool: Any = field(default=None, compare=False)
     #: The layout ``raw_command`` was decoded by, if any (for :func:`command_dataset`).
-    layout: Any = field(default=None, compare=False, repr=False)
+    layout: _Layout | None = field(default=None, compare=False, repr=False)
 
     @property
     def command_field(self) -> int:
@@ -931,22 +936,18 @@ class Reassembler:
                 data = body[stop + 6 : end]
             else:
                 return False, None
-            raw = bytes(body[6:stop])
             try:
-                command, layout = _decode_command(raw)
-            except DIMSEError:
-                return False, None
-            msg = Message(context_id=context_id, command=command, raw_command=raw, layout=layout)
-            if command.get("CommandDataSetType", NO_DATASET) == NO_DATASET:
-                if data is not None:
-                    return False, None  # a data set the command does not announce
-                self._context = context_id
-                return True, msg
+                msg = self._command_message(context_id, bytes(body[6:stop]))
+            except PDUError:
+                return False, None  # malformed: the general path reports it
+            announces = msg.has_dataset
+            if data is not None and not announces:
+                return False, None  # a data set the command does not announce
             self._context = context_id
+            if not announces:
+                return True, msg
             if data is None:
-                self._current = msg
-                self._expect = "data"
-                self._data_size = 0
+                self._receive_data_of(msg)
                 return True, None
             msg.data = bytes(data)
             msg.data_size = len(data)
@@ -963,6 +964,21 @@ class Reassembler:
         ):
             return False, None
         return True, self.feed_item(context_id, mch, body[6:end])
+
+    @staticmethod
+    def _command_message(context_id: int, raw: bytes) -> Message:
+        """The message a whole command set starts (PDUError if it is malformed)."""
+        try:
+            command, layout = _decode_command(raw)
+        except DIMSEError as exc:
+            raise PDUError(f"malformed command set: {exc}") from None
+        return Message(context_id=context_id, command=command, raw_command=raw, layout=layout)
+
+    def _receive_data_of(self, msg: Message) -> None:
+        """``msg`` announces a data set: its fragments come next."""
+        self._current = msg
+        self._expect = "data"
+        self._data_size = 0
 
     def feed_item(
         self, context_id: int, control_header: int, data: bytes | memoryview
@@ -986,15 +1002,9 @@ class Reassembler:
                     return None
                 raw = b"".join(self._command_parts)
                 self._command_parts = []
-            try:
-                command, layout = _decode_command(raw)
-            except DIMSEError as exc:
-                raise PDUError(f"malformed command set: {exc}") from None
-            msg = Message(context_id=context_id, command=command, raw_command=raw, layout=layout)
-            if command.get("CommandDataSetType", NO_DATASET) != NO_DATASET:
-                self._current = msg
-                self._expect = "data"
-                self._data_size = 0
+            msg = self._command_message(context_id, raw)
+            if msg.has_dataset:
+                self._receive_data_of(msg)
                 return None
             return msg
         # expecting data set fragments

@@ -529,7 +529,7 @@ def _head_by_layout(buf: bytes | bytearray | memoryview, base: int) -> Part10Inf
 
 
 #: SOP Class UID values read by a head layout -> their UID (they repeat).
-_CLASS_UIDS: dict[bytes, UID | None] = {}
+_CLASS_UIDS: dict[bytes, UID] = {}
 
 
 def _class_uid(raw: bytes) -> UID | None:
@@ -551,10 +551,6 @@ def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> 
     global _head_layout_count
     if ts == DeflatedExplicitVRLittleEndian:
         return
-    if _head_layout_count >= _MAX_HEAD_LAYOUTS:
-        # Full: start over, so the layouts of the files sent now are learned.
-        _HEAD_LAYOUTS.clear()
-        _head_layout_count = 0
     implicit, little = encoding_of(ts)
     if not little:
         return
@@ -598,6 +594,10 @@ def _learn_head(buf: bytes | bytearray | memoryview, ts: str, meta_end: int) -> 
         unpack.unpack_from, headers, pick, headers(fields), 132 + unpack.size,
         pick(fields)[0], _known_uid(ts), meta_end,
     )  # fmt: skip
+    if _head_layout_count >= _MAX_HEAD_LAYOUTS:
+        # Full: start over, so the layouts of the files sent now are learned.
+        _HEAD_LAYOUTS.clear()
+        _head_layout_count = 0
     _HEAD_LAYOUTS.setdefault(bytes(buf[132:144]), []).append(layout)
     _head_layout_count += 1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -1047,3 +1048,57 @@ async def test_one_pdu_stores_are_written_without_awaiting(
             assert (await assoc.send_c_store(ds)).Status == 0
     assert len(rec.stored) == 3
     assert taken == ([True] * 3 if anyio_backend == "asyncio" else [False] * 3)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_stores_over_asyncio_never_look_the_loop_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On asyncio the association keeps its loop and clock: neither side's hot
+    path calls asyncio.get_running_loop() (before Python 3.12 each call is a
+    getpid() system call). Counted from aiodicom's own code, both sides."""
+    import asyncio
+
+    real = asyncio.get_running_loop
+    calls: list[str] = []
+
+    def counting() -> asyncio.AbstractEventLoop:
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("aiodicom"):
+            calls.append(f"{caller}:{sys._getframe(1).f_code.co_name}")
+        return real()
+
+    ds = make_dataset()
+    path = write_part10(tmp_path / "one.dcm", ds, ExplicitVRLittleEndian)
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, lambda event: 0)]) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            assert (await assoc.send_c_store(path)).Status == 0  # warm up
+            monkeypatch.setattr(asyncio, "get_running_loop", counting)
+            for _ in range(20):
+                assert (await assoc.send_c_store(path)).Status == 0
+            monkeypatch.undo()
+    assert calls == []
+
+
+def test_message_ids_go_round_skipping_those_in_use_and_zero() -> None:
+    from types import SimpleNamespace
+
+    from aiodicom.errors import LocalProtocolError
+
+    def allocate(state: SimpleNamespace) -> int:
+        return Association._allocate_id(state, None)  # type: ignore[arg-type]
+
+    state = SimpleNamespace(_next_id=0, _pending={})
+    assert [allocate(state) for _ in range(3)] == [1, 2, 3]
+    state = SimpleNamespace(_next_id=0xFFFE, _pending={0xFFFF: None, 1: None})
+    assert allocate(state) == 2  # past 0xFFFF (in use), 0 (never) and 1 (in use)
+    # Every other ID in use: the last one given comes round again once free.
+    state = SimpleNamespace(_next_id=7, _pending={i: None for i in range(1, 0x10000) if i != 7})
+    assert allocate(state) == 7
+    state._pending[7] = None
+    with pytest.raises(LocalProtocolError, match="every message ID is in use"):
+        allocate(state)
