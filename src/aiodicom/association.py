@@ -168,6 +168,8 @@ _FLOWING = frozenset((State.STA6, State.STA7))
 _STREAM_BACKLOG = 256
 #: A message with a data set up to this size is written in one call.
 _COALESCE = 1 << 20
+#: How long an A-ABORT may wait to go out before the connection is just closed.
+_ABORT_GRACE = 1.0
 #: A data set up to this size is read whole and sent from memory (0: never).
 _INLINE_READ = 1 << 20
 #: What a write on the stream raises when the connection fails; and with
@@ -840,7 +842,17 @@ class Association:
             if not self._ul.is_closed:
                 await self._apply(self._ul.transport_closed())
             return
-        await self._apply(self._ul.abort(0, 0, now))
+        # The A-ABORT waits for room like any write, and this task is the one
+        # that would notice a write stuck on a peer that stopped reading (all
+        # it was sent may still sit unread in the buffers): it gets a grace.
+        with anyio.move_on_after(_ABORT_GRACE) as grace:
+            await self._apply(self._ul.abort(0, 0, now))
+        if grace.cancelled_caught:
+            LOGGER.error("The A-ABORT could not be sent (the peer is not reading): closing")
+            self._send_timed_out = True
+            await self._close_transport()
+            if not self._ul.is_closed:
+                await self._apply(self._ul.transport_closed())
 
     def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start ``func(*args)`` in the association's task group, in a cancel
@@ -1015,7 +1027,7 @@ class Association:
             effects = self._ul.abort(0, 0, anyio.current_time())
             for effect in effects:
                 if send and isinstance(effect, SendPDU) and not isinstance(effect.pdu, bytes):
-                    with anyio.move_on_after(1.0):
+                    with anyio.move_on_after(_ABORT_GRACE):
                         try:
                             await self._write(encode(effect.pdu), effect.pdu)
                         except _TransportError:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import resource
 import struct
 import sys
+from typing import Any
 
 import anyio
 import pytest
 
-from aiodicom import evt
+from aiodicom import Association, evt
 from aiodicom.dimse import NO_DATASET, CommandField, decode_command, encode_command
 from aiodicom.errors import AssociationAborted, AssociationRejected, DicomNetworkError
 from aiodicom.pdu import (
@@ -274,6 +275,35 @@ async def test_peer_that_stops_reading() -> None:
                     pass
 
             await anyio.to_thread.run_sync(drain)
+        finally:
+            sock.close()
+        assert await echo_once(server.port) == 0
+
+
+async def test_idle_timeout_abort_that_cannot_be_written_still_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The network timeout of an idle association sends A-ABORT; when that
+    write cannot go out (a peer that stopped reading, all the answers it was
+    sent still in the buffers), the timer's task must not wait for it forever:
+    after a grace the connection is closed, and the server serves on."""
+    real_write = Association._write
+
+    async def write(self: Association, data: Any, pdu: Any = None) -> None:
+        if self.is_acceptor and isinstance(pdu, AAbort):
+            await anyio.sleep_forever()  # stands in for a send that never gets room
+        await real_write(self, data, pdu)
+
+    monkeypatch.setattr(Association, "_write", write)
+    rec = Recorder()
+    scp = make_scp_ae(acse_timeout=0.5, network_timeout=0.3)
+    async with running_server(scp, rec.handlers) as server:
+        sock = blocking_socket(server.port)
+        try:
+            await anyio.to_thread.run_sync(sock.sendall, encode(verification_rq()))
+            await rec.wait_for("EVT_ESTABLISHED")
+            await rec.wait_for("EVT_ABORTED")  # the peer says nothing: idle, then closed
+            await rec.wait_for("EVT_CONN_CLOSE")
         finally:
             sock.close()
         assert await echo_once(server.port) == 0
