@@ -18,6 +18,7 @@ Every test collected under tests/interop gets the ``interop`` marker.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -197,26 +198,32 @@ def run_command(
 ) -> PeerResult:
     """Run to completion with a timeout; a timeout fails the test with the output so far."""
     argv = [str(a) for a in argv]
-    try:
-        cp = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            env=peer_env(env),
-            cwd=cwd,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
-        pytest.fail(
-            f"timed out after {timeout} s: {' '.join(argv)}\n--- stdout ---\n"
-            f"{_tail(out or '')}\n--- stderr ---\n{_tail(err or '')}",
-            pytrace=False,
-        )
-    return PeerResult(cp.args, cp.returncode, cp.stdout, cp.stderr)
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        env=peer_env(env),
+        cwd=cwd,
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if argv[0] == sys.executable:
+                # a Python peer dumps every thread's stack on SIGUSR1
+                # (pynetdicom_peer.py): show where it was stuck
+                process.send_signal(signal.SIGUSR1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(1.0)
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(
+                f"timed out after {timeout} s: {' '.join(argv)}\n--- stdout ---\n"
+                f"{_tail(out or '')}\n--- stderr ---\n{_tail(err or '', 16000)}",
+                pytrace=False,
+            )
+    return PeerResult(argv, process.returncode, out, err)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

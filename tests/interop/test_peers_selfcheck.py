@@ -134,6 +134,21 @@ def test_pynetdicom_scu_connection_refused_exits_2(run_pynetdicom_scu, free_port
     assert _one(events, "association")["status"] == "aborted"
 
 
+def test_pynetdicom_peer_past_its_timeout_shows_where_it_is_stuck(run_pynetdicom_scu):
+    """A peer that overran its timeout is killed, and the failure shows its threads' stacks."""
+    with socket.socket() as silent:  # the handshake completes; nothing is ever answered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        with pytest.raises(pytest.fail.Exception) as failed:
+            run_pynetdicom_scu("--port", port, "--echo", "1", timeout=3.0)
+    message = str(failed.value)
+    assert "timed out after 3.0 s" in message
+    # faulthandler's dump: the main thread, waiting for the A-ASSOCIATE response
+    assert "most recent call first" in message, message
+    assert "in associate" in message, message
+
+
 # --- dcmtk <-> pynetdicom
 
 

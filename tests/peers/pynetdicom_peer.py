@@ -51,6 +51,13 @@ every response (``find_rsp`` / ``get_rsp`` / ``move_rsp``: status,
 sub-operation counts, identifier) and, for C-GET, every C-STORE sub-operation
 it receives (``c_store``; written to ``--store-dir`` if given).
 
+The SCU modes keep pynetdicom's association thread from taking responses
+meant for the send_*() call waiting on them (pynetdicom #875, see
+``keep_reactor_off_responses``): without that, a fast SCP's response is now
+and then lost and the call waits out the DIMSE timeout. A Python traceback of
+every thread goes to stderr on SIGUSR1 (the harness sends it to a peer that
+overran its timeout), and pynetdicom's warnings and errors go to stderr.
+
 This script never imports aiodicom: it is the independent peer.
 """
 
@@ -58,8 +65,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import faulthandler
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -663,6 +672,31 @@ def run_scp(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- SCU
 
 
+def keep_reactor_off_responses(assoc: Any) -> None:
+    """Work around pynetdicom #875 on a requestor: responses go only to the send_*() waiting.
+
+    pynetdicom's association thread takes any complete message off the DIMSE
+    queue whenever it is not paused, to serve it as a request. Each send_*()
+    pauses it and resumes it when done, but the next send_*() only checks a
+    flag the thread sets before it blocks, which still reads "paused" when the
+    thread has not yet woken from the previous pause. A response that arrives
+    before the thread wakes (a fast SCP answers in well under a millisecond)
+    is then taken by it ("Received unexpected C-STORE service message") and
+    the send_*() waits for its response until the DIMSE timeout. The SCU
+    modes are never asked to serve a request through that thread (C-GET's
+    C-STORE sub-operations are handled inside send_c_get()), so it is kept
+    from taking messages at all. Nothing on the wire changes.
+    """
+    get_msg = assoc.dimse.get_msg
+
+    def guarded(block: bool = False) -> Any:
+        if threading.current_thread() is assoc:
+            return None, None
+        return get_msg(block)
+
+    assoc.dimse.get_msg = guarded
+
+
 def run_scu(args: argparse.Namespace) -> int:
     out = open_writer(args.out)
     try:
@@ -771,6 +805,7 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
             by=abort_info.get("by", "local"),
         )
         return EXIT_ABORTED
+    keep_reactor_off_responses(assoc)
 
     acc = assoc.acceptor
     uid_rsp = acc.user_identity
@@ -926,6 +961,7 @@ def _run_qrscu(args: argparse.Namespace, out: EventWriter) -> int:
     if not assoc.is_established:
         out.write("association", status="rejected" if assoc.is_rejected else "aborted")
         return EXIT_REJECTED if assoc.is_rejected else EXIT_ABORTED
+    keep_reactor_off_responses(assoc)
     out.write(
         "association",
         status="accepted",
@@ -1103,6 +1139,12 @@ def parse_dest(text: str) -> tuple[str, tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the interop harness sends SIGUSR1 to a peer that overran its timeout,
+    # before killing it: every thread's stack goes to stderr, into the failure
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # pynetdicom's warnings and errors (its logger has only a NullHandler)
+    # go to stderr, which the harness shows when a test fails
+    logging.basicConfig(level=logging.WARNING, format="pynetdicom peer %(levelname)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.mode == "scp":
         return run_scp(args)
