@@ -591,6 +591,7 @@ def run_scp(args: argparse.Namespace) -> int:
     scp = SCP(args, out)
 
     ae = AE(ae_title=args.ae_title)
+    guard_requested_associations(ae)
     ae.require_called_aet = args.require_called_aet
     if args.require_calling_aet:
         ae.require_calling_aet = args.require_calling_aet
@@ -695,6 +696,24 @@ def keep_reactor_off_responses(assoc: Any) -> None:
         return get_msg(block)
 
     assoc.dimse.get_msg = guarded
+
+
+def guard_requested_associations(ae: Any) -> None:
+    """keep_reactor_off_responses() on every association ``ae`` requests.
+
+    The SCP mode's C-MOVE sends its C-STORE sub-operations on an association
+    pynetdicom requests itself (``ae.associate``), from the thread serving
+    the C-MOVE: the same race, and the same guard.
+    """
+    associate = ae.associate
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        assoc = associate(*args, **kwargs)
+        if assoc.is_established:
+            keep_reactor_off_responses(assoc)
+        return assoc
+
+    ae.associate = guarded
 
 
 def run_scu(args: argparse.Namespace) -> int:
