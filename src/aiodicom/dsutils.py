@@ -524,8 +524,22 @@ def _head_by_layout(buf: bytes | bytearray | memoryview, base: int) -> Part10Inf
         instance = _uid_text(sop_instance) or _uid_text(meta_instance)
         if cls is None or instance is None:
             return None
-        return _new_info((cls, _new_uid(instance), layout.transfer_syntax, base + layout.meta_end))
+        meta_end = layout.meta_end
+        if end - meta_end < 12 and _cut_long_header(buf, meta_end):
+            return None
+        return _new_info((cls, _new_uid(instance), layout.transfer_syntax, base + meta_end))
     return None
+
+
+def _cut_long_header(buf: bytes | bytearray | memoryview, pos: int) -> bool:
+    """True if ``buf`` ends inside the 4-byte length of an Explicit VR header at ``pos``.
+
+    pydicom finds the end of the File Meta Information by reading the header
+    of the element after it (as Explicit VR, whatever the data set's
+    encoding), whole: cut short, the file is unreadable to it, so the probe
+    must not answer either.
+    """
+    return 8 <= len(buf) - pos < 12 and bytes(buf[pos + 4 : pos + 6]) in _LONG_VRS
 
 
 #: SOP Class UID values read by a head layout -> their UID (they repeat).
@@ -617,7 +631,7 @@ def _walk_head(buf: bytes | bytearray | memoryview, base: int) -> Part10Info | N
         return None
     spans, pos = meta
     ts = _uid_at(buf, spans.get(0x00020010))
-    if ts is None:
+    if ts is None or _cut_long_header(buf, pos):
         return None
     sop_class = sop_instance = None
     if ts != DeflatedExplicitVRLittleEndian:

@@ -27,6 +27,7 @@ from aiodicom.dsutils import (
     probe_buffer,
     probe_part10,
 )
+from aiodicom.errors import DIMSEError
 
 
 def pydicom_bytes(ds: Dataset, implicit: bool) -> bytes:
@@ -332,6 +333,44 @@ def _damaged(raw: bytes, draw: st.DrawFn) -> bytearray:
         at = draw(st.integers(132, len(buf) - 1))
         buf[at : at + 4] = draw(st.binary(min_size=1, max_size=4))
     return buf
+
+
+def _file_opening_with_ob() -> bytes:
+    """A Part 10 file whose data set opens with an OB element (Explicit VR LE):
+    no SOP UIDs of its own, so the meta's are the answer."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import dcmwrite
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.add_new(0x00091010, "OB", b"")
+    ds.PatientName = "A^B"
+    ds.file_meta = meta
+    out = DicomBytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("learned", [False, True], ids=["walked", "known-layout"])
+@pytest.mark.parametrize("keep", [8, 9, 10, 11])
+def test_probe_of_file_cut_in_first_data_set_header(learned: bool, keep: int) -> None:
+    """Cut inside the 4-byte length of the data set's first (OB) element header:
+    pydicom cannot find the meta's end and the probe does not answer either."""
+    from aiodicom import dsutils
+
+    raw = _file_opening_with_ob()
+    _forget_heads()
+    info = probe_buffer(raw)
+    assert info == _pydicom_or_error(raw)
+    assert bool(dsutils._HEAD_LAYOUTS)  # learned from the whole file
+    if not learned:
+        _forget_heads()
+    cut = raw[: info.offset + keep]
+    assert _pydicom_or_error(cut) is DIMSEError
+    assert _probe_or_error(cut) is DIMSEError
 
 
 @settings(max_examples=150, deadline=None)
