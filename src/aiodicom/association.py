@@ -2064,7 +2064,7 @@ class Association:
             evt.EVT_C_STORE,
             msg,
             _encoded=msg.data,
-            _transfer_syntax=self._context_tuple(msg.context_id).transfer_syntax,
+            _transfer_syntax=self._contexts[msg.context_id].transfer_syntax[0],
             dataset_path=None if spool is None else spool.path,
             _data_offset=0 if spool is None else spool.data_offset,
         )
