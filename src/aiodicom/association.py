@@ -562,7 +562,7 @@ class Association:
         reader's watchdog, see :meth:`_deadline`; no cancel scope on the hot
         path); ``errors`` mean the connection failed: _TransportError."""
         if self.network_timeout is not None:
-            self._send_started = started = anyio.current_time()
+            self._send_started = started = self._clock()
             self._kick(started + self.network_timeout)
         try:
             await send
@@ -831,10 +831,7 @@ class Association:
         if self._send_lock.locked():
             # A write is in progress and may be stuck on a peer that stopped
             # reading: the watchdog must not wait behind it. Close instead.
-            self._send_timed_out = True
-            await self._close_transport()
-            if not self._ul.is_closed:
-                await self._apply(self._ul.transport_closed())
+            await self._close_stuck()
             return
         if self._ul.state in (State.STA1, State.STA2, State.STA4, State.STA13):
             await self._close_transport()
@@ -849,10 +846,14 @@ class Association:
             await self._apply(self._ul.abort(0, 0, now))
         if grace.cancelled_caught:
             LOGGER.error("The A-ABORT could not be sent (the peer is not reading): closing")
-            self._send_timed_out = True
-            await self._close_transport()
-            if not self._ul.is_closed:
-                await self._apply(self._ul.transport_closed())
+            await self._close_stuck()
+
+    async def _close_stuck(self) -> None:
+        """Close the connection a write is stuck on (the timer's way out)."""
+        self._send_timed_out = True
+        await self._close_transport()
+        if not self._ul.is_closed:
+            await self._apply(self._ul.transport_closed())
 
     def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start ``func(*args)`` in the association's task group, in a cancel
@@ -901,7 +902,7 @@ class Association:
 
     async def _read_loop(self) -> None:
         broken = False  # after a framing error the byte stream cannot be parsed
-        self._last_rx = anyio.current_time()
+        self._last_rx = self._clock()
         self._spawn(self._watchdog)
         if isinstance(self._stream, AsyncioStream) and not (
             self._debug
@@ -936,7 +937,7 @@ class Association:
                 await self._close_transport()
                 await self._apply(self._ul.transport_closed())
                 continue
-            now = self._last_rx = anyio.current_time()
+            now = self._last_rx = self._clock()
             if self._debug or evt.EVT_PDU_RECV in self._bound:
                 await self._log_received(pdu_type, body)
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
@@ -2784,7 +2785,7 @@ class Association:
         except BaseException:
             self._invoke_window.release()
             raise
-        pending.sent_at = now = anyio.current_time()
+        pending.sent_at = now = self._clock()
         if self.dimse_timeout is not None:
             self._kick(now + self.dimse_timeout)
         return pending
