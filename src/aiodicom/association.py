@@ -49,6 +49,7 @@ from pydicom.uid import UID
 
 from . import evt
 from ._nowait import NOT_CACHED, page_cached, read_cached
+from ._nservice import N_EVENTS, reply_of, request_fields, response_for
 from ._spool import WRITE_BATCH, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _take_free
 from .dimse import (
@@ -430,7 +431,7 @@ class Association:
         self._released = anyio.Event()
         self._idle: anyio.Event | None = None  # created only by a release waiting for it
         self._inflight = 0
-        self._context_cache: dict[tuple[str, bool, int], PresentationContext] = {}
+        self._context_cache: dict[tuple[str, bool | None, int], PresentationContext] = {}
         self._store_context_cache: dict[tuple[str, str | None, int], PresentationContext] = {}
         #: Per intervention event: its handler and whether it is a plain def.
         self._plain: dict[evt.EventType, tuple[evt.Handler, bool]] = {}
@@ -1615,6 +1616,8 @@ class Association:
                 await self._serve_c_find(msg)
             elif field in (CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
                 await self._serve_retrieve(msg)
+            elif field in N_EVENTS:
+                await self._serve_n(msg, N_EVENTS[field])
             else:
                 await self._refuse(msg, 0x0211)
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
@@ -1717,6 +1720,30 @@ class Association:
         except Exception:
             LOGGER.exception("Exception in the handler bound to %s", kind.name)
             return event, None, failure
+
+    async def _serve_n(self, msg: Message, kind: evt.EventType) -> None:
+        """Perform an N request (PS3.7 10.1): its ``EVT_N_*`` handler's answer.
+
+        Any accepted context will do, for either role: which operations a SOP
+        class has is the handler's business (it answers 0x0211 or 0x0112 for
+        those it does not perform). No handler, or one that raises: 0x0110.
+        """
+        ts = self._contexts[msg.context_id].transfer_syntax[0]
+        event = self._event_for(kind, msg, _encoded=msg.data, _transfer_syntax=ts)
+        bound = self._bound.get(kind)
+        result: Any = None
+        failed = True
+        if not bound:
+            LOGGER.warning("No handler is bound to %s: answering 0x0110", kind.name)
+        else:
+            handler, args = bound[0]
+            try:
+                result = await evt.call_handler(handler, event, args)
+                failed = False
+            except Exception:
+                LOGGER.exception("Exception in the handler bound to %s", kind.name)
+        command, data = response_for(msg.command, kind, result, ts, failed=failed)
+        await self._send_message(msg.context_id, command, data)
 
     async def _serve_c_find(self, msg: Message) -> None:
         """Query/Retrieve FIND SCP (PS3.4 C.4.1): a response per item the handler yields.
@@ -2498,19 +2525,25 @@ class Association:
         if self._ul.state is not State.STA6:
             raise self._error or LocalProtocolError("the association is not established")
 
-    def _context_for(self, abstract_syntax: UID, *, as_scu: bool = True) -> PresentationContext:
+    def _context_for(
+        self, abstract_syntax: UID, *, as_scu: bool | None = True
+    ) -> PresentationContext:
+        """The first accepted context for ``abstract_syntax`` in which we have
+        the SCU role (``as_scu``), the SCP role (``not as_scu``) or either (None)."""
         # Contexts are only added during negotiation: their count keys the cache.
         key = (abstract_syntax, as_scu, len(self._contexts))
         found = self._context_cache.get(key)
         if found is not None:
             return found
         for cx in self.accepted_contexts:
-            if cx.abstract_syntax == abstract_syntax and (cx.as_scu if as_scu else cx.as_scp):
+            if cx.abstract_syntax == abstract_syntax and (
+                as_scu is None or (cx.as_scu if as_scu else cx.as_scp)
+            ):
                 self._context_cache[key] = cx
                 return cx
+        role = "" if as_scu is None else f" with the {'SCU' if as_scu else 'SCP'} role"
         raise NoAcceptedContext(
-            f"no accepted presentation context for {abstract_syntax} ({abstract_syntax.name})"
-            f" with the {'SCU' if as_scu else 'SCP'} role"
+            f"no accepted presentation context for {abstract_syntax} ({abstract_syntax.name}){role}"
         )
 
     def _allocate_id(self, msg_id: int | None) -> int:
@@ -2732,6 +2765,182 @@ class Association:
         return self._query(
             CommandField.C_MOVE_RQ, dataset, query_model, msg_id, priority, move_aet=move_aet
         )
+
+    async def _n_invoke(
+        self,
+        command_field: int,
+        class_uid: str | UID,
+        instance_uid: str | UID | None,
+        dataset: Dataset | None,
+        msg_id: int | None,
+        meta_uid: str | UID | None,
+        *,
+        type_id: int | None = None,
+        identifiers: Sequence[Any] | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N request and wait for its response: ``(status, reply)``."""
+        if dataset is not None and not isinstance(dataset, Dataset):
+            raise TypeError(f"the data set must be a pydicom Dataset, not {type(dataset).__name__}")
+        fields = request_fields(
+            command_field,
+            class_uid,
+            instance_uid,
+            has_dataset=dataset is not None,
+            type_id=type_id,
+            identifiers=identifiers,
+        )
+        # The context is the one negotiated for the SOP class, or for the
+        # Meta SOP Class it belongs to (Print Management). An N-EVENT-REPORT
+        # goes the other way (from the SOP class's SCP), so either role will do.
+        as_scu = None if command_field == CommandField.N_EVENT_REPORT_RQ else True
+        cx = self._context_for(UID(str(meta_uid or class_uid)), as_scu=as_scu)
+        assert cx.context_id is not None
+        ts = cx.transfer_syntax[0]
+        data = None if dataset is None else encode_dataset(dataset, ts)
+        rsp = await self._invoke(cx.context_id, fields, data, msg_id)
+        status = command_dataset(rsp.raw_command, rsp.layout)
+        if rsp.command_field != command_field | 0x8000:
+            LOGGER.error("%s answered with %s", MESSAGE_SPECS[command_field].name, rsp.name)
+            raise DIMSEError(f"{MESSAGE_SPECS[command_field].name} answered with {rsp.name}")
+        return status, reply_of(status, rsp.data, ts)
+
+    async def send_n_event_report(
+        self,
+        dataset: Dataset | None,
+        event_type: int,
+        class_uid: str | UID,
+        instance_uid: str | UID,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N-EVENT-REPORT request (PS3.7 10.1.1): report event ``event_type``.
+
+        ``dataset`` is the Event Information (or ``None``); ``class_uid`` and
+        ``instance_uid`` name the object the event happened to. Usually sent
+        by a SOP class's SCP (Storage Commitment, procedure steps, Print),
+        on an association either side requested. Returns ``(status,
+        event_reply)``: the response's command set as a Dataset, and the Event
+        Reply when the status is a success or a warning (an empty Dataset if
+        the peer sent none), else ``None``. ``meta_uid`` picks the context of
+        a Meta SOP Class the SOP class was negotiated under. Raises like
+        :meth:`send_c_echo`, and ``ValueError`` for an invalid argument.
+        """
+        return await self._n_invoke(
+            CommandField.N_EVENT_REPORT_RQ,
+            class_uid,
+            instance_uid,
+            dataset,
+            msg_id,
+            meta_uid,
+            type_id=event_type,
+        )
+
+    async def send_n_get(
+        self,
+        identifier_list: Sequence[Any] | None,
+        class_uid: str | UID,
+        instance_uid: str | UID,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N-GET request (PS3.7 10.1.2): read attributes of a SOP instance.
+
+        ``identifier_list`` holds the tags to read (ints, ``BaseTag``,
+        keywords or ``(group, element)`` pairs); ``None`` or an empty list
+        asks for every attribute. Returns ``(status, attribute_list)`` like
+        :meth:`send_n_event_report`.
+        """
+        return await self._n_invoke(
+            CommandField.N_GET_RQ,
+            class_uid,
+            instance_uid,
+            None,
+            msg_id,
+            meta_uid,
+            identifiers=identifier_list,
+        )
+
+    async def send_n_set(
+        self,
+        dataset: Dataset,
+        class_uid: str | UID,
+        instance_uid: str | UID,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N-SET request (PS3.7 10.1.3): modify attributes of a SOP instance.
+
+        ``dataset`` is the Modification List. Returns ``(status,
+        attribute_list)`` like :meth:`send_n_event_report`.
+        """
+        if dataset is None:
+            raise ValueError("N-SET needs a data set (the Modification List)")
+        return await self._n_invoke(
+            CommandField.N_SET_RQ, class_uid, instance_uid, dataset, msg_id, meta_uid
+        )
+
+    async def send_n_action(
+        self,
+        dataset: Dataset | None,
+        action_type: int,
+        class_uid: str | UID,
+        instance_uid: str | UID,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N-ACTION request (PS3.7 10.1.4): ask for action ``action_type``.
+
+        ``dataset`` is the Action Information (or ``None``), e.g. the
+        Referenced SOP Sequence of a Storage Commitment request (class
+        ``StorageCommitmentPushModel``, instance
+        ``StorageCommitmentPushModelInstance``, action type 1). Returns
+        ``(status, action_reply)`` like :meth:`send_n_event_report`.
+        """
+        return await self._n_invoke(
+            CommandField.N_ACTION_RQ,
+            class_uid,
+            instance_uid,
+            dataset,
+            msg_id,
+            meta_uid,
+            type_id=action_type,
+        )
+
+    async def send_n_create(
+        self,
+        dataset: Dataset | None,
+        class_uid: str | UID,
+        instance_uid: str | UID | None = None,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """Send an N-CREATE request (PS3.7 10.1.5): create a SOP instance.
+
+        ``dataset`` is the Attribute List (or ``None``). Without
+        ``instance_uid`` the SCP assigns one: it is
+        ``status.AffectedSOPInstanceUID``. Returns ``(status,
+        attribute_list)`` like :meth:`send_n_event_report`.
+        """
+        return await self._n_invoke(
+            CommandField.N_CREATE_RQ, class_uid, instance_uid, dataset, msg_id, meta_uid
+        )
+
+    async def send_n_delete(
+        self,
+        class_uid: str | UID,
+        instance_uid: str | UID,
+        msg_id: int | None = None,
+        meta_uid: str | UID | None = None,
+    ) -> Dataset:
+        """Send an N-DELETE request (PS3.7 10.1.6): delete a SOP instance.
+
+        Returns the status only (the response's command set as a Dataset),
+        as pynetdicom does.
+        """
+        status, _ = await self._n_invoke(
+            CommandField.N_DELETE_RQ, class_uid, instance_uid, None, msg_id, meta_uid
+        )
+        return status
 
     def _query(
         self,

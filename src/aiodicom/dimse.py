@@ -135,7 +135,7 @@ def _encode_value(vr: str, value: Any) -> bytes:
     if vr == "UL":
         return _U32.pack(int(value))
     if vr == "AT":
-        tags = value if isinstance(value, list | tuple) else [value]
+        tags = [value] if isinstance(value, int | str) else value
         out = []
         for t in tags:
             tag = Tag(t)

@@ -281,8 +281,16 @@ class Event:
 
     @property
     def attribute_identifiers(self) -> list[Any] | None:
-        """N-GET Attribute Identifier List."""
-        return None if self.request is None else self.request.get("AttributeIdentifierList")
+        """N-GET Attribute Identifier List, as a list of tags (empty: every
+        attribute is asked for); ``None`` for other events."""
+        if self.event is not EVT_N_GET or self.request is None:
+            return None
+        value = self.request.get("AttributeIdentifierList")
+        if value is None or value == "":
+            return []
+        if isinstance(value, int):  # one tag (BaseTag is an int)
+            return [value]
+        return list(value)
 
     @property
     def action_information(self) -> Dataset:
