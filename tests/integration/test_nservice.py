@@ -8,6 +8,7 @@ pynetdicom and dcmtk is in tests/interop/test_nservice_interop.py.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,9 +21,26 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
 from aiodicom import AE, Association, build_role, evt, sop_class
-from aiodicom.errors import NoAcceptedContext
+from aiodicom.dimse import NO_DATASET, CommandField, decode_command, encode_command, fragment
+from aiodicom.errors import DIMSEError, NoAcceptedContext
+from aiodicom.pdu import (
+    AAssociateAC,
+    AAssociateRQ,
+    AReleaseRP,
+    AReleaseRQ,
+    PDataTF,
+    PresentationContextRQ,
+)
 
-from .conftest import GUARD
+from .conftest import (
+    GUARD,
+    RawPeer,
+    fake_scp,
+    raw_connection,
+    raw_release,
+    verification_ac,
+    verification_rq,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -509,3 +527,83 @@ async def test_an_scp_role_context_serves_the_peer_not_us() -> None:
             ) as assoc:
                 with pytest.raises(NoAcceptedContext, match="SCU role"):
                     await assoc.send_n_get(None, MPPS, INSTANCE)
+
+
+# ---------------------------------------------------------------------------
+# A peer that breaks the rules
+
+
+async def test_a_response_of_another_kind_raises_dimse_error() -> None:
+    """An N-GET answered by an N-SET-RSP with its Message ID: a typed error, not a reply."""
+
+    async def scp(peer: RawPeer) -> None:
+        rq = await peer.read_pdu()
+        assert isinstance(rq, AAssociateRQ)
+        await peer.send(verification_ac(rq))
+        pdu = await peer.read_pdu()
+        assert isinstance(pdu, PDataTF)
+        command = decode_command(pdu.pdvs[0].data)
+        assert command["CommandField"] == CommandField.N_GET_RQ
+        fields = {
+            "CommandField": CommandField.N_SET_RSP,
+            "MessageIDBeingRespondedTo": command["MessageID"],
+            "CommandDataSetType": NO_DATASET,
+            "Status": 0x0000,
+        }
+        for raw in fragment(pdu.pdvs[0].context_id, encode_command(fields), None, 16384):
+            await peer.send(raw)
+        assert isinstance(await peer.read_pdu(), AReleaseRQ)
+        await peer.send(AReleaseRP())
+        await peer.read_until_eof()
+
+    async with fake_scp(scp) as port:
+        with anyio.fail_after(GUARD):
+            async with scu_ae().associate("127.0.0.1", port) as assoc:
+                with pytest.raises(DIMSEError, match="N-GET-RQ answered with N-SET-RSP"):
+                    await assoc.send_n_get(None, MPPS, INSTANCE)
+
+
+async def test_a_request_data_set_that_does_not_decode_is_0110_and_the_server_goes_on() -> None:
+    """The handler reads event.dataset, which raises DIMSEError: 0x0110, the server serves on."""
+    performer = Performer()
+    ae = AE("N_SCP")
+    ae.add_supported_context(MPPS, ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"])
+    async with ae.start_server(("127.0.0.1", 0), evt_handlers=performer.handlers) as srv:
+        async with raw_connection(srv.port) as peer:
+            rq = verification_rq()
+            rq = dataclasses.replace(
+                rq,
+                presentation_contexts=(
+                    PresentationContextRQ(
+                        context_id=1,
+                        abstract_syntax=MPPS,
+                        transfer_syntaxes=("1.2.840.10008.1.2.1.99",),  # deflated
+                    ),
+                ),
+            )
+            await peer.send(rq)
+            ac = await peer.read_pdu()
+            assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
+            command = encode_command(
+                {
+                    "CommandField": CommandField.N_SET_RQ,
+                    "MessageID": 3,
+                    "RequestedSOPClassUID": MPPS,
+                    "RequestedSOPInstanceUID": INSTANCE,
+                    "CommandDataSetType": 0x0001,
+                }
+            )
+            for raw in fragment(1, command, b"not deflate data", 16384):
+                await peer.send(raw)
+            pdu = await peer.read_pdu()
+            assert isinstance(pdu, PDataTF)
+            response = decode_command(pdu.pdvs[0].data)
+            assert response["CommandField"] == CommandField.N_SET_RSP
+            assert (response["MessageIDBeingRespondedTo"], response["Status"]) == (3, 0x0110)
+            await raw_release(peer)
+        # ... and the server still serves a well-behaved peer.
+        with anyio.fail_after(GUARD):
+            async with scu_ae().associate("127.0.0.1", srv.port) as assoc:
+                status, _ = await assoc.send_n_set(person(PatientID="OK"), MPPS, INSTANCE)
+        assert status.Status == 0x0000
+    assert [s["kind"] for s in performer.seen] == ["EVT_N_SET"]
