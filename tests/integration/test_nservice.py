@@ -607,3 +607,69 @@ async def test_a_request_data_set_that_does_not_decode_is_0110_and_the_server_go
                 status, _ = await assoc.send_n_set(person(PatientID="OK"), MPPS, INSTANCE)
         assert status.Status == 0x0000
     assert [s["kind"] for s in performer.seen] == ["EVT_N_SET"]
+
+
+_MISSING = [
+    (CommandField.N_GET_RQ, "RequestedSOPInstanceUID", "Requested SOP Instance UID"),
+    (CommandField.N_SET_RQ, "RequestedSOPClassUID", "Requested SOP Class UID"),
+    (CommandField.N_ACTION_RQ, "ActionTypeID", "Action Type ID"),
+    (CommandField.N_EVENT_REPORT_RQ, "EventTypeID", "Event Type ID"),
+    (CommandField.N_CREATE_RQ, "AffectedSOPClassUID", "Affected SOP Class UID"),
+    (CommandField.N_DELETE_RQ, "RequestedSOPInstanceUID", "Requested SOP Instance UID"),
+]
+
+
+def _n_request(field: int, without: str) -> tuple[dict[str, Any], bytes | None]:
+    affected = field in (CommandField.N_EVENT_REPORT_RQ, CommandField.N_CREATE_RQ)
+    prefix = "Affected" if affected else "Requested"
+    fields: dict[str, Any] = {
+        "CommandField": field,
+        "MessageID": 21,
+        f"{prefix}SOPClassUID": MPPS,
+        f"{prefix}SOPInstanceUID": INSTANCE,
+        "CommandDataSetType": NO_DATASET,
+    }
+    if field == CommandField.N_ACTION_RQ:
+        fields["ActionTypeID"] = 1
+    if field == CommandField.N_EVENT_REPORT_RQ:
+        fields["EventTypeID"] = 1
+    data = None
+    if field == CommandField.N_SET_RQ:
+        fields["CommandDataSetType"] = 0x0001
+        data = b"\x10\x00\x20\x00LO\x02\x00X "
+    del fields[without]
+    return fields, data
+
+
+@pytest.mark.parametrize(("field", "without", "name"), _MISSING)
+async def test_n_request_missing_a_mandatory_field_is_0110_naming_it(
+    field: int, without: str, name: str
+) -> None:
+    """PS3.7 10.3: the performer answers 0x0110 with an Error Comment; no handler runs."""
+    performer = Performer()
+    async with scp_ae().start_server(("127.0.0.1", 0), evt_handlers=performer.handlers) as srv:
+        async with raw_connection(srv.port) as peer:
+            rq = dataclasses.replace(
+                verification_rq(),
+                presentation_contexts=(
+                    PresentationContextRQ(
+                        context_id=1,
+                        abstract_syntax=MPPS,
+                        transfer_syntaxes=("1.2.840.10008.1.2",),
+                    ),
+                ),
+            )
+            await peer.send(rq)
+            ac = await peer.read_pdu()
+            assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
+            fields, data = _n_request(field, without)
+            for raw in fragment(1, encode_command(fields), data, 16384):
+                await peer.send(raw)
+            pdu = await peer.read_pdu()
+            assert isinstance(pdu, PDataTF)
+            response = decode_command(pdu.pdvs[0].data)
+            assert response["CommandField"] == field | 0x8000
+            assert (response["MessageIDBeingRespondedTo"], response["Status"]) == (21, 0x0110)
+            assert name in response["ErrorComment"]
+            await raw_release(peer)
+    assert performer.seen == []
