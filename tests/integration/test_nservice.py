@@ -647,29 +647,29 @@ async def test_n_request_missing_a_mandatory_field_is_0110_naming_it(
 ) -> None:
     """PS3.7 10.3: the performer answers 0x0110 with an Error Comment; no handler runs."""
     performer = Performer()
-    async with scp_ae().start_server(("127.0.0.1", 0), evt_handlers=performer.handlers) as srv:
-        async with raw_connection(srv.port) as peer:
-            rq = dataclasses.replace(
-                verification_rq(),
-                presentation_contexts=(
-                    PresentationContextRQ(
-                        context_id=1,
-                        abstract_syntax=MPPS,
-                        transfer_syntaxes=("1.2.840.10008.1.2",),
-                    ),
+    server = scp_ae().start_server(("127.0.0.1", 0), evt_handlers=performer.handlers)
+    async with server as srv, raw_connection(srv.port) as peer:
+        rq = dataclasses.replace(
+            verification_rq(),
+            presentation_contexts=(
+                PresentationContextRQ(
+                    context_id=1,
+                    abstract_syntax=MPPS,
+                    transfer_syntaxes=("1.2.840.10008.1.2",),
                 ),
-            )
-            await peer.send(rq)
-            ac = await peer.read_pdu()
-            assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
-            fields, data = _n_request(field, without)
-            for raw in fragment(1, encode_command(fields), data, 16384):
-                await peer.send(raw)
-            pdu = await peer.read_pdu()
-            assert isinstance(pdu, PDataTF)
-            response = decode_command(pdu.pdvs[0].data)
-            assert response["CommandField"] == field | 0x8000
-            assert (response["MessageIDBeingRespondedTo"], response["Status"]) == (21, 0x0110)
-            assert name in response["ErrorComment"]
-            await raw_release(peer)
+            ),
+        )
+        await peer.send(rq)
+        ac = await peer.read_pdu()
+        assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
+        fields, data = _n_request(field, without)
+        for raw in fragment(1, encode_command(fields), data, 16384):
+            await peer.send(raw)
+        pdu = await peer.read_pdu()
+        assert isinstance(pdu, PDataTF)
+        response = decode_command(pdu.pdvs[0].data)
+        assert response["CommandField"] == field | 0x8000
+        assert (response["MessageIDBeingRespondedTo"], response["Status"]) == (21, 0x0110)
+        assert name in response["ErrorComment"]
+        await raw_release(peer)
     assert performer.seen == []
