@@ -231,6 +231,106 @@ def pynetdicom_scu(args: argparse.Namespace) -> None:
     _emit(out)
 
 
+# -- N-GET ----------------------------------------------------------------------
+# The Printer SOP instance's status, read through the Basic Grayscale Print
+# Management Meta SOP Class context: what dcmtk's dcmprscp serves too.
+
+PRINT_META = "1.2.840.10008.5.1.1.9"
+PRINTER = "1.2.840.10008.5.1.1.16"
+PRINTER_INSTANCE = "1.2.840.10008.5.1.1.17"
+PRINTER_TAGS = [0x21100010, 0x21100020]  # Printer Status, Printer Status Info
+
+
+def _printer_status() -> Any:
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.PrinterStatus = "NORMAL"
+    ds.PrinterStatusInfo = "NORMAL"
+    return ds
+
+
+def aiodicom_nget_scp(args: argparse.Namespace) -> None:
+    from aiodicom import evt
+
+    status = _printer_status()
+
+    def setup(ae: Any) -> None:
+        ae.add_supported_context(PRINT_META)
+
+    _run_aiodicom_scp(args, setup, [(evt.EVT_N_GET, lambda event: (0x0000, status))])
+
+
+def aiodicom_nget_scu(args: argparse.Namespace) -> None:
+    import anyio
+
+    from aiodicom import AE
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(PRINT_META)
+        async with ae.associate("127.0.0.1", args.port, ae_title=args.called) as assoc:
+            for _ in range(20):  # warm up
+                await assoc.send_n_get(PRINTER_TAGS, PRINTER, PRINTER_INSTANCE, meta_uid=PRINT_META)
+            start = time.perf_counter()
+            for _ in range(args.ngets):
+                status, attrs = await assoc.send_n_get(
+                    PRINTER_TAGS, PRINTER, PRINTER_INSTANCE, meta_uid=PRINT_META
+                )
+                assert status.Status == 0 and attrs.PrinterStatus == "NORMAL", status
+            return {"nget_per_s": args.ngets / (time.perf_counter() - start)}
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
+def pynetdicom_nget_scp(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title="BENCH_SCP")
+    ae.add_supported_context(PRINT_META)
+    status = _printer_status()
+    _serve_pynetdicom(ae, [(evt.EVT_N_GET, lambda event: (0x0000, status))])
+
+
+def pynetdicom_nget_scu(args: argparse.Namespace) -> None:
+    from pynetdicom import AE, evt
+
+    ae = AE(ae_title="BENCH_SCU")
+    ae.add_requested_context(PRINT_META)
+    ae.dimse_timeout = 2  # pynetdicom#875 stalls: counted and left out, as for C-ECHO
+    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
+
+    def associate() -> Any:
+        assoc = ae.associate("127.0.0.1", args.port, ae_title=args.called, evt_handlers=handlers)
+        assert assoc.is_established
+        return assoc
+
+    def nget(assoc: Any) -> Any:
+        status, attrs = assoc.send_n_get(
+            PRINTER_TAGS, PRINTER, PRINTER_INSTANCE, msg_id=1, meta_uid=PRINT_META
+        )
+        return status, attrs
+
+    assoc = associate()
+    for _ in range(20):
+        nget(assoc)
+    stalls, stalled, done = 0, 0.0, 0
+    start = time.perf_counter()
+    while done < args.ngets:
+        t0 = time.perf_counter()
+        status, attrs = nget(assoc)
+        if "Status" in status:
+            assert status.Status == 0 and attrs.PrinterStatus == "NORMAL", status
+            done += 1
+            continue
+        stalls += 1
+        stalled += time.perf_counter() - t0
+        assoc = associate()
+    rate = args.ngets / (time.perf_counter() - start - stalled)
+    assoc.release()
+    _emit({"nget_per_s": rate, "pynetdicom_stalls": stalls})
+
+
 # -- C-STORE --------------------------------------------------------------------
 
 
@@ -647,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
     parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
+    parser.add_argument("--ngets", type=int, default=0, help="N-GET SCUs: round trips")
+    parser.add_argument("--called", default="BENCH_SCP", help="N-GET SCUs: called AE title")
     args = parser.parse_args(argv)
     roles = {
         "aiodicom-scp": aiodicom_scp,
@@ -665,10 +767,14 @@ def main(argv: list[str] | None = None) -> None:
         "aiodicom-get-scu": aiodicom_get_scu,
         "pynetdicom-get-scp": pynetdicom_get_scp,
         "pynetdicom-get-scu": pynetdicom_get_scu,
+        "aiodicom-nget-scp": aiodicom_nget_scp,
+        "aiodicom-nget-scu": aiodicom_nget_scu,
+        "pynetdicom-nget-scp": pynetdicom_nget_scp,
+        "pynetdicom-nget-scu": pynetdicom_nget_scu,
         "raw-echo-server": raw_echo_server,
         "raw-echo-client": raw_echo_client,
     }
-    if args.role.endswith(("-store-scp", "-find-scp", "-get-scp")):
+    if args.role.endswith(("-store-scp", "-find-scp", "-get-scp", "-nget-scp")):
         signal.signal(signal.SIGTERM, _exit_on_term)
     try:
         roles[args.role](args)

@@ -16,6 +16,7 @@ apart from it so that it can be tested value by value:
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -24,7 +25,13 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from . import evt
-from .dimse import DATASET_PRESENT, NO_DATASET, CommandField, encode_command
+from .dimse import (
+    DATASET_PRESENT,
+    NO_DATASET,
+    CommandField,
+    encode_command,
+    encode_status_response,
+)
 from .dimse_messages import DATASET_FORBIDDEN, DATASET_REQUIRED, MESSAGE_SPECS
 from .dsutils import decode_dataset, encode_dataset, is_plain_uid
 from .status import SUCCESS, WARNING, code_to_category
@@ -60,9 +67,15 @@ def _uid(name: str, value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str UID, not {type(value).__name__}")
     text = str(value)
-    if not text or len(text) > 64 or not is_plain_uid(text):
+    if not _valid_uid(text):
         raise ValueError(f"{name} {text!r} is not a valid UID")
     return text
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_uid(text: str) -> bool:
+    """PS3.5 9.1: 1 to 64 characters, digits and dots (SOP class UIDs repeat: cached)."""
+    return 0 < len(text) <= 64 and is_plain_uid(text)
 
 
 def _type_id(name: str, value: Any) -> int:
@@ -79,6 +92,9 @@ def attribute_tags(identifiers: Iterable[Any] | None) -> list[BaseTag] | None:
         raise TypeError("the attribute identifiers must be a list of tags (int, keyword, tuple)")
     tags: list[BaseTag] = []
     for item in identifiers:
+        if type(item) is int and 0 <= item <= 0xFFFFFFFF:
+            tags.append(BaseTag(item))
+            continue
         try:
             tags.append(Tag(item))
         except (ValueError, TypeError, OverflowError) as exc:
@@ -246,6 +262,48 @@ def _response_fields(
     return fields, data
 
 
+#: The fields :func:`encode_status_response` encodes (with one type ID at most).
+_FAST_FIELDS: Final = frozenset(
+    (
+        "CommandField",
+        "MessageIDBeingRespondedTo",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "CommandDataSetType",
+        "Status",
+        "EventTypeID",
+        "ActionTypeID",
+    )
+)
+
+
+def _fast_response(fields: dict[str, Any]) -> bytes | None:
+    """``fields`` encoded by the fast encoder, or None if it does not apply."""
+    if not _FAST_FIELDS.issuperset(fields):
+        return None
+    sop_class = fields.get("AffectedSOPClassUID")
+    instance = fields.get("AffectedSOPInstanceUID")
+    mid = fields["MessageIDBeingRespondedTo"]
+    type_id = fields.get("EventTypeID", fields.get("ActionTypeID"))
+    if (
+        type(sop_class) is not str
+        or (instance is not None and type(instance) is not str)
+        or type(mid) is not int
+        or not 0 <= mid <= 0xFFFF
+        or (type_id is not None and (type(type_id) is not int or not 0 <= type_id <= 0xFFFF))
+    ):
+        return None
+    return encode_status_response(
+        fields["CommandField"],
+        mid,
+        sop_class,
+        fields["Status"],
+        instance,
+        has_dataset=fields["CommandDataSetType"] != NO_DATASET,
+        type_id=type_id,
+    )
+
+
 def response_for(
     request: Mapping[str, Any],
     kind: evt.EventType,
@@ -265,6 +323,9 @@ def response_for(
     answered 0x0110 as well, with an Error Comment.
     """
     fields, data = _response_fields(request, kind, result, transfer_syntax, failed=failed)
+    fast = _fast_response(fields)
+    if fast is not None:
+        return fast, data
     try:
         return encode_command(fields), data
     except Exception as exc:  # a status element the handler gave that does not encode

@@ -1721,29 +1721,64 @@ class Association:
             LOGGER.exception("Exception in the handler bound to %s", kind.name)
             return event, None, failure
 
-    async def _serve_n(self, msg: Message, kind: evt.EventType) -> None:
+    async def _serve_n(
+        self, msg: Message, kind: evt.EventType, called: tuple[Any, bool] | None = None
+    ) -> None:
         """Perform an N request (PS3.7 10.1): its ``EVT_N_*`` handler's answer.
 
         Any accepted context will do, for either role: which operations a SOP
         class has is the handler's business (it answers 0x0211 or 0x0112 for
         those it does not perform). No handler, or one that raises: 0x0110.
+        ``called``: what :meth:`_n_call` gave, when the handler was called
+        already (:meth:`_serve_inline`).
         """
-        ts = self._contexts[msg.context_id].transfer_syntax[0]
-        event = self._event_for(kind, msg, _encoded=msg.data, _transfer_syntax=ts)
-        bound = self._bound.get(kind)
-        result: Any = None
-        failed = True
-        if not bound:
-            LOGGER.warning("No handler is bound to %s: answering 0x0110", kind.name)
-        else:
-            handler, args = bound[0]
+        result, failed = self._n_call(msg, kind, inline=False) if called is None else called
+        if not failed and inspect.isawaitable(result):
             try:
-                result = await evt.call_handler(handler, event, args)
-                failed = False
+                result = await result
             except Exception:
                 LOGGER.exception("Exception in the handler bound to %s", kind.name)
+                result, failed = None, True
+        ts = self._contexts[msg.context_id].transfer_syntax[0]
         command, data = response_for(msg.command, kind, result, ts, failed=failed)
         await self._send_message(msg.context_id, command, data)
+
+    def _n_call(self, msg: Message, kind: evt.EventType, *, inline: bool) -> tuple[Any, bool]:
+        """Call the ``EVT_N_*`` handler: ``(what it returned, failed)``; what
+        it returned may be awaitable. ``inline``: called where no task runs."""
+        bound = self._bound.get(kind)
+        if not bound:
+            LOGGER.warning("No handler is bound to %s: answering 0x0110", kind.name)
+            return None, True
+        handler, args = bound[0]
+        ts = self._contexts[msg.context_id].transfer_syntax[0]
+        event = self._event_for(kind, msg, _encoded=msg.data, _transfer_syntax=ts)
+        try:
+            return (_call_plain(handler, event, args) if inline else handler(event, *args)), False
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to %s", kind.name)
+            return None, True
+
+    def _serve_n_inline(self, msg: Message, kind: evt.EventType) -> None:
+        """:meth:`_serve_inline` for an N request (its handler is absent or plain)."""
+        result, failed = self._n_call(msg, kind, inline=True)
+        if failed or not inspect.isawaitable(result):
+            ts = self._contexts[msg.context_id].transfer_syntax[0]
+            command, data = response_for(msg.command, kind, result, ts, failed=failed)
+            # Nothing awaited since _can_send_now(): a plain handler cannot.
+            if self._send_now(msg.context_id, command, data, checked=True):
+                return
+        # An awaitable to finish, or a response too big for one PDU.
+        self._inflight += 1
+        self._spawn(self._finish_n, msg, kind, (result, failed))
+
+    async def _finish_n(self, msg: Message, kind: evt.EventType, called: tuple[Any, bool]) -> None:
+        try:
+            await self._serve_n(msg, kind, called)
+        except (DicomNetworkError, _TransportError, TimeoutError) as exc:
+            LOGGER.debug("Could not answer %s: %s", msg.name, exc)
+        finally:
+            self._request_done()
 
     async def _serve_c_find(self, msg: Message) -> None:
         """Query/Retrieve FIND SCP (PS3.4 C.4.1): a response per item the handler yields.
@@ -1983,7 +2018,7 @@ class Association:
             await self._send_message(msg.context_id, encode_command(pending), None)
 
     def _serve_inline(self, msg: Message) -> bool:
-        """Answer a C-ECHO or an in-memory C-STORE at once, without a task.
+        """Answer a C-ECHO, an in-memory C-STORE or an N request at once, without a task.
 
         The asyncio fast path for the single-response services: when nothing
         else is queued or being served, the handler is absent or a plain
@@ -1993,10 +2028,13 @@ class Association:
         done nothing, when any of that does not hold.
         """
         field = msg.command["CommandField"]
+        n_kind = None
         if field == CommandField.C_ECHO_RQ:
             kind = evt.EVT_C_ECHO
         elif field == CommandField.C_STORE_RQ and msg.spool is None and not msg.spooled:
             kind = evt.EVT_C_STORE
+        elif field in N_EVENTS:
+            kind = n_kind = N_EVENTS[field]
         else:
             return False
         if not self._can_send_now():
@@ -2011,6 +2049,9 @@ class Association:
                 return False
         if _check_request(msg) is not None:
             return False
+        if n_kind is not None:
+            self._serve_n_inline(msg, n_kind)
+            return True
         status: Any
         try:
             call = self._handler_call(kind, msg)
@@ -2526,7 +2567,7 @@ class Association:
             raise self._error or LocalProtocolError("the association is not established")
 
     def _context_for(
-        self, abstract_syntax: UID, *, as_scu: bool | None = True
+        self, abstract_syntax: str, *, as_scu: bool | None = True
     ) -> PresentationContext:
         """The first accepted context for ``abstract_syntax`` in which we have
         the SCU role (``as_scu``), the SCP role (``not as_scu``) or either (None)."""
@@ -2542,8 +2583,9 @@ class Association:
                 self._context_cache[key] = cx
                 return cx
         role = "" if as_scu is None else f" with the {'SCU' if as_scu else 'SCP'} role"
+        name = UID(abstract_syntax).name
         raise NoAcceptedContext(
-            f"no accepted presentation context for {abstract_syntax} ({abstract_syntax.name}){role}"
+            f"no accepted presentation context for {abstract_syntax} ({name}){role}"
         )
 
     def _allocate_id(self, msg_id: int | None) -> int:
@@ -2793,7 +2835,7 @@ class Association:
         # Meta SOP Class it belongs to (Print Management). An N-EVENT-REPORT
         # goes the other way (from the SOP class's SCP), so either role will do.
         as_scu = None if command_field == CommandField.N_EVENT_REPORT_RQ else True
-        cx = self._context_for(UID(str(meta_uid or class_uid)), as_scu=as_scu)
+        cx = self._context_for(str(meta_uid or class_uid), as_scu=as_scu)
         assert cx.context_id is not None
         ts = cx.transfer_syntax[0]
         data = None if dataset is None else encode_dataset(dataset, ts)

@@ -126,6 +126,9 @@ _GROUP_LENGTH_HEADER = b"\x00\x00\x00\x00\x04\x00\x00\x00"
 _ENCODERS: Final[dict[str, tuple[int, str]]] = dict(_BY_KEYWORD)
 
 
+_AT_VALUE: Final = struct.Struct("<HH")
+
+
 def _encode_value(vr: str, value: Any) -> bytes:
     if vr == "US":
         number = int(value)
@@ -138,8 +141,11 @@ def _encode_value(vr: str, value: Any) -> bytes:
         tags = [value] if isinstance(value, int | str) else value
         out = []
         for t in tags:
-            tag = Tag(t)
-            out.append(_U16.pack(tag.group) + _U16.pack(tag.element))
+            # A tag as an int (BaseTag is one) needs no pydicom Tag() call;
+            # compared as a plain int (BaseTag's comparisons are Python code).
+            number = int(t) if type(t) is int or type(t) is BaseTag else -1
+            tag = number if 0 <= number <= 0xFFFFFFFF else int(Tag(t))
+            out.append(_AT_VALUE.pack(tag >> 16, tag & 0xFFFF))
         return b"".join(out)
     return _encode_text(vr, str(value))
 
@@ -203,20 +209,31 @@ def encode_status_response(
     sop_class: str,
     status: int,
     sop_instance: str | None = None,
+    *,
+    has_dataset: bool = False,
+    type_id: int | None = None,
 ) -> bytes:
     """The command set of a response that carries only a Status, fast.
 
     Byte for byte what :func:`encode_command` makes of ``CommandField``,
     ``MessageIDBeingRespondedTo``, ``AffectedSOPClassUID``,
-    ``CommandDataSetType`` (no data set), ``Status`` and, if given,
-    ``AffectedSOPInstanceUID``: the answer to every C-ECHO and C-STORE.
+    ``CommandDataSetType`` (no data set, or one with ``has_dataset``),
+    ``Status`` and, if given, ``AffectedSOPInstanceUID`` and the Event Type
+    ID (N-EVENT-REPORT-RSP) or Action Type ID (N-ACTION-RSP) ``type_id``:
+    the answer to every C-ECHO and C-STORE, and to most N requests.
     """
     body = _response_head(command_field, sop_class) + _RESPONSE_MIDDLE.pack(
-        _MID_HEADER, message_id, _NO_DATASET_STATUS_HEADER, status
+        _MID_HEADER,
+        message_id,
+        _DATASET_STATUS_HEADER if has_dataset else _NO_DATASET_STATUS_HEADER,
+        status,
     )
     if sop_instance is not None:
         raw = _uid_value(sop_instance)
         body += _ELEM_HEADER.pack(0, 0x1000, len(raw)) + raw
+    if type_id is not None:
+        element = 0x1002 if command_field == CommandField.N_EVENT_REPORT_RSP else 0x1008
+        body += _US_ELEMENT.pack(0, element, 2, type_id)
     return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
 
 
@@ -231,6 +248,9 @@ def _response_head(command_field: int, sop_class: str) -> bytes:
 _RESPONSE_MIDDLE: Final = struct.Struct("<8sH18sH")
 _MID_HEADER: Final = _ELEM_HEADER.pack(0, 0x0120, 2)
 _NO_DATASET_STATUS_HEADER: Final = _US_ELEMENT.pack(0, 0x0800, 2, NO_DATASET) + _ELEM_HEADER.pack(
+    0, 0x0900, 2
+)
+_DATASET_STATUS_HEADER: Final = _US_ELEMENT.pack(0, 0x0800, 2, DATASET_PRESENT) + _ELEM_HEADER.pack(
     0, 0x0900, 2
 )
 
@@ -296,7 +316,7 @@ def _decode_value(vr: str, raw: bytes | memoryview) -> Any:
     if vr == "AT":
         if len(raw) % 4:
             raise DIMSEError(f"AT value of length {len(raw)}")
-        return [Tag(g, e) for g, e in struct.iter_unpack("<HH", raw)]
+        return [BaseTag((g << 16) | e) for g, e in struct.iter_unpack("<HH", raw)]
     text = bytes(raw).decode("latin-1")
     return text.rstrip("\x00 ") if vr != "LO" else text.rstrip(" \x00")
 
@@ -336,7 +356,7 @@ class _Layout:
     bytes is read in one ``struct`` unpack. Equal headers and total length
     mean equal element positions, so the result is what the element walk
     gives. Only sets the walk reads without a special case have a layout:
-    every element known, a US of 2 bytes, a UL of 4, no AT.
+    every element known, a US of 2 bytes, a UL of 4, an AT a multiple of 4.
     """
 
     #: 8-byte header, value, 8-byte header, value...: US and UL values as
@@ -348,6 +368,8 @@ class _Layout:
     keys: tuple[str, ...]
     #: The text values: (keyword, whether it is a UID that repeats (cached)).
     texts: tuple[tuple[str, bool], ...]
+    #: The AT values (Attribute Identifier List, Offending Element): keywords.
+    ats: tuple[str, ...]
     #: For command_dataset, of the elements but the Command Group Length: a
     #: function picking their values out of what ``raw`` unpacks, their
     #: tags, lengths and value offsets, and where the (last) Status is among
@@ -398,6 +420,7 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     headers: list[bytes] = []
     keys: list[str] = []
     texts: list[tuple[str, bool]] = []
+    ats: list[str] = []
     # For command_dataset, of every element but the Command Group Length:
     # where its value is in what ``raw`` unpacks, its tag, length, offset.
     values: list[int] = []
@@ -420,7 +443,11 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
                 return
             decode_fmt.append("8sL")
         elif vr == "AT":
-            return
+            if length % 4:
+                return
+            decode_fmt.append(f"8s{length}s")
+            if keyword not in ats:
+                ats.append(keyword)
         else:
             decode_fmt.append(f"8s{length}s")
             text = (keyword, _DECODING[elem][1] == _REPEATED_UID)
@@ -441,7 +468,7 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     layout = _Layout(
         struct.Struct("".join(decode_fmt)).unpack_from,
         struct.Struct("".join(raw_fmt)).unpack_from,
-        tuple(headers), tuple(keys), tuple(texts), pick,
+        tuple(headers), tuple(keys), tuple(texts), tuple(ats), pick,
         tuple(tags), tuple(lengths), tuple(tells),
         max((i for i, tag in enumerate(tags) if tag == _STATUS_TAG), default=-1),
     )  # fmt: skip
@@ -472,6 +499,8 @@ def _decode_command(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any
         for key, repeats in layout.texts:
             raw: bytes = out[key]
             out[key] = _repeated_uid(raw) if repeats else raw.decode("latin-1").rstrip("\x00 ")
+        for key in layout.ats:
+            out[key] = _decode_value("AT", out[key])
         return out, layout
     out = _walk_command(data)
     _learn_layout(data)

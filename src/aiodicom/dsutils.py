@@ -53,9 +53,15 @@ IMPLEMENTATION_CLASS_UID = UID("2.25.217634072652467703769261908766645506195")
 IMPLEMENTATION_VERSION_NAME = ("AIODICOM_" + __version__.replace(".", ""))[:16]
 
 
+@functools.lru_cache(maxsize=64)
+def _as_uid(transfer_syntax: str | None) -> UID:
+    """A transfer syntax given as text as a UID (pydicom checks it: once per value)."""
+    return UID(str(transfer_syntax or ImplicitVRLittleEndian))
+
+
 def decode_dataset(data: bytes, transfer_syntax: str | UID | None) -> Dataset:
     """Decode a data set received in ``transfer_syntax``."""
-    ts = UID(str(transfer_syntax or ImplicitVRLittleEndian))
+    ts = transfer_syntax if type(transfer_syntax) is UID else _as_uid(transfer_syntax)
     if ts == DeflatedExplicitVRLittleEndian:
         try:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
@@ -189,7 +195,7 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
     encapsulated syntaxes the pixel data is written as it is, never
     re-compressed.
     """
-    ts = UID(str(transfer_syntax))
+    ts = transfer_syntax if type(transfer_syntax) is UID else _as_uid(transfer_syntax)
     implicit, little = encoding_of(ts)
     if little and ts != DeflatedExplicitVRLittleEndian:
         fast = _encode_simple(ds, implicit)
@@ -218,6 +224,9 @@ _TEXT_VRS = frozenset(
 _BINARY = {"US": "H", "UL": "L", "SS": "h", "SL": "l", "FL": "f", "FD": "d"}
 
 
+_FIRST = operator.itemgetter(0)
+
+
 def _encode_simple(ds: Dataset, implicit: bool) -> bytes | None:
     """Encode a flat data set of plain values (little endian) without pydicom's writer.
 
@@ -228,12 +237,14 @@ def _encode_simple(ds: Dataset, implicit: bool) -> bytes | None:
     value too long for its length field) returns ``None``: the caller then
     uses pydicom.
     """
-    if "SpecificCharacterSet" in ds:
-        return None
     out: list[bytes] = []
     pack_tag = _TAG_LE.pack
-    for tag in sorted(ds.keys()):
-        elem = ds.get_item(tag)
+    # Sorted as plain ints: pydicom's BaseTag compares in Python code.
+    elements = [(int(tag), elem) for tag, elem in ds.items()]
+    elements.sort(key=_FIRST)
+    for tag, elem in elements:
+        if tag == 0x00080005:  # Specific Character Set: pydicom encodes
+            return None
         if not isinstance(elem, DataElement):
             return None  # a RawDataElement: pydicom knows how to re-encode it
         vr = elem.VR
@@ -242,8 +253,11 @@ def _encode_simple(ds: Dataset, implicit: bool) -> bytes | None:
             if value is None or value == "":
                 raw = b""
             else:
-                items = value if isinstance(value, MultiValue | list | tuple) else (value,)
-                text = "\\".join("" if v is None else str(v) for v in items)
+                if isinstance(value, str):  # one value (a UID is a str too)
+                    text = str(value)
+                else:
+                    items = value if isinstance(value, MultiValue | list | tuple) else (value,)
+                    text = "\\".join("" if v is None else str(v) for v in items)
                 if not text.isascii():
                     return None
                 raw = text.encode("ascii")

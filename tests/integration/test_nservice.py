@@ -673,3 +673,31 @@ async def test_n_request_missing_a_mandatory_field_is_0110_naming_it(
         assert name in response["ErrorComment"]
         await raw_release(peer)
     assert performer.seen == []
+
+
+async def test_plain_handler_returning_an_awaitable_and_a_reply_bigger_than_a_pdu() -> None:
+    """The inline path's two ways out: an awaitable to finish in a task, and a
+    reply that needs several P-DATA-TF PDUs (the SCU's maximum is 16 KB)."""
+    performer = Performer()
+    big = person(EncapsulatedDocument=b"x" * 100_000)
+
+    async def later() -> Any:
+        await anyio.lowlevel.checkpoint()
+        return 0x0000, big
+
+    performer.answers[evt.EVT_N_GET] = (0x0000, big)
+    server_ae = scp_ae()
+    handlers = [*performer.handlers, (evt.EVT_N_DELETE, lambda event: later())]
+    scu = scu_ae()
+    scu.maximum_pdu_size = 16384
+    async with server_ae.start_server(("127.0.0.1", 0), evt_handlers=handlers) as srv:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", srv.port) as assoc:
+                status, attrs = await assoc.send_n_get(["EncapsulatedDocument"], MPPS, INSTANCE)
+                deleted = await assoc.send_n_delete(MPPS, INSTANCE)
+                status2, attrs2 = await assoc.send_n_get(None, MPPS, INSTANCE)
+    assert status.Status == 0x0000 and attrs is not None
+    assert attrs.EncapsulatedDocument == b"x" * 100_000
+    assert deleted.Status == 0x0000  # the coroutine's status; N-DELETE sends no data set
+    assert status2.Status == 0x0000 and attrs2 is not None
+    assert len(attrs2.EncapsulatedDocument) == 100_000

@@ -739,7 +739,8 @@ def test_known_layout_reads_as_the_walk(fields: dict[str, Any], data: st.DataObj
     raw = encode_command(fields)
     first = decode_command(raw)
     assert first == dimse._walk_command(raw)
-    eligible = "OffendingElement" not in fields and "AttributeIdentifierList" not in fields
+    # Every set the generator makes has a layout (AT values included).
+    eligible = True
     assert (dimse._find_layout(raw) is not None) == eligible
     # The same layout with other values: message IDs, status, UIDs of the
     # same length (the last digit changed), titles and comments alike.
@@ -751,6 +752,9 @@ def test_known_layout_reads_as_the_walk(fields: dict[str, Any], data: st.DataObj
         elif vr in ("UI", "AE", "LO"):
             last = "7" if value[-1] != "7" else "5"
             changed[keyword] = value[:-1] + last
+        elif vr == "AT":  # as many tags, other values
+            tags = value if isinstance(value, list) else [value]
+            changed[keyword] = [(int(t) + 0x00010001) & 0xFFFFFFFF for t in tags]
     other = encode_command(changed)
     assert len(other) == len(raw)
     assert (
@@ -826,13 +830,6 @@ def test_layouts_are_bounded(fresh_layouts: dict[int, list[Any]]) -> None:
     [
         # An element this table does not know (skipped by the walk).
         pytest.param(ECHO_RQ_GOLDEN + struct.pack("<HHL", 0, 0x5010, 2) + b"ab", id="unknown"),
-        # An AT value (a list of tags).
-        pytest.param(
-            encode_command(
-                {"CommandField": 0x8120, "Status": 0x0106, "AttributeIdentifierList": [0x00100010]}
-            ),
-            id="AT",
-        ),
     ],
 )
 def test_sets_without_a_layout(fresh_layouts: dict[int, list[Any]], raw: bytes) -> None:
@@ -841,6 +838,33 @@ def test_sets_without_a_layout(fresh_layouts: dict[int, list[Any]], raw: bytes) 
     assert decode_command(raw) == expected
     assert not fresh_layouts
     assert_same_dataset(command_dataset(raw), dimse._walk_dataset(raw))
+
+
+def test_sets_with_tags_have_a_layout(fresh_layouts: dict[int, list[Any]]) -> None:
+    """An N-GET-RQ's Attribute Identifier List is read by its layout the second time."""
+
+    def n_get(*tags: int) -> bytes:
+        return encode_command(
+            {
+                "CommandField": 0x0110,
+                "MessageID": 5,
+                "RequestedSOPClassUID": "1.2.840.10008.5.1.1.16",
+                "RequestedSOPInstanceUID": "1.2.840.10008.5.1.1.17",
+                "CommandDataSetType": 0x0101,
+                "AttributeIdentifierList": list(tags),
+            }
+        )
+
+    first, second = n_get(0x21100010, 0x21100020), n_get(0x00100010, 0x7FE00010)
+    assert decode_command(first)["AttributeIdentifierList"] == [0x21100010, 0x21100020]
+    found = dimse._find_layout(second)
+    assert found is not None
+    decoded, layout = dimse._decode_command(second)
+    assert layout is found[0]
+    assert decoded == dimse._walk_command(second)
+    assert decoded["AttributeIdentifierList"] == [0x00100010, 0x7FE00010]
+    assert all(type(t) is BaseTag for t in decoded["AttributeIdentifierList"])
+    assert_same_dataset(command_dataset(second, layout), dimse._walk_dataset(second))
 
 
 def test_layout_of_an_element_met_twice(fresh_layouts: dict[int, list[Any]]) -> None:
@@ -1702,6 +1726,51 @@ def test_status_response_equals_encode_command(
     assert decode_command(fast) == {k: v for k, v in fields.items() if v is not None} | {
         "CommandGroupLength": len(fast) - 12
     }
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    command_field=st.sampled_from([0x8100, 0x8110, 0x8120, 0x8130, 0x8140, 0x8150]),
+    message_id=st.integers(0, 0xFFFF),
+    sop_class=st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+    status=st.integers(0, 0xFFFF),
+    sop_instance=st.none() | st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+    has_dataset=st.booleans(),
+    type_id=st.none() | st.integers(0, 0xFFFF),
+)
+def test_n_status_response_equals_encode_command(
+    command_field: int,
+    message_id: int,
+    sop_class: str,
+    status: int,
+    sop_instance: str | None,
+    has_dataset: bool,
+    type_id: int | None,
+) -> None:
+    """The fast encoder with a data set and an N-EVENT-REPORT/N-ACTION type ID."""
+    type_keyword = {0x8100: "EventTypeID", 0x8130: "ActionTypeID"}.get(command_field)
+    if type_keyword is None:
+        type_id = None
+    fields = {
+        "CommandField": command_field,
+        "MessageIDBeingRespondedTo": message_id,
+        "AffectedSOPClassUID": sop_class,
+        "CommandDataSetType": DATASET_PRESENT if has_dataset else NO_DATASET,
+        "Status": status,
+        "AffectedSOPInstanceUID": sop_instance,
+    }
+    if type_keyword is not None:
+        fields[type_keyword] = type_id
+    fast = encode_status_response(
+        command_field,
+        message_id,
+        sop_class,
+        status,
+        sop_instance,
+        has_dataset=has_dataset,
+        type_id=type_id,
+    )
+    assert fast == encode_command(fields)
 
 
 @settings(max_examples=200)
