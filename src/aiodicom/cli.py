@@ -295,7 +295,8 @@ async def _qrscp(args: argparse.Namespace) -> int:
     archive = await Archive.open(
         args.output_directory, ae_title=ae.ae_title, destinations=destinations
     )
-    async with archive:
+    async with archive, anyio.create_task_group() as tg:
+        await tg.start(archive.serve_commitments)  # Storage Commitment reports
         setup_ae(ae, archive)
         async with ae.start_server((args.bind, args.port), evt_handlers=archive.handlers()) as srv:
             print(
@@ -304,6 +305,7 @@ async def _qrscp(args: argparse.Namespace) -> int:
                 flush=True,
             )
             await srv.serve_forever()
+        tg.cancel_scope.cancel()
     return 0
 
 

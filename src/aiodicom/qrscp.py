@@ -44,10 +44,19 @@ Use it from code::
     archive = await Archive.open("./aiodicom-store", ae_title="QRSCP",
                                  destinations={"STORESCP": ("127.0.0.1", 11113)})
     ae = setup_ae(AE("QRSCP"), archive)
-    async with ae.start_server(("0.0.0.0", 11112), evt_handlers=archive.handlers()) as srv:
-        await srv.serve_forever()
+    async with anyio.create_task_group() as tg:
+        await tg.start(archive.serve_commitments)   # Storage Commitment reports
+        async with ae.start_server(("0.0.0.0", 11112), evt_handlers=archive.handlers()) as srv:
+            await srv.serve_forever()
 
 or as ``aiodicom qrscp -od DIR --dest STORESCP=127.0.0.1:11113 11112``.
+
+It is also a Storage Commitment Push Model SCP (PS3.4 Annex J): an
+N-ACTION asking it to commit to instances is answered at once, and the
+result (the instances it holds, and those it does not with their failure
+reasons) follows as an N-EVENT-REPORT, on the same association or, once that
+is released, on one opened to the requestor (its AE title looked up in the
+destinations).
 """
 
 from __future__ import annotations
@@ -65,9 +74,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Se
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import anyio
+import anyio.abc
 import anyio.to_thread
 from pydicom import dcmread
 from pydicom.datadict import tag_for_keyword
@@ -79,7 +89,13 @@ from pydicom.uid import UID
 from . import evt, sop_class
 from .ae import AE
 from .dsutils import is_plain_uid, part10_header
-from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context
+from .errors import DicomNetworkError
+from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
+
+if TYPE_CHECKING:
+    from anyio.streams.memory import MemoryObjectSendStream
+
+    from .association import Association
 
 __all__ = (
     "IMAGE",
@@ -1073,6 +1089,36 @@ def object_path(sop_instance_uid: str) -> str:
 # The archive
 
 
+#: Storage Commitment requests waiting for :meth:`Archive.serve_commitments`.
+_COMMITMENT_BACKLOG: Final = 64
+
+
+@dataclass(slots=True)
+class _Commitment:
+    """A Storage Commitment request waiting for its report."""
+
+    assoc: Association
+    requestor: str
+    transaction: str
+    references: list[tuple[str, str]]
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+def _reference(class_uid: str, instance_uid: str, reason: int | None = None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = class_uid
+    item.ReferencedSOPInstanceUID = instance_uid
+    if reason is not None:
+        item.FailureReason = reason
+    return item
+
+
 class Archive:
     """A DICOM file store under ``directory`` with its SQLite index, and Q/R handlers.
 
@@ -1099,6 +1145,9 @@ class Archive:
         }
         #: Rows fetched from the index by queries so far (for tests and statistics).
         self.rows_fetched = 0
+        #: Storage Commitment reports sent and answered so far.
+        self.commitments_reported = 0
+        self._commitments: MemoryObjectSendStream[_Commitment] | None = None
         self._conn: sqlite3.Connection | None = None
         self._write_lock = threading.Lock()
 
@@ -1454,14 +1503,155 @@ class Archive:
         """
         return self._retrieve(event, "MOVE")
 
+    # -- Storage Commitment (PS3.4 Annex J) ---------------------------------
+
+    async def serve_commitments(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Send the results of Storage Commitment requests, until cancelled.
+
+        Run it beside the server (``await tg.start(archive.serve_commitments)``):
+        :meth:`handle_commitment` answers each N-ACTION at once and leaves
+        the result to this task, which checks every referenced instance in
+        the index and sends the N-EVENT-REPORT (PS3.4 J.3.3): on the
+        association of the request while it lasts, else on one it opens to
+        the requestor's AE title in :attr:`destinations`, taking the SCP role
+        by role selection. Without it running, requests are refused (0x0110).
+        """
+        send, receive = anyio.create_memory_object_stream[_Commitment](_COMMITMENT_BACKLOG)
+        self._commitments = send
+        try:
+            task_status.started()
+            async with receive:
+                async for job in receive:
+                    try:
+                        await self._report(job)
+                    except Exception:
+                        LOGGER.exception("Storage Commitment %s: no report sent", job.transaction)
+        finally:
+            self._commitments = None
+            send.close()
+
+    async def handle_commitment(self, event: evt.Event) -> tuple[Any, Dataset | None]:
+        """EVT_N_ACTION: take a Storage Commitment request (PS3.4 J.3.2).
+
+        0x0000 once it is queued for :meth:`serve_commitments`; 0x0112 for an
+        instance other than the well-known one, 0x0123 for an action other
+        than 1 (Request Storage Commitment), 0x0120 for a request without a
+        Transaction UID or Referenced SOP Sequence, 0x0213 when too many are
+        waiting.
+        """
+        request = event.request
+        if request.get("RequestedSOPClassUID") != sop_class.StorageCommitmentPushModel:
+            return _status(0x0118, "only Storage Commitment Push Model is served"), None
+        if request.get("RequestedSOPInstanceUID") != sop_class.StorageCommitmentPushModelInstance:
+            return _status(0x0112, "not the Storage Commitment Push Model SOP Instance"), None
+        if event.action_type != 1:
+            return _status(0x0123, f"no action type {event.action_type}"), None
+        try:
+            info = event.action_information
+            transaction = str(info.get("TransactionUID") or "")
+            references = [
+                (str(item.get("ReferencedSOPClassUID") or ""),
+                 str(item.get("ReferencedSOPInstanceUID") or ""))
+                for item in info.get("ReferencedSOPSequence") or ()
+            ]  # fmt: skip
+        except Exception as exc:  # a data set pydicom cannot read
+            return _status(0x0110, f"the Action Information does not decode: {exc}"), None
+        if not transaction or "ReferencedSOPSequence" not in info:
+            return _status(0x0120, "Transaction UID and Referenced SOP Sequence are required"), None
+        if self._commitments is None:
+            return _status(0x0110, "Storage Commitment is not being served"), None
+        job = _Commitment(event.assoc, event.assoc.requestor.ae_title, transaction, references)
+        try:
+            self._commitments.send_nowait(job)
+        except anyio.WouldBlock:
+            return _status(0x0213, "too many Storage Commitment requests waiting"), None
+        LOGGER.info("Storage Commitment %s: %d instance(s)", transaction, len(references))
+        return 0x0000, None
+
+    def _commit_lookup(
+        self, references: Sequence[tuple[str, str]]
+    ) -> list[tuple[str, str, int | None]]:
+        """Each reference with its failure reason (PS3.4 J.3.3.1.1), None if it is kept."""
+        conn = _connect(self.index_path, readonly=True)
+        try:
+            out = []
+            for class_uid, instance_uid in references:
+                row = conn.execute(
+                    "SELECT sop_class_uid, path FROM instance WHERE sop_instance_uid = ?",
+                    (instance_uid,),
+                ).fetchone()
+                if row is None or not (self.directory / row[1]).is_file():
+                    reason: int | None = 0x0112  # No such object instance
+                elif row[0] != class_uid:
+                    reason = 0x0119  # Class / Instance conflict
+                else:
+                    reason = None
+                out.append((class_uid, instance_uid, reason))
+            return out
+        finally:
+            conn.close()
+
+    async def _report(self, job: _Commitment) -> None:
+        """Check a request's instances and send its N-EVENT-REPORT."""
+        checked = await anyio.to_thread.run_sync(self._commit_lookup, job.references)
+        result = Dataset()
+        result.TransactionUID = job.transaction
+        kept = [_reference(c, i) for c, i, reason in checked if reason is None]
+        failed = [_reference(c, i, reason) for c, i, reason in checked if reason is not None]
+        if kept:
+            result.ReferencedSOPSequence = DicomSequence(kept)
+        if failed:
+            result.FailedSOPSequence = DicomSequence(failed)
+        event_type = 2 if failed else 1  # some failed / all kept
+        commitment = sop_class.StorageCommitmentPushModel
+        instance = sop_class.StorageCommitmentPushModelInstance
+        if job.assoc.is_established:
+            try:
+                status, _ = await job.assoc.send_n_event_report(
+                    result, event_type, commitment, instance
+                )
+            except (DicomNetworkError, TimeoutError) as exc:
+                LOGGER.info("Storage Commitment %s: association gone (%s)", job.transaction, exc)
+            else:
+                self._reported(job, event_type, status, "on the request's association")
+                return
+        dest = self.destinations.get(job.requestor)
+        if dest is None:
+            LOGGER.warning(
+                "Storage Commitment %s: %r is not a known destination: no report sent",
+                job.transaction,
+                job.requestor,
+            )
+            return
+        ae = AE(self.ae_title)
+        ae.add_requested_context(commitment)
+        role = build_role(commitment, scu_role=False, scp_role=True)
+        async with ae.associate(dest.host, dest.port, ae_title=job.requestor, ext_neg=[role]) as a:
+            status, _ = await a.send_n_event_report(result, event_type, commitment, instance)
+        self._reported(job, event_type, status, f"to {job.requestor} at {dest.host}:{dest.port}")
+
+    def _reported(self, job: _Commitment, event_type: int, status: Dataset, where: str) -> None:
+        self.commitments_reported += 1
+        LOGGER.info(
+            "Storage Commitment %s: event type %d sent %s, answered 0x%04X",
+            job.transaction,
+            event_type,
+            where,
+            status.get("Status", 0xFFFF),
+        )
+
     def handlers(self) -> list[evt.EventHandlerType]:
-        """``evt_handlers`` answering C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE."""
+        """``evt_handlers`` answering C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE and
+        Storage Commitment's N-ACTION."""
         return [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             (evt.EVT_C_FIND, self.handle_find),
             (evt.EVT_C_GET, self.handle_get),
             (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_N_ACTION, self.handle_commitment),
         ]
 
 
@@ -1473,7 +1663,7 @@ def setup_ae(ae: AE, archive: Archive) -> AE:
     accepted in a role selection (so a C-GET requestor can take the SCP role
     for the instances we send back); FIND,
     GET and MOVE of the Patient Root, Study Root and Patient/Study Only
-    models. Large incoming instances are spooled to the archive's
+    models; Storage Commitment Push Model. Large incoming instances are spooled to the archive's
     ``.incoming`` directory (the same file system, so they are renamed into
     place).
     """
@@ -1484,5 +1674,6 @@ def setup_ae(ae: AE, archive: Archive) -> AE:
     for model in MODELS:
         for uid in (model.find, model.get, model.move):
             ae.add_supported_context(uid)
+    ae.add_supported_context(sop_class.StorageCommitmentPushModel)
     ae.spool_directory = str(archive.incoming)
     return ae

@@ -713,3 +713,60 @@ async def test_dcmprscu_prints_to_aiodicom_scp(tmp_path, run_dcmtk, report):
         assert (status.Status, status.EventTypeID) == (0x0000, 1)
     else:
         assert scp.reports == []
+
+
+# --------------------------------------------------------------------------- the Q/R SCP
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_scu_storage_commitment_with_aiodicom_qrscp(tmp_path):
+    """A pynetdicom modality asks the aiodicom Q/R SCP to commit to what it
+    stored; the result comes back on the same association."""
+    from conftest import run_command
+
+    from aiodicom.qrscp import Archive, setup_ae
+    from aiodicom.testing import make_dataset
+
+    require_pynetdicom()
+    stored = [make_dataset(), make_dataset()]
+    missing = ROOT + "404"
+    refs = [
+        {"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": ds.SOPInstanceUID}
+        for ds in stored
+    ]
+    refs.append({"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": missing})
+    plan = [
+        {
+            "op": "n_action",
+            "class_uid": COMMITMENT,
+            "instance_uid": COMMITMENT_INSTANCE,
+            "action_type": 1,
+            "dataset": {"TransactionUID": ROOT + "70", "ReferencedSOPSequence": refs},
+        },
+        {"op": "wait_report", "timeout": 20},
+    ]
+    archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
+    with deadline(TEST_DEADLINE):
+        async with archive, anyio.create_task_group() as tg:
+            await tg.start(archive.serve_commitments)
+            ae = setup_ae(AE("QRSCP"), archive)
+            async with ae.start_server((HOST, 0), evt_handlers=archive.handlers()) as server:
+                scu = AE("AIO_STORE")
+                scu.add_requested_context(CT)
+                async with scu.associate(HOST, server.port) as assoc:
+                    for ds in stored:
+                        assert (await assoc.send_c_store(ds)).Status == 0x0000
+                cp, events = await in_thread(run_plan, server.port, plan, tmp_path, run_command)
+            tg.cancel_scope.cancel()
+    assert cp.returncode == 0, cp.describe()
+    assert one(events, "n_response", op="n_action")["status"]["Status"] == 0x0000
+    received = one(events, "n_event_report_received")
+    assert received["EventTypeID"] == 2  # one instance is missing
+    assert received["AffectedSOPInstanceUID"] == COMMITMENT_INSTANCE
+    result = received["dataset"]
+    assert result["TransactionUID"] == ROOT + "70"
+    assert result["ReferencedSOPSequence"] == refs[:2]
+    assert result["FailedSOPSequence"] == [
+        {"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": missing, "FailureReason": "274"}
+    ]
+    assert archive.commitments_reported == 1
