@@ -114,6 +114,8 @@ async def test_report_on_the_same_association(tmp_path: Path) -> None:
                 )
                 assert status.Status == 0x0000 and status.ActionTypeID == 1
                 await reports.got.wait()
+                # Counted once the SCP has the answer to its report.
+                await _until(lambda: archive.commitments_reported == 1)
     [report] = reports.events
     assert report.event_type == 2  # some instances failed
     assert report.request.AffectedSOPClassUID == COMMITMENT
@@ -167,6 +169,7 @@ async def test_report_after_release_comes_on_a_new_association(
                     assert status.Status == 0x0000
                 released.set()
                 await reports.got.wait()
+                await _until(lambda: archive.commitments_reported == 1)
     [report] = reports.events
     assert report.assoc.requestor.ae_title == "QRSCP"  # an association the SCP requested
     assert [(r.scu_role, r.scp_role) for r in roles] == [(False, True)]
@@ -208,7 +211,7 @@ async def test_report_to_an_unknown_requestor_is_dropped(
 
 
 async def _until(predicate: Any) -> None:
-    """Let the report task finish what it does after the lookup (a log line)."""
+    """Wait for what the report task does after the last thing the test sees."""
     with anyio.fail_after(GUARD):
         while not predicate():
             await anyio.sleep(0.01)

@@ -757,6 +757,9 @@ async def test_pynetdicom_scu_storage_commitment_with_aiodicom_qrscp(tmp_path):
                     for ds in stored:
                         assert (await assoc.send_c_store(ds)).Status == 0x0000
                 cp, events = await in_thread(run_plan, server.port, plan, tmp_path, run_command)
+                with anyio.fail_after(10):  # counted once the report's answer is in
+                    while archive.commitments_reported < 1 and cp.returncode == 0:
+                        await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
     assert cp.returncode == 0, cp.describe()
     assert one(events, "n_response", op="n_action")["status"]["Status"] == 0x0000
