@@ -59,12 +59,12 @@ from pynetdicom import AE, evt
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pynetdicom_peer import (  # the shared harness pieces; no aiodicom in them
     EXIT_ABORTED,
-    EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
     identifier_dict,
     nodelay_wanted,
     open_writer,
+    run_logged,
     set_nodelay,
 )
 
@@ -304,15 +304,7 @@ def keep_reactor_on_requests(assoc: Any) -> None:
 
 
 def run_scu(args: argparse.Namespace) -> int:
-    out = open_writer(args.out)
-    try:
-        code = _run_scu(args, out)
-    except Exception as exc:  # report, do not hide
-        out.write("error", error=f"{type(exc).__name__}: {exc}")
-        code = EXIT_FAILED
-    out.write("exit", code=code)
-    out.close()
-    return code
+    return run_logged(args, _run_scu)
 
 
 def _run_scu(args: argparse.Namespace, out: Any) -> int:

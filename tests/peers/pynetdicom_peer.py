@@ -716,16 +716,22 @@ def guard_requested_associations(ae: Any) -> None:
     ae.associate = guarded
 
 
-def run_scu(args: argparse.Namespace) -> int:
+def run_logged(args: argparse.Namespace, body: Any) -> int:
+    """Run an SCU mode's ``body(args, out)``: an exception is logged as
+    ``error`` (exit 3), the exit code as ``exit``."""
     out = open_writer(args.out)
     try:
-        code = _run_scu(args, out)
+        code = int(body(args, out))
     except Exception as exc:  # report, do not hide
         out.write("error", error=f"{type(exc).__name__}: {exc}")
         code = EXIT_FAILED
     out.write("exit", code=code)
     out.close()
     return code
+
+
+def run_scu(args: argparse.Namespace) -> int:
+    return run_logged(args, _run_scu)
 
 
 def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
@@ -915,15 +921,7 @@ def parse_key(text: str) -> tuple[str, str]:
 
 
 def run_qrscu(args: argparse.Namespace) -> int:
-    out = open_writer(args.out)
-    try:
-        code = _run_qrscu(args, out)
-    except Exception as exc:  # report, do not hide
-        out.write("error", error=f"{type(exc).__name__}: {exc}")
-        code = EXIT_FAILED
-    out.write("exit", code=code)
-    out.close()
-    return code
+    return run_logged(args, _run_qrscu)
 
 
 def _run_qrscu(args: argparse.Namespace, out: EventWriter) -> int:
