@@ -172,6 +172,9 @@ def _status_fields(status: Any, allowed: frozenset[str]) -> dict[str, Any]:
         for keyword in _STATUS_KEYWORDS:
             if keyword in status and keyword in allowed:
                 out[keyword] = status[keyword].value
+        comment = out.get("ErrorComment")
+        if isinstance(comment, str) and len(comment) > 64:
+            out["ErrorComment"] = comment[:64]  # an LO of at most 64 characters
         code = out.get("Status")
     else:
         code = status

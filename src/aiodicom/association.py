@@ -3595,6 +3595,9 @@ def _status_fields(status: Any, failure: int) -> dict[str, Any]:
         for keyword in ("Status", "ErrorComment", "ErrorID", "OffendingElement"):
             if keyword in status:
                 out[keyword] = status[keyword].value
+        comment = out.get("ErrorComment")
+        if isinstance(comment, str) and len(comment) > 64:
+            out["ErrorComment"] = comment[:64]  # an LO of at most 64 characters
         if "Status" not in out:
             LOGGER.error("Handler status Dataset has no Status: answering 0x%04X", failure)
             out["Status"] = failure

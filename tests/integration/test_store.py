@@ -11,6 +11,7 @@ import errno
 import io
 import os
 import sys
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -753,6 +754,25 @@ async def test_status_dataset_with_comment() -> None:
             rsp = await assoc.send_c_store(make_dataset())
     assert rsp.Status == 0xC001
     assert rsp.ErrorComment == "no room at the inn"
+
+
+async def test_status_comment_longer_than_an_lo_is_cut_to_64() -> None:
+    """Error Comment is an LO: a handler's longer one goes out cut, not invalid."""
+
+    def on_store(event: evt.Event) -> Dataset:
+        status = Dataset()
+        status.Status = 0xC001
+        with warnings.catch_warnings():  # pydicom warns on the length at once
+            warnings.simplefilter("ignore")
+            status.ErrorComment = "c" * 80
+        return status
+
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            rsp = await assoc.send_c_store(make_dataset())
+    assert rsp.Status == 0xC001
+    assert rsp.ErrorComment == "c" * 64
 
 
 async def test_response_fields() -> None:

@@ -7,9 +7,12 @@ so neither our tables nor our codec are the only judge.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom import dimse_messages as pnd_messages
@@ -26,6 +29,7 @@ from aiodicom._nservice import (
 from aiodicom.dimse import CommandField, decode_command, encode_command
 from aiodicom.dimse_messages import check_command
 from aiodicom.dsutils import decode_dataset, encode_dataset
+from aiodicom.status import code_to_category
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -263,6 +267,11 @@ def test_a_status_element_that_does_not_encode_is_0110() -> None:
     assert sent is None
 
 
+def test_a_long_error_comment_is_cut_to_64_characters() -> None:
+    command, _ = respond(F.N_SET_RQ, (_status_ds(0xC001, "c" * 80, None, None), None))
+    assert command["ErrorComment"] == "c" * 64
+
+
 def test_status_dataset_elements_of_n_responses_only() -> None:
     status = ds(Status=0x0107, ErrorID=7, ErrorComment="bad attrs")
     status.AttributeIdentifierList = [0x00100010]
@@ -312,3 +321,73 @@ def test_a_reply_that_does_not_decode_turns_the_success_into_0110() -> None:
     deflated = "1.2.840.10008.1.2.1.99"
     assert reply_of(status, b"not deflate data", deflated) is None
     assert status.Status == 0x0110
+
+
+# ---------------------------------------------------------------------------
+# Whatever a handler returns, the response is a valid command set
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.integers(-2, 0x1_0001),
+    st.booleans(),
+    st.text(max_size=80),
+    st.binary(max_size=8),
+    st.builds(
+        ds,
+        PatientID=st.text(alphabet=st.characters(codec="latin-1"), max_size=70),
+    ),
+)
+_STATUS_DATASETS = st.builds(
+    lambda status, comment, error_id, attrs: _status_ds(status, comment, error_id, attrs),
+    st.one_of(st.none(), st.integers(0, 0xFFFF), st.integers(0x10000, 0x20000)),
+    st.one_of(
+        st.none(),
+        st.text(max_size=100),
+        st.text(alphabet=st.characters(codec="latin-1"), min_size=60, max_size=100),
+    ),
+    st.one_of(st.none(), st.integers(0, 0xFFFF)),
+    st.one_of(st.none(), st.lists(st.integers(0, 0xFFFFFFFF), max_size=3)),
+)
+
+
+def _status_ds(status: Any, comment: Any, error_id: Any, attrs: Any) -> Dataset:
+    out = Dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns on values out of range
+        if status is not None:
+            out.add_new(0x00000900, "US", status)
+        if comment is not None:
+            out.add_new(0x00000902, "LO", comment)
+        if error_id is not None:
+            out.add_new(0x00000903, "US", error_id)
+        if attrs is not None:
+            out.add_new(0x00001005, "AT", attrs)
+    return out
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    field=st.sampled_from(sorted(N_EVENTS)),
+    status=st.one_of(_VALUES, _STATUS_DATASETS),
+    reply=_VALUES,
+    shape=st.sampled_from(["pair", "alone", "triple"]),
+    with_instance=st.booleans(),
+)
+def test_any_handler_answer_gives_a_valid_response(
+    field: int, status: Any, reply: Any, shape: str, with_instance: bool
+) -> None:
+    result = {"pair": (status, reply), "alone": status, "triple": (status, reply, None)}[shape]
+    create_without = field == F.N_CREATE_RQ and not with_instance
+    req = request(field, **({"AffectedSOPInstanceUID": None} if create_without else {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        command, data = response_for(req, N_EVENTS[field], result, EXPLICIT_LE)
+    decoded = decode_command(command)
+    check_command(decoded, strict=True)
+    assert decoded["CommandField"] == field | 0x8000
+    assert decoded["MessageIDBeingRespondedTo"] == 41
+    assert (decoded["CommandDataSetType"] != 0x0101) is (data is not None)
+    if data is not None:
+        assert code_to_category(decoded["Status"]) in ("Success", "Warning")
+        decode_dataset(data, EXPLICIT_LE)
