@@ -24,7 +24,6 @@ from typing import Any, Final
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
-from . import evt
 from .dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -43,14 +42,15 @@ __all__ = ("N_EVENTS", "PROCESSING_FAILURE", "reply_of", "request_fields", "resp
 #: PS3.7 C.4.2: the general failure of a DIMSE-N operation.
 PROCESSING_FAILURE: Final = 0x0110
 
-#: The intervention event that performs each N request.
-N_EVENTS: Final[Mapping[int, evt.EventType]] = {
-    CommandField.N_EVENT_REPORT_RQ: evt.EVT_N_EVENT_REPORT,
-    CommandField.N_GET_RQ: evt.EVT_N_GET,
-    CommandField.N_SET_RQ: evt.EVT_N_SET,
-    CommandField.N_ACTION_RQ: evt.EVT_N_ACTION,
-    CommandField.N_CREATE_RQ: evt.EVT_N_CREATE,
-    CommandField.N_DELETE_RQ: evt.EVT_N_DELETE,
+#: The intervention event that performs each N request, by name (the events
+#: themselves live in :mod:`aiodicom.evt`, with the async shell).
+N_EVENTS: Final[Mapping[int, str]] = {
+    CommandField.N_EVENT_REPORT_RQ: "EVT_N_EVENT_REPORT",
+    CommandField.N_GET_RQ: "EVT_N_GET",
+    CommandField.N_SET_RQ: "EVT_N_SET",
+    CommandField.N_ACTION_RQ: "EVT_N_ACTION",
+    CommandField.N_CREATE_RQ: "EVT_N_CREATE",
+    CommandField.N_DELETE_RQ: "EVT_N_DELETE",
 }
 
 #: The elements of a handler's status Dataset that may go into an N response
@@ -184,7 +184,7 @@ def _status_fields(status: Any, allowed: frozenset[str]) -> dict[str, Any]:
     return out
 
 
-def _split(kind: evt.EventType, result: Any) -> tuple[Any, Any]:
+def _split(result: Any) -> tuple[Any, Any]:
     """``(status, data set)`` of a handler's answer; EVT_N_DELETE may give the status alone."""
     if isinstance(result, tuple):
         if len(result) == 2:
@@ -195,7 +195,7 @@ def _split(kind: evt.EventType, result: Any) -> tuple[Any, Any]:
 
 def _response_fields(
     request: Mapping[str, Any],
-    kind: evt.EventType,
+    kind: str,
     result: Any,
     transfer_syntax: str,
     *,
@@ -221,7 +221,7 @@ def _response_fields(
         fields["EventTypeID"] = request.get("EventTypeID")
 
     def failure(comment: str) -> tuple[dict[str, Any], bytes | None]:
-        LOGGER.error("%s: %s: answering 0x%04X", kind.name, comment, PROCESSING_FAILURE)
+        LOGGER.error("%s: %s: answering 0x%04X", kind, comment, PROCESSING_FAILURE)
         fields["Status"] = PROCESSING_FAILURE
         fields["ErrorComment"] = comment[:64]
         return fields, None
@@ -229,16 +229,16 @@ def _response_fields(
     if failed:
         fields["Status"] = PROCESSING_FAILURE
         return fields, None
-    status, reply = _split(kind, result)
+    status, reply = _split(result)
     status_fields = _status_fields(status, allowed)
     if not status_fields:
-        LOGGER.error("%s: the handler answered %r", kind.name, result)
+        LOGGER.error("%s: the handler answered %r", kind, result)
         return failure("the handler's answer is not a status")
     fields.update(status_fields)
     category = code_to_category(status_fields["Status"])
     if category not in _REPLIES or spec.dataset == DATASET_FORBIDDEN:
         if reply is not None and category in _REPLIES:
-            LOGGER.warning("%s: a %s has no data set: not sent", kind.name, spec.name)
+            LOGGER.warning("%s: a %s has no data set: not sent", kind, spec.name)
         return fields, None
     if reply is not None and not isinstance(reply, Dataset):
         return failure(f"the handler's data set is a {type(reply).__name__}, not a Dataset")
@@ -309,7 +309,7 @@ def _fast_response(fields: dict[str, Any]) -> bytes | None:
 
 def response_for(
     request: Mapping[str, Any],
-    kind: evt.EventType,
+    kind: str,
     result: Any,
     transfer_syntax: str,
     *,
@@ -332,7 +332,7 @@ def response_for(
     try:
         return encode_command(fields), data
     except Exception as exc:  # a status element the handler gave that does not encode
-        LOGGER.error("%s: the handler's status does not encode (%s)", kind.name, exc)
+        LOGGER.error("%s: the handler's status does not encode (%s)", kind, exc)
         fields, _ = _response_fields(request, kind, None, transfer_syntax, failed=True)
         fields["ErrorComment"] = "the handler's status does not encode"
         return encode_command(fields), None

@@ -49,7 +49,8 @@ from pydicom.uid import UID
 
 from . import evt
 from ._nowait import NOT_CACHED, page_cached, read_cached
-from ._nservice import N_EVENTS, reply_of, request_fields, response_for
+from ._nservice import N_EVENTS as _N_EVENT_NAMES
+from ._nservice import reply_of, request_fields, response_for
 from ._spool import WRITE_BATCH, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _take_free
 from .dimse import (
@@ -149,6 +150,11 @@ if TYPE_CHECKING:
 __all__ = ("Association", "Responses", "ServiceUser")
 
 LOGGER = logging.getLogger("aiodicom")
+
+#: The EVT_N_* event that performs each N request.
+N_EVENTS: Final[dict[int, evt.EventType]] = {
+    field: getattr(evt, name) for field, name in _N_EVENT_NAMES.items()
+}
 
 VERIFICATION = UID("1.2.840.10008.1.1")
 #: The most operations we perform or invoke at once when a peer asks for more
@@ -1740,7 +1746,7 @@ class Association:
                 LOGGER.exception("Exception in the handler bound to %s", kind.name)
                 result, failed = None, True
         ts = self._contexts[msg.context_id].transfer_syntax[0]
-        command, data = response_for(msg.command, kind, result, ts, failed=failed)
+        command, data = response_for(msg.command, kind.name, result, ts, failed=failed)
         await self._send_message(msg.context_id, command, data)
 
     def _n_call(self, msg: Message, kind: evt.EventType, *, inline: bool) -> tuple[Any, bool]:
@@ -1764,7 +1770,7 @@ class Association:
         result, failed = self._n_call(msg, kind, inline=True)
         if failed or not inspect.isawaitable(result):
             ts = self._contexts[msg.context_id].transfer_syntax[0]
-            command, data = response_for(msg.command, kind, result, ts, failed=failed)
+            command, data = response_for(msg.command, kind.name, result, ts, failed=failed)
             # Nothing awaited since _can_send_now(): a plain handler cannot.
             if self._send_now(msg.context_id, command, data, checked=True):
                 return

@@ -18,7 +18,6 @@ from pydicom.tag import Tag
 from pynetdicom import dimse_messages as pnd_messages
 from pynetdicom.pdu_primitives import P_DATA
 
-from aiodicom import evt
 from aiodicom._nservice import (
     N_EVENTS,
     attribute_tags,
@@ -298,7 +297,7 @@ def test_an_empty_reply_is_no_data_set() -> None:
 def test_each_transfer_syntax_encodes_the_reply() -> None:
     for ts in (EXPLICIT_LE, IMPLICIT_LE):
         _, data = response_for(
-            request(F.N_GET_RQ), evt.EVT_N_GET, (0, ds(PatientID="T")), ts, failed=False
+            request(F.N_GET_RQ), "EVT_N_GET", (0, ds(PatientID="T")), ts, failed=False
         )
         assert data == encode_dataset(ds(PatientID="T"), ts)
 

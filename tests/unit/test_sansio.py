@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "aiodicom"
 
-CORE = ["pdu", "pdu_primitives", "fsm", "presentation", "errors", "status"]
+CORE = ["pdu", "pdu_primitives", "fsm", "presentation", "errors", "status", "_nservice"]
 
 FORBIDDEN = {"anyio", "trio", "asyncio", "socket", "ssl", "threading", "time", "select"}
 
