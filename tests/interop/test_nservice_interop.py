@@ -185,7 +185,8 @@ async def test_aiodicom_scu_n_services_to_pynetdicom_scp(pynetdicom_n_scp):
 
 
 def _list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) or hasattr(value, "__iter__") else [value]
+    """An AT value as a list: pydicom gives one tag (an int) bare."""
+    return [value] if isinstance(value, int) else list(value)
 
 
 @pytest.mark.anyio
