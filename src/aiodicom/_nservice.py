@@ -31,7 +31,7 @@ from .dimse import (
     encode_command,
     encode_status_response,
 )
-from .dimse_messages import DATASET_FORBIDDEN, DATASET_REQUIRED, MESSAGE_SPECS
+from .dimse_messages import DATASET_FORBIDDEN, DATASET_REQUIRED, MESSAGE_SPECS, error_comment
 from .dsutils import decode_dataset, encode_dataset, is_plain_uid
 from .status import SUCCESS, WARNING, code_to_category
 
@@ -172,9 +172,8 @@ def _status_fields(status: Any, allowed: frozenset[str]) -> dict[str, Any]:
         for keyword in _STATUS_KEYWORDS:
             if keyword in status and keyword in allowed:
                 out[keyword] = status[keyword].value
-        comment = out.get("ErrorComment")
-        if isinstance(comment, str) and len(comment) > 64:
-            out["ErrorComment"] = comment[:64]  # an LO of at most 64 characters
+        if "ErrorComment" in out:
+            out["ErrorComment"] = error_comment(out["ErrorComment"])
         code = out.get("Status")
     else:
         code = status

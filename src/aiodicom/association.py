@@ -70,7 +70,7 @@ from .dimse import (
     fragment,
     single_pdu,
 )
-from .dimse_messages import MESSAGE_SPECS, check_command
+from .dimse_messages import MESSAGE_SPECS, check_command, error_comment
 from .dsutils import (
     Part10Info,
     decode_dataset,
@@ -3595,21 +3595,47 @@ def _cap(value: int) -> int:
 
 
 def _status_fields(status: Any, failure: int) -> dict[str, Any]:
-    """The Status (and optional comment elements) of a handler's answer."""
+    """The Status (and optional comment elements) of a handler's answer.
+
+    Only values that encode go out: a Status that is no 16-bit code is
+    answered ``failure``; an Error Comment is made a valid LO
+    (:func:`error_comment`); an Error ID that is no 16-bit number and an
+    Offending Element that is no list of tags are left out (and logged).
+    """
     if isinstance(status, Dataset):
         out: dict[str, Any] = {}
         for keyword in ("Status", "ErrorComment", "ErrorID", "OffendingElement"):
             if keyword in status:
                 out[keyword] = status[keyword].value
-        comment = out.get("ErrorComment")
-        if isinstance(comment, str) and len(comment) > 64:
-            out["ErrorComment"] = comment[:64]  # an LO of at most 64 characters
-        if "Status" not in out:
-            LOGGER.error("Handler status Dataset has no Status: answering 0x%04X", failure)
-            out["Status"] = failure
-        return out
-    try:
-        return {"Status": int(status)}
-    except (TypeError, ValueError):
+        if "ErrorComment" in out:
+            out["ErrorComment"] = error_comment(out["ErrorComment"])
+        if "ErrorID" in out and not _is_us(out["ErrorID"]):
+            LOGGER.error("Handler status Error ID %r is no US: left out", out.pop("ErrorID"))
+        if "OffendingElement" in out and not _are_tags(out["OffendingElement"]):
+            LOGGER.error(
+                "Handler status Offending Element %r: left out", out.pop("OffendingElement")
+            )
+        code = out.get("Status")
+    else:
+        out = {}
+        try:
+            code = int(status)
+        except (TypeError, ValueError):
+            code = None
+    if not _is_us(code):
         LOGGER.error("Handler returned an invalid status %r: answering 0x%04X", status, failure)
-        return {"Status": failure}
+        code = failure
+    out["Status"] = code
+    return out
+
+
+def _is_us(value: Any) -> bool:
+    return type(value) is int and 0 <= value <= 0xFFFF
+
+
+def _are_tags(value: Any) -> bool:
+    values = [value] if isinstance(value, int) else value
+    try:
+        return all(isinstance(v, int) and 0 <= v <= 0xFFFFFFFF for v in values)
+    except TypeError:
+        return False

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Final, Self
 
+from pydicom.multival import MultiValue
+
 from .dimse import COMMAND_ELEMENTS, DATASET_PRESENT, NO_DATASET, CommandField
 from .errors import DIMSEError
 
@@ -82,6 +84,7 @@ __all__ = (
     "NSetRQ",
     "NSetRSP",
     "check_command",
+    "error_comment",
     "field_label",
     "is_request",
     "is_response",
@@ -147,6 +150,23 @@ _TAGS: Final[dict[str, str]] = {
 }
 _VRS: Final[dict[str, str]] = {kw: vr for kw, vr in COMMAND_ELEMENTS.values()}
 _LABELS: Final[dict[str, str]] = {kw: f"{FIELD_NAMES[kw]} {tag}" for kw, tag in _TAGS.items()}
+
+
+def error_comment(value: Any) -> str:
+    """A handler's Error Comment as the LO a command set can carry: one value
+    (the values of a multi-valued one, which pydicom makes of a backslash,
+    joined by spaces; a backslash left is a slash), of the default character
+    repertoire (any other character a ``?``), at most 64 characters."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple | MultiValue):
+        text = " ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.replace("\\", "/")
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text[:64]
 
 
 def field_label(keyword: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ import anyio.abc
 import pytest
 from pydicom.dataset import Dataset
 
-from aiodicom import AE, Server, evt, sop_class
+from aiodicom import AE, Server, _nowait, evt, sop_class
 from aiodicom.dimse import NO_DATASET, CommandField, encode_command, fragment
 from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
 from aiodicom.pdu import (
@@ -347,13 +348,23 @@ def blocking_socket(port: int, rcvbuf: int | None = None, mss: int | None = None
 
 
 def evict(path: Path) -> None:
-    """Drop ``path`` from the page cache (where the file system allows it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
+    """Drop ``path`` from the page cache (where the file system allows it).
+
+    The kernel skips pages it is busy with (under writeback, locked): where
+    ``cachestat(2)`` can tell (it reads no page, so starts no readahead), the
+    eviction is repeated until no page of the file is left, for up to a second.
+    """
+    for _ in range(100):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            size = os.fstat(fd).st_size
+            if not any(_nowait.page_cached(fd, at, 1) for at in range(0, size, 4096)):
+                return
+        finally:
+            os.close(fd)
+        time.sleep(0.01)
 
 
 def can_evict(directory: Path) -> bool:

@@ -765,6 +765,45 @@ async def test_status_dataset_with_comment(comment: str, sent: str) -> None:
     assert rsp.ErrorComment == sent
 
 
+def _status_with(**elements: Any) -> Dataset:
+    status = Dataset()
+    with warnings.catch_warnings():  # pydicom warns at once on the bad ones
+        warnings.simplefilter("ignore")
+        for keyword, value in elements.items():
+            setattr(status, keyword, value)
+    return status
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "comment"),
+    [
+        (lambda: _status_with(Status=0xC001, ErrorComment="snow \u2603"), 0xC001, "snow ?"),
+        (lambda: _status_with(Status=0xC001, ErrorComment="a\\b"), 0xC001, "a b"),
+        (lambda: _status_with(Status=0x1FFFF), 0xC211, None),
+        (lambda: _status_with(Status=0xC001, ErrorID=70000), 0xC001, None),
+        (lambda: 0x10000, 0xC211, None),
+        (lambda: -1, 0xC211, None),
+    ],
+    ids=["non-ascii-comment", "two-valued-comment", "status-out-of-range", "error-id-out-of-range",
+         "int-out-of-range", "negative"],
+)  # fmt: skip
+async def test_status_values_that_do_not_encode_never_end_the_association(
+    answer: Callable[[], Any], status: int, comment: str | None
+) -> None:
+    """What a handler answers is made to encode (or answered with the failure
+    status); the association serves on. Over TCP: on asyncio a plain handler
+    is answered inline, on trio by a worker."""
+    scu, scp = storage_pair()
+    async with running_server(scp, handlers=[(evt.EVT_C_STORE, lambda event: answer())]) as srv:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", srv.port) as assoc:
+                rsp = await assoc.send_c_store(make_dataset())
+                again = await assoc.send_c_store(make_dataset())
+    assert rsp.Status == status == again.Status
+    assert rsp.get("ErrorComment") == comment
+    assert "ErrorID" not in rsp and "OffendingElement" not in rsp
+
+
 async def test_response_fields() -> None:
     scu, scp = storage_pair()
     ds = make_dataset()

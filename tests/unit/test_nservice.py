@@ -259,16 +259,30 @@ def test_a_handler_that_failed_is_0110_without_comment() -> None:
 
 
 def test_a_status_element_that_does_not_encode_is_0110() -> None:
-    status = ds(Status=0xC001, ErrorComment="snow \u2603")  # not in the command set's repertoire
+    status = _status_ds(0xC001, None, 70000, None)  # an Error ID that is no US
     command, sent = respond(F.N_SET_RQ, (status, None))
     assert command["Status"] == 0x0110
     assert command["ErrorComment"] == "the handler's status does not encode"
+    assert "ErrorID" not in command
     assert sent is None
+
+
+def test_an_error_comment_outside_the_repertoire_is_made_one() -> None:
+    status = ds(Status=0xC001, ErrorComment="snow \u2603")  # not in the default repertoire
+    command, _ = respond(F.N_SET_RQ, (status, None))
+    assert (command["Status"], command["ErrorComment"]) == (0xC001, "snow ?")
 
 
 def test_a_long_error_comment_is_cut_to_64_characters() -> None:
     command, _ = respond(F.N_SET_RQ, (_status_ds(0xC001, "c" * 80, None, None), None))
     assert command["ErrorComment"] == "c" * 64
+
+
+def test_an_error_comment_with_a_backslash_is_one_value() -> None:
+    """pydicom makes two values of it; an LO has one: joined by a space (found by
+    the property test below)."""
+    command, _ = respond(F.N_SET_RQ, (_status_ds(0xC001, "disk\\full", None, None), None))
+    assert command["ErrorComment"] == "disk full"
 
 
 def test_status_dataset_elements_of_n_responses_only() -> None:
@@ -334,7 +348,7 @@ _VALUES = st.one_of(
     st.binary(max_size=8),
     st.builds(
         ds,
-        PatientID=st.text(alphabet=st.characters(codec="latin-1"), max_size=70),
+        PatientID=st.text(alphabet=st.characters(codec="latin-1"), max_size=64),
     ),
 )
 _STATUS_DATASETS = st.builds(
