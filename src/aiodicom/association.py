@@ -1647,7 +1647,7 @@ class Association:
             "MessageIDBeingRespondedTo": msg.message_id,
             "CommandDataSetType": NO_DATASET,
             "Status": status,
-            "ErrorComment": comment,
+            "ErrorComment": None if comment is None else error_comment(comment),
         }
         sop = msg.command.get("AffectedSOPClassUID") or msg.command.get("RequestedSOPClassUID")
         if sop:
