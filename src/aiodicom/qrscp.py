@@ -1520,17 +1520,28 @@ class Archive:
         """
         send, receive = anyio.create_memory_object_stream[_Commitment](_COMMITMENT_BACKLOG)
         self._commitments = send
+        current: _Commitment | None = None
         try:
             task_status.started()
-            async with receive:
-                async for job in receive:
-                    try:
-                        await self._report(job)
-                    except Exception:
-                        LOGGER.exception("Storage Commitment %s: no report sent", job.transaction)
+            async for current in receive:
+                try:
+                    await self._report(current)
+                except Exception:
+                    LOGGER.exception("Storage Commitment %s: no report sent", current.transaction)
+                current = None
         finally:
             self._commitments = None
             send.close()
+            # Stopped: the requests taken but not reported are logged.
+            left = [] if current is None else [current.transaction]
+            while True:
+                try:
+                    left.append(receive.receive_nowait().transaction)
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            receive.close()
+            if left:
+                LOGGER.warning("Storage Commitment stopped before reporting %s", ", ".join(left))
 
     async def handle_commitment(self, event: evt.Event) -> tuple[Any, Dataset | None]:
         """EVT_N_ACTION: take a Storage Commitment request (PS3.4 J.3.2).

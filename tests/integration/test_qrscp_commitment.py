@@ -264,3 +264,27 @@ async def test_an_empty_request_is_reported_as_all_kept(tmp_path: Path) -> None:
     [report] = reports.events
     assert report.event_type == 1
     assert report.event_information.TransactionUID == "1.2.3.4.5"
+
+
+async def test_requests_not_reported_when_stopped_are_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopping serve_commitments drops what it has not reported: each one is named."""
+    started = anyio.Event()
+
+    async def never(job: Any) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async with qrscp(tmp_path) as (archive, srv):
+        monkeypatch.setattr(archive, "_report", never)
+        with anyio.fail_after(GUARD):
+            async with modality().associate("127.0.0.1", srv.port) as assoc:
+                for transaction in ("1.2.3.4.8", "1.2.3.4.9"):
+                    status, _ = await assoc.send_n_action(
+                        request(transaction, [(CT, "1.2.3")]), 1, COMMITMENT, INSTANCE
+                    )
+                    assert status.Status == 0x0000
+            await started.wait()
+    # Leaving qrscp() cancelled serve_commitments: the one under way, then the queued one.
+    assert "Storage Commitment stopped before reporting 1.2.3.4.8, 1.2.3.4.9" in caplog.text
