@@ -174,6 +174,45 @@ def _nodelay(event: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _pyn_associate(ae: Any, port: int, called: str = "BENCH_SCP") -> Any:
+    """A pynetdicom association to 127.0.0.1:``port`` with TCP_NODELAY, established."""
+    from pynetdicom import evt
+
+    assoc = ae.associate(
+        "127.0.0.1", port, ae_title=called, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+    )
+    assert assoc.is_established
+    return assoc
+
+
+def _pyn_rounds(
+    assoc: Any, reconnect: Callable[[], Any], count: int, call: Callable[[Any, int], Any]
+) -> tuple[float, int, Any]:
+    """Make ``call(assoc, i)`` succeed for i in range(count), one at a time.
+
+    pynetdicom sometimes loses a fast response: its association thread takes
+    it as "unexpected" and the caller waits out the DIMSE timeout
+    (pydicom/pynetdicom#875), and gets a status without Status. Such a stall
+    is counted, its time left out, and the call made again on a new
+    association (``reconnect()``); keep the DIMSE timeout short. A call
+    returns the status; a success must be 0x0000. Returns (the seconds the
+    calls took, the stalls, the association in use at the end).
+    """
+    stalls, stalled, i = 0, 0.0, 0
+    start = time.perf_counter()
+    while i < count:
+        t0 = time.perf_counter()
+        status = call(assoc, i)
+        if "Status" in status:
+            assert status.Status == 0, status
+            i += 1
+            continue
+        stalls += 1
+        stalled += time.perf_counter() - t0
+        assoc = reconnect()
+    return time.perf_counter() - start - stalled, stalls, assoc
+
+
 def pynetdicom_scp(args: argparse.Namespace) -> None:
     from pynetdicom import AE, evt
 
@@ -184,47 +223,30 @@ def pynetdicom_scp(args: argparse.Namespace) -> None:
 
 
 def pynetdicom_scu(args: argparse.Namespace) -> None:
-    from pynetdicom import AE, evt
+    from pynetdicom import AE
 
     ae = AE(ae_title="BENCH_SCU")
     ae.add_requested_context(VERIFICATION)
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
     out: dict[str, Any] = {}
     if args.echoes:
-        # pynetdicom sometimes loses a fast response: its association thread
-        # takes it as "unexpected" and the caller waits out the DIMSE timeout
-        # (pydicom/pynetdicom#875). Keep the timeout short, count those stalls,
-        # leave their time out of the rate and carry on on a new association.
-        ae.dimse_timeout = 2
-        assoc = ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers)
-        assert assoc.is_established
+        ae.dimse_timeout = 2  # pynetdicom#875 stalls: see _pyn_rounds
+
+        def reconnect() -> Any:
+            return _pyn_associate(ae, args.port)
+
+        assoc = reconnect()
         for _ in range(20):
             assoc.send_c_echo()
-        stalls, stalled, done = 0, 0.0, 0
-        start = time.perf_counter()
-        while done < args.echoes:
-            t0 = time.perf_counter()
-            status = assoc.send_c_echo()
-            if "Status" in status:
-                assert status.Status == 0
-                done += 1
-                continue
-            stalls += 1
-            stalled += time.perf_counter() - t0
-            assoc = ae.associate(
-                "127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers
-            )
-            assert assoc.is_established
-        out["echo_per_s"] = args.echoes / (time.perf_counter() - start - stalled)
+        seconds, stalls, assoc = _pyn_rounds(
+            assoc, reconnect, args.echoes, lambda a, _i: a.send_c_echo()
+        )
+        out["echo_per_s"] = args.echoes / seconds
         out["pynetdicom_stalls"] = stalls
         assoc.release()
     if args.cycles:
         start = time.perf_counter()
         for _ in range(args.cycles):
-            assoc = ae.associate(
-                "127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers
-            )
-            assert assoc.is_established
+            assoc = _pyn_associate(ae, args.port)
             assoc.send_c_echo()
             assoc.release()
         out["cycles_per_s"] = args.cycles / (time.perf_counter() - start)
@@ -293,42 +315,29 @@ def pynetdicom_nget_scp(args: argparse.Namespace) -> None:
 
 
 def pynetdicom_nget_scu(args: argparse.Namespace) -> None:
-    from pynetdicom import AE, evt
+    from pynetdicom import AE
 
     ae = AE(ae_title="BENCH_SCU")
     ae.add_requested_context(PRINT_META)
-    ae.dimse_timeout = 2  # pynetdicom#875 stalls: counted and left out, as for C-ECHO
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
+    ae.dimse_timeout = 2  # pynetdicom#875 stalls: see _pyn_rounds
 
-    def associate() -> Any:
-        assoc = ae.associate("127.0.0.1", args.port, ae_title=args.called, evt_handlers=handlers)
-        assert assoc.is_established
-        return assoc
+    def reconnect() -> Any:
+        return _pyn_associate(ae, args.port, args.called)
 
-    def nget(assoc: Any) -> Any:
+    def nget(assoc: Any, _i: int) -> Any:
         status, attrs = assoc.send_n_get(
             PRINTER_TAGS, PRINTER, PRINTER_INSTANCE, msg_id=1, meta_uid=PRINT_META
         )
-        return status, attrs
+        if "Status" in status and status.Status == 0:
+            assert attrs.PrinterStatus == "NORMAL", attrs
+        return status
 
-    assoc = associate()
+    assoc = reconnect()
     for _ in range(20):
-        nget(assoc)
-    stalls, stalled, done = 0, 0.0, 0
-    start = time.perf_counter()
-    while done < args.ngets:
-        t0 = time.perf_counter()
-        status, attrs = nget(assoc)
-        if "Status" in status:
-            assert status.Status == 0 and attrs.PrinterStatus == "NORMAL", status
-            done += 1
-            continue
-        stalls += 1
-        stalled += time.perf_counter() - t0
-        assoc = associate()
-    rate = args.ngets / (time.perf_counter() - start - stalled)
+        nget(assoc, 0)
+    seconds, stalls, assoc = _pyn_rounds(assoc, reconnect, args.ngets, nget)
     assoc.release()
-    _emit({"nget_per_s": rate, "pynetdicom_stalls": stalls})
+    _emit({"nget_per_s": args.ngets / seconds, "pynetdicom_stalls": stalls})
 
 
 # -- C-STORE --------------------------------------------------------------------
@@ -419,7 +428,7 @@ def pynetdicom_store_scp(args: argparse.Namespace) -> None:
 
 
 def pynetdicom_store_scu(args: argparse.Namespace) -> None:
-    from pynetdicom import AE, evt
+    from pynetdicom import AE
 
     _pyn_chunked(args)
     files = _store_files(args.dir)
@@ -431,29 +440,17 @@ def pynetdicom_store_scu(args: argparse.Namespace) -> None:
     # keep it short, count it, leave its time out and resend on a new association.
     # Its timer runs while the data set is still going out: allow for the size.
     ae.dimse_timeout = 2 + max(os.path.getsize(f) for f in files) / 10e6
-    handlers = [(evt.EVT_CONN_OPEN, _nodelay)]
 
-    def associate() -> Any:
-        assoc = ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP", evt_handlers=handlers)
-        assert assoc.is_established
-        return assoc
+    def reconnect() -> Any:
+        return _pyn_associate(ae, args.port)
 
-    assoc = associate()
-    stalls, stalled, i = 0, 0.0, 0
-    start, cpu = time.perf_counter(), time.process_time()
-    while i < len(files):
-        t0 = time.perf_counter()
-        # send_c_store(path) is dcmread(path) + send_c_store(dataset) unless
-        # STORE_SEND_CHUNKED_DATASET is set (--pyn-chunked).
-        status = assoc.send_c_store(files[i])
-        if "Status" in status:
-            assert status.Status == 0, status
-            i += 1
-            continue
-        stalls += 1
-        stalled += time.perf_counter() - t0
-        assoc = associate()
-    seconds = time.perf_counter() - start - stalled
+    assoc = reconnect()
+    cpu = time.process_time()
+    # send_c_store(path) is dcmread(path) + send_c_store(dataset) unless
+    # STORE_SEND_CHUNKED_DATASET is set (--pyn-chunked).
+    seconds, stalls, assoc = _pyn_rounds(
+        assoc, reconnect, len(files), lambda a, i: a.send_c_store(files[i])
+    )
     cpu = time.process_time() - cpu  # (a stall's waiting costs no CPU)
     assoc.release()
     _emit(_store_result(files, seconds, pynetdicom_stalls=stalls, cpu_seconds=cpu))

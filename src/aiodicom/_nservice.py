@@ -31,7 +31,13 @@ from .dimse import (
     encode_command,
     encode_status_response,
 )
-from .dimse_messages import DATASET_FORBIDDEN, DATASET_REQUIRED, MESSAGE_SPECS, error_comment
+from .dimse_messages import (
+    DATASET_FORBIDDEN,
+    DATASET_REQUIRED,
+    MESSAGE_SPECS,
+    is_us,
+    status_elements,
+)
 from .dsutils import decode_dataset, encode_dataset, is_plain_uid
 from .status import SUCCESS, WARNING, code_to_category
 
@@ -79,9 +85,9 @@ def _valid_uid(text: str) -> bool:
 
 
 def _type_id(name: str, value: Any) -> int:
-    if type(value) is not int or not 0 <= value <= 0xFFFF:
+    if not is_us(value):
         raise ValueError(f"{name} must be an int from 0 to 65535, not {value!r}")
-    return value
+    return int(value)
 
 
 def attribute_tags(identifiers: Iterable[Any] | None) -> list[BaseTag] | None:
@@ -167,17 +173,12 @@ def reply_of(status: Dataset, data: bytes | None, transfer_syntax: str) -> Datas
 
 def _status_fields(status: Any, allowed: frozenset[str]) -> dict[str, Any]:
     """The status elements a handler's answer gives: ``{}`` if it is no valid status."""
-    out: dict[str, Any] = {}
     if isinstance(status, Dataset):
-        for keyword in _STATUS_KEYWORDS:
-            if keyword in status and keyword in allowed:
-                out[keyword] = status[keyword].value
-        if "ErrorComment" in out:
-            out["ErrorComment"] = error_comment(out["ErrorComment"])
+        out = status_elements(status, (k for k in _STATUS_KEYWORDS if k in allowed))
         code = out.get("Status")
     else:
-        code = status
-    if type(code) is not int or not 0 <= code <= 0xFFFF:
+        out, code = {}, status
+    if not is_us(code):
         return {}
     out["Status"] = code
     return out
@@ -290,9 +291,8 @@ def _fast_response(fields: dict[str, Any]) -> bytes | None:
     if (
         type(sop_class) is not str
         or (instance is not None and type(instance) is not str)
-        or type(mid) is not int
-        or not 0 <= mid <= 0xFFFF
-        or (type_id is not None and (type(type_id) is not int or not 0 <= type_id <= 0xFFFF))
+        or not is_us(mid)
+        or (type_id is not None and not is_us(type_id))
     ):
         return None
     return encode_status_response(

@@ -70,7 +70,7 @@ from .dimse import (
     fragment,
     single_pdu,
 )
-from .dimse_messages import MESSAGE_SPECS, check_command, error_comment
+from .dimse_messages import MESSAGE_SPECS, check_command, error_comment, is_us, status_elements
 from .dsutils import (
     Part10Info,
     decode_dataset,
@@ -1738,26 +1738,28 @@ class Association:
         ``called``: what :meth:`_n_call` gave, when the handler was called
         already (:meth:`_serve_inline`).
         """
-        result, failed = self._n_call(msg, kind, inline=False) if called is None else called
+        ts = self._contexts[msg.context_id].transfer_syntax[0]
+        result, failed = self._n_call(msg, kind, ts, inline=False) if called is None else called
         if not failed and inspect.isawaitable(result):
             try:
                 result = await result
             except Exception:
                 LOGGER.exception("Exception in the handler bound to %s", kind.name)
                 result, failed = None, True
-        ts = self._contexts[msg.context_id].transfer_syntax[0]
         command, data = response_for(msg.command, kind.name, result, ts, failed=failed)
         await self._send_message(msg.context_id, command, data)
 
-    def _n_call(self, msg: Message, kind: evt.EventType, *, inline: bool) -> tuple[Any, bool]:
+    def _n_call(
+        self, msg: Message, kind: evt.EventType, ts: UID, *, inline: bool
+    ) -> tuple[Any, bool]:
         """Call the ``EVT_N_*`` handler: ``(what it returned, failed)``; what
-        it returned may be awaitable. ``inline``: called where no task runs."""
+        it returned may be awaitable. ``ts``: the context's transfer syntax.
+        ``inline``: called where no task runs."""
         bound = self._bound.get(kind)
         if not bound:
             LOGGER.warning("No handler is bound to %s: answering 0x0110", kind.name)
             return None, True
         handler, args = bound[0]
-        ts = self._contexts[msg.context_id].transfer_syntax[0]
         event = self._event_for(kind, msg, _encoded=msg.data, _transfer_syntax=ts)
         try:
             return (_call_plain(handler, event, args) if inline else handler(event, *args)), False
@@ -1767,9 +1769,9 @@ class Association:
 
     def _serve_n_inline(self, msg: Message, kind: evt.EventType) -> None:
         """:meth:`_serve_inline` for an N request (its handler is absent or plain)."""
-        result, failed = self._n_call(msg, kind, inline=True)
+        ts = self._contexts[msg.context_id].transfer_syntax[0]
+        result, failed = self._n_call(msg, kind, ts, inline=True)
         if failed or not inspect.isawaitable(result):
-            ts = self._contexts[msg.context_id].transfer_syntax[0]
             command, data = response_for(msg.command, kind.name, result, ts, failed=failed)
             # Nothing awaited since _can_send_now(): a plain handler cannot.
             if self._send_now(msg.context_id, command, data, checked=True):
@@ -2846,10 +2848,10 @@ class Association:
         ts = cx.transfer_syntax[0]
         data = None if dataset is None else encode_dataset(dataset, ts)
         rsp = await self._invoke(cx.context_id, fields, data, msg_id)
-        status = command_dataset(rsp.raw_command, rsp.layout)
         if rsp.command_field != command_field | 0x8000:
             LOGGER.error("%s answered with %s", MESSAGE_SPECS[command_field].name, rsp.name)
             raise DIMSEError(f"{MESSAGE_SPECS[command_field].name} answered with {rsp.name}")
+        status = command_dataset(rsp.raw_command, rsp.layout)
         return status, reply_of(status, rsp.data, ts)
 
     async def send_n_event_report(
@@ -3603,13 +3605,8 @@ def _status_fields(status: Any, failure: int) -> dict[str, Any]:
     Offending Element that is no list of tags are left out (and logged).
     """
     if isinstance(status, Dataset):
-        out: dict[str, Any] = {}
-        for keyword in ("Status", "ErrorComment", "ErrorID", "OffendingElement"):
-            if keyword in status:
-                out[keyword] = status[keyword].value
-        if "ErrorComment" in out:
-            out["ErrorComment"] = error_comment(out["ErrorComment"])
-        if "ErrorID" in out and not _is_us(out["ErrorID"]):
+        out = status_elements(status, ("Status", "ErrorComment", "ErrorID", "OffendingElement"))
+        if "ErrorID" in out and not is_us(out["ErrorID"]):
             LOGGER.error("Handler status Error ID %r is no US: left out", out.pop("ErrorID"))
         if "OffendingElement" in out and not _are_tags(out["OffendingElement"]):
             LOGGER.error(
@@ -3622,15 +3619,11 @@ def _status_fields(status: Any, failure: int) -> dict[str, Any]:
             code = int(status)
         except (TypeError, ValueError):
             code = None
-    if not _is_us(code):
+    if not is_us(code):
         LOGGER.error("Handler returned an invalid status %r: answering 0x%04X", status, failure)
         code = failure
     out["Status"] = code
     return out
-
-
-def _is_us(value: Any) -> bool:
-    return type(value) is int and 0 <= value <= 0xFFFF
 
 
 def _are_tags(value: Any) -> bool:

@@ -366,10 +366,9 @@ class _Layout:
     raw: Callable[[bytes | bytearray | memoryview], tuple[Any, ...]]
     headers: tuple[bytes, ...]
     keys: tuple[str, ...]
-    #: The text values: (keyword, whether it is a UID that repeats (cached)).
-    texts: tuple[tuple[str, bool], ...]
-    #: The AT values (Attribute Identifier List, Offending Element): keywords.
-    ats: tuple[str, ...]
+    #: The values unpacked as bytes, to convert: (keyword, True for a UID that
+    #: repeats (decoded once, cached), False for other text, None for an AT).
+    texts: tuple[tuple[str, bool | None], ...]
     #: For command_dataset, of the elements but the Command Group Length: a
     #: function picking their values out of what ``raw`` unpacks, their
     #: tags, lengths and value offsets, and where the (last) Status is among
@@ -419,8 +418,7 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     decode_fmt, raw_fmt = ["<"], ["<"]
     headers: list[bytes] = []
     keys: list[str] = []
-    texts: list[tuple[str, bool]] = []
-    ats: list[str] = []
+    texts: list[tuple[str, bool | None]] = []
     # For command_dataset, of every element but the Command Group Length:
     # where its value is in what ``raw`` unpacks, its tag, length, offset.
     values: list[int] = []
@@ -442,15 +440,12 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
             if length != 4:
                 return
             decode_fmt.append("8sL")
-        elif vr == "AT":
-            if length % 4:
+        else:
+            if vr == "AT" and length % 4:
                 return
             decode_fmt.append(f"8s{length}s")
-            if keyword not in ats:
-                ats.append(keyword)
-        else:
-            decode_fmt.append(f"8s{length}s")
-            text = (keyword, _DECODING[elem][1] == _REPEATED_UID)
+            repeats = None if vr == "AT" else _DECODING[elem][1] == _REPEATED_UID
+            text = (keyword, repeats)
             if text not in texts:  # an element met twice: its last value, once
                 texts.append(text)
         raw_fmt.append(f"8s{length}s")
@@ -468,7 +463,7 @@ def _learn_layout(data: bytes | bytearray | memoryview) -> None:
     layout = _Layout(
         struct.Struct("".join(decode_fmt)).unpack_from,
         struct.Struct("".join(raw_fmt)).unpack_from,
-        tuple(headers), tuple(keys), tuple(texts), tuple(ats), pick,
+        tuple(headers), tuple(keys), tuple(texts), pick,
         tuple(tags), tuple(lengths), tuple(tells),
         max((i for i, tag in enumerate(tags) if tag == _STATUS_TAG), default=-1),
     )  # fmt: skip
@@ -498,9 +493,12 @@ def _decode_command(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any
         out = dict(zip(layout.keys, fields[1::2], strict=True))
         for key, repeats in layout.texts:
             raw: bytes = out[key]
-            out[key] = _repeated_uid(raw) if repeats else raw.decode("latin-1").rstrip("\x00 ")
-        for key in layout.ats:
-            out[key] = _decode_value("AT", out[key])
+            if repeats:
+                out[key] = _repeated_uid(raw)
+            elif repeats is None:  # tags (AT)
+                out[key] = _decode_value("AT", raw)
+            else:
+                out[key] = raw.decode("latin-1").rstrip("\x00 ")
         return out, layout
     out = _walk_command(data)
     _learn_layout(data)

@@ -34,7 +34,7 @@ response).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any, ClassVar, Final, Self
@@ -88,10 +88,12 @@ __all__ = (
     "field_label",
     "is_request",
     "is_response",
+    "is_us",
     "message_name",
     "request_sop_class",
     "request_sop_instance",
     "response_field",
+    "status_elements",
 )
 
 # ---------------------------------------------------------------------------
@@ -150,6 +152,21 @@ _TAGS: Final[dict[str, str]] = {
 }
 _VRS: Final[dict[str, str]] = {kw: vr for kw, vr in COMMAND_ELEMENTS.values()}
 _LABELS: Final[dict[str, str]] = {kw: f"{FIELD_NAMES[kw]} {tag}" for kw, tag in _TAGS.items()}
+
+
+def is_us(value: Any) -> bool:
+    """True for what a US element may hold: an int (not a bool) from 0 to 65535."""
+    return type(value) is int and 0 <= value <= 0xFFFF
+
+
+def status_elements(status: Any, keywords: Iterable[str]) -> dict[str, Any]:
+    """The ``keywords`` a handler's status Dataset has, as ``{keyword: value}``,
+    its Error Comment made a valid LO (:func:`error_comment`); nothing else
+    is checked."""
+    out = {keyword: status[keyword].value for keyword in keywords if keyword in status}
+    if "ErrorComment" in out:
+        out["ErrorComment"] = error_comment(out["ErrorComment"])
+    return out
 
 
 def error_comment(value: Any) -> str:

@@ -1103,13 +1103,6 @@ class _Commitment:
     references: list[tuple[str, str]]
 
 
-def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:64]
-    return status
-
-
 def _reference(class_uid: str, instance_uid: str, reason: int | None = None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = class_uid
@@ -1552,13 +1545,28 @@ class Archive:
         Transaction UID or Referenced SOP Sequence, 0x0213 when too many are
         waiting.
         """
+        try:
+            job = self._commitment_job(event)
+            if self._commitments is None:
+                raise QRError(0x0110, "Storage Commitment is not being served")
+            try:
+                self._commitments.send_nowait(job)
+            except anyio.WouldBlock:
+                raise QRError(0x0213, "too many Storage Commitment requests waiting") from None
+        except QRError as exc:
+            return exc.as_status(), None
+        LOGGER.info("Storage Commitment %s: %d instance(s)", job.transaction, len(job.references))
+        return 0x0000, None
+
+    def _commitment_job(self, event: evt.Event) -> _Commitment:
+        """The request of an N-ACTION, checked (a refusal raises :class:`QRError`)."""
         request = event.request
         if request.get("RequestedSOPClassUID") != sop_class.StorageCommitmentPushModel:
-            return _status(0x0118, "only Storage Commitment Push Model is served"), None
+            raise QRError(0x0118, "only Storage Commitment Push Model is served")
         if request.get("RequestedSOPInstanceUID") != sop_class.StorageCommitmentPushModelInstance:
-            return _status(0x0112, "not the Storage Commitment Push Model SOP Instance"), None
+            raise QRError(0x0112, "not the Storage Commitment Push Model SOP Instance")
         if event.action_type != 1:
-            return _status(0x0123, f"no action type {event.action_type}"), None
+            raise QRError(0x0123, f"no action type {event.action_type}")
         try:
             info = event.action_information
             transaction = str(info.get("TransactionUID") or "")
@@ -1568,18 +1576,10 @@ class Archive:
                 for item in info.get("ReferencedSOPSequence") or ()
             ]  # fmt: skip
         except Exception as exc:  # a data set pydicom cannot read
-            return _status(0x0110, f"the Action Information does not decode: {exc}"), None
+            raise QRError(0x0110, f"the Action Information does not decode: {exc}") from exc
         if not transaction or "ReferencedSOPSequence" not in info:
-            return _status(0x0120, "Transaction UID and Referenced SOP Sequence are required"), None
-        if self._commitments is None:
-            return _status(0x0110, "Storage Commitment is not being served"), None
-        job = _Commitment(event.assoc, event.assoc.requestor.ae_title, transaction, references)
-        try:
-            self._commitments.send_nowait(job)
-        except anyio.WouldBlock:
-            return _status(0x0213, "too many Storage Commitment requests waiting"), None
-        LOGGER.info("Storage Commitment %s: %d instance(s)", transaction, len(references))
-        return 0x0000, None
+            raise QRError(0x0120, "Transaction UID and Referenced SOP Sequence are required")
+        return _Commitment(event.assoc, event.assoc.requestor.ae_title, transaction, references)
 
     def _commit_lookup(
         self, references: Sequence[tuple[str, str]]

@@ -24,7 +24,6 @@ from aiodicom import AE, Association, build_role, evt, sop_class
 from aiodicom.dimse import NO_DATASET, CommandField, decode_command, encode_command, fragment
 from aiodicom.errors import DIMSEError, NoAcceptedContext
 from aiodicom.pdu import (
-    AAssociateAC,
     AAssociateRQ,
     AReleaseRP,
     AReleaseRQ,
@@ -36,6 +35,7 @@ from .conftest import (
     GUARD,
     RawPeer,
     fake_scp,
+    raw_associate,
     raw_connection,
     raw_release,
     verification_ac,
@@ -563,6 +563,18 @@ async def test_a_response_of_another_kind_raises_dimse_error() -> None:
                     await assoc.send_n_get(None, MPPS, INSTANCE)
 
 
+def mpps_rq(transfer_syntax: str) -> AAssociateRQ:
+    """A raw peer's A-ASSOCIATE-RQ proposing MPPS (context 1) in ``transfer_syntax``."""
+    return dataclasses.replace(
+        verification_rq(),
+        presentation_contexts=(
+            PresentationContextRQ(
+                context_id=1, abstract_syntax=MPPS, transfer_syntaxes=(transfer_syntax,)
+            ),
+        ),
+    )
+
+
 async def test_a_request_data_set_that_does_not_decode_is_0110_and_the_server_goes_on() -> None:
     """The handler reads event.dataset, which raises DIMSEError: 0x0110, the server serves on."""
     performer = Performer()
@@ -570,20 +582,7 @@ async def test_a_request_data_set_that_does_not_decode_is_0110_and_the_server_go
     ae.add_supported_context(MPPS, ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.1"])
     async with ae.start_server(("127.0.0.1", 0), evt_handlers=performer.handlers) as srv:
         async with raw_connection(srv.port) as peer:
-            rq = verification_rq()
-            rq = dataclasses.replace(
-                rq,
-                presentation_contexts=(
-                    PresentationContextRQ(
-                        context_id=1,
-                        abstract_syntax=MPPS,
-                        transfer_syntaxes=("1.2.840.10008.1.2.1.99",),  # deflated
-                    ),
-                ),
-            )
-            await peer.send(rq)
-            ac = await peer.read_pdu()
-            assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
+            await raw_associate(peer, mpps_rq("1.2.840.10008.1.2.1.99"))  # deflated
             command = encode_command(
                 {
                     "CommandField": CommandField.N_SET_RQ,
@@ -649,19 +648,7 @@ async def test_n_request_missing_a_mandatory_field_is_0110_naming_it(
     performer = Performer()
     server = scp_ae().start_server(("127.0.0.1", 0), evt_handlers=performer.handlers)
     async with server as srv, raw_connection(srv.port) as peer:
-        rq = dataclasses.replace(
-            verification_rq(),
-            presentation_contexts=(
-                PresentationContextRQ(
-                    context_id=1,
-                    abstract_syntax=MPPS,
-                    transfer_syntaxes=("1.2.840.10008.1.2",),
-                ),
-            ),
-        )
-        await peer.send(rq)
-        ac = await peer.read_pdu()
-        assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0
+        await raw_associate(peer, mpps_rq("1.2.840.10008.1.2"))
         fields, data = _n_request(field, without)
         for raw in fragment(1, encode_command(fields), data, 16384):
             await peer.send(raw)

@@ -312,9 +312,17 @@ def n_scp_ae() -> AE:
     return ae
 
 
-def step(op: str, class_uid: str, instance_uid: str, **more: Any) -> dict[str, Any]:
+def step(op: str, class_uid: str, instance_uid: str | None, **more: Any) -> dict[str, Any]:
     """One operation of the pynetdicom SCU's plan."""
     return {"op": op, "class_uid": class_uid, "instance_uid": instance_uid, **more}
+
+
+def commitment_step(transaction: str, refs: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The plan's Storage Commitment N-ACTION (by default of one CT instance)."""
+    if refs is None:
+        refs = [{"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": ROOT + "99"}]
+    dataset = {"TransactionUID": transaction, "ReferencedSOPSequence": refs}
+    return step("n_action", COMMITMENT, COMMITMENT_INSTANCE, action_type=1, dataset=dataset)
 
 
 def run_plan(port: int, plan: list[dict[str, Any]], tmp_path: Path, run_command: Any) -> Any:
@@ -334,46 +342,14 @@ async def test_pynetdicom_scu_n_services_to_aiodicom_scp(tmp_path):
 
     require_pynetdicom()
     plan = [
-        {"op": "n_get", "class_uid": MPPS, "instance_uid": ROOT + "1", "tags": [0x00100020]},
-        {"op": "n_get", "class_uid": MPPS, "instance_uid": ROOT + "112"},
-        {"op": "n_create", "class_uid": MPPS, "dataset": {"PatientID": "C1"}},
-        {
-            "op": "n_create",
-            "class_uid": MPPS,
-            "instance_uid": ROOT + "3",
-            "dataset": {"PatientID": "C2"},
-        },
-        {
-            "op": "n_set",
-            "class_uid": MPPS,
-            "instance_uid": ROOT + "3",
-            "dataset": {"PatientID": "S"},
-        },
-        {
-            "op": "n_set",
-            "class_uid": MPPS,
-            "instance_uid": ROOT + "107",
-            "dataset": {"PatientID": "W"},
-        },
-        {
-            "op": "n_action",
-            "class_uid": COMMITMENT,
-            "instance_uid": COMMITMENT_INSTANCE,
-            "action_type": 1,
-            "dataset": {
-                "TransactionUID": ROOT + "4",
-                "ReferencedSOPSequence": [
-                    {"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": ROOT + "99"}
-                ],
-            },
-        },
-        {
-            "op": "n_event_report",
-            "class_uid": MPPS,
-            "instance_uid": ROOT + "5",
-            "event_type": 3,
-            "dataset": {"PatientID": "E"},
-        },
+        step("n_get", MPPS, ROOT + "1", tags=[0x00100020]),
+        step("n_get", MPPS, ROOT + "112"),
+        step("n_create", MPPS, None, dataset={"PatientID": "C1"}),
+        step("n_create", MPPS, ROOT + "3", dataset={"PatientID": "C2"}),
+        step("n_set", MPPS, ROOT + "3", dataset={"PatientID": "S"}),
+        step("n_set", MPPS, ROOT + "107", dataset={"PatientID": "W"}),
+        commitment_step(ROOT + "4"),
+        step("n_event_report", MPPS, ROOT + "5", event_type=3, dataset={"PatientID": "E"}),
         step("n_delete", FILM_SESSION, ROOT + "6", meta_uid=PRINT_META),
         step("n_delete", FILM_SESSION, ROOT + "666", meta_uid=PRINT_META),
     ]
@@ -435,18 +411,7 @@ async def test_aiodicom_scp_reports_storage_commitment_to_pynetdicom_scu(tmp_pat
 
     require_pynetdicom()
     plan = [
-        {
-            "op": "n_action",
-            "class_uid": COMMITMENT,
-            "instance_uid": COMMITMENT_INSTANCE,
-            "action_type": 1,
-            "dataset": {
-                "TransactionUID": ROOT + "60",
-                "ReferencedSOPSequence": [
-                    {"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": ROOT + "99"}
-                ],
-            },
-        },
+        commitment_step(ROOT + "60"),
         {"op": "wait_report", "timeout": 20},
     ]
     send, receive = anyio.create_memory_object_stream[tuple[Association, Dataset]](1)
@@ -737,13 +702,7 @@ async def test_pynetdicom_scu_storage_commitment_with_aiodicom_qrscp(tmp_path):
     ]
     refs.append({"ReferencedSOPClassUID": CT, "ReferencedSOPInstanceUID": missing})
     plan = [
-        {
-            "op": "n_action",
-            "class_uid": COMMITMENT,
-            "instance_uid": COMMITMENT_INSTANCE,
-            "action_type": 1,
-            "dataset": {"TransactionUID": ROOT + "70", "ReferencedSOPSequence": refs},
-        },
+        commitment_step(ROOT + "70", refs),
         {"op": "wait_report", "timeout": 20},
     ]
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")

@@ -62,6 +62,7 @@ from pynetdicom_peer import (  # the shared harness pieces; no aiodicom in them
     EXIT_OK,
     EXIT_REJECTED,
     identifier_dict,
+    keep_reactor_off_responses,
     nodelay_wanted,
     open_writer,
     run_logged,
@@ -125,23 +126,28 @@ def request_dict(event: evt.Event) -> dict[str, Any]:
             out[keyword] = value if isinstance(value, int) else str(value)
     if name == "N_GET":
         out["tags"] = [f"{int(t):08X}" for t in event.attribute_identifiers]
-    data = {
-        "N_SET": "ModificationList",
-        "N_CREATE": "AttributeList",
-        "N_ACTION": "ActionInformation",
-        "N_EVENT_REPORT": "EventInformation",
-    }.get(name)
-    if data is not None and getattr(req, data, None) is not None:
-        out["dataset"] = identifier_dict(getattr(event, _EVENT_DATA[name]))
+    data = event_data(event)
+    if data is not None:
+        out["dataset"] = identifier_dict(data)
     return out
 
 
+#: The request parameter holding each N request's data set, and the Event
+#: property that decodes it.
 _EVENT_DATA = {
-    "N_SET": "modification_list",
-    "N_CREATE": "attribute_list",
-    "N_ACTION": "action_information",
-    "N_EVENT_REPORT": "event_information",
+    "N_SET": ("ModificationList", "modification_list"),
+    "N_CREATE": ("AttributeList", "attribute_list"),
+    "N_ACTION": ("ActionInformation", "action_information"),
+    "N_EVENT_REPORT": ("EventInformation", "event_information"),
 }
+
+
+def event_data(event: evt.Event) -> Dataset | None:
+    """The data set of an N request, decoded; None if it has none."""
+    names = _EVENT_DATA.get(type(event.request).__name__)
+    if names is None or getattr(event.request, names[0], None) is None:
+        return None
+    return getattr(event, names[1])  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- SCP
@@ -195,7 +201,7 @@ class Performer:
     def on_create(self, event: evt.Event) -> Any:
         self._log(event)
         instance = event.request.AffectedSOPInstanceUID
-        ds = event.attribute_list if event.request.AttributeList is not None else Dataset()
+        ds = event_data(event) or Dataset()
         special = self._special(str(instance) if instance else None, ds)
         if special:
             return special
@@ -206,7 +212,7 @@ class Performer:
     def on_action(self, event: evt.Event) -> Any:
         self._log(event)
         req = event.request
-        info = event.action_information if req.ActionInformation is not None else None
+        info = event_data(event)
         special = self._special(str(req.RequestedSOPInstanceUID), None)
         if special:
             return special
@@ -284,25 +290,6 @@ def run_scp(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- SCU
 
 
-def keep_reactor_on_requests(assoc: Any) -> None:
-    """pynetdicom #875 on a requestor that is also sent requests.
-
-    The association thread may take only requests off the DIMSE queue: a
-    response stays there for the send_*() call waiting on it (see
-    ``keep_reactor_off_responses`` in pynetdicom_peer.py for the race).
-    """
-    get_msg, peek_msg = assoc.dimse.get_msg, assoc.dimse.peek_msg
-
-    def guarded(block: bool = False) -> Any:
-        if threading.current_thread() is assoc:
-            _cx, msg = peek_msg()
-            if msg is None or getattr(msg, "MessageIDBeingRespondedTo", None) is not None:
-                return None, None
-        return get_msg(block)
-
-    assoc.dimse.get_msg = guarded
-
-
 def run_scu(args: argparse.Namespace) -> int:
     return run_logged(args, _run_scu)
 
@@ -322,7 +309,7 @@ def _run_scu(args: argparse.Namespace, out: Any) -> int:
         info = request_dict(event)
         out.write("n_event_report_received", **info)
         reply = Dataset()
-        data = event.event_information if event.request.EventInformation is not None else None
+        data = event_data(event)
         if data is not None and "TransactionUID" in data:
             reply.TransactionUID = data.TransactionUID
         with reported:
@@ -340,7 +327,7 @@ def _run_scu(args: argparse.Namespace, out: Any) -> int:
     if not assoc.is_established:
         out.write("association", status="aborted")
         return EXIT_ABORTED
-    keep_reactor_on_requests(assoc)
+    keep_reactor_off_responses(assoc, serve_requests=True)
     out.write("association", status="accepted")
     # pynetdicom does not return an N-CREATE response's Affected SOP Instance
     # UID: it is read off the response as it arrives.

@@ -673,7 +673,7 @@ def run_scp(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- SCU
 
 
-def keep_reactor_off_responses(assoc: Any) -> None:
+def keep_reactor_off_responses(assoc: Any, *, serve_requests: bool = False) -> None:
     """Work around pynetdicom #875 on a requestor: responses go only to the send_*() waiting.
 
     pynetdicom's association thread takes any complete message off the DIMSE
@@ -686,13 +686,19 @@ def keep_reactor_off_responses(assoc: Any) -> None:
     the send_*() waits for its response until the DIMSE timeout. The SCU
     modes are never asked to serve a request through that thread (C-GET's
     C-STORE sub-operations are handled inside send_c_get()), so it is kept
-    from taking messages at all. Nothing on the wire changes.
+    from taking messages at all. With ``serve_requests`` (a requestor the
+    peer sends requests to, such as an N-EVENT-REPORT) it may take a request
+    but never a response. Nothing on the wire changes.
     """
-    get_msg = assoc.dimse.get_msg
+    get_msg, peek_msg = assoc.dimse.get_msg, assoc.dimse.peek_msg
 
     def guarded(block: bool = False) -> Any:
         if threading.current_thread() is assoc:
-            return None, None
+            if not serve_requests:
+                return None, None
+            _cx, msg = peek_msg()
+            if msg is None or getattr(msg, "MessageIDBeingRespondedTo", None) is not None:
+                return None, None
         return get_msg(block)
 
     assoc.dimse.get_msg = guarded

@@ -32,7 +32,9 @@ from aiodicom.dimse_messages import (
     DIMSEMessage,
     NActionRSP,
     check_command,
+    error_comment,
     field_label,
+    is_us,
 )
 from aiodicom.errors import DIMSEError
 
@@ -918,3 +920,31 @@ def test_check_of_decoded_commands_agrees(cls: type[DIMSEMessage], data: st.Data
         assert str(info.value) == str(exc)
     else:
         check_command(decoded, decoded=True)
+
+
+# ---------------------------------------------------------------------------
+# What a handler's status may put in a command set
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("disk full", "disk full"),
+        ("c" * 80, "c" * 64),
+        ("a\\b", "a/b"),  # a backslash would make two values of an LO
+        (["a", "b"], "a b"),  # pydicom's two values of "a\\b"
+        ("snow \u2603\x00", "snow ??"),  # outside the default repertoire
+        (42, "42"),
+    ],
+)
+def test_error_comment_is_one_lo_value(value: Any, expected: str) -> None:
+    comment = error_comment(value)
+    assert comment == expected
+    check_command({"CommandField": 0x8001, "MessageIDBeingRespondedTo": 1,
+                   "CommandDataSetType": 0x0101, "Status": 0xC001,
+                   "ErrorComment": comment}, strict=True)  # fmt: skip
+
+
+def test_is_us() -> None:
+    assert is_us(0) and is_us(0xFFFF)
+    assert not any(is_us(v) for v in (-1, 0x10000, True, 1.0, "1", None))
