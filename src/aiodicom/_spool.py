@@ -28,6 +28,13 @@ __all__ = ("Spool", "fill_p_data")
 
 #: Spilled fragments are written to disk once this many bytes are held.
 WRITE_BATCH = 4 << 20
+#: ... by system calls of at most this many bytes each. A larger write()
+#: makes Linux (6.x, ext4 and others with large folios) fill the page cache
+#: with high-order folios, which come from the buddy allocator rather than
+#: the per-CPU lists: where the memory is cold (not touched lately, or, in a
+#: VM with free page reporting, given back to the host) that costs 3 to 10
+#: times as much per byte. 64 KiB (order 4) still comes from the per-CPU lists.
+WRITE_CALL = 64 << 10
 
 
 class Spool:
@@ -111,25 +118,38 @@ def _read_into(fp: BinaryIO, view: memoryview) -> int:
 
 
 def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
-    """Append ``chunks`` to ``file`` (blocking: for a worker thread) with as few
-    system calls as writev() allows, not one per chunk (each of which hands
-    the GIL to the event loop and back)."""
+    """Append ``chunks`` to ``file`` (blocking: for a worker thread), each
+    system call writing at most :data:`WRITE_CALL` bytes (writev() gathers
+    smaller chunks up to that)."""
     if not hasattr(os, "writev"):  # pragma: no cover - not on POSIX
         file.writelines(chunks)
         return
     file.flush()  # what went through the file object (the header) first
     fd = file.fileno()
-    views = [memoryview(c).cast("B") for c in chunks if len(c)]
+    group: list[memoryview] = []
+    room = WRITE_CALL
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        while view:
+            piece, view = view[:room], view[room:]
+            group.append(piece)
+            room -= len(piece)
+            if not room:
+                _writev_all(fd, group)
+                group, room = [], WRITE_CALL
+    if group:
+        _writev_all(fd, group)
+
+
+def _writev_all(fd: int, views: list[memoryview]) -> None:
+    """Write all of ``views`` to ``fd``, going on after a short write (rare on a file)."""
     while views:
-        group = views[:_IOV_MAX]
-        n = os.writev(fd, group)
-        # a short write (rare on a file): go on from where it stopped
-        while n and group:
-            if n >= len(group[0]):
-                n -= len(group.pop(0))
-                views.pop(0)
+        n = os.writev(fd, views)
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
             else:
-                views[0] = group[0] = group[0][n:]
+                views[0] = views[0][n:]
                 n = 0
 
 

@@ -150,6 +150,30 @@ async def test_a_batch_is_written_with_one_writev(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_no_write_call_is_longer_than_write_call(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large chunks are cut, small ones gathered: WRITE_CALL bytes a call, the last less."""
+    import os
+
+    from aiodicom._spool import WRITE_CALL
+
+    sizes: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    batch = [os.urandom(n) for n in (WRITE_CALL + 100, 30_000, 5, 3 * WRITE_CALL - 7, 2)]
+    total = sum(map(len, batch))
+    assert await _spooled(tmp_path, [batch]) == b"".join(batch)
+    assert sizes == [WRITE_CALL] * (total // WRITE_CALL) + [total % WRITE_CALL]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_short_writes_go_on_where_they_stopped(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
