@@ -510,14 +510,17 @@ class AsyncioStream(anyio.abc.ByteStream):
         (the caller stops); raises if the connection was lost."""
         self._direct_rest = rest
         waiter = self._direct_waiter = self.loop.create_future()
-        self.loop.add_writer(sock, _wake_future, waiter)
+        # By descriptor: given the socket object, the selector formats its
+        # repr (system calls) for the KeyError it raises on a first watch.
+        fd = sock.fileno()
+        self.loop.add_writer(fd, _wake_future, waiter)
         try:
             await waiter
         except BaseException:
             self._hand_over()
             raise
         finally:
-            self.loop.remove_writer(sock)
+            self.loop.remove_writer(fd)
             self._direct_waiter = None
         if self._direct_rest is None:
             return False
