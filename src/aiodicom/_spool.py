@@ -145,6 +145,8 @@ def _writev_all(fd: int, views: list[memoryview]) -> None:
     """Write all of ``views`` to ``fd``, going on after a short write (rare on a file)."""
     while views:
         n = os.writev(fd, views)
+        if not n:  # no progress and no error: it would go on forever
+            raise OSError(errno.EIO, "the spool file took none of a write")
         while n and views:
             if n >= len(views[0]):
                 n -= len(views.pop(0))

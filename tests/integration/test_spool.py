@@ -174,6 +174,37 @@ async def test_no_write_call_is_longer_than_write_call(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_write_that_takes_nothing_is_an_error_not_a_loop(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from aiodicom import sop_class
+    from aiodicom._spool import Spool
+    from aiodicom.dsutils import file_meta_for
+
+    calls = 0
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        nonlocal calls
+        calls += 1
+        assert calls < 100, "the spool keeps calling writev()"
+        return 0
+
+    monkeypatch.setattr(os, "writev", writev)
+    spool = Spool()
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    await spool.open(meta, str(tmp_path))
+    await spool.write([b"abcd"])
+    assert isinstance(spool.error, OSError) and calls == 1
+    spool.discard()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_short_writes_go_on_where_they_stopped(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
