@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -107,7 +108,8 @@ def test_fill_p_data_reads_a_pipe_as_it_comes() -> None:
 # Spool.write
 
 
-async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
+async def _open_spool(tmp_path: Any) -> Any:
+    """A Spool for a CT instance, opened in ``tmp_path``."""
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from aiodicom import sop_class
@@ -117,6 +119,11 @@ async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     spool = Spool()
     await spool.open(meta, str(tmp_path))
+    return spool
+
+
+async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
+    spool = await _open_spool(tmp_path)
     for chunks in batches:
         await spool.write(chunks)
     await spool.finish()
@@ -128,21 +135,29 @@ async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
     return data[spool.data_offset :]
 
 
+def _record_writev(
+    monkeypatch: pytest.MonkeyPatch, measure: Callable[[list[Any]], int]
+) -> list[int]:
+    """os.writev as it is, recording ``measure(buffers)`` of each call."""
+    import os
+
+    seen: list[int] = []
+    real = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        seen.append(measure(buffers))
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", writev)
+    return seen
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_batch_is_written_with_one_writev(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
-
-    calls: list[int] = []
-    real = os.writev
-
-    def writev(fd: int, buffers: list[Any]) -> int:
-        calls.append(len(buffers))
-        return real(fd, buffers)
-
-    monkeypatch.setattr(os, "writev", writev)
+    calls = _record_writev(monkeypatch, len)
     batch = [b"ab", memoryview(bytearray(b"cdef"))[1:3], b"", bytes(1000)]
     assert await _spooled(tmp_path, [batch, [b"xy"]]) == b"abde" + bytes(1000) + b"xy"
     assert calls == [3, 1]  # one call a batch (an empty chunk left out)
@@ -158,14 +173,7 @@ async def test_no_write_call_is_longer_than_write_call(
 
     from aiodicom._spool import WRITE_CALL
 
-    sizes: list[int] = []
-    real = os.writev
-
-    def writev(fd: int, buffers: list[Any]) -> int:
-        sizes.append(sum(len(b) for b in buffers))
-        return real(fd, buffers)
-
-    monkeypatch.setattr(os, "writev", writev)
+    sizes = _record_writev(monkeypatch, lambda buffers: sum(map(len, buffers)))
     batch = [os.urandom(n) for n in (WRITE_CALL + 100, 30_000, 5, 3 * WRITE_CALL - 7, 2)]
     total = sum(map(len, batch))
     assert await _spooled(tmp_path, [batch]) == b"".join(batch)
@@ -179,12 +187,6 @@ async def test_a_write_that_takes_nothing_is_an_error_not_a_loop(
 ) -> None:
     import os
 
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    from aiodicom import sop_class
-    from aiodicom._spool import Spool
-    from aiodicom.dsutils import file_meta_for
-
     calls = 0
 
     def writev(fd: int, buffers: list[Any]) -> int:
@@ -194,9 +196,7 @@ async def test_a_write_that_takes_nothing_is_an_error_not_a_loop(
         return 0
 
     monkeypatch.setattr(os, "writev", writev)
-    spool = Spool()
-    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
-    await spool.open(meta, str(tmp_path))
+    spool = await _open_spool(tmp_path)
     await spool.write([b"abcd"])
     assert isinstance(spool.error, OSError) and calls == 1
     spool.discard()
