@@ -70,7 +70,7 @@ import sqlite3
 import tempfile
 import threading
 import tomllib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -79,12 +79,15 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import anyio
 import anyio.abc
 import anyio.to_thread
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
+from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
 from .ae import AE
@@ -747,13 +750,15 @@ def plan_query(identifier: Dataset, model: InformationModel, service: str) -> Qu
 def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset:
     """The response identifier of one match: exactly the requested keys.
 
-    ``row`` holds the values of :meth:`Query.returned_keys`, in order.
+    ``row`` holds the values of :meth:`Query.returned_keys`, in order. The
+    elements are what ``Dataset.add_new`` would make, built directly for the
+    text VRs (see :func:`_text_element`): this runs once per match.
     """
-    ds = Dataset()
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
     values = iter(row)
     non_ascii = False
     for elem in query.requested:
-        tag = int(elem.tag)
+        tag = elem.tag
         key = _KEYS_BY_TAG.get(tag)
         vr = elem.VR
         value: Any
@@ -777,14 +782,35 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
             value = []
         else:
             value = None
-        if vr == "SQ":
-            ds.add_new(tag, "SQ", [] if value is None else value)
+        if vr in _TEXT_VRS:
+            elements[tag] = _text_element(tag, vr, value)
         else:
-            ds.add_new(tag, vr, value)
+            elements[tag] = DataElement(tag, vr, value)
     if query.wants_charset or non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = query.level
-    return ds
+        elements[_CHARSET_TAG] = _text_element(_CHARSET_TAG, "CS", "ISO_IR 192")
+    elements[_LEVEL_TAG] = _text_element(_LEVEL_TAG, "CS", query.level)
+    return Dataset(elements)
+
+
+#: VRs whose values pydicom keeps as ``str`` or as a type made of one (_TEXT_TYPES).
+_TEXT_VRS = frozenset(
+    ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
+)
+_TEXT_TYPES: dict[str, Callable[[str], Any]] = {"PN": PersonName, "UI": UID}
+_CHARSET_TAG = BaseTag(_TAG_CHARSET)
+_LEVEL_TAG = BaseTag(_TAG_QR_LEVEL)
+
+
+def _text_element(tag: BaseTag, vr: str, value: str | list[str] | None) -> DataElement:
+    """The element ``Dataset.add_new(tag, vr, value)`` makes for a text VR, without
+    pydicom's conversion and checks (most of a match's cost): of a list, one value
+    is the value and several a MultiValue; a PN's value is a PersonName, a UI's a UID."""
+    converted: Any = value
+    if isinstance(value, list):
+        converted = value[0] if len(value) == 1 else MultiValue(str, value)
+    if isinstance(converted, str) and vr in _TEXT_TYPES:
+        converted = _TEXT_TYPES[vr](converted)
+    return DataElement(tag, vr, converted, already_converted=True, validation_mode=config.IGNORE)
 
 
 # ---------------------------------------------------------------------------

@@ -488,3 +488,43 @@ def test_load_destinations(tmp_path: Path) -> None:
     path.write_text("[destinations\n")
     with pytest.raises(ValueError):
         load_destinations(path)
+
+
+@pytest.mark.parametrize(
+    ("vr", "value"),
+    [
+        ("CS", ["CT"]),
+        ("CS", ["CT", "MR"]),
+        ("CS", "ISO_IR 192"),
+        ("PN", "Müller^Hans"),
+        ("PN", "Doe^John"),
+        ("PN", None),
+        ("LO", None),
+        ("LO", "Ünïcode"),
+        ("DA", "20230101"),
+        ("DA", "20230101-20231231"),
+        ("TM", "101010.5"),
+        ("UI", "1.2.826.0.1.3680043.8.498.1"),
+        ("AE", "QRSCP"),
+        ("SH", "A00000001"),
+    ],
+)
+def test_text_elements_are_those_add_new_makes(vr: str, value: Any) -> None:
+    """build_identifier makes its text elements without pydicom's conversion:
+    each has the value, of the same type, that Dataset.add_new gives, and the
+    two data sets encode alike (by aiodicom's encoder and, non-ASCII, pydicom's)."""
+    from pydicom.tag import BaseTag
+
+    from aiodicom.dsutils import encode_dataset
+    from aiodicom.qrscp import _text_element
+
+    tag = BaseTag(0x00100010 if vr == "PN" else 0x00080061)
+    ref = Dataset()
+    ref.add_new(tag, vr, value)
+    ours = Dataset({tag: _text_element(tag, vr, value)})
+    assert type(ours[tag].value) is type(ref[tag].value)
+    assert ours[tag].value == ref[tag].value
+    for ds in (ref, ours):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # (for the non-ASCII values)
+    for ts in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+        assert encode_dataset(ours, ts) == encode_dataset(ref, ts)
