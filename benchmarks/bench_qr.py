@@ -25,7 +25,9 @@ same workload.
   same tool against an SCP with 1 match / 1 instance); ``dcmqrscp`` (filled
   with the C-GET instances by storescu) answers an IMAGE-level C-FIND over them
   and the C-GET. dcmqrscp forks a child per association, so its RSS is not
-  shown.
+  shown. ``aiodicom qrscp`` (the Q/R SCP application: SQLite index, file store)
+  is filled and queried alike, its rows beside dcmqrscp's: the same data, the
+  same tools, the same requests.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Sample:
 class Pair:
     name: str
     scu: str  # aiodicom, pynetdicom, dcmtk
-    scp: str  # aiodicom, pynetdicom, dcmqrscp
+    scp: str  # aiodicom, pynetdicom, or an archive: dcmqrscp, qrscp
     uvloop: bool = False
     samples: dict[str, list[Sample]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
@@ -111,6 +113,10 @@ def dcmqrscp_config(port: int, storage: Path) -> str:
     )
 
 
+#: SCPs that are archives, filled once with the C-GET set and queried at IMAGE level.
+ARCHIVES = ("dcmqrscp", "qrscp")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, root: Path) -> None:
         self.args = args
@@ -124,16 +130,14 @@ class Bench:
         self.study_uid = ""
         self.series_uid = ""
         self.dcmtk_base: dict[str, float] = {}
-        self.qr_port = 0
-        self.qr_proc: subprocess.Popen[str] | None = None
+        self.archives: dict[str, Server] = {}
 
     # -- SCPs
 
     @contextmanager
     def scp(self, pair: Pair, work: Workload, count: int | None = None) -> Iterator[Server]:
-        if pair.scp == "dcmqrscp":
-            assert self.qr_proc is not None
-            yield Server(self.qr_port, self.qr_proc)
+        if pair.scp in ARCHIVES:
+            yield self.archives[pair.scp]
             return
         role = f"{pair.scp}-{work.service}-scp"
         argv = [*PEERS, role]
@@ -146,41 +150,37 @@ class Bench:
         with server(argv) as srv:
             yield srv
 
-    def start_dcmqrscp(self) -> None:
-        """dcmqrscp over a storage area filled with the C-GET instances."""
-        assert self.dcmqrscp and self.storescu
-        storage = self.root / "dcmqrscp"
+    def start_archive(self, kind: str) -> None:
+        """``kind`` (dcmqrscp or qrscp) over a storage area filled with the C-GET
+        instances by storescu."""
+        assert self.storescu
+        storage = self.root / kind
         storage.mkdir()
-        self.qr_port = free_port()
-        cfg = self.root / "dcmqrscp.cfg"
-        cfg.write_text(dcmqrscp_config(self.qr_port, storage))
-        self.qr_proc = subprocess.Popen(
-            [self.dcmqrscp, "-c", str(cfg), str(self.qr_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=ENV,
+        port = free_port()
+        if kind == "dcmqrscp":
+            assert self.dcmqrscp
+            cfg = self.root / "dcmqrscp.cfg"
+            cfg.write_text(dcmqrscp_config(port, storage))
+            argv = [self.dcmqrscp, "-c", str(cfg), str(port)]
+        else:
+            argv = [sys.executable, "-m", "aiodicom", "qrscp", "-aet", "BENCH_SCP"]
+            argv += ["-od", str(storage), str(port)]
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=ENV
         )
-        _wait_listening(self.qr_proc, self.qr_port)
+        self.archives[kind] = Server(port, proc)
+        _wait_listening(proc, port)
         subprocess.run(
-            [
-                self.storescu,
-                "-aec",
-                "BENCH_SCP",
-                "+sd",
-                "127.0.0.1",
-                str(self.qr_port),
-                self.get_dir,
-            ],
+            [self.storescu, "-aec", "BENCH_SCP", "+sd", "127.0.0.1", str(port), self.get_dir],
             check=True,
             env=ENV,
             timeout=600,
         )
 
-    def stop_dcmqrscp(self) -> None:
-        if self.qr_proc is not None:
-            self.qr_proc.terminate()
-            self.qr_proc.wait(timeout=10)
+    def stop_archives(self) -> None:
+        for srv in self.archives.values():
+            srv.proc.terminate()
+            srv.proc.wait(timeout=10)
 
     # -- dcmtk clients
 
@@ -189,7 +189,7 @@ class Bench:
         if work.service == "find":
             assert self.findscu
             keys = FIND_KEYS
-            if pair.scp == "dcmqrscp":  # dcmqrscp holds the C-GET series: IMAGE level
+            if pair.scp in ARCHIVES:  # an archive holds the C-GET series: IMAGE level
                 keys = [
                     "-k",
                     "QueryRetrieveLevel=IMAGE",
@@ -254,6 +254,8 @@ def make_pairs(service: str, have: dict[str, bool]) -> list[Pair]:
     tool = "findscu" if service == "find" else "getscu"
     if have[tool]:
         pairs.append(Pair(f"dcmtk {tool} -> aiodicom SCP", "dcmtk", "aiodicom"))
+        if have["storescu"]:
+            pairs.append(Pair(f"dcmtk {tool} -> aiodicom qrscp", "dcmtk", "qrscp"))
         if have["dcmqrscp"]:
             pairs.append(Pair(f"dcmtk {tool} -> dcmtk dcmqrscp", "dcmtk", "dcmqrscp"))
     return pairs
@@ -286,7 +288,7 @@ def table(rows: list[tuple[Workload, list[Pair]]]) -> str:
             note = error
             if p.scu == "dcmtk":
                 note = (note + " whole process minus the 1-result baseline").strip()
-            if p.scp == "dcmqrscp" and work.service == "find":
+            if p.scp in ARCHIVES and work.service == "find":
                 note = (note + "; IMAGE level over the C-GET series").strip("; ")
             lines.append(
                 f"| {work.label} | {p.name} | {rate:,.0f} {unit} | {ratio} | {scu:,.1f} "
@@ -323,6 +325,7 @@ def main() -> None:
         "findscu": bool(dcmtk_tool("findscu")),
         "getscu": bool(dcmtk_tool("getscu")),
         "dcmqrscp": bool(dcmtk_tool("dcmqrscp") and dcmtk_tool("storescu")),
+        "storescu": bool(dcmtk_tool("storescu")),
     }
     try:
         import uvloop  # noqa: F401
@@ -340,8 +343,8 @@ def main() -> None:
         if work.service == "find":
             if work.count > args.pyn_max_matches:
                 pairs = [p for p in pairs if "pynetdicom" not in (p.scu, p.scp)]
-            if work.count != args.get:  # dcmqrscp holds the C-GET set: its size only
-                pairs = [p for p in pairs if p.scp != "dcmqrscp"]
+            if work.count != args.get:  # an archive holds the C-GET set: its size only
+                pairs = [p for p in pairs if p.scp not in ARCHIVES]
         if args.only:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             pairs = [p for p in pairs if p.name == PYN_REF or any(w in p.name for w in wanted)]
@@ -358,9 +361,10 @@ def main() -> None:
         head = dcmread(next(bench.get_dir.iterdir()), stop_before_pixels=True)
         bench.study_uid, bench.series_uid = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
         gen = time.perf_counter() - t0
-        if have["dcmqrscp"] and any(p.scp == "dcmqrscp" for _w, ps in plan for p in ps):
-            bench.start_dcmqrscp()
         try:
+            for kind in ARCHIVES:
+                if any(p.scp == kind for _w, ps in plan for p in ps):
+                    bench.start_archive(kind)
             for _ in range(args.repeat):
                 for work, pairs in plan:
                     for pair in pairs:
@@ -372,7 +376,7 @@ def main() -> None:
                             pair.errors[work.key] = f"failed: {str(exc).splitlines()[0][:120]}"
                             print(f"{pair.name} {work.label}: {exc}", file=sys.stderr)
         finally:
-            bench.stop_dcmqrscp()
+            bench.stop_archives()
 
     print(table(plan))
     print()
@@ -388,6 +392,11 @@ def main() -> None:
         "Peak RSS is VmHWM: Python SCUs report their own; findscu/getscu are sampled every "
         "5 ms; an SCP's is read from /proc/PID/status just before it is stopped (a fresh "
         "SCP process per job). TCP_NODELAY on every side; each library's default max PDU.",
+        "Archives: 'aiodicom qrscp' (aiodicom's Q/R SCP application, SQLite index) and "
+        "dcmqrscp are each filled once with the C-GET set by storescu, then asked by findscu "
+        "at IMAGE level for its 1,000 instances (SOP Instance UID, Instance Number) and by "
+        "getscu for the study; the qrscp's peak RSS includes the filling. dcmqrscp forks a "
+        "child per association: its RSS is not shown.",
     ]
     if any(c > args.pyn_max_matches for c in counts):
         notes.append(f"pynetdicom rows above {args.pyn_max_matches:,} matches skipped.")
