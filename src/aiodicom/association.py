@@ -42,6 +42,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
+from anyio.abc import SocketAttribute
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -52,7 +53,7 @@ from ._nowait import NOT_CACHED, page_cached, read_cached
 from ._nservice import N_EVENTS as _N_EVENT_NAMES
 from ._nservice import reply_of, request_fields, response_for
 from ._spool import WRITE_BATCH, Spool, fill_p_data
-from ._transport import _FREE_REFS, AsyncioStream, _take_free
+from ._transport import _FREE_REFS, AsyncioStream, _quickack, _take_free
 from .dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -409,6 +410,11 @@ class Association:
         if isinstance(stream, AsyncioStream):
             self._loop = stream.loop
             self._clock = stream.clock
+        #: The socket to ask for TCP_QUICKACK on when a PDU arrives in part,
+        #: unless the stream does it itself (the asyncio stream's framing).
+        self._ack_sock: Any = None
+        if not (isinstance(stream, AsyncioStream) and stream.framed):
+            self._ack_sock = stream.extra(SocketAttribute.raw_socket, None)
         self._max_pdu = max_pdu
         self._ul = UpperLayer(
             requestor=requestor,
@@ -581,12 +587,14 @@ class Association:
             self._send_started = None
         self._last_tx = self._clock()
 
-    async def _read_exact(self, n: int) -> bytes | memoryview:
+    async def _read_exact(self, n: int, started: bool = False) -> bytes | memoryview:
         """Exactly ``n`` bytes from the stream.
 
         Bytes read but not yet used stay in ``_rbuf`` from ``_rpos``. What
         one received chunk holds is returned as a memoryview of it (no copy);
-        what spans chunks is joined once.
+        what spans chunks is joined once. ``started``: the bytes continue a
+        PDU; waiting for the rest of one, TCP_QUICKACK is asked for once
+        (see :mod:`aiodicom._transport`; the framed asyncio stream asks itself).
         """
         rbuf, rpos = self._rbuf, self._rpos
         avail = len(rbuf) - rpos
@@ -597,7 +605,11 @@ class Association:
         need = n - avail
         self._rbuf, self._rpos = b"", 0
         stream = self._stream
+        ack = self._ack_sock
         while need:
+            if ack is not None and (started or parts):
+                _quickack(ack)  # a PDU came in part: its sender may wait for our ACK
+                ack = None
             # The asyncio stream hands over whole received chunks (no copy;
             # with its PDU framing, whole PDUs); anyio's socket streams
             # allocate what they are asked for.
@@ -617,7 +629,7 @@ class Association:
     async def _read_pdu(self) -> tuple[int, bytes | memoryview]:
         """Read one PDU: the header, checked against our maximum, then the body."""
         pdu_type, length = check_header(await self._read_exact(6), self._max_pdu)
-        return pdu_type, await self._read_exact(length)
+        return pdu_type, await self._read_exact(length, started=True)
 
     async def _close_transport(self) -> None:
         with anyio.CancelScope(shield=True, deadline=anyio.current_time() + 1.0):
