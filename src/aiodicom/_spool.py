@@ -120,7 +120,7 @@ def _read_into(fp: BinaryIO, view: memoryview) -> int:
 def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
     """Append ``chunks`` to ``file`` (blocking: for a worker thread), each
     system call writing at most :data:`WRITE_CALL` bytes (writev() gathers
-    smaller chunks up to that)."""
+    smaller chunks up to that, :data:`_IOV_MAX` of them at most)."""
     if not hasattr(os, "writev"):  # pragma: no cover - not on POSIX
         file.writelines(chunks)
         return
@@ -134,7 +134,7 @@ def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
             piece, view = view[:room], view[room:]
             group.append(piece)
             room -= len(piece)
-            if not room:
+            if not room or len(group) == _IOV_MAX:
                 _writev_all(fd, group)
                 group, room = [], WRITE_CALL
     if group:

@@ -182,6 +182,21 @@ async def test_no_write_call_is_longer_than_write_call(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_tiny_chunks_go_in_calls_of_at_most_iov_max_buffers(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer may send 1-byte PDVs: 64 KiB of them are more buffers than one
+    writev() takes (IOV_MAX, 1024 on Linux: EINVAL past it)."""
+    from aiodicom._spool import _IOV_MAX
+
+    counts = _record_writev(monkeypatch, len)
+    batch = [bytes([i % 256]) for i in range(3000)]
+    assert await _spooled(tmp_path, [batch]) == b"".join(batch)
+    assert max(counts) <= _IOV_MAX and sum(counts) == 3000
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_write_that_takes_nothing_is_an_error_not_a_loop(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
