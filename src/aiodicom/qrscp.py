@@ -91,6 +91,7 @@ from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
 from .ae import AE
+from .dimse import _new_dataset
 from .dsutils import is_plain_uid, part10_header
 from .errors import DicomNetworkError
 from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
@@ -752,7 +753,9 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
 
     ``row`` holds the values of :meth:`Query.returned_keys`, in order. The
     elements are what ``Dataset.add_new`` would make, built directly for the
-    text VRs (see :func:`_text_element`): this runs once per match.
+    text VRs (see :func:`_text_element`), in a Dataset made as the DIMSE
+    layer makes its own (:func:`aiodicom.dimse._new_dataset`): this runs once
+    per match.
     """
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     values = iter(row)
@@ -782,21 +785,21 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
             value = []
         else:
             value = None
-        if vr in _TEXT_VRS:
+        if vr in _STR_VRS:
             elements[tag] = _text_element(tag, vr, value)
         else:
             elements[tag] = DataElement(tag, vr, value)
     if query.wants_charset or non_ascii:
         elements[_CHARSET_TAG] = _text_element(_CHARSET_TAG, "CS", "ISO_IR 192")
     elements[_LEVEL_TAG] = _text_element(_LEVEL_TAG, "CS", query.level)
-    return Dataset(elements)
+    return _new_dataset(elements)
 
 
-#: VRs whose values pydicom keeps as ``str`` or as a type made of one (_TEXT_TYPES).
-_TEXT_VRS = frozenset(
+#: VRs whose values pydicom keeps as ``str`` or as a type made of one (_STR_TYPES).
+_STR_VRS = frozenset(
     ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 )
-_TEXT_TYPES: dict[str, Callable[[str], Any]] = {"PN": PersonName, "UI": UID}
+_STR_TYPES: dict[str, Callable[[str], Any]] = {"PN": PersonName, "UI": UID}
 _CHARSET_TAG = BaseTag(_TAG_CHARSET)
 _LEVEL_TAG = BaseTag(_TAG_QR_LEVEL)
 
@@ -808,8 +811,8 @@ def _text_element(tag: BaseTag, vr: str, value: str | list[str] | None) -> DataE
     converted: Any = value
     if isinstance(value, list):
         converted = value[0] if len(value) == 1 else MultiValue(str, value)
-    if isinstance(converted, str) and vr in _TEXT_TYPES:
-        converted = _TEXT_TYPES[vr](converted)
+    if isinstance(converted, str) and vr in _STR_TYPES:
+        converted = _STR_TYPES[vr](converted)
     return DataElement(tag, vr, converted, already_converted=True, validation_mode=config.IGNORE)
 
 
