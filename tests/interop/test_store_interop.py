@@ -316,6 +316,31 @@ def medium_instances(tmp_path: Path) -> list[LargeInstance]:
     return [write_large_instance(tmp_path / f"medium{i}.dcm", 6 * MiB, seed=i) for i in (1, 2)]
 
 
+# --------------------------------------------------------------------------- Nagle
+# dcmtk's tools leave TCP_NODELAY off unless their environment sets it (here:
+# TCP_NODELAY=0, as on a machine that never heard of it) and write each PDU in
+# pieces; each next piece waits for the ACK of the last. aiodicom asks for that
+# ACK at once (TCP_QUICKACK) when a read leaves a PDU incomplete: without it a
+# delayed ACK cost ~44 ms a store. The 200-instance tests run both ways with
+# and without it, and check that aiodicom asks, each store.
+
+NAGLE = {"TCP_NODELAY": "0"}
+
+
+def _count_quickacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import aiodicom._transport as transport_module
+
+    asked: list[int] = []
+    real = transport_module._quickack
+
+    def quickack(sock: Any) -> None:
+        asked.append(1)
+        real(sock)
+
+    monkeypatch.setattr(transport_module, "_quickack", quickack)
+    return asked
+
+
 # =========================================================================== 1.
 # dcmtk storescu -> aiodicom SCP
 
@@ -354,11 +379,14 @@ async def test_storescu_to_aiodicom_scp(run_dcmtk, tmp_path, name):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("nagle", [False, True])
 @pytest.mark.parametrize("handler", ["async", "plain"])
 async def test_storescu_200_instances_one_association_to_aiodicom_scp(
-    run_dcmtk, tmp_path, small_instances, handler
+    run_dcmtk, tmp_path, small_instances, handler, nagle, monkeypatch
 ):
-    """A plain handler: every store is answered inline (outside a task) on asyncio."""
+    """A plain handler: every store is answered inline (outside a task) on asyncio.
+    ``nagle``: storescu with TCP_NODELAY off (see NAGLE)."""
+    asked = _count_quickacks(monkeypatch)
     folder = small_instances[0].parent
     scp = StoreSCP(tmp_path, plain=handler == "plain")
     ae = storage_scp_ae()
@@ -376,9 +404,12 @@ async def test_storescu_200_instances_one_association_to_aiodicom_scp(
                 server.port,
                 folder,
                 timeout=PEER_TIMEOUT,
+                env=NAGLE if nagle else None,
             )
             assert cp.returncode == 0, cp.describe()
             await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    if nagle:
+        assert len(asked) >= N_SMALL  # a PDU of every store came in pieces
     assert len(scp.accepted) == 1, "one association"
     assert len(scp.received) == N_SMALL
     assert sorted(r.message_id for r in scp.received) == list(range(1, N_SMALL + 1))
@@ -427,10 +458,13 @@ async def test_aiodicom_scu_to_storescp(dcmtk_storescp_factory, name, how):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("nagle", [False, True])
 async def test_aiodicom_scu_200_instances_one_association_to_storescp(
-    dcmtk_storescp_factory, small_instances
+    dcmtk_storescp_factory, small_instances, nagle, monkeypatch
 ):
-    storescp = dcmtk_storescp_factory("+B", fork=False)
+    """``nagle``: storescp with TCP_NODELAY off (see NAGLE)."""
+    asked = _count_quickacks(monkeypatch)
+    storescp = dcmtk_storescp_factory("+B", fork=False, env=NAGLE if nagle else None)
     ae = storage_scu_ae(small_instances[:1])
     statuses = []
     with deadline():
@@ -438,6 +472,8 @@ async def test_aiodicom_scu_200_instances_one_association_to_storescp(
             for source in small_instances:
                 statuses.append(status_of(await assoc.send_c_store(source)))
     assert statuses == [0] * N_SMALL
+    if nagle:
+        assert len(asked) >= N_SMALL  # every C-STORE-RSP came in pieces
     received = await in_thread(storescp.wait_for_files, N_SMALL)
     assert len(received) == N_SMALL
     by_uid = {file_info(p)[1]: p for p in received}
@@ -446,73 +482,6 @@ async def test_aiodicom_scu_200_instances_one_association_to_storescp(
         assert dataset_bytes(got) == dataset_bytes(source), source.name
         assert_same_instance(source, got, transfer_syntax=str(ExplicitVRLittleEndian))
     assert storescp.process.running
-
-
-# --------------------------------------------------------------------------- Nagle
-# dcmtk's tools leave TCP_NODELAY off unless their environment sets it (here:
-# TCP_NODELAY=0, as on a machine that never heard of it) and write each PDU in
-# pieces; each next piece waits for the ACK of the last. aiodicom asks for that
-# ACK at once (TCP_QUICKACK) when a read leaves a PDU incomplete: without it a
-# delayed ACK cost ~44 ms a store. What is checked is that it asks, each store.
-
-NAGLE = {"TCP_NODELAY": "0"}
-
-
-def _count_quickacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    import aiodicom._transport as transport_module
-
-    asked: list[int] = []
-    real = transport_module._quickack
-
-    def quickack(sock: Any) -> None:
-        asked.append(1)
-        real(sock)
-
-    monkeypatch.setattr(transport_module, "_quickack", quickack)
-    return asked
-
-
-@pytest.mark.anyio
-async def test_storescu_with_nagle_to_aiodicom_scp_is_acknowledged_at_once(
-    run_dcmtk, tmp_path, small_instances, monkeypatch
-):
-    asked = _count_quickacks(monkeypatch)
-    scp = StoreSCP(tmp_path)
-    ae = storage_scp_ae()
-    with deadline():
-        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
-            cp = await in_thread(
-                run_dcmtk,
-                "storescu",
-                "+sd",
-                "-aec",
-                "AIOSCP",
-                HOST,
-                server.port,
-                small_instances[0].parent,
-                timeout=PEER_TIMEOUT,
-                env=NAGLE,
-            )
-            assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
-    assert len(scp.received) == N_SMALL
-    assert len(asked) >= N_SMALL  # a PDU of every store came in pieces
-
-
-@pytest.mark.anyio
-async def test_aiodicom_scu_to_storescp_with_nagle_is_acknowledged_at_once(
-    dcmtk_storescp_factory, small_instances, monkeypatch
-):
-    asked = _count_quickacks(monkeypatch)
-    storescp = dcmtk_storescp_factory("--ignore", fork=False, env=NAGLE)
-    ae = storage_scu_ae(small_instances[:1])
-    statuses = []
-    with deadline():
-        async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
-            for source in small_instances:
-                statuses.append(status_of(await assoc.send_c_store(source)))
-    assert statuses == [0] * N_SMALL
-    assert len(asked) >= N_SMALL  # every C-STORE-RSP came in pieces
 
 
 # =========================================================================== 3.
