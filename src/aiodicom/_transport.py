@@ -596,7 +596,11 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._hand_over()
         if not self._burst:
             self._burst = True
-            self._transport.write(item)
+            if self._corked:  # what send_soon() left goes first, in the same write
+                self._corked.append(item)
+                self._write_corked()
+            else:
+                self._transport.write(item)
         else:
             if not self._corked:
                 self.loop.call_soon(self._flush)
@@ -609,6 +613,24 @@ class AsyncioStream(anyio.abc.ByteStream):
     #: The bytes are queued exactly as :meth:`send` queues them; a peer that
     #: stops reading makes the next :meth:`send` wait, not this call.
     send_now = _put
+
+    def send_soon(self, item: bytes) -> None:
+        """:meth:`send_now`, but always corked: ``item`` goes out with the next
+        write made in this event-loop iteration (in one system call with it),
+        or on its own at the end of the iteration if none comes.
+
+        For a message nobody waits on that is often followed at once by one
+        somebody does (a pending C-GET response, then the next sub-operation's
+        C-STORE request): both leave together, and the later one is not held.
+        """
+        if self._direct_rest is not None:
+            self._hand_over()
+        if not self._corked:
+            self.loop.call_soon(self._flush)
+        self._corked.append(item)
+        self._corked_size += len(item)
+        if self._corked_size >= _CORK_LIMIT:
+            self._write_corked()
 
     def _flush(self) -> None:
         """End of the loop iteration: hand the corked writes to the transport.

@@ -2027,15 +2027,19 @@ class Association:
                 store_to = await open_destination()
                 counts.started = True
             try:
-                rsp = await store_to.send_c_store(
+                rsp = await store_to._store(
                     dataset, originator_aet=originator, originator_id=originator_id
                 )
-                counts.record(int(rsp.Status), rsp.get("AffectedSOPInstanceUID"))
+                command = rsp.command
+                counts.record(int(command["Status"]), command.get("AffectedSOPInstanceUID"))
             except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
                 LOGGER.error("%s sub-operation failed: %s", name, exc)
                 counts.record(0xA702, _instance_uid_of(dataset))
-            pending = {**base, "Status": 0xFF00, **counts.fields(pending=True)}
-            await self._send_message(msg.context_id, encode_command(pending), None)
+            pending = encode_command({**base, "Status": 0xFF00, **counts.fields(pending=True)})
+            # Corked: it leaves with the next sub-operation's C-STORE request
+            # (one write, not two) or at the end of this loop iteration.
+            if not self._send_now(msg.context_id, pending, None, soon=True):
+                await self._send_message(msg.context_id, pending, None)
 
     def _serve_inline(self, msg: Message) -> bool:
         """Answer a C-ECHO, an in-memory C-STORE or an N request at once, without a task.
@@ -2086,7 +2090,8 @@ class Association:
         command = self._response_command(msg, status)
         # Nothing awaited since _can_send_now() above: a plain handler cannot.
         if not self._send_now(msg.context_id, command, None, checked=True):
-            # Only a peer whose maximum PDU length cannot hold a command gets here.
+            # Only a response over _COALESCE bytes, or a peer whose maximum PDU
+            # length holds no data, gets here.
             self._inflight += 1
             self._spawn(self._finish_inline, msg, kind, status)
         return True
@@ -2212,29 +2217,45 @@ class Association:
         dataset: bytes | memoryview | None,
         *,
         checked: bool = False,
+        soon: bool = False,
     ) -> bool:
-        """Send a message that fits one P-DATA-TF without awaiting, if nothing is in the way.
+        """Send a small message without awaiting, if nothing is in the way.
 
         The asyncio fast path: the send lock is free, the transport takes the
         bytes without waiting (no drain pending) and nobody watches the PDUs
-        sent. Returns False (nothing sent) otherwise; the caller then goes
-        the general way, :meth:`_send_message`. ``checked``: the caller has
-        just asked :meth:`_can_send_now`, with no await since.
+        sent. The message goes in one write: one P-DATA-TF, or the several
+        the peer's maximum PDU length makes of it. Returns False (nothing
+        sent) otherwise; the caller then goes the general way,
+        :meth:`_send_message`. ``checked``: the caller has just asked
+        :meth:`_can_send_now`, with no await since. ``soon``: corked, to go
+        out with the next write of this loop iteration (see
+        :meth:`AsyncioStream.send_soon`).
         """
         if not (checked or self._can_send_now()):
             return False
         stream = self._stream
         assert isinstance(stream, AsyncioStream)
         size = len(command) + 6 if dataset is None else len(command) + len(dataset) + 12
-        max_pdu = self._remote_max_pdu
-        if (max_pdu and size > max_pdu) or size > _COALESCE:
+        if size > _COALESCE:
             return False
-        if dataset is None:
-            pdu = encode_p_data(context_id, 0x03, command)
+        max_pdu = self._remote_max_pdu
+        if max_pdu and size > max_pdu:
+            if max_pdu <= 6:
+                return False  # no room for data: _send_message says so
+            pdus = list(fragment(context_id, command, dataset, max_pdu))
+            for pdu in pdus:
+                self._data_sent(pdu)
+            data = b"".join(pdus)
         else:
-            pdu = single_pdu(context_id, command, dataset)
-        self._data_sent(pdu)
-        stream.send_now(pdu)
+            if dataset is None:
+                data = encode_p_data(context_id, 0x03, command)
+            else:
+                data = single_pdu(context_id, command, dataset)
+            self._data_sent(data)
+        if soon:
+            stream.send_soon(data)
+        else:
+            stream.send_now(data)
         self._last_tx = self._clock()
         return True
 
@@ -2707,6 +2728,18 @@ class Association:
 
         Returns the response's command set as a Dataset (``.Status``).
         """
+        rsp = await self._store(dataset, msg_id, priority, originator_aet, originator_id)
+        return command_dataset(rsp.raw_command, rsp.layout)
+
+    async def _store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        msg_id: int | None = None,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Message:
+        """:meth:`send_c_store`, returning the response message itself."""
         if priority not in (0, 1, 2):
             raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
         self._check_usable()
@@ -2769,12 +2802,11 @@ class Association:
                     "MoveOriginatorApplicationEntityTitle": originator_aet,
                     "MoveOriginatorMessageID": originator_id,
                 }
-            rsp = await self._invoke(cx.context_id, command, payload, msg_id)
+            return await self._invoke(cx.context_id, command, payload, msg_id)
         finally:
             if owned is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(owned.close)
-        return command_dataset(rsp.raw_command, rsp.layout)
 
     def send_c_find(
         self,

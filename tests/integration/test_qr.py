@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from aiodicom import AE, build_role, evt, sop_class
+from aiodicom.dimse import COMMAND_NAMES, decode_command
 from aiodicom.errors import NoAcceptedContext
 from aiodicom.testing import make_dataset, memory_pair
 
@@ -410,6 +411,93 @@ async def test_get_cancelled_mid_way() -> None:
     assert statuses == [0xFF00]
     assert archive.cancelled == [True]
     assert len(stored.uids) == 1
+
+
+def _messages(write: bytes) -> tuple[list[str], int]:
+    """The DIMSE messages whose command set one write carries, e.g.
+    ``['C-GET-RSP FF00', 'C-STORE-RQ']``, and its number of PDUs (P-DATA-TF only)."""
+    out, command, pos, pdus = [], b"", 0, 0
+    while pos < len(write):
+        assert write[pos] == 0x04, "not a P-DATA-TF"
+        pdus += 1
+        end = pos + 6 + int.from_bytes(write[pos + 2 : pos + 6], "big")
+        item = pos + 6
+        while item < end:
+            length = int.from_bytes(write[item : item + 4], "big")
+            header, data = write[item + 5], write[item + 6 : item + 4 + length]
+            if header & 0x01:  # a command fragment
+                command += data
+                if header & 0x02:
+                    fields = decode_command(command)
+                    name = COMMAND_NAMES[fields["CommandField"]]
+                    if "Status" in fields:
+                        name += f" {fields['Status']:04X}"
+                    out.append(name)
+                    command = b""
+            item += 4 + length
+        pos = end
+    return out, pdus
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the asyncio transport's writes
+@pytest.mark.parametrize("max_pdu", [0, 4096], ids=["one-pdu", "fragmented"])
+async def test_get_pending_response_leaves_with_the_next_sub_operation(
+    max_pdu: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each pending C-GET-RSP goes in one write with what follows it (the next
+    C-STORE-RQ, all of its PDUs, or the final response), not in one of its own."""
+    from asyncio.selector_events import _SelectorSocketTransport
+
+    writes: list[tuple[Any, bytes]] = []
+    real_write = _SelectorSocketTransport.write
+
+    def write(self: Any, data: Any) -> None:
+        writes.append((self, bytes(data)))
+        real_write(self, data)
+
+    monkeypatch.setattr(_SelectorSocketTransport, "write", write)
+    instances = [make_dataset(PixelData=bytes(10_000)) for _ in range(3)]
+
+    async def on_get(event: evt.Event) -> AsyncIterator[Any]:
+        yield len(instances)
+        for ds in instances:
+            yield 0xFF00, ds
+
+    scu, scp = qr_pair()
+    if max_pdu:
+        scu.maximum_pdu_size = max_pdu
+    stored = Stored()
+    statuses = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_GET, on_get)]) as server,
+            scu.associate(
+                "127.0.0.1",
+                server.port,
+                ae_title="TEST_SCP",
+                ext_neg=[build_role(CT, scp_role=True)],
+                evt_handlers=[(evt.EVT_C_STORE, stored)],
+            ) as assoc,
+        ):
+            async for status, _ in assoc.send_c_get(query(), GET):
+                statuses.append(int(status.Status))
+    assert statuses == [0xFF00] * 3 + [0x0000]
+    assert stored.uids == [ds.SOPInstanceUID for ds in instances]
+    scp_writes = [
+        data
+        for transport, data in writes
+        if transport.get_extra_info("sockname")[1] == server.port and data[0] == 0x04
+    ]
+    parsed = [_messages(w) for w in scp_writes]
+    assert [names for names, _ in parsed] == [
+        ["C-STORE-RQ"],
+        ["C-GET-RSP FF00", "C-STORE-RQ"],
+        ["C-GET-RSP FF00", "C-STORE-RQ"],
+        ["C-GET-RSP FF00", "C-GET-RSP 0000"],
+    ]
+    # The data set (10 KB) fits one PDU, or takes three of 4,096 bytes.
+    per_store = 4 if max_pdu else 1
+    assert [pdus for _, pdus in parsed] == [per_store, per_store + 1, per_store + 1, 2]
 
 
 async def test_get_handler_without_a_count() -> None:

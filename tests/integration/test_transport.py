@@ -130,6 +130,53 @@ async def test_a_later_burst_without_new_data_is_flushed_at_its_iteration_end() 
             assert await reader.readexactly(1) == b"2"
 
 
+async def test_send_soon_goes_out_with_the_next_write_in_one_call() -> None:
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, writer):
+            spy = _Spy(stream)
+            writer.write(b"go")
+            await writer.drain()
+            assert await stream.receive() == b"go"
+            stream.send_soon(b"pending")
+            assert spy.writes == [] and spy.soon == 1  # held, its flush scheduled
+            stream.send_now(b"next")  # the answer to what arrived: out at once, after it
+            assert spy.writes == [b"pendingnext"]
+            await anyio.lowlevel.checkpoint()
+            assert spy.writes == [b"pendingnext"]  # the flush finds nothing left
+            assert await reader.readexactly(11) == b"pendingnext"
+
+
+async def test_send_soon_alone_goes_out_at_the_end_of_the_iteration() -> None:
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, writer):
+            spy = _Spy(stream)
+            writer.write(b"go")
+            await writer.drain()
+            assert await stream.receive() == b"go"
+            stream.send_soon(b"pending")
+            assert spy.writes == []
+            await anyio.lowlevel.checkpoint()
+            assert spy.writes == [b"pending"]
+            assert await reader.readexactly(7) == b"pending"
+            # and the next answer still goes out at once
+            writer.write(b"go")
+            await writer.drain()
+            assert await stream.receive() == b"go"
+            stream.send_now(b"rsp")
+            assert spy.writes[-1] == b"rsp"
+
+
+async def test_a_large_write_after_send_soon_keeps_the_order() -> None:
+    big = bytes(range(256)) * (1 << 12)  # 1 MiB: over the direct-write size
+    with anyio.fail_after(GUARD):
+        async with pair() as (stream, reader, _writer):
+            stream.send_soon(b"first")
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream.send, big)
+                assert await reader.readexactly(5) == b"first"
+                assert await reader.readexactly(len(big)) == big
+
+
 # ---------------------------------------------------------------------------
 # Receiving: buffered, with DICOM PDU framing
 
