@@ -1379,12 +1379,14 @@ class Archive:
         async def paths() -> AsyncGenerator[str, None]:
             rows = self.rows(sql, params)
             sent = 0
+            base = str(self.directory)
+            join = os.path.join  # what Path's / does, for a relative path, without a Path
             try:
                 async for (rel,) in rows:
                     if sent >= count:
                         return
                     sent += 1
-                    yield str(self.directory / rel)
+                    yield join(base, rel)
             finally:
                 await rows.aclose()
 
