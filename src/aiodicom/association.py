@@ -2036,9 +2036,10 @@ class Association:
                 LOGGER.error("%s sub-operation failed: %s", name, exc)
                 counts.record(0xA702, _instance_uid_of(dataset))
             pending = encode_command({**base, "Status": 0xFF00, **counts.fields(pending=True)})
-            # Corked: it leaves with the next sub-operation's C-STORE request
-            # (one write, not two) or at the end of this loop iteration.
-            if not self._send_now(msg.context_id, pending, None, soon=True):
+            # C-GET: corked, it leaves with the next sub-operation's C-STORE
+            # request on this association (one write, not two) or at the end
+            # of this loop iteration. C-MOVE stores over another association.
+            if not self._send_now(msg.context_id, pending, None, soon=store_to is self):
                 await self._send_message(msg.context_id, pending, None)
 
     def _serve_inline(self, msg: Message) -> bool:
