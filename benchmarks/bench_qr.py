@@ -105,12 +105,19 @@ class Workload:
     label: str
 
 
-def dcmqrscp_config(port: int, storage: Path) -> str:
+def dcmqrscp_config(port: int, storage: Path, dest_port: int | None) -> str:
+    hosts = f"dest = ({DEST_AET}, 127.0.0.1, {dest_port})\n" if dest_port else ""
     return (
         f"NetworkTCPPort  = {port}\nMaxPDUSize      = 16384\nMaxAssociations = 16\n\n"
-        "HostTable BEGIN\nHostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
+        f"HostTable BEGIN\n{hosts}HostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
         f"AETable BEGIN\nBENCH_SCP  {storage}  RW  (10, 1024mb)  ANY\nAETable END\n"
     )
+
+
+#: The C-MOVE destination: storescp --ignore, one for the run.
+DEST_AET = "BENCH_DEST"
+#: A study no archive holds: a C-MOVE of it is the movescu baseline (no sub-operations).
+NO_STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
 #: SCPs that are archives, filled once with the C-GET set and queried at IMAGE level.
@@ -125,6 +132,10 @@ class Bench:
         self.getscu = dcmtk_tool("getscu")
         self.storescu = dcmtk_tool("storescu")
         self.dcmqrscp = dcmtk_tool("dcmqrscp")
+        self.movescu = dcmtk_tool("movescu")
+        self.storescp = dcmtk_tool("storescp")
+        self.dest: Server | None = None
+        self.move_checked: set[str] = set()
         self.get_dir = root / "get"
         self.one_dir = root / "one"
         self.study_uid = ""
@@ -160,11 +171,13 @@ class Bench:
         if kind == "dcmqrscp":
             assert self.dcmqrscp
             cfg = self.root / "dcmqrscp.cfg"
-            cfg.write_text(dcmqrscp_config(port, storage))
+            cfg.write_text(dcmqrscp_config(port, storage, self.dest.port if self.dest else None))
             argv = [self.dcmqrscp, "-c", str(cfg), str(port)]
         else:
             argv = [sys.executable, "-m", "aiodicom", "qrscp", "-aet", "BENCH_SCP"]
             argv += ["-od", str(storage), str(port)]
+            if self.dest:
+                argv += ["--dest", f"{DEST_AET}=127.0.0.1:{self.dest.port}"]
         proc = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=ENV
         )
@@ -177,14 +190,43 @@ class Bench:
             timeout=600,
         )
 
+    def start_destination(self) -> None:
+        """The C-MOVE destination of both archives: storescp, discarding."""
+        assert self.storescp
+        port = free_port()
+        argv = [self.storescp, "--ignore", "-aet", DEST_AET, str(port)]
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=ENV
+        )
+        self.dest = Server(port, proc)
+        _wait_listening(proc, port)
+
     def stop_archives(self) -> None:
-        for srv in self.archives.values():
+        for srv in [*self.archives.values(), *([self.dest] if self.dest else [])]:
             srv.proc.terminate()
             srv.proc.wait(timeout=10)
 
+    def check_move(self, pair: Pair, work: Workload, port: int) -> None:
+        """Once per archive, untimed: the C-MOVE completes every sub-operation
+        (movescu -d prints the final response's counts)."""
+        if pair.scp in self.move_checked:
+            return
+        argv = self.dcmtk_argv(work, pair, port)
+        done = run_client([argv[0], "-d", *argv[1:]])
+        text = done.stdout + done.stderr
+        want = f"Completed Suboperations       : {work.count}"
+        if want not in text or "Failed Suboperations          : 0" not in text:
+            raise RuntimeError(f"C-MOVE via {pair.scp} did not complete {work.count} instances")
+        self.move_checked.add(pair.scp)
+
     # -- dcmtk clients
 
-    def dcmtk_argv(self, work: Workload, pair: Pair, port: int) -> list[str]:
+    def dcmtk_argv(
+        self, work: Workload, pair: Pair, port: int, study: str | None = None
+    ) -> list[str]:
+        """The dcmtk tool's command line; C-GET/C-MOVE ask for ``study`` (default: the set's)."""
+        if study is None:
+            study = self.study_uid
         common = ["-S", "-aet", "BENCH_SCU", "-aec", "BENCH_SCP"]
         if work.service == "find":
             assert self.findscu
@@ -203,12 +245,23 @@ class Bench:
                     "InstanceNumber",
                 ]
             return [self.findscu, *common, *keys, "127.0.0.1", str(port)]
+        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        if work.service == "move":
+            assert self.movescu
+            return [self.movescu, *common, "-aem", DEST_AET, *keys, "127.0.0.1", str(port)]
         assert self.getscu
-        keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={self.study_uid}"]
         return [self.getscu, *common, "--ignore", *keys, "127.0.0.1", str(port)]
 
     def dcmtk_baseline(self, work: Workload, pair: Pair) -> float:
-        """Best time of the dcmtk tool against an aiodicom SCP with 1 match / 1 instance."""
+        """Best time of the dcmtk tool against an aiodicom SCP with 1 match / 1
+        instance; for C-MOVE, against the same archive for a study it does not hold."""
+        if work.service == "move":
+            key = f"move-{pair.scp}"
+            if key not in self.dcmtk_base:
+                port = self.archives[pair.scp].port
+                argv = self.dcmtk_argv(work, pair, port, study=NO_STUDY)
+                self.dcmtk_base[key] = min(run_client(argv).seconds for _ in range(3))
+            return self.dcmtk_base[key]
         key = work.service
         if key not in self.dcmtk_base:
             base_pair = Pair("base", "dcmtk", "aiodicom")
@@ -224,6 +277,8 @@ class Bench:
     def run(self, pair: Pair, work: Workload) -> Sample:
         with self.scp(pair, work) as srv:
             if pair.scu == "dcmtk":
+                if work.service == "move":
+                    self.check_move(pair, work, srv.port)
                 base = self.dcmtk_baseline(work, pair)
                 done = run_client(self.dcmtk_argv(work, pair, srv.port))
                 seconds = max(done.seconds - base, 1e-9)
@@ -251,6 +306,13 @@ def make_pairs(service: str, have: dict[str, bool]) -> list[Pair]:
         Pair("aiodicom SCU -> pynetdicom SCP", "aiodicom", "pynetdicom"),
         Pair("pynetdicom SCU -> aiodicom SCP", "pynetdicom", "aiodicom"),
     ]
+    if service == "move":  # the archives only: the same tool, the same destination
+        pairs = []
+        if have["movescu"] and have["storescu"]:
+            pairs.append(Pair("dcmtk movescu -> aiodicom qrscp", "dcmtk", "qrscp"))
+            if have["dcmqrscp"]:
+                pairs.append(Pair("dcmtk movescu -> dcmtk dcmqrscp", "dcmtk", "dcmqrscp"))
+        return pairs
     tool = "findscu" if service == "find" else "getscu"
     if have[tool]:
         pairs.append(Pair(f"dcmtk {tool} -> aiodicom SCP", "dcmtk", "aiodicom"))
@@ -287,7 +349,8 @@ def table(rows: list[tuple[Workload, list[Pair]]]) -> str:
             scp_text = "-" if scp != scp else f"{scp:,.1f}"
             note = error
             if p.scu == "dcmtk":
-                note = (note + " whole process minus the 1-result baseline").strip()
+                base = "no-match" if work.service == "move" else "1-result"
+                note = (note + f" whole process minus the {base} baseline").strip()
             if p.scp in ARCHIVES and work.service == "find":
                 note = (note + "; IMAGE level over the C-GET series").strip("; ")
             lines.append(
@@ -326,6 +389,7 @@ def main() -> None:
         "getscu": bool(dcmtk_tool("getscu")),
         "dcmqrscp": bool(dcmtk_tool("dcmqrscp") and dcmtk_tool("storescu")),
         "storescu": bool(dcmtk_tool("storescu")),
+        "movescu": bool(dcmtk_tool("movescu") and dcmtk_tool("storescp")),
     }
     try:
         import uvloop  # noqa: F401
@@ -337,6 +401,9 @@ def main() -> None:
     works = [Workload(f"find-{n}", "find", n, f"C-FIND {n:,} matches") for n in counts]
     if args.get:
         works.append(Workload(f"get-{args.get}", "get", args.get, f"C-GET {args.get:,} instances"))
+        works.append(
+            Workload(f"move-{args.get}", "move", args.get, f"C-MOVE {args.get:,} instances")
+        )
     plan: list[tuple[Workload, list[Pair]]] = []
     for work in works:
         pairs = make_pairs(work.service, have)
@@ -348,7 +415,8 @@ def main() -> None:
         if args.only:
             wanted = [w.strip() for w in args.only.split(",") if w.strip()]
             pairs = [p for p in pairs if p.name == PYN_REF or any(w in p.name for w in wanted)]
-        plan.append((work, pairs))
+        if pairs:
+            plan.append((work, pairs))
 
     with tempfile.TemporaryDirectory(prefix="bench_qr_", dir=args.tmpdir) as tmp:
         root = Path(tmp)
@@ -362,6 +430,8 @@ def main() -> None:
         bench.study_uid, bench.series_uid = str(head.StudyInstanceUID), str(head.SeriesInstanceUID)
         gen = time.perf_counter() - t0
         try:
+            if any(w.service == "move" for w, _ps in plan):
+                bench.start_destination()
             for kind in ARCHIVES:
                 if any(p.scp == kind for _w, ps in plan for p in ps):
                     bench.start_archive(kind)
@@ -397,6 +467,10 @@ def main() -> None:
         "at IMAGE level for its 1,000 instances (SOP Instance UID, Instance Number) and by "
         "getscu for the study; the qrscp's peak RSS includes the filling. dcmqrscp forks a "
         "child per association: its RSS is not shown.",
+        f"C-MOVE: movescu asks each archive to move the study to {DEST_AET}, one storescp "
+        "--ignore for the run (the archives open an association to it per C-MOVE); timed "
+        "whole minus the best of 3 C-MOVEs of a study the archive does not hold. Each "
+        "archive's first C-MOVE is checked, untimed, to complete every sub-operation.",
     ]
     if any(c > args.pyn_max_matches for c in counts):
         notes.append(f"pynetdicom rows above {args.pyn_max_matches:,} matches skipped.")

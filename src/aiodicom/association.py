@@ -65,6 +65,7 @@ from .dimse import (
     decode_command,
     encode_command,
     encode_echo_request,
+    encode_pending_counts,
     encode_status_response,
     encode_store_request,
     file_fragments,
@@ -1992,6 +1993,7 @@ class Association:
         # Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2): the
         # instances go out without their bulk data elements.
         without_bulk_data = msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA
+        head = encode_command({**base, "Status": 0xFF00})[12:]  # of each pending response
         while True:
             if event.is_cancelled:
                 return counts.final(0xFE00)
@@ -2035,7 +2037,7 @@ class Association:
             except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
                 LOGGER.error("%s sub-operation failed: %s", name, exc)
                 counts.record(0xA702, _instance_uid_of(dataset))
-            pending = encode_command({**base, "Status": 0xFF00, **counts.fields(pending=True)})
+            pending = counts.pending_command(head)
             # C-GET: corked, it leaves with the next sub-operation's C-STORE
             # request on this association (one write, not two) or at the end
             # of this loop iteration. C-MOVE stores over another association.
@@ -2786,12 +2788,21 @@ class Association:
                     payload = _FileSource(fp, info.offset)
             assert cx.context_id is not None
             command: dict[str, Any] | Callable[[int], bytes]
-            if originator_aet is None and originator_id is None and isinstance(sop_instance, str):
+            if (
+                isinstance(sop_instance, str)
+                and (originator_aet is None or type(originator_aet) is str)
+                and (
+                    originator_id is None
+                    or (type(originator_id) is int and 0 <= originator_id <= 0xFFFF)
+                )
+            ):
                 command = functools.partial(
                     encode_store_request,
                     sop_class=sop_class,
                     sop_instance=sop_instance,
                     priority=priority,
+                    originator_aet=originator_aet,
+                    originator_id=originator_id,
                 )
             else:
                 command = {
@@ -3299,6 +3310,17 @@ class _SubOperations:
             self.failed += 1
             if uid:
                 self.failed_uids.append(str(uid))
+
+    def pending_command(self, head: bytes) -> bytes:
+        """A pending response's command set: ``head`` (its other fields, see
+        :func:`encode_pending_counts`), then the counts :meth:`fields` gives."""
+        return encode_pending_counts(
+            head,
+            min(self.remaining, 0xFFFF),
+            min(self.completed, 0xFFFF),
+            min(self.failed, 0xFFFF),
+            min(self.warning, 0xFFFF),
+        )
 
     def fields(self, *, pending: bool) -> dict[str, Any]:
         """The count elements of a response (Remaining only while pending or cancelled)."""

@@ -273,27 +273,69 @@ def encode_echo_request(message_id: int, sop_class: str) -> bytes:
 
 
 def encode_store_request(
-    message_id: int, sop_class: str, sop_instance: str, priority: int
+    message_id: int,
+    sop_class: str,
+    sop_instance: str,
+    priority: int,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
 ) -> bytes:
-    """The command set of a C-STORE-RQ without Move Originator fields, fast.
+    """The command set of a C-STORE-RQ, fast.
 
     Byte for byte what :func:`encode_command` makes of ``CommandField``
     (C-STORE-RQ), ``MessageID``, ``AffectedSOPClassUID``, ``Priority``,
-    ``CommandDataSetType`` (a data set follows) and ``AffectedSOPInstanceUID``.
-    The instance UID is not cached (each is new).
+    ``CommandDataSetType`` (a data set follows), ``AffectedSOPInstanceUID``
+    and, unless None, ``MoveOriginatorApplicationEntityTitle`` and
+    ``MoveOriginatorMessageID`` (a C-MOVE sub-operation's; the caller checks
+    that the ID is a US). The instance UID is not cached (each is new).
     """
     instance = _uid_value(sop_instance)
-    return _command_set(
-        (
-            _uid_element(0x0002, sop_class),
-            _STORE_RQ_FIELD,
-            _US_ELEMENT.pack(0, 0x0110, 2, message_id),
-            _US_ELEMENT.pack(0, 0x0700, 2, priority),
-            _DATASET_PRESENT_ELEMENT,
-            _ELEM_HEADER.pack(0, 0x1000, len(instance)),
-            instance,
-        )
+    elements = [
+        _uid_element(0x0002, sop_class),
+        _STORE_RQ_FIELD,
+        _US_ELEMENT.pack(0, 0x0110, 2, message_id),
+        _US_ELEMENT.pack(0, 0x0700, 2, priority),
+        _DATASET_PRESENT_ELEMENT,
+        _ELEM_HEADER.pack(0, 0x1000, len(instance)),
+        instance,
+    ]
+    if originator_aet is not None:
+        raw = _encode_text("AE", originator_aet)
+        elements += (_ELEM_HEADER.pack(0, 0x1030, len(raw)), raw)
+    if originator_id is not None:
+        elements.append(_US_ELEMENT.pack(0, 0x1031, 2, originator_id))
+    return _command_set(elements)
+
+
+def encode_pending_counts(
+    head: bytes, remaining: int, completed: int, failed: int, warning: int
+) -> bytes:
+    """A pending C-GET/C-MOVE response's command set, fast.
+
+    ``head`` is the encoding of its other elements, all of them before the
+    sub-operation counts in tag order (the response fields and the Status:
+    :func:`encode_command` of them, without the Command Group Length, the
+    first 12 bytes); the four counts (0000,1020)-(0000,1023) follow it. Byte
+    for byte what :func:`encode_command` makes of all the fields together.
+    """
+    body = head + _COUNTS.pack(
+        _REMAINING_HEADER,
+        remaining,
+        _COMPLETED_HEADER,
+        completed,
+        _FAILED_HEADER,
+        failed,
+        _WARNING_HEADER,
+        warning,
     )
+    return _GROUP_LENGTH_HEADER + _U32.pack(len(body)) + body
+
+
+_COUNTS: Final = struct.Struct("<8sH8sH8sH8sH")
+_REMAINING_HEADER: Final = _ELEM_HEADER.pack(0, 0x1020, 2)
+_COMPLETED_HEADER: Final = _ELEM_HEADER.pack(0, 0x1021, 2)
+_FAILED_HEADER: Final = _ELEM_HEADER.pack(0, 0x1022, 2)
+_WARNING_HEADER: Final = _ELEM_HEADER.pack(0, 0x1023, 2)
 
 
 #: Elements the fast encoders above use whole.

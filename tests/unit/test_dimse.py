@@ -44,6 +44,7 @@ from aiodicom.dimse import (
     decode_command,
     encode_command,
     encode_echo_request,
+    encode_pending_counts,
     encode_status_response,
     encode_store_request,
     file_fragments,
@@ -1810,6 +1811,63 @@ def test_store_request_equals_encode_command(
         "AffectedSOPInstanceUID": sop_instance,
     }
     fast = encode_store_request(message_id, sop_class, sop_instance, priority)
+    assert fast == encode_command(fields)
+    assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
+
+
+@settings(max_examples=200)
+@given(
+    message_id=st.integers(0, 0xFFFF),
+    sop_instance=st.from_regex(r"1\.2(\.[1-9][0-9]{0,5}){1,12}", fullmatch=True),
+    originator_aet=st.none() | st.from_regex(r"[A-Z0-9_]{0,16}", fullmatch=True),
+    originator_id=st.none() | st.integers(0, 0xFFFF),
+)
+def test_store_request_with_move_originator_equals_encode_command(
+    message_id: int, sop_instance: str, originator_aet: str | None, originator_id: int | None
+) -> None:
+    fields = {
+        "CommandField": CommandField.C_STORE_RQ,
+        "MessageID": message_id,
+        "AffectedSOPClassUID": CT_IMAGE,
+        "Priority": 2,
+        "CommandDataSetType": DATASET_PRESENT,
+        "AffectedSOPInstanceUID": sop_instance,
+        "MoveOriginatorApplicationEntityTitle": originator_aet,
+        "MoveOriginatorMessageID": originator_id,
+    }
+    fast = encode_store_request(
+        message_id, CT_IMAGE, sop_instance, 2, originator_aet, originator_id
+    )
+    assert fast == encode_command(fields)
+    present = {k: v for k, v in fields.items() if v is not None}
+    assert decode_command(fast) == present | {"CommandGroupLength": len(fast) - 12}
+
+
+@settings(max_examples=200)
+@given(
+    command_field=st.sampled_from([CommandField.C_GET_RSP, CommandField.C_MOVE_RSP]),
+    message_id=st.integers(0, 0xFFFF),
+    counts=st.tuples(*[st.integers(0, 0xFFFF)] * 4),
+)
+def test_pending_counts_equal_encode_command(
+    command_field: int, message_id: int, counts: tuple[int, int, int, int]
+) -> None:
+    base = {
+        "CommandField": command_field,
+        "MessageIDBeingRespondedTo": message_id,
+        "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.2.2.3",
+        "CommandDataSetType": NO_DATASET,
+        "Status": 0xFF00,
+    }
+    remaining, completed, failed, warning = counts
+    fields = base | {
+        "NumberOfCompletedSuboperations": completed,
+        "NumberOfFailedSuboperations": failed,
+        "NumberOfWarningSuboperations": warning,
+        "NumberOfRemainingSuboperations": remaining,
+    }
+    head = encode_command(base)[12:]
+    fast = encode_pending_counts(head, remaining, completed, failed, warning)
     assert fast == encode_command(fields)
     assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
 
