@@ -602,12 +602,17 @@ class AsyncioStream(anyio.abc.ByteStream):
             else:
                 self._transport.write(item)
         else:
-            if not self._corked:
-                self.loop.call_soon(self._flush)
-            self._corked.append(item)
-            self._corked_size += len(item)
-            if self._corked_size >= _CORK_LIMIT:
-                self._write_corked()
+            self._cork(item)
+
+    def _cork(self, item: bytes) -> None:
+        """Hold ``item`` for the flush at the end of the loop iteration (or
+        write what is held now, past :data:`_CORK_LIMIT`)."""
+        if not self._corked:
+            self.loop.call_soon(self._flush)
+        self._corked.append(item)
+        self._corked_size += len(item)
+        if self._corked_size >= _CORK_LIMIT:
+            self._write_corked()
 
     #: Write ``item`` without awaiting; only after :meth:`can_send_now` said yes.
     #: The bytes are queued exactly as :meth:`send` queues them; a peer that
@@ -625,12 +630,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         """
         if self._direct_rest is not None:
             self._hand_over()
-        if not self._corked:
-            self.loop.call_soon(self._flush)
-        self._corked.append(item)
-        self._corked_size += len(item)
-        if self._corked_size >= _CORK_LIMIT:
-            self._write_corked()
+        self._cork(item)
 
     def _flush(self) -> None:
         """End of the loop iteration: hand the corked writes to the transport.

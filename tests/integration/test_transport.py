@@ -84,6 +84,13 @@ async def pair(
         server.close()
 
 
+async def _arrive(stream: AsyncioStream, writer: asyncio.StreamWriter) -> None:
+    """The peer sends a little, and our side receives it (what we write next answers it)."""
+    writer.write(b"go")
+    await writer.drain()
+    assert await stream.receive() == b"go"
+
+
 async def test_an_answer_to_received_data_is_written_at_once_and_schedules_nothing() -> None:
     with anyio.fail_after(GUARD):
         async with pair() as (stream, reader, writer):
@@ -104,9 +111,7 @@ async def test_a_burst_is_joined_into_one_write_in_order() -> None:
     with anyio.fail_after(GUARD):
         async with pair() as (stream, reader, writer):
             spy = _Spy(stream)
-            writer.write(b"go")
-            await writer.drain()
-            assert await stream.receive() == b"go"
+            await _arrive(stream, writer)
             await stream.send(b"a")  # the first goes out at once
             stream.send_now(b"b")
             await stream.send(b"c")
@@ -134,9 +139,7 @@ async def test_send_soon_goes_out_with_the_next_write_in_one_call() -> None:
     with anyio.fail_after(GUARD):
         async with pair() as (stream, reader, writer):
             spy = _Spy(stream)
-            writer.write(b"go")
-            await writer.drain()
-            assert await stream.receive() == b"go"
+            await _arrive(stream, writer)
             stream.send_soon(b"pending")
             assert spy.writes == [] and spy.soon == 1  # held, its flush scheduled
             stream.send_now(b"next")  # the answer to what arrived: out at once, after it
@@ -150,18 +153,14 @@ async def test_send_soon_alone_goes_out_at_the_end_of_the_iteration() -> None:
     with anyio.fail_after(GUARD):
         async with pair() as (stream, reader, writer):
             spy = _Spy(stream)
-            writer.write(b"go")
-            await writer.drain()
-            assert await stream.receive() == b"go"
+            await _arrive(stream, writer)
             stream.send_soon(b"pending")
             assert spy.writes == []
             await anyio.lowlevel.checkpoint()
             assert spy.writes == [b"pending"]
             assert await reader.readexactly(7) == b"pending"
             # and the next answer still goes out at once
-            writer.write(b"go")
-            await writer.drain()
-            assert await stream.receive() == b"go"
+            await _arrive(stream, writer)
             stream.send_now(b"rsp")
             assert spy.writes[-1] == b"rsp"
 
