@@ -34,7 +34,7 @@ import stat
 import sys
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
 
@@ -70,6 +70,7 @@ from .dimse import (
     encode_store_request,
     file_fragments,
     fragment,
+    fragment_parts,
     single_pdu,
 )
 from .dimse_messages import MESSAGE_SPECS, check_command, error_comment, is_us, status_elements
@@ -2245,10 +2246,7 @@ class Association:
         if max_pdu and size > max_pdu:
             if max_pdu <= 6:
                 return False  # no room for data: _send_message says so
-            pdus = list(fragment(context_id, command, dataset, max_pdu))
-            for pdu in pdus:
-                self._data_sent(pdu)
-            data = b"".join(pdus)
+            data = self._joined_pdus(context_id, command, dataset)
         else:
             if dataset is None:
                 data = encode_p_data(context_id, 0x03, command)
@@ -2261,6 +2259,20 @@ class Association:
             stream.send_now(data)
         self._last_tx = self._clock()
         return True
+
+    def _joined_pdus(
+        self, context_id: int, command: bytes, dataset: bytes | memoryview | None
+    ) -> bytes:
+        """A message's P-DATA-TF PDUs for the peer's maximum length, joined (the
+        data set copied once), each told to the Upper Layer (Evt9) as sent."""
+        parts, ends = fragment_parts(context_id, command, dataset, self._remote_max_pdu)
+        data = b"".join(parts)
+        if not self._ul.note_data_sent():
+            start = 0
+            for end in ends:
+                self._data_sent(data[start:end])
+                start = end
+        return data
 
     async def _send_message(self, context_id: int, command: bytes, dataset: _Payload) -> None:
         """Send one DIMSE message, fragmented to the peer's maximum PDU length."""
@@ -2281,13 +2293,12 @@ class Association:
         begun = False  # a write of the message has started
         async with self._send_lock:
             try:
-                pending: list[bytes] = []
                 unyielded = 0  # bytes written since the last checkpoint
-                for pdu in fragment(context_id, command, dataset, self._remote_max_pdu):
+                pdus: Iterable[bytes] = ()
+                if not coalesce:
+                    pdus = fragment(context_id, command, dataset, self._remote_max_pdu)
+                for pdu in pdus:
                     self._data_sent(pdu)
-                    if coalesce:
-                        pending.append(pdu)
-                        continue
                     if unyielded >= _FILE_BLOCK:
                         # As between the blocks of a file (see _send_blocks).
                         unyielded = 0
@@ -2299,10 +2310,11 @@ class Association:
                         failure = str(exc)
                         break
                     unyielded += len(pdu)
-                if pending:
+                if coalesce:
+                    whole = self._joined_pdus(context_id, command, dataset)
                     try:
                         begun = True
-                        await self._write(pending[0] if len(pending) == 1 else b"".join(pending))
+                        await self._write(whole)
                     except _TransportError as exc:
                         failure = str(exc)
             except anyio.get_cancelled_exc_class():

@@ -821,6 +821,43 @@ def _fragments(
         yield from data_fragments(context_id, dataset, max_pdu, last=True)
 
 
+def fragment_parts(
+    context_id: int, command: bytes, dataset: bytes | memoryview | None, max_pdu: int
+) -> tuple[list[bytes | memoryview], list[int]]:
+    """:func:`fragment`'s PDUs as pieces to join once: each PDU's 12 header
+    bytes, then its fragment (a memoryview slice of ``command`` or
+    ``dataset``, not a copy); and the offset in the joined bytes where each
+    PDU ends. ``b"".join`` of the pieces is ``b"".join(fragment(...))``, with
+    the data set copied once; like :func:`fragment`, a maximum too small to
+    carry any data raises ValueError.
+    """
+    chunk = data_chunk_size(max_pdu)
+    if chunk < 1:
+        raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    parts: list[bytes | memoryview] = []
+    ends: list[int] = []
+    end = 0
+    pack = _COMMAND_PDV_HEADER.pack
+    if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
+        whole = single_pdu(context_id, command, dataset)
+        return [whole], [len(whole)]
+    # (bytes, control header of a fragment, of the last one, fragments at least)
+    runs: list[tuple[bytes | memoryview, int, int, int]] = [(command, 0x01, 0x03, 0)]
+    if dataset is not None:
+        runs.append((dataset, 0x00, 0x02, 1))  # an empty data set: one empty fragment
+    for data, control, last_control, least in runs:
+        view = memoryview(data)
+        n = len(view)
+        for start in range(0, max(n, least), chunk):
+            piece = view[start : start + chunk]
+            m = len(piece)
+            flags = last_control if start + chunk >= n else control
+            parts += (pack(0x04, m + 6, m + 2, context_id, flags), piece)
+            end += m + 12
+            ends.append(end)
+    return parts, ends
+
+
 _COMMAND_PDV_HEADER: Final = struct.Struct(">BxLLBB")
 #: A PDV item's header: item length, presentation context ID, message control header.
 _PDV_ITEM: Final = struct.Struct(">LBB")

@@ -23,7 +23,7 @@ from aiodicom.errors import (
     DicomNetworkError,
     NoAcceptedContext,
 )
-from aiodicom.pdu import AAssociateAC, AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF
+from aiodicom.pdu import AAssociateAC, AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF, encode
 from aiodicom.pdu_primitives import (
     AsynchronousOperationsWindowNegotiation,
     SOPClassCommonExtendedNegotiation,
@@ -499,6 +499,35 @@ async def test_notification_event_order_both_sides() -> None:
     assert server_assoc is not assoc
     assert all(e.assoc is server_assoc for e in server_rec.events)
     assert server_assoc.is_acceptor and assoc.is_requestor
+
+
+async def test_fsm_events_for_a_message_in_several_pdus() -> None:
+    """A small message the peer's maximum PDU length splits goes out in one
+    write, each of its PDUs still a DT-1 (Evt9) that EVT_FSM_TRANSITION sees."""
+    from aiodicom.testing import make_dataset
+
+    scp = make_scp_ae()
+    scp.maximum_pdu_size = 4096
+    scp.add_supported_context(sop_class.CTImageStorage, "1.2.840.10008.1.2.1")
+    scu = make_scu_ae()
+    scu.add_requested_context(sop_class.CTImageStorage, "1.2.840.10008.1.2.1")
+    received: list[evt.Event] = []
+    transitions: list[evt.Event] = []
+    ds = make_dataset(PixelData=bytes(10_000))
+    handlers = [(evt.EVT_PDU_RECV, received.append), (evt.EVT_C_STORE, lambda event: 0)]
+    async with running_server(scp, handlers) as server:
+        with anyio.fail_after(GUARD):
+            async with scu.associate(
+                "127.0.0.1",
+                server.port,
+                ae_title="TEST_SCP",
+                evt_handlers=[(evt.EVT_FSM_TRANSITION, transitions.append)],
+            ) as assoc:
+                assert (await assoc.send_c_store(ds)).Status == 0
+    data_pdus = [e.pdu for e in received if isinstance(e.pdu, PDataTF)]
+    assert len(data_pdus) == 4  # the command, then 10 KB of data set in three
+    assert all(len(encode(p)) <= 4096 + 6 for p in data_pdus)
+    assert [e.action for e in transitions].count("DT-1") == 4
 
 
 async def test_pdu_and_fsm_events() -> None:

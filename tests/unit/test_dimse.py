@@ -49,6 +49,7 @@ from aiodicom.dimse import (
     encode_store_request,
     file_fragments,
     fragment,
+    fragment_parts,
     single_pdu,
 )
 from aiodicom.errors import DIMSEError, PDUError
@@ -1303,6 +1304,36 @@ def test_fragment_property(max_pdu: int, command_size: int, data_size: int | Non
     dataset = None if data_size is None else payload(data_size)
     pdus = list(fragment(CONTEXT, command, dataset, max_pdu))
     check_fragments(split_pdus(pdus, max_pdu), command, dataset)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    max_pdu=st.one_of(st.just(0), st.integers(7, 600)),
+    command_size=st.integers(1, 300),
+    data_size=st.one_of(st.none(), st.integers(0, 2000)),
+)
+def test_fragment_parts_join_to_fragment(
+    max_pdu: int, command_size: int, data_size: int | None
+) -> None:
+    """The pieces to join make the same bytes as fragment()'s PDUs, each
+    data set fragment a view of the data set itself (not a copy)."""
+    command = payload(command_size)[::-1]
+    dataset = None if data_size is None else payload(data_size)
+    pdus = list(fragment(CONTEXT, command, dataset, max_pdu))
+    parts, ends = fragment_parts(CONTEXT, command, dataset, max_pdu)
+    joined = b"".join(parts)
+    assert joined == b"".join(pdus)
+    starts = [0, *ends[:-1]]
+    assert [joined[a:b] for a, b in zip(starts, ends, strict=True)] == pdus
+    if len(pdus) > 1 and dataset:
+        views = [p for p in parts if isinstance(p, memoryview)]
+        assert any(v.obj is dataset for v in views)
+
+
+@pytest.mark.parametrize("max_pdu", [1, 2, 5, 6])
+def test_fragment_parts_max_pdu_too_small(max_pdu: int) -> None:
+    with pytest.raises(ValueError, match="leaves no room"):
+        fragment_parts(CONTEXT, COMMAND, b"1234", max_pdu)
 
 
 # ---------------------------------------------------------------------------
