@@ -1,5 +1,5 @@
-"""Query/Retrieve throughput and memory: C-FIND streaming and C-GET, aiodicom
-against pynetdicom (and dcmtk where it applies).
+"""Query/Retrieve throughput and memory: C-FIND streaming, C-GET and C-MOVE,
+aiodicom against pynetdicom (and dcmtk where it applies).
 
 Every row is measured in the same run, each peer in its own process on
 127.0.0.1 with TCP_NODELAY on every side, repetitions interleaved (best kept).
@@ -28,6 +28,9 @@ same workload.
   shown. ``aiodicom qrscp`` (the Q/R SCP application: SQLite index, file store)
   is filled and queried alike, its rows beside dcmqrscp's: the same data, the
   same tools, the same requests.
+* C-MOVE (the archives only): ``movescu`` asks each archive to move the C-GET
+  study to one ``storescp --ignore``; timed whole minus the best of 3 C-MOVEs
+  of a study the archive does not hold. Rate: instances per second.
 """
 
 from __future__ import annotations
