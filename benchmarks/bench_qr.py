@@ -371,7 +371,9 @@ def main() -> None:
         default="1000,10000,100000",
         help="comma-separated C-FIND match counts (default 1000,10000,100000)",
     )
-    parser.add_argument("--get", type=int, default=1000, help="instances per C-GET (0: skip)")
+    parser.add_argument(
+        "--get", type=int, default=1000, help="instances per C-GET and C-MOVE (0: skip both)"
+    )
     parser.add_argument("--repeat", type=int, default=2, help="runs per pair (best is kept)")
     parser.add_argument(
         "--pyn-max-matches",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from typing import IO, Any, BinaryIO
 
@@ -24,7 +25,7 @@ from pydicom.dataset import FileMetaDataset
 from .dsutils import part10_header
 from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
-__all__ = ("Spool", "fill_p_data")
+__all__ = ("Spool", "fill_p_data", "move_into")
 
 #: Spilled fragments are written to disk once this many bytes are held.
 WRITE_BATCH = 4 << 20
@@ -98,6 +99,34 @@ class Spool:
         if path is not None:
             with contextlib.suppress(FileNotFoundError, OSError):
                 os.unlink(path)
+
+
+def move_into(src: str, dst: str | os.PathLike[str]) -> None:
+    """Rename the file ``src`` to ``dst``, replacing it (blocking: for a worker thread).
+
+    Across file systems (EXDEV: a spool directory on a tmpfs, say) it is
+    copied to a temporary file beside ``dst`` and that is renamed, so ``dst``
+    is never seen half-written; ``src`` is deleted once ``dst`` is in place.
+    """
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    fd, tmp = tempfile.mkstemp(
+        prefix=".incoming-", suffix=".dcm", dir=os.path.dirname(os.fspath(dst)) or "."
+    )
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(src)
 
 
 def _read_into(fp: BinaryIO, view: memoryview) -> int:

@@ -7,6 +7,7 @@ Subcommands speak dcmtk's options where they overlap (``-aet``, ``-aec``,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,8 +25,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import AE, build_role, evt, sop_class
+from ._spool import move_into
 from ._version import __version__
-from .dsutils import Part10Info, is_plain_uid, part10_header, probe_part10
+from .dsutils import Part10Info, is_plain_uid, part10_header_for, probe_part10
 from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
 from .presentation import ALL_TRANSFER_SYNTAXES, build_context
 
@@ -219,13 +221,18 @@ def _file_name(uid: object) -> str:
     return f"{text}.dcm" if is_plain_uid(text) else ""
 
 
+def _remove_empty_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
 def _write_instance(
     directory: Path, name: str, header: bytes, data: bytes | None, spooled: str | None
 ) -> Path:
     """Write (or move) a received instance into place atomically; blocking."""
     target = directory / name
     if spooled is not None:
-        os.replace(spooled, target)
+        move_into(spooled, target)
         return target
     assert data is not None
     fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
@@ -242,12 +249,17 @@ def _write_instance(
 
 async def _save(event: evt.Event, directory: Path) -> int:
     """Write a received instance under ``directory`` as Part 10; its C-STORE status."""
-    uid = event.request.get("AffectedSOPInstanceUID")
+    request = event.request
+    uid = request.get("AffectedSOPInstanceUID")
     name = _file_name(uid)
     if not name:
         LOGGER.error("Refusing SOP Instance UID %r as a file name", uid)
         return 0xC211
-    header = part10_header(event.file_meta)
+    assert event.context is not None
+    # what part10_header(event.file_meta) makes, without the Datasets
+    header = part10_header_for(
+        request.get("AffectedSOPClassUID"), uid, str(event.context.transfer_syntax)
+    )
     path = event.dataset_path
     data = None if path is not None else event.encoded_dataset()
     target = await anyio.to_thread.run_sync(_write_instance, directory, name, header, data, path)
@@ -435,13 +447,16 @@ async def _query(args: argparse.Namespace) -> int:
     ext_neg: list[Any] = []
     handlers: list[evt.EventHandlerType] = []
     received = 0
+    incoming: Path | None = None
     if args.command == "get":
         # Accept back every storage class we can propose (at most 128 contexts).
         for uid in sop_class.STORAGE_CLASSES[:127]:
             ae.add_requested_context(uid, list(ALL_TRANSFER_SYNTAXES[:3]))
             ext_neg.append(build_role(uid, scp_role=True))
         directory = Path(args.output_directory)
-        await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+        incoming = directory / ".incoming"
+        await anyio.to_thread.run_sync(lambda: incoming.mkdir(parents=True, exist_ok=True))
+        ae.spool_directory = str(incoming)  # same file system: a spooled file is renamed into place
 
         async def on_store(event: evt.Event) -> int:
             nonlocal received
@@ -451,25 +466,30 @@ async def _query(args: argparse.Namespace) -> int:
 
         handlers.append((evt.EVT_C_STORE, on_store))
     final = 0
-    async with ae.associate(
-        args.host, args.port, ae_title=args.call, ext_neg=ext_neg, evt_handlers=handlers
-    ) as assoc:
-        if args.command == "find":
-            responses = assoc.send_c_find(query, model)
-        elif args.command == "get":
-            responses = assoc.send_c_get(query, model)
-        else:
-            responses = assoc.send_c_move(query, args.move, model)
-        matches = 0
-        async with responses:
-            async for status, identifier in responses:
-                code = int(status.Status)
-                if code in (0xFF00, 0xFF01):
-                    if identifier is not None and args.command == "find":
-                        matches += 1
-                        _print_match(identifier, getattr(args, "json", False))
-                    continue
-                final = code
+    matches = 0
+    try:
+        async with ae.associate(
+            args.host, args.port, ae_title=args.call, ext_neg=ext_neg, evt_handlers=handlers
+        ) as assoc:
+            if args.command == "find":
+                responses = assoc.send_c_find(query, model)
+            elif args.command == "get":
+                responses = assoc.send_c_get(query, model)
+            else:
+                responses = assoc.send_c_move(query, args.move, model)
+            async with responses:
+                async for status, identifier in responses:
+                    code = int(status.Status)
+                    if code in (0xFF00, 0xFF01):
+                        if identifier is not None and args.command == "find":
+                            matches += 1
+                            _print_match(identifier, getattr(args, "json", False))
+                        continue
+                    final = code
+    finally:
+        if incoming is not None:  # gone if empty (an aborted transfer's spool file is deleted)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove_empty_dir, incoming)
     summary = f"status 0x{final:04X}"
     if args.command == "find":
         summary = f"{matches} match(es), {summary}"

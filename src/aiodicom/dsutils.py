@@ -297,6 +297,51 @@ def part10_header(meta: FileMetaDataset) -> bytes:
     return fp.getvalue()
 
 
+def part10_header_for(
+    sop_class_uid: str | None, sop_instance_uid: str | None, transfer_syntax: str
+) -> bytes:
+    """:func:`part10_header` of :func:`file_meta_for` of the same arguments,
+    without making a Dataset: the same bytes, encoded here directly when the
+    three UIDs are present and ASCII (else by pydicom, which refuses a
+    missing one, as :func:`part10_header` does)."""
+    uids = (sop_class_uid, sop_instance_uid, transfer_syntax)
+    if not all(isinstance(u, str) and u and u.isascii() for u in uids):
+        return part10_header(file_meta_for(sop_class_uid, sop_instance_uid, transfer_syntax))
+    elements = [_META_VERSION]
+    for elem, uid in zip((0x0002, 0x0003, 0x0010), uids, strict=True):
+        raw = str(uid).encode("ascii")
+        if len(raw) % 2:
+            raw += b"\x00"
+        elements += (_SHORT_HEADER.pack(2, elem, b"UI", len(raw)), raw)
+    elements.append(_META_IMPLEMENTATION)
+    body = b"".join(elements)
+    return _META_PREFIX + _META_GROUP_LENGTH.pack(len(body)) + body
+
+
+def _meta_element(elem: int, vr: bytes, raw: bytes) -> bytes:
+    """A group 2 element, Explicit VR Little Endian (an OB one with the long header)."""
+    if vr == b"OB":
+        return _LONG_HEADER.pack(2, elem, vr, len(raw)) + raw
+    return _SHORT_HEADER.pack(2, elem, vr, len(raw)) + raw
+
+
+_SHORT_HEADER = struct.Struct("<HH2sH")
+_LONG_HEADER = struct.Struct("<HH2s2xL")
+#: The preamble, "DICM" and the File Meta Information Group Length's header.
+_META_PREFIX = b"\x00" * 128 + b"DICM" + _SHORT_HEADER.pack(2, 0x0000, b"UL", 4)
+_META_GROUP_LENGTH = struct.Struct("<L")
+_META_VERSION = _meta_element(0x0001, b"OB", b"\x00\x01")
+_META_IMPLEMENTATION = _meta_element(
+    0x0012,
+    b"UI",
+    IMPLEMENTATION_CLASS_UID.encode("ascii") + b"\x00" * (len(IMPLEMENTATION_CLASS_UID) % 2),
+) + _meta_element(
+    0x0013,
+    b"SH",
+    IMPLEMENTATION_VERSION_NAME.encode("ascii") + b" " * (len(IMPLEMENTATION_VERSION_NAME) % 2),
+)
+
+
 class Part10Info(NamedTuple):
     """What sending a DICOM file needs to know of it, without reading its data set."""
 

@@ -90,9 +90,10 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
+from ._spool import move_into
 from .ae import AE
 from .dimse import _new_dataset
-from .dsutils import is_plain_uid, part10_header
+from .dsutils import is_plain_uid, part10_header_for
 from .errors import DicomNetworkError
 from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
 
@@ -1301,8 +1302,9 @@ class Archive:
 
     @staticmethod
     def _replace(tmp: str, final: Path) -> None:
-        """Rename the written file into place (a seam for tests)."""
-        os.replace(tmp, final)
+        """Rename the written file into place, copied first if it is on
+        another file system (a seam for tests)."""
+        move_into(tmp, final)
 
     async def store_file(self, path: str | os.PathLike[str]) -> InstanceRecord:
         """Copy a Part 10 file into the archive and index it (the file is left alone)."""
@@ -1400,13 +1402,17 @@ class Archive:
 
     async def handle_store(self, event: evt.Event) -> int:
         """EVT_C_STORE: write the instance atomically and index it."""
-        uid = str(event.request.get("AffectedSOPInstanceUID") or "")
+        request = event.request
+        uid = str(request.get("AffectedSOPInstanceUID") or "")
         if not is_plain_uid(uid):
             LOGGER.error("Refusing SOP Instance UID %r", uid)
             return 0xC211
         assert event.context is not None
         spooled = event.dataset_path
-        header = part10_header(event.file_meta) if spooled is None else b""
+        header = b""
+        if spooled is None:  # part10_header(event.file_meta), without the Datasets
+            sop_class = request.get("AffectedSOPClassUID")
+            header = part10_header_for(sop_class, uid, str(event.context.transfer_syntax))
         data = None if spooled is not None else event.encoded_dataset()
         try:
             rec = await anyio.to_thread.run_sync(

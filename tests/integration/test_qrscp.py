@@ -14,6 +14,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -836,6 +837,43 @@ def test_qrscp_config_errors(tmp_path: Path) -> None:
 
 def test_qrerror_is_exception() -> None:
     assert isinstance(QRError(0xA900, "x"), Exception)
+
+
+async def test_spooled_instances_into_place_across_file_systems(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance spooled on another file system (the AE's spool directory
+    on a tmpfs, say) is stored, and so is one the CLI's get retrieves: each
+    a whole file in place, no spool file left behind."""
+    big = make_dataset(PixelData=bytes(17 << 20), Rows=2048, Columns=4352)  # over 16 MiB
+    shm = Path("/dev/shm")
+    other = shm.is_dir() and os.access(shm, os.W_OK)
+    with tempfile.TemporaryDirectory(dir=shm if other else tmp_path) as spool:
+        async with open_archive(tmp_path / "store") as archive:
+            ae = setup_ae(AE("QRSCP"), archive)
+            ae.acse_timeout = ae.dimse_timeout = GUARD
+            ae.spool_directory = spool  # not the archive's file system (with /dev/shm)
+            async with ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as srv:
+                scu = scu_ae()
+                with anyio.fail_after(GUARD):
+                    async with scu.associate("127.0.0.1", srv.port, ae_title="QRSCP") as assoc:
+                        assert (await assoc.send_c_store(big)).Status == 0
+                assert os.listdir(spool) == []
+                [(rel,)] = rows(archive, "SELECT path FROM instance")
+                assert dcmread(archive.directory / rel).PixelData == big.PixelData
+                # aiodicom get: spooled under the output directory, renamed into
+                # place, whatever the system's temporary directory
+                monkeypatch.setenv("TMPDIR", spool)
+                got = tmp_path / "got"
+                cli = [sys.executable, "-m", "aiodicom", "get", "-S"]
+                done = await run_tool(
+                    *cli, "-k", "QueryRetrieveLevel=STUDY",
+                    "-k", f"StudyInstanceUID={big.StudyInstanceUID}",
+                    "-od", str(got), "127.0.0.1", str(srv.port),
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                assert [p.name for p in got.iterdir()] == [f"{big.SOPInstanceUID}.dcm"]
+                assert dcmread(got / f"{big.SOPInstanceUID}.dcm").PixelData == big.PixelData
 
 
 async def test_cli_find_get_move(tmp_path: Path) -> None:

@@ -1,14 +1,21 @@
-"""Sending a file: read straight into P-DATA-TF PDUs (fill_p_data)."""
+"""The file side of sending and receiving: a file read straight into
+P-DATA-TF PDUs (fill_p_data), the spool's writes, and a spooled file moved
+into place (move_into), across file systems too."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aiodicom._spool import fill_p_data
+from aiodicom._spool import fill_p_data, move_into
 from aiodicom.pdu import P_DATA_HEADER_SIZE, PDataTF, decode_pdu
 
 # ---------------------------------------------------------------------------
@@ -240,3 +247,80 @@ async def test_short_writes_go_on_where_they_stopped(
     monkeypatch.setattr(os, "writev", writev)
     batch = [bytes(range(7)), b"xyz", bytes(range(100, 113))]
     assert await _spooled(tmp_path, [batch]) == b"".join(batch)
+
+
+# ---------------------------------------------------------------------------
+# move_into: a spooled file into place, on the same file system or not
+
+
+def _other_file_system(tmp_path: Path) -> Path | None:
+    """/dev/shm when it is a file system other than ``tmp_path``'s (Linux: tmpfs)."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        return shm
+    return None
+
+
+def _exdev_on_first_rename(monkeypatch: pytest.MonkeyPatch, src: Path) -> None:
+    """os.replace of ``src`` fails as it does across file systems."""
+    real = os.replace
+
+    def replace(a: Any, b: Any) -> None:
+        if os.fspath(a) == os.fspath(src):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_move_into_renames_on_one_file_system(tmp_path: Path) -> None:
+    src, dst = tmp_path / "spool.dcm", tmp_path / "out" / "x.dcm"
+    dst.parent.mkdir()
+    src.write_bytes(b"data")
+    ino = src.stat().st_ino
+    move_into(str(src), dst)
+    assert dst.read_bytes() == b"data" and dst.stat().st_ino == ino  # renamed, not copied
+    assert not src.exists()
+
+
+@pytest.mark.parametrize("how", ["another file system", "EXDEV"])
+def test_move_into_copies_across_file_systems(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytes(range(256)) * 5000
+    other = _other_file_system(tmp_path) if how == "another file system" else None
+    with tempfile.TemporaryDirectory(dir=other or tmp_path) as spool_dir:
+        src = Path(spool_dir) / "spool.dcm"
+        src.write_bytes(data)
+        if other is None:  # no second file system here: the rename fails as if there were
+            _exdev_on_first_rename(monkeypatch, src)
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "x.dcm").write_bytes(b"old")  # replaced
+        move_into(str(src), out / "x.dcm")
+        assert (out / "x.dcm").read_bytes() == data
+        assert not src.exists()
+        assert [p.name for p in out.iterdir()] == ["x.dcm"]  # no temporary file left
+
+
+def test_move_into_a_failed_copy_leaves_the_target_and_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "spool.dcm"
+    src.write_bytes(b"new data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.dcm").write_bytes(b"old")
+    _exdev_on_first_rename(monkeypatch, src)
+
+    def copyfile(a: Any, b: Any) -> None:
+        Path(b).write_bytes(b"new")  # part of it, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", copyfile)
+    with pytest.raises(OSError) as exc:
+        move_into(str(src), out / "x.dcm")
+    assert exc.value.errno == errno.ENOSPC
+    assert (out / "x.dcm").read_bytes() == b"old"
+    assert [p.name for p in out.iterdir()] == ["x.dcm"]
+    assert src.read_bytes() == b"new data"

@@ -24,6 +24,9 @@ from aiodicom.dsutils import (
     _probe_with_pydicom,
     decode_dataset,
     encode_dataset,
+    file_meta_for,
+    part10_header,
+    part10_header_for,
     probe_buffer,
     probe_part10,
 )
@@ -575,3 +578,47 @@ def test_head_layout_is_of_its_transfer_syntax() -> None:
     assert probe_buffer(big) == _pydicom_or_error(big)
     assert probe_buffer(big).sop_instance_uid == "9.8.7.6"
     _forget_heads()
+
+
+# ---------------------------------------------------------------------------
+# part10_header_for: the Part 10 header without a Dataset
+
+
+_UIDS = st.from_regex(r"[12](\.[1-9][0-9]{0,8}){1,10}", fullmatch=True).filter(
+    lambda uid: len(uid) <= 64
+)
+
+
+@settings(max_examples=200)
+@given(
+    sop_class=_UIDS,
+    sop_instance=_UIDS,
+    transfer_syntax=st.sampled_from(
+        ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90", "1.2.3"]
+    ),
+)
+def test_part10_header_for_is_pydicoms_header(
+    sop_class: str, sop_instance: str, transfer_syntax: str
+) -> None:
+    made = part10_header_for(sop_class, sop_instance, transfer_syntax)
+    assert made == part10_header(file_meta_for(sop_class, sop_instance, transfer_syntax))
+    # and pydicom reads it back as that File Meta Information
+    meta = dcmread(io.BytesIO(made)).file_meta
+    assert meta.MediaStorageSOPClassUID == sop_class
+    assert meta.MediaStorageSOPInstanceUID == sop_instance
+    assert meta.TransferSyntaxUID == transfer_syntax
+    assert meta.FileMetaInformationGroupLength == len(made) - 132 - 12
+
+
+@pytest.mark.parametrize(
+    "sop_class, sop_instance", [(None, "1.2.3"), ("1.2.3", None), ("", "1.2.3"), ("1.2.3", "")]
+)
+def test_part10_header_for_refuses_a_missing_uid_as_pydicom_does(
+    sop_class: str | None, sop_instance: str | None
+) -> None:
+    with pytest.raises(Exception) as ours:
+        part10_header_for(sop_class, sop_instance, "1.2.840.10008.1.2.1")
+    with pytest.raises(Exception) as theirs:
+        part10_header(file_meta_for(sop_class, sop_instance, "1.2.840.10008.1.2.1"))
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)
