@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from pydicom.dataset import FileMetaDataset
 from .dsutils import part10_header
 from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
-__all__ = ("Spool", "fill_p_data", "move_into")
+__all__ = ("Spool", "file_mode", "fill_p_data", "move_into")
 
 #: Spilled fragments are written to disk once this many bytes are held.
 WRITE_BATCH = 4 << 20
@@ -101,13 +102,38 @@ class Spool:
                 os.unlink(path)
 
 
-def move_into(src: str, dst: str | os.PathLike[str]) -> None:
+@functools.cache
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file here: 0o666 less the umask.
+
+    The temporary files this package writes (``mkstemp``) are 0o600; a file
+    put into place for others to use (a received instance saved, an archive
+    object) gets this mode instead, as dcmtk's and pynetdicom's tools give
+    theirs. The umask is read once (from /proc on Linux, which leaves it
+    alone; elsewhere by setting and restoring it).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def move_into(src: str, dst: str | os.PathLike[str], mode: int | None = None) -> None:
     """Rename the file ``src`` to ``dst``, replacing it (blocking: for a worker thread).
 
     Across file systems (EXDEV: a spool directory on a tmpfs, say) it is
     copied to a temporary file beside ``dst`` and that is renamed, so ``dst``
     is never seen half-written; ``src`` is deleted once ``dst`` is in place.
+    ``mode``: the permissions ``dst`` gets (e.g. :func:`file_mode`).
     """
+    if mode is not None:
+        os.chmod(src, mode)
     try:
         os.replace(src, dst)
         return
@@ -120,6 +146,8 @@ def move_into(src: str, dst: str | os.PathLike[str]) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, dst)
     except BaseException:
         with contextlib.suppress(OSError):

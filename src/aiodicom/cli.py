@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import AE, build_role, evt, sop_class
-from ._spool import move_into
+from ._spool import file_mode, move_into
 from ._version import __version__
 from .dsutils import Part10Info, is_plain_uid, part10_header_for, probe_part10
 from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
@@ -232,12 +232,13 @@ def _write_instance(
     """Write (or move) a received instance into place atomically; blocking."""
     target = directory / name
     if spooled is not None:
-        move_into(spooled, target)
+        move_into(spooled, target, file_mode())
         return target
     assert data is not None
     fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, file_mode())  # as open() would have made it, not mkstemp's 0o600
             f.write(header)
             f.write(data)
         os.replace(tmp, target)

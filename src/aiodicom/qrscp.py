@@ -90,7 +90,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
-from ._spool import move_into
+from ._spool import file_mode, move_into
 from .ae import AE
 from .dimse import _new_dataset
 from .dsutils import is_plain_uid, part10_header_for
@@ -1302,9 +1302,10 @@ class Archive:
 
     @staticmethod
     def _replace(tmp: str, final: Path) -> None:
-        """Rename the written file into place, copied first if it is on
-        another file system (a seam for tests)."""
-        move_into(tmp, final)
+        """Rename the written file into place with the mode open() gives (not
+        mkstemp's 0o600), copied first if it is on another file system (a seam
+        for tests)."""
+        move_into(tmp, final, file_mode())
 
     async def store_file(self, path: str | os.PathLike[str]) -> InstanceRecord:
         """Copy a Part 10 file into the archive and index it (the file is left alone)."""

@@ -839,6 +839,15 @@ def test_qrerror_is_exception() -> None:
     assert isinstance(QRError(0xA900, "x"), Exception)
 
 
+def _open_mode(directory: Path) -> int:
+    """The mode open() gives a new file here (the umask's)."""
+    probe = directory / "mode-probe"
+    probe.write_bytes(b"")
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    return mode
+
+
 async def test_spooled_instances_into_place_across_file_systems(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -861,6 +870,8 @@ async def test_spooled_instances_into_place_across_file_systems(
                 assert os.listdir(spool) == []
                 [(rel,)] = rows(archive, "SELECT path FROM instance")
                 assert dcmread(archive.directory / rel).PixelData == big.PixelData
+                # with the mode open() gives (the umask's), not the spool file's 0o600
+                assert (archive.directory / rel).stat().st_mode & 0o777 == _open_mode(tmp_path)
                 # aiodicom get: spooled under the output directory, renamed into
                 # place, whatever the system's temporary directory
                 monkeypatch.setenv("TMPDIR", spool)
@@ -873,7 +884,9 @@ async def test_spooled_instances_into_place_across_file_systems(
                 )  # fmt: skip
                 assert done.returncode == 0, done.stderr
                 assert [p.name for p in got.iterdir()] == [f"{big.SOPInstanceUID}.dcm"]
-                assert dcmread(got / f"{big.SOPInstanceUID}.dcm").PixelData == big.PixelData
+                retrieved = got / f"{big.SOPInstanceUID}.dcm"
+                assert dcmread(retrieved).PixelData == big.PixelData
+                assert retrieved.stat().st_mode & 0o777 == _open_mode(tmp_path)
 
 
 async def test_cli_find_get_move(tmp_path: Path) -> None:
@@ -905,6 +918,7 @@ async def test_cli_find_get_move(tmp_path: Path) -> None:
         assert got.returncode == 0, got.stderr
         (retrieved,) = (tmp_path / "got").iterdir()
         assert dcmread(retrieved) == dcmread(files[0])
+        assert retrieved.stat().st_mode & 0o777 == _open_mode(tmp_path)  # not mkstemp's 0o600
         moved = await run_tool(
             *cli, "move", "-aem", "DEST", "-S", "-k", "QueryRetrieveLevel=STUDY",
             "-k", f"StudyInstanceUID={study_uid}", *where,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aiodicom._spool import fill_p_data, move_into
+from aiodicom._spool import file_mode, fill_p_data, move_into
 from aiodicom.pdu import P_DATA_HEADER_SIZE, PDataTF, decode_pdu
 
 # ---------------------------------------------------------------------------
@@ -324,3 +324,24 @@ def test_move_into_a_failed_copy_leaves_the_target_and_the_source(
     assert (out / "x.dcm").read_bytes() == b"old"
     assert [p.name for p in out.iterdir()] == ["x.dcm"]
     assert src.read_bytes() == b"new data"
+
+
+def test_file_mode_is_what_open_gives(tmp_path: Path) -> None:
+    """0o666 less the umask, read without changing it (as a file open() makes)."""
+    old = os.umask(0o027)
+    try:
+        assert file_mode.__wrapped__() == 0o640
+        (tmp_path / "made").write_bytes(b"")
+        assert (tmp_path / "made").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+    assert file_mode.__wrapped__() == 0o666 & ~old
+    assert os.umask(old) == old  # left as it was
+
+
+def test_move_into_gives_the_mode(tmp_path: Path) -> None:
+    src = tmp_path / "spool.dcm"
+    src.write_bytes(b"data")
+    os.chmod(src, 0o600)
+    move_into(str(src), tmp_path / "x.dcm", 0o644)
+    assert (tmp_path / "x.dcm").stat().st_mode & 0o777 == 0o644
