@@ -1,5 +1,6 @@
 """Query/Retrieve throughput and memory: C-FIND streaming, C-GET and C-MOVE,
-aiodicom against pynetdicom (and dcmtk where it applies).
+aiodicom against pynetdicom (and dcmtk where it applies), and C-STORE into the
+Q/R SCP application against dcmqrscp.
 
 Every row is measured in the same run, each peer in its own process on
 127.0.0.1 with TCP_NODELAY on every side, repetitions interleaved (best kept).
@@ -28,6 +29,8 @@ same workload.
   shown. ``aiodicom qrscp`` (the Q/R SCP application: SQLite index, file store)
   is filled and queried alike, its rows beside dcmqrscp's: the same data, the
   same tools, the same requests.
+* C-STORE (the archives only): filling each archive with the C-GET set by
+  ``storescu +sd``, timed whole, once.
 * C-MOVE (the archives only): ``movescu`` asks each archive to move the C-GET
   study to one ``storescp --ignore``; timed whole minus the best of 3 C-MOVEs
   of a study the archive does not hold. Rate: instances per second.
@@ -138,6 +141,8 @@ class Bench:
         self.movescu = dcmtk_tool("movescu")
         self.storescp = dcmtk_tool("storescp")
         self.dest: Server | None = None
+        #: Each archive's filling: storescu's whole process, seconds and peak RSS MiB.
+        self.fills: dict[str, tuple[float, float]] = {}
         self.move_checked: set[str] = set()
         self.get_dir = root / "get"
         self.one_dir = root / "one"
@@ -186,12 +191,9 @@ class Bench:
         )
         self.archives[kind] = Server(port, proc)
         _wait_listening(proc, port)
-        subprocess.run(
-            [self.storescu, "-aec", "BENCH_SCP", "+sd", "127.0.0.1", str(port), self.get_dir],
-            check=True,
-            env=ENV,
-            timeout=600,
-        )
+        fill = [self.storescu, "-aec", "BENCH_SCP", "+sd", "127.0.0.1", str(port)]
+        done = run_client([*fill, str(self.get_dir)], timeout=600)
+        self.fills[kind] = (done.seconds, done.sampled_hwm_mib)
 
     def start_destination(self) -> None:
         """The C-MOVE destination of both archives: storescp, discarding."""
@@ -351,7 +353,9 @@ def table(rows: list[tuple[Workload, list[Pair]]]) -> str:
             scp = max(s.scp_rss for s in samples)
             scp_text = "-" if scp != scp else f"{scp:,.1f}"
             note = error
-            if p.scu == "dcmtk":
+            if p.scu == "dcmtk" and work.service == "store":
+                note = (note + " whole process, one run (the archive's filling)").strip()
+            elif p.scu == "dcmtk":
                 base = "no-match" if work.service == "move" else "1-result"
                 note = (note + f" whole process minus the {base} baseline").strip()
             if p.scp in ARCHIVES and work.service == "find":
@@ -453,6 +457,15 @@ def main() -> None:
         finally:
             bench.stop_archives()
 
+    if bench.fills:  # each archive filled once by storescu: a row each, one run
+        work = Workload(f"store-{args.get}", "store", args.get, f"C-STORE {args.get:,} instances")
+        rows = []
+        for kind, (seconds, hwm) in sorted(bench.fills.items(), key=lambda kv: kv[0] != "qrscp"):
+            name = "aiodicom qrscp" if kind == "qrscp" else "dcmtk dcmqrscp"
+            pair = Pair(f"dcmtk storescu -> {name}", "dcmtk", kind)
+            pair.samples[work.key] = [Sample(work.count / seconds, work.count, hwm, float("nan"))]
+            rows.append(pair)
+        plan.append((work, rows))
     print(table(plan))
     print()
     notes = [
@@ -472,6 +485,10 @@ def main() -> None:
         "at IMAGE level for its 1,000 instances (SOP Instance UID, Instance Number) and by "
         "getscu for the study; the qrscp's peak RSS includes the filling. dcmqrscp forks a "
         "child per association: its RSS is not shown.",
+        "C-STORE (the archives only): the filling itself, storescu +sd over the C-GET set into "
+        "each archive, timed whole (start-up, its header scan of every file, association), "
+        "once (not repeated): the qrscp writes each instance to its file store and indexes it in "
+        "SQLite before answering; dcmqrscp writes it and updates its index file.",
         f"C-MOVE: movescu asks each archive to move the study to {DEST_AET}, one storescp "
         "--ignore for the run (the archives open an association to it per C-MOVE); timed "
         "whole minus the best of 3 C-MOVEs of a study the archive does not hold. Each "
