@@ -71,6 +71,7 @@ from .dimse import (
     file_fragments,
     fragment,
     fragment_parts,
+    pending_counts_head,
     single_pdu,
 )
 from .dimse_messages import MESSAGE_SPECS, check_command, error_comment, is_us, status_elements
@@ -1994,7 +1995,7 @@ class Association:
         # Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2): the
         # instances go out without their bulk data elements.
         without_bulk_data = msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA
-        head = encode_command({**base, "Status": 0xFF00})[12:]  # of each pending response
+        head = pending_counts_head({**base, "Status": 0xFF00})  # of each pending response
         while True:
             if event.is_cancelled:
                 return counts.final(0xFE00)

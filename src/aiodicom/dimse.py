@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag, Tag
 
 from .errors import DIMSEError, PDUError
-from .pdu import P_DATA_HEADER_SIZE, PDV, encode_p_data, pack_p_data_header
+from .pdu import P_DATA_HEADER_SIZE, PDV, pack_p_data_header
 
 __all__ = (
     "COMMAND_ELEMENTS",
@@ -307,16 +307,22 @@ def encode_store_request(
     return _command_set(elements)
 
 
+def pending_counts_head(fields: Mapping[str, Any]) -> bytes:
+    """What :func:`encode_pending_counts` puts before the counts: ``fields``
+    (a pending C-GET/C-MOVE response's others, Status included) encoded as
+    :func:`encode_command` encodes them, without the Command Group Length.
+    Each must come before the counts, (0000,1020)-(0000,1023), in tag order."""
+    return encode_command(fields)[len(_GROUP_LENGTH_HEADER) + _U32.size :]
+
+
 def encode_pending_counts(
     head: bytes, remaining: int, completed: int, failed: int, warning: int
 ) -> bytes:
     """A pending C-GET/C-MOVE response's command set, fast.
 
-    ``head`` is the encoding of its other elements, all of them before the
-    sub-operation counts in tag order (the response fields and the Status:
-    :func:`encode_command` of them, without the Command Group Length, the
-    first 12 bytes); the four counts (0000,1020)-(0000,1023) follow it. Byte
-    for byte what :func:`encode_command` makes of all the fields together.
+    ``head`` is :func:`pending_counts_head` of its other fields; the four
+    counts (0000,1020)-(0000,1023) follow it. Byte for byte what
+    :func:`encode_command` makes of all the fields together.
     """
     body = head + _COUNTS.pack(
         _REMAINING_HEADER,
@@ -809,16 +815,12 @@ def _fragments(
     max_pdu: int,
 ) -> Iterator[bytes]:
     """The generator behind :func:`fragment`."""
-    chunk = data_chunk_size(max_pdu)
-    if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
+    if _fits_one_pdu(command, dataset, max_pdu):
+        assert dataset is not None
         yield single_pdu(context_id, command, dataset)
         return
-    view = memoryview(command)
-    for start in range(0, len(view), chunk):
-        last = start + chunk >= len(view)
-        yield encode_p_data(context_id, 0x03 if last else 0x01, view[start : start + chunk])
-    if dataset is not None:
-        yield from data_fragments(context_id, dataset, max_pdu, last=True)
+    for header, piece in _message_pieces(context_id, command, dataset, data_chunk_size(max_pdu)):
+        yield header + piece
 
 
 def fragment_parts(
@@ -834,28 +836,48 @@ def fragment_parts(
     chunk = data_chunk_size(max_pdu)
     if chunk < 1:
         raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
+    if _fits_one_pdu(command, dataset, max_pdu):
+        assert dataset is not None
+        whole = single_pdu(context_id, command, dataset)
+        return [whole], [len(whole)]
     parts: list[bytes | memoryview] = []
     ends: list[int] = []
     end = 0
-    pack = _COMMAND_PDV_HEADER.pack
-    if dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK):
-        whole = single_pdu(context_id, command, dataset)
-        return [whole], [len(whole)]
-    # (bytes, control header of a fragment, of the last one, fragments at least)
-    runs: list[tuple[bytes | memoryview, int, int, int]] = [(command, 0x01, 0x03, 0)]
-    if dataset is not None:
-        runs.append((dataset, 0x00, 0x02, 1))  # an empty data set: one empty fragment
-    for data, control, last_control, least in runs:
-        view = memoryview(data)
-        n = len(view)
-        for start in range(0, max(n, least), chunk):
-            piece = view[start : start + chunk]
-            m = len(piece)
-            flags = last_control if start + chunk >= n else control
-            parts += (pack(0x04, m + 6, m + 2, context_id, flags), piece)
-            end += m + 12
-            ends.append(end)
+    for header, piece in _message_pieces(context_id, command, dataset, chunk):
+        parts += (header, piece)
+        end += len(header) + len(piece)
+        ends.append(end)
     return parts, ends
+
+
+def _fits_one_pdu(command: bytes, dataset: bytes | memoryview | None, max_pdu: int) -> bool:
+    """True if the message goes in one P-DATA-TF holding both PDVs (:func:`single_pdu`)."""
+    return dataset is not None and len(command) + len(dataset) + 12 <= (max_pdu or UNLIMITED_CHUNK)
+
+
+def _message_pieces(
+    context_id: int, command: bytes, dataset: bytes | memoryview | None, chunk: int
+) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """The PDUs of a message in one PDV each: the command's fragments, then the data set's."""
+    yield from _pieces(context_id, command, chunk, 0x01, 0x03, 0)
+    if dataset is not None:
+        yield from _pieces(context_id, dataset, chunk, 0x00, 0x02, 1)
+
+
+def _pieces(
+    context_id: int, data: bytes | memoryview, chunk: int, control: int, last: int, least: int
+) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """``data`` as P-DATA-TF PDUs of one PDV each, as (the PDU's 12 header bytes,
+    a view of its fragment): message control header ``control``, ``last`` on
+    the last fragment; ``least`` fragments at least (1: an empty ``data`` is
+    one empty fragment; 0: nothing)."""
+    view = memoryview(data)
+    n = len(view)
+    pack = _COMMAND_PDV_HEADER.pack
+    for start in range(0, max(n, least), chunk):
+        piece = view[start : start + chunk]
+        m = len(piece)
+        yield pack(0x04, m + 6, m + 2, context_id, last if start + chunk >= n else control), piece
 
 
 _COMMAND_PDV_HEADER: Final = struct.Struct(">BxLLBB")
@@ -896,15 +918,8 @@ def data_fragments(
     chunk = data_chunk_size(max_pdu)
     if chunk < 1:
         raise ValueError(f"maximum PDU length {max_pdu} leaves no room for data")
-    view = memoryview(data)
-    n = len(view)
-    if n == 0:
-        if last:
-            yield encode_p_data(context_id, 0x02, b"")
-        return
-    for start in range(0, n, chunk):
-        final = last and start + chunk >= n
-        yield encode_p_data(context_id, 0x02 if final else 0x00, view[start : start + chunk])
+    for header, piece in _pieces(context_id, data, chunk, 0x00, 0x02 if last else 0x00, int(last)):
+        yield header + piece
 
 
 def file_fragments(

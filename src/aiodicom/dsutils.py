@@ -307,39 +307,16 @@ def part10_header_for(
     uids = (sop_class_uid, sop_instance_uid, transfer_syntax)
     if not all(isinstance(u, str) and u and u.isascii() for u in uids):
         return part10_header(file_meta_for(sop_class_uid, sop_instance_uid, transfer_syntax))
+    header = _EXPLICIT[True].pack
     elements = [_META_VERSION]
     for elem, uid in zip((0x0002, 0x0003, 0x0010), uids, strict=True):
         raw = str(uid).encode("ascii")
         if len(raw) % 2:
             raw += b"\x00"
-        elements += (_SHORT_HEADER.pack(2, elem, b"UI", len(raw)), raw)
+        elements += (header(2, elem, b"UI", len(raw)), raw)
     elements.append(_META_IMPLEMENTATION)
     body = b"".join(elements)
-    return _META_PREFIX + _META_GROUP_LENGTH.pack(len(body)) + body
-
-
-def _meta_element(elem: int, vr: bytes, raw: bytes) -> bytes:
-    """A group 2 element, Explicit VR Little Endian (an OB one with the long header)."""
-    if vr == b"OB":
-        return _LONG_HEADER.pack(2, elem, vr, len(raw)) + raw
-    return _SHORT_HEADER.pack(2, elem, vr, len(raw)) + raw
-
-
-_SHORT_HEADER = struct.Struct("<HH2sH")
-_LONG_HEADER = struct.Struct("<HH2s2xL")
-#: The preamble, "DICM" and the File Meta Information Group Length's header.
-_META_PREFIX = b"\x00" * 128 + b"DICM" + _SHORT_HEADER.pack(2, 0x0000, b"UL", 4)
-_META_GROUP_LENGTH = struct.Struct("<L")
-_META_VERSION = _meta_element(0x0001, b"OB", b"\x00\x01")
-_META_IMPLEMENTATION = _meta_element(
-    0x0012,
-    b"UI",
-    IMPLEMENTATION_CLASS_UID.encode("ascii") + b"\x00" * (len(IMPLEMENTATION_CLASS_UID) % 2),
-) + _meta_element(
-    0x0013,
-    b"SH",
-    IMPLEMENTATION_VERSION_NAME.encode("ascii") + b" " * (len(IMPLEMENTATION_VERSION_NAME) % 2),
-)
+    return _META_PREFIX + _U32LE.pack(len(body)) + body
 
 
 class Part10Info(NamedTuple):
@@ -387,6 +364,25 @@ _TAG_LE, _U16LE, _U32LE = _HEADERS[True]
 #: (group, element, 32-bit length) of an Implicit VR one; by byte order.
 _EXPLICIT = {True: struct.Struct("<HH2sH"), False: struct.Struct(">HH2sH")}
 _IMPLICIT = {True: struct.Struct("<HHL"), False: struct.Struct(">HHL")}
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+# The constant parts of part10_header_for's File Meta Information: the
+# preamble, "DICM" and the Group Length's header; the Version (OB: the long
+# header); the Implementation Class UID and Version Name.
+_META_PREFIX = b"\x00" * 128 + b"DICM" + _EXPLICIT[True].pack(2, 0x0000, b"UL", 4)
+_META_VERSION = _TAG_LE.pack(2, 0x0001) + b"OB\x00\x00" + _U32LE.pack(2) + b"\x00\x01"
+_META_IMPLEMENTATION = b"".join(
+    _EXPLICIT[True].pack(2, elem, vr, len(raw)) + raw
+    for elem, vr, raw in (
+        (0x0012, b"UI", _padded(IMPLEMENTATION_CLASS_UID, b"\x00")),
+        (0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME, b" ")),
+    )
+)
 
 
 def _scan(

@@ -50,6 +50,7 @@ from aiodicom.dimse import (
     file_fragments,
     fragment,
     fragment_parts,
+    pending_counts_head,
     single_pdu,
 )
 from aiodicom.errors import DIMSEError, PDUError
@@ -1897,7 +1898,7 @@ def test_pending_counts_equal_encode_command(
         "NumberOfWarningSuboperations": warning,
         "NumberOfRemainingSuboperations": remaining,
     }
-    head = encode_command(base)[12:]
+    head = pending_counts_head(base)
     fast = encode_pending_counts(head, remaining, completed, failed, warning)
     assert fast == encode_command(fields)
     assert decode_command(fast) == fields | {"CommandGroupLength": len(fast) - 12}
