@@ -394,6 +394,7 @@ def _scan(
     until: int = 0xFFFFFFFF,
     wanted: Container[int] | None = None,
     since: int = 0,
+    sequences: int = 0,
 ) -> tuple[dict[int, tuple[int, int, str | None]], int] | None:
     """Walk the top-level element headers of ``buf`` from ``pos`` while their
     tag is from ``since`` to ``until``: where the values of the ``wanted`` tags
@@ -403,8 +404,10 @@ def _scan(
     and the position of the first element outside the range (or the end).
     ``None`` when it cannot tell (an undefined length, an item tag, an odd VR,
     a truncated element): the caller falls back on pydicom, which also reports
-    the errors. One unpack per element header, nothing kept but the wanted:
-    the probe of every file sent runs it twice.
+    the errors. ``sequences``: how many levels of sequences of undefined
+    length to walk over instead (:func:`_skip_items`; such a value is
+    reported with length ``0xFFFFFFFF``). One unpack per element header,
+    nothing kept but the wanted: the probe of every file sent runs it twice.
     """
     end = len(buf)
     found: dict[int, tuple[int, int, str | None]] = {}
@@ -418,7 +421,17 @@ def _scan(
             if tag > until or tag < since:
                 return found, pos
             start = pos + 8
-            if group == 0xFFFE or length == 0xFFFFFFFF or start + length > end:
+            if group == 0xFFFE:
+                return None
+            if length == 0xFFFFFFFF:
+                after = _skip_items(buf, start, True, little, sequences - 1) if sequences else None
+                if after is None:
+                    return None
+                if wanted is None or tag in wanted:
+                    found[tag] = (start, length, None)
+                pos = after
+                continue
+            if start + length > end:
                 return None
             if wanted is None or tag in wanted:
                 found[tag] = (start, length, None)
@@ -446,9 +459,18 @@ def _scan(
             if end - pos < 12:
                 return None
             length = u32(buf, pos + 8)[0]
-            if length == 0xFFFFFFFF:
-                return None
             start = pos + 12
+            if length == 0xFFFFFFFF:
+                # A sequence (an SQ, or a UN holding Implicit VR LE, PS3.5 6.2.2).
+                if not sequences or code not in (b"SQ", b"UN") or (code == b"UN" and not little):
+                    return None
+                after = _skip_items(buf, start, code == b"UN", little, sequences - 1)
+                if after is None:
+                    return None
+                if wanted is None or tag in wanted:
+                    found[tag] = (start, length, known[0])
+                pos = after
+                continue
         else:
             start = pos + 8
         if start + length > end:
@@ -457,6 +479,48 @@ def _scan(
             found[tag] = (start, length, known[0])
         pos = start + length
     return found, pos
+
+
+def _skip_items(
+    buf: bytes | bytearray | memoryview, pos: int, implicit: bool, little: bool, levels: int
+) -> int | None:
+    """Where a sequence of undefined length that starts at ``pos`` ends: just
+    past its Sequence Delimitation Item. Items of defined length are stepped
+    over; those of undefined length are walked by :func:`_scan` (with
+    ``levels`` more levels of such sequences within) up to their Item
+    Delimitation Item. ``None`` when it cannot tell (malformed, truncated,
+    nested too deep)."""
+    item = _IMPLICIT[little].unpack_from  # item tags have no VR in either encoding
+    end = len(buf)
+    while end - pos >= 8:
+        group, elem, length = item(buf, pos)
+        pos += 8
+        if group != 0xFFFE:
+            return None
+        if elem == 0xE0DD:  # Sequence Delimitation Item
+            return pos
+        if elem != 0xE000:
+            return None
+        if length != 0xFFFFFFFF:
+            pos += length
+            continue
+        # An item of undefined length: its elements, then an Item Delimitation Item.
+        inner = _scan(
+            buf,
+            pos,
+            implicit=implicit,
+            little=little,
+            until=0xFFFDFFFF,
+            wanted=(),
+            sequences=levels,
+        )
+        if inner is None:
+            return None
+        pos = inner[1]
+        if end - pos < 8 or item(buf, pos)[:2] != (0xFFFE, 0xE00D):
+            return None
+        pos += 8
+    return None
 
 
 def _walk(

@@ -86,14 +86,14 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
 from ._spool import file_mode, move_into
 from .ae import AE
 from .dimse import _new_dataset
-from .dsutils import is_plain_uid, part10_header_for
+from .dsutils import _scan, encoding_of, is_plain_uid, part10_header_for, probe_buffer
 from .errors import DicomNetworkError
 from .presentation import ALL_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
 
@@ -914,48 +914,162 @@ class InstanceRecord:
         cls, ds: Dataset, *, path: str, transfer_syntax: str, size: int
     ) -> InstanceRecord:
         """The record of ``ds``; raises :class:`QRError` (0xC000) without valid UIDs."""
-
-        def text(keyword: str, vr: str) -> str:
-            value = ds.get(keyword)
-            if value is None or value == "":
-                return ""
-            if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-                value = "\\".join(str(v) for v in value)
-            return normalize(vr, str(value))
-
-        uids = {}
-        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            uid = text(keyword, "UI")
-            if not is_plain_uid(uid):
-                raise QRError(0xC000, f"the data set has no valid {keyword}")
-            uids[keyword] = uid
-        return cls(
-            sop_instance_uid=uids["SOPInstanceUID"],
-            sop_class_uid=uids["SOPClassUID"],
-            study_uid=uids["StudyInstanceUID"],
-            series_uid=uids["SeriesInstanceUID"],
-            path=path,
-            patient_id=text("PatientID", "LO"),
-            patient_name=text("PatientName", "PN"),
-            birth_date=text("PatientBirthDate", "DA"),
-            sex=text("PatientSex", "CS"),
-            study_date=text("StudyDate", "DA"),
-            study_time=text("StudyTime", "TM"),
-            accession_number=text("AccessionNumber", "SH"),
-            study_id=text("StudyID", "SH"),
-            study_description=text("StudyDescription", "LO"),
-            referring_physician_name=text("ReferringPhysicianName", "PN"),
-            modality=text("Modality", "CS"),
-            series_number=text("SeriesNumber", "IS"),
-            series_description=text("SeriesDescription", "LO"),
-            series_date=text("SeriesDate", "DA"),
-            series_time=text("SeriesTime", "TM"),
-            instance_number=text("InstanceNumber", "IS"),
-            content_date=text("ContentDate", "DA"),
-            content_time=text("ContentTime", "TM"),
-            transfer_syntax_uid=str(transfer_syntax),
-            size=size,
+        return cls.from_text(
+            _dataset_text(ds), path=path, transfer_syntax=transfer_syntax, size=size
         )
+
+    @classmethod
+    def from_text(
+        cls, text: _Text, *, path: str, transfer_syntax: str, size: int
+    ) -> InstanceRecord:
+        """The record of the values ``text(keyword, VR)`` gives (normalized, ``""``
+        if absent); raises :class:`QRError` (0xC000) without valid UIDs."""
+        values: dict[str, Any] = {}
+        for name, keyword, vr, _ in _INDEXED:
+            value = text(keyword, vr)
+            if vr == "UI" and not is_plain_uid(value):
+                raise QRError(0xC000, f"the data set has no valid {keyword}")
+            values[name] = value
+        return cls(**values, path=path, transfer_syntax_uid=str(transfer_syntax), size=size)
+
+
+#: What the index keeps of a data set: (record field, keyword, VR, tag); the
+#: UIDs, which every instance must have, first.
+_INDEXED: Final = (
+    ("sop_instance_uid", "SOPInstanceUID", "UI", 0x00080018),
+    ("sop_class_uid", "SOPClassUID", "UI", 0x00080016),
+    ("study_uid", "StudyInstanceUID", "UI", 0x0020000D),
+    ("series_uid", "SeriesInstanceUID", "UI", 0x0020000E),
+    ("patient_id", "PatientID", "LO", 0x00100020),
+    ("patient_name", "PatientName", "PN", 0x00100010),
+    ("birth_date", "PatientBirthDate", "DA", 0x00100030),
+    ("sex", "PatientSex", "CS", 0x00100040),
+    ("study_date", "StudyDate", "DA", 0x00080020),
+    ("study_time", "StudyTime", "TM", 0x00080030),
+    ("accession_number", "AccessionNumber", "SH", 0x00080050),
+    ("study_id", "StudyID", "SH", 0x00200010),
+    ("study_description", "StudyDescription", "LO", 0x00081030),
+    ("referring_physician_name", "ReferringPhysicianName", "PN", 0x00080090),
+    ("modality", "Modality", "CS", 0x00080060),
+    ("series_number", "SeriesNumber", "IS", 0x00200011),
+    ("series_description", "SeriesDescription", "LO", 0x0008103E),
+    ("series_date", "SeriesDate", "DA", 0x00080021),
+    ("series_time", "SeriesTime", "TM", 0x00080031),
+    ("instance_number", "InstanceNumber", "IS", 0x00200013),
+    ("content_date", "ContentDate", "DA", 0x00080023),
+    ("content_time", "ContentTime", "TM", 0x00080033),
+)
+#: ``text(keyword, VR)``: an indexed attribute's value as the index keeps it.
+_Text = Callable[[str, str], str]
+
+
+def _dataset_text(ds: Dataset) -> _Text:
+    """:data:`_Text` of a pydicom Dataset."""
+
+    def text(keyword: str, vr: str) -> str:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return ""
+        if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+            value = "\\".join(str(v) for v in value)
+        return normalize(vr, str(value))
+
+    return text
+
+
+#: The tag of each indexed keyword, its VR, and the last of them.
+_INDEXED_TAGS: Final = {tag: (keyword, vr) for _, keyword, vr, tag in _INDEXED}
+_LAST_INDEXED: Final = max(_INDEXED_TAGS)
+_WANTED: Final = frozenset((*_INDEXED_TAGS, _CHARSET_TAG))
+#: A value the encoded path reads as is: printable ASCII, one value (no
+#: backslash). Anything else (another character set's bytes, escape
+#: sequences, several values) is left to pydicom's decoding.
+_PLAIN_VALUE: Final = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
+#: Character sets under which such a value reads as ASCII (ISO_IR 13, whose
+#: G0 is JIS X 0201, and anything unknown go to pydicom).
+_ASCII_CHARSETS: Final = frozenset(
+    (
+        b"",
+        b"ISO_IR 6",
+        b"ISO_IR 100",
+        b"ISO_IR 101",
+        b"ISO_IR 109",
+        b"ISO_IR 110",
+        b"ISO_IR 126",
+        b"ISO_IR 127",
+        b"ISO_IR 138",
+        b"ISO_IR 144",
+        b"ISO_IR 148",
+        b"ISO_IR 166",
+        b"ISO_IR 192",
+        b"GB18030",
+        b"GBK",
+    )
+)
+#: How many levels of sequences of undefined length the encoded path walks over.
+_SEQUENCE_LEVELS: Final = 8
+
+
+def _encoded_text(
+    data: bytes | bytearray | memoryview, transfer_syntax: str, *, whole: bool = True
+) -> _Text | None:
+    """:data:`_Text` read straight from an encoded data set, without pydicom:
+    the element headers are walked up to the last indexed attribute.
+
+    ``None`` where this cannot tell for certain what pydicom would read (a
+    deflated data set, a malformed or unexpected element, a value that is not
+    plain ASCII, a character set not listed); the caller then decodes with
+    pydicom. ``whole``: ``data`` is the whole data set, not only its head.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        return None
+    implicit, little = encoding_of(transfer_syntax)
+    scanned = _scan(
+        data,
+        0,
+        implicit=implicit,
+        little=little,
+        until=_LAST_INDEXED,
+        wanted=_WANTED,
+        sequences=_SEQUENCE_LEVELS,
+    )
+    if scanned is None or (not whole and scanned[1] >= len(data)):
+        return None
+    values: dict[str, str] = {}
+    plain = _PLAIN_VALUE.fullmatch
+    for tag, (start, length, vr) in scanned[0].items():
+        if length == 0xFFFFFFFF:
+            return None
+        raw = bytes(data[start : start + length]).strip(b" \x00")
+        if tag == _CHARSET_TAG:
+            if raw not in _ASCII_CHARSETS:
+                return None
+            continue
+        keyword, expected = _INDEXED_TAGS[tag]
+        if (vr is not None and vr != expected) or plain(raw) is None:
+            return None
+        values[keyword] = raw.decode("ascii")
+
+    def text(keyword: str, vr: str) -> str:
+        value = values.get(keyword)
+        return normalize(vr, value) if value else ""
+
+    return text
+
+
+#: How much of a file's head :func:`_spooled_text` reads.
+_HEAD_READ: Final = 64 << 10
+
+
+def _spooled_text(path: str, transfer_syntax: str) -> _Text | None:
+    """:func:`_encoded_text` of a Part 10 file's head (blocking; ``None``: use pydicom)."""
+    with open(path, "rb") as f:
+        head = f.read(_HEAD_READ)
+    try:
+        offset = probe_buffer(head).offset
+    except Exception:  # whatever it is, pydicom reports it
+        return None
+    return _encoded_text(memoryview(head)[offset:], transfer_syntax, whole=len(head) < _HEAD_READ)
 
 
 _SCHEMA: Final = """
@@ -1274,15 +1388,19 @@ class Archive:
                 os.unlink(tmp)
                 raise
         try:
-            ds = dcmread(tmp, stop_before_pixels=True)
-            size = os.stat(tmp).st_size
-            uid = str(ds.get("SOPInstanceUID", "")).strip()
-            rel = object_path(uid)
-            rec = InstanceRecord.from_dataset(
-                ds, path=rel, transfer_syntax=transfer_syntax, size=size
+            if data is not None:
+                text = _encoded_text(data, transfer_syntax)
+                size = len(header) + len(data)
+            else:
+                text = _spooled_text(tmp, transfer_syntax)
+                size = os.stat(tmp).st_size
+            if text is None:
+                text = _dataset_text(dcmread(tmp, stop_before_pixels=True))
+            rel = object_path(text("SOPInstanceUID", "UI"))
+            rec = InstanceRecord.from_text(
+                text, path=rel, transfer_syntax=transfer_syntax, size=size
             )
             final = self.directory / rel
-            final.parent.mkdir(parents=True, exist_ok=True)
             conn = self._writer()
             with self._write_lock:
                 conn.execute("BEGIN IMMEDIATE")
@@ -1304,8 +1422,14 @@ class Archive:
     def _replace(tmp: str, final: Path) -> None:
         """Rename the written file into place with the mode open() gives (not
         mkstemp's 0o600), copied first if it is on another file system (a seam
-        for tests)."""
-        move_into(tmp, final, file_mode())
+        for tests). Its directory is made the first time it is missing."""
+        try:
+            move_into(tmp, final, file_mode())
+        except FileNotFoundError:
+            if not os.path.exists(tmp):
+                raise
+            final.parent.mkdir(parents=True, exist_ok=True)
+            move_into(tmp, final, file_mode())
 
     async def store_file(self, path: str | os.PathLike[str]) -> InstanceRecord:
         """Copy a Part 10 file into the archive and index it (the file is left alone)."""

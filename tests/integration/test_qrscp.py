@@ -514,6 +514,103 @@ async def test_matches_are_streamed(tmp_path: Path) -> None:
         assert len(found) == 10_000 and archive.rows_fetched == 10_000
 
 
+def indexed(archive: Archive, uid: str) -> InstanceRecord:
+    """The record the index holds of instance ``uid``, read back from its tables."""
+    names = [f.name for f in InstanceRecord.__dataclass_fields__.values()]
+    columns = ", ".join({"patient_id": "st.patient_id"}.get(n, n) for n in names)
+    [row] = rows(
+        archive,
+        f"SELECT {columns} FROM instance JOIN series USING (series_uid)"
+        " JOIN study st USING (study_uid) JOIN patient p ON p.patient_id = st.patient_id"
+        f" WHERE sop_instance_uid = '{uid}'",
+    )
+    return InstanceRecord(**dict(zip(names, row, strict=True)))
+
+
+def tricky_instance(**kw: Any) -> Dataset:
+    """An instance whose indexed attributes come after sequences of undefined
+    length (nested), with a Latin-1 patient name."""
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = sop_class.CTImageStorage
+    ref.ReferencedSOPInstanceUID = generate_uid()
+    inner = Dataset()
+    inner.ReferencedImageSequence = [ref]
+    inner["ReferencedImageSequence"].is_undefined_length = True
+    inner.is_undefined_length_sequence_item = True
+    ds = make_dataset(
+        SpecificCharacterSet="ISO_IR 100",
+        AccessionNumber="ACC 9",
+        StudyDate="20240115",
+        StudyTime="101500",
+        SeriesNumber=" 4",
+        InstanceNumber="0012",
+        **kw,
+    )
+    ds.ReferencedStudySequence = [inner]
+    ds["ReferencedStudySequence"].is_undefined_length = True
+    ds.SourceImageSequence = [ref]  # (0008,2112): a defined length one
+    return ds
+
+
+@pytest.mark.parametrize("name", ["Doe^Jane", "Müller^Jürgen"])
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+async def test_store_indexes_what_pydicom_reads(tmp_path: Path, name: str, ts: str) -> None:
+    """Whichever way the archive reads the attributes it indexes (walking the
+    received bytes, or pydicom where that cannot be sure), the index holds
+    what pydicom reads of the instance."""
+    async with open_archive(tmp_path) as archive:
+        ds = tricky_instance(PatientName=name)
+        event = store_event(ds, ts)
+        assert await archive.handle_store(event) == 0
+        uid = ds.SOPInstanceUID
+        got = indexed(archive, uid)
+        stored = dcmread(archive.directory / got.path)
+        want = InstanceRecord.from_dataset(stored, path=got.path, transfer_syntax=ts, size=got.size)
+        assert got == want
+        assert got.patient_name == name and got.instance_number == "12"
+        assert got.size == (archive.directory / got.path).stat().st_size
+
+
+async def test_store_file_with_a_long_head_is_indexed_by_pydicom(tmp_path: Path) -> None:
+    """A file whose indexed attributes lie past the head the archive reads
+    of it (a 100 KB private element first) is indexed all the same."""
+    ds = tricky_instance(PatientName="Long^Head")
+    ds.add_new(0x00091010, "OB", b"\x01" * 100_000)  # private, before (0010,0010)
+    ds.add_new(0x00090010, "LO", "PRIVATE")
+    path = tmp_path / "long.dcm"
+    ds.file_meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+    ds.save_as(path, enforce_file_format=True)
+    async with open_archive(tmp_path / "archive") as archive:
+        rec = await archive.store_file(path)
+        assert rec.patient_name == "Long^Head" and rec.accession_number == "ACC 9"
+        assert indexed(archive, ds.SOPInstanceUID) == rec
+        # and one short enough is read from its head, to the same values
+        short = tricky_instance(PatientName="Short^Head")
+        short.file_meta = file_meta_for(
+            short.SOPClassUID, short.SOPInstanceUID, ExplicitVRLittleEndian
+        )
+        short.save_as(tmp_path / "short.dcm", enforce_file_format=True)
+        rec = await archive.store_file(tmp_path / "short.dcm")
+        assert rec == InstanceRecord.from_dataset(
+            dcmread(tmp_path / "short.dcm"),
+            path=rec.path,
+            transfer_syntax=ExplicitVRLittleEndian,
+            size=rec.size,
+        )
+
+
+async def test_store_remakes_a_missing_object_directory(tmp_path: Path) -> None:
+    async with open_archive(tmp_path) as archive:
+        ds = make_dataset()
+        assert await archive.handle_store(store_event(ds)) == 0
+        [path] = files_under(archive.directory / "objects")
+        path.unlink()
+        path.parent.rmdir()  # its bucket directory, gone behind the archive's back
+        assert await archive.handle_store(store_event(ds)) == 0
+        assert files_under(archive.directory / "objects") == [path]
+        assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+
+
 async def test_store_file_and_pydicom_test_files(tmp_path: Path) -> None:
     async with open_archive(tmp_path) as archive:
         for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"):
