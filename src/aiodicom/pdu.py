@@ -9,9 +9,12 @@ is read) and :func:`decode` turns a PDU body into a PDU object.
 Theory of operation for decoding: nothing read from the wire is trusted. Every
 length is checked against what remains of its enclosing structure before it is
 used, and every violation raises :class:`~aiodicom.errors.PDUError` carrying the
-A-ABORT reason PS3.8 Table 9-26 gives for it (1 unrecognized PDU, 4 unrecognized
-parameter, 6 invalid parameter value). Unknown User Information sub-items are
-kept as :class:`~aiodicom.pdu_primitives.UnknownUserItem`.
+A-ABORT reason PS3.8 Table 9-26 gives for it (1 unrecognized PDU, 5 unexpected
+parameter: an item of a known type where it does not belong, 6 invalid
+parameter value). What the standard says to ignore is ignored: items of
+unrecognized types are skipped (9.3.1), and bits 2-7 of a PDV's message control
+header are not checked (E.2). Unknown User Information sub-items are kept as
+:class:`~aiodicom.pdu_primitives.UnknownUserItem`.
 
 Sans-IO: no anyio, no sockets, no clock.
 """
@@ -529,6 +532,12 @@ def _decode_user_item(item_type: int, reserved: int, value: memoryview) -> UserI
     return UnknownUserItem(item_type=item_type, data=bytes(value))
 
 
+#: The item types of an A-ASSOCIATE-RQ/AC and their sub-items (PS3.8 9.3.2,
+#: 9.3.3, Annex D): one where it does not belong is an unexpected parameter
+#: (A-ABORT reason 5); one of any other type is skipped (9.3.1).
+_KNOWN_ITEMS: Final = frozenset((0x10, 0x20, 0x21, 0x30, 0x40, 0x50, *range(0x51, 0x5A)))
+
+
 def _decode_associate(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssociateAC:
     name = "A-ASSOCIATE-RQ" if pdu_type == PDUType.A_ASSOCIATE_RQ else "A-ASSOCIATE-AC"
     if len(body) < _ASSOC_FIXED.size:
@@ -549,8 +558,9 @@ def _decode_associate(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssoci
         elif item_type == 0x50:
             sub = _Reader(value, "user information item")
             user_items.extend(_decode_user_item(t, res, v) for t, res, v in sub.items())
-        else:
-            raise PDUError(f"{name}: unrecognized item type 0x{item_type:02X}", reason=4)
+        elif item_type in _KNOWN_ITEMS:
+            raise PDUError(f"{name}: unexpected item type 0x{item_type:02X}", reason=5)
+        # else: an item of an unrecognized type is ignored and skipped (PS3.8 9.3.1)
     if app_context is None:
         raise PDUError(f"{name} has no application context item", reason=6)
     if pdu_type == PDUType.A_ASSOCIATE_RQ and not (called.isascii() and calling.isascii()):
@@ -592,11 +602,12 @@ def _decode_context_rq(value: memoryview) -> PresentationContextRQ:
             abstract = _text_uid(sub, "abstract syntax")
         elif sub_type == 0x40:
             syntaxes.append(_text_uid(sub, "transfer syntax"))
-        else:
+        elif sub_type in _KNOWN_ITEMS:
             raise PDUError(
-                f"presentation context {context_id}: unrecognized sub-item 0x{sub_type:02X}",
-                reason=4,
+                f"presentation context {context_id}: unexpected sub-item 0x{sub_type:02X}",
+                reason=5,
             )
+        # else: unrecognized, ignored and skipped (PS3.8 9.3.1)
     if abstract is None or not syntaxes:
         raise PDUError(f"presentation context {context_id} lacks its abstract or transfer syntax")
     return PresentationContextRQ(
@@ -611,10 +622,12 @@ def _decode_context_ac(value: memoryview) -> PresentationContextAC:
     ts: UID | None = None
     for sub_type, _res, sub in _Reader(value[4:], "presentation context item").items():
         if sub_type != 0x40:
-            raise PDUError(
-                f"presentation context {context_id}: unrecognized sub-item 0x{sub_type:02X}",
-                reason=4,
-            )
+            if sub_type in _KNOWN_ITEMS:
+                raise PDUError(
+                    f"presentation context {context_id}: unexpected sub-item 0x{sub_type:02X}",
+                    reason=5,
+                )
+            continue  # unrecognized: ignored and skipped (PS3.8 9.3.1)
         # Significant only for an accepted context: otherwise not tested
         # (PS3.8 9.3.3.2).
         if result == 0:
@@ -639,9 +652,9 @@ def split_p_data(body: memoryview) -> list[tuple[int, int, memoryview]]:
         length, context_id, mch = unpack(body, pos)
         if length < 2 or pos + 4 + length > end:
             raise PDUError(f"P-DATA-TF: PDV item length {length} does not fit the PDU")
-        if mch & 0xFC:
-            raise PDUError(f"P-DATA-TF: reserved message control header bits set (0x{mch:02X})")
-        items.append((context_id, mch, body[pos + 6 : pos + 4 + length]))
+        # Bits 2-7 of the control header are never checked by the receiver
+        # (PS3.8 E.2): only the last-fragment and command bits are kept.
+        items.append((context_id, mch & 0x03, body[pos + 6 : pos + 4 + length]))
         pos += 4 + length
     if not items:
         raise PDUError("P-DATA-TF holds no PDV item")

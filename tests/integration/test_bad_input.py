@@ -117,6 +117,30 @@ async def test_protocol_version_3_is_accepted() -> None:
         await raw_release(peer)
 
 
+async def test_unknown_items_in_the_associate_rq_are_skipped() -> None:
+    """An A-ASSOCIATE-RQ carrying items of types the standard does not define
+    (a top-level item, a presentation context sub-item) is served as if they
+    were not there (PS3.8 9.3.1), over a real socket."""
+    raw = bytearray(encode(verification_rq()))
+    at = raw.index(b"\x20\x00", 74)  # the presentation context item
+    length = int.from_bytes(raw[at + 2 : at + 4], "big")
+    odd_sub = b"\x31\x00\x00\x03abc"
+    raw[at + 4 + length : at + 4 + length] = odd_sub  # at its end
+    raw[at + 2 : at + 4] = (length + len(odd_sub)).to_bytes(2, "big")
+    raw[at:at] = b"\x60\x00\x00\x02zz"  # before it
+    raw[2:6] = (len(raw) - 6).to_bytes(4, "big")
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await peer.send(bytes(raw))
+        ac = await peer.read_pdu()
+        assert type(ac).__name__ == "AAssociateAC", ac
+        assert ac.presentation_contexts[0].result == 0  # type: ignore[union-attr]
+        await peer.send(encode_p_data(1, 0x03, c_echo_rq_command(msg_id=3)))
+        rsp = await peer.read_pdu()
+        assert isinstance(rsp, PDataTF)
+        assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0900))[0] == 0
+        await raw_release(peer)
+
+
 # ---------------------------------------------------------------------------
 # After the association (Sta6)
 
@@ -503,6 +527,25 @@ async def test_associate_rq_one_byte_at_a_time() -> None:
             await peer.send(data[i : i + 1])
         ac = await peer.read_pdu()
         assert type(ac).__name__ == "AAssociateAC"
+        await raw_release(peer)
+
+
+@pytest.mark.parametrize("reserved", [0xFC, 0x04, 0x80])
+async def test_reserved_control_header_bits_are_ignored(reserved: int) -> None:
+    """Bits 2-7 of a PDV's message control header are never checked by the
+    receiver (PS3.8 E.2): a C-ECHO-RQ whose control byte sets them, alone
+    in its PDU or split over two, is answered."""
+    command = c_echo_rq_command(msg_id=9)
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer)
+        await peer.send(encode_p_data(1, 0x03 | reserved, command))
+        await peer.send(encode_p_data(1, 0x01 | reserved, command[:20]))
+        await peer.send(encode_p_data(1, 0x03 | reserved, command[20:]))
+        for _ in range(2):
+            rsp = await peer.read_pdu()
+            assert isinstance(rsp, PDataTF)
+            assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0120))[0] == 9
+            assert struct.unpack("<H", _element(rsp.pdvs[0].data, 0x0900))[0] == 0
         await raw_release(peer)
 
 

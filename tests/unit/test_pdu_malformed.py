@@ -1,6 +1,7 @@
 """Malformed PDUs: every violation is a PDUError with the A-ABORT reason of
-PS3.8 Table 9-26 (1 unrecognized PDU, 4 unrecognized PDU parameter, 6 invalid
+PS3.8 Table 9-26 (1 unrecognized PDU, 5 unexpected PDU parameter, 6 invalid
 PDU parameter value) and source 2 (service-provider), never another exception.
+What the standard says to ignore (unknown item types, reserved bits) is ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiodicom.errors import PDUError
 from aiodicom.fsm import State, UpperLayer
 from aiodicom.pdu import (
     MAX_ASSOCIATE_PDU,
+    PDV,
     AAssociateAC,
     AAssociateRQ,
     PDataTF,
@@ -22,10 +24,11 @@ from aiodicom.pdu import (
     check_header,
     decode,
     decode_pdu,
+    split_p_data,
 )
 
 UNRECOGNIZED_PDU = 1
-UNRECOGNIZED_PARAMETER = 4
+UNEXPECTED_PARAMETER = 5
 INVALID_PARAMETER_VALUE = 6
 
 # Hand-written building blocks (PS3.8 Tables 9-11 to 9-19, D.1-1).
@@ -201,9 +204,17 @@ def test_bad_pdv_item_length(body: bytes) -> None:
     assert_pdu_error(pdu(4, body), INVALID_PARAMETER_VALUE)
 
 
-@pytest.mark.parametrize("mch", [0x04, 0x08, 0x10, 0x80, 0xFC, 0xFF, 0x07])
-def test_reserved_message_control_header_bits(mch: int) -> None:
-    assert_pdu_error(pdu(4, b"\x00\x00\x00\x03\x01" + bytes([mch]) + b"x"), INVALID_PARAMETER_VALUE)
+@pytest.mark.parametrize("mch", [0x04, 0x08, 0x10, 0x80, 0xFC, 0xFF, 0x07, 0x52])
+def test_reserved_message_control_header_bits_are_not_checked(mch: int) -> None:
+    """Bits 2-7 are "never checked by the receiver" (PS3.8 E.2): the PDV
+    decodes, its command and last-fragment bits read from bits 0 and 1."""
+    decoded = decode_pdu(pdu(4, b"\x00\x00\x00\x03\x01" + bytes([mch]) + b"x"))
+    assert decoded == PDataTF(
+        pdvs=(PDV(context_id=1, is_command=bool(mch & 1), is_last=bool(mch & 2), data=b"x"),)
+    )
+    assert split_p_data(memoryview(b"\x00\x00\x00\x03\x01" + bytes([mch]) + b"x")) == [
+        (1, mch & 0x03, b"x")
+    ]
 
 
 # ---------------------------------------------------------------------------
@@ -292,13 +303,13 @@ MALFORMED_ASSOCIATE = [
         ),
         6,
     ),
-    # Unknown or misplaced items (reason 4).
-    ("unknown-item-in-rq", rq(APP, item(0x33, b"x"), ctx_rq(ABSTRACT, TS), user(MAX_LEN)), 4),
-    ("unknown-item-in-ac", ac(APP, item(0xFF, b""), user(MAX_LEN)), 4),
-    ("ac-context-item-in-rq", rq(APP, ctx_ac(TS), user(MAX_LEN)), 4),
-    ("rq-context-item-in-ac", ac(APP, ctx_rq(ABSTRACT, TS), user(MAX_LEN)), 4),
-    ("unknown-sub-item-in-rq-context", rq(APP, ctx_rq(ABSTRACT, TS, item(0x31, b"")), user()), 4),
-    ("abstract-syntax-in-ac-context", ac(APP, ctx_ac(ABSTRACT, TS), user(MAX_LEN)), 4),
+    # Items of known types where they do not belong (reason 5, unexpected
+    # parameter); items of unknown types are skipped (test_unknown_items_...).
+    ("ac-context-item-in-rq", rq(APP, ctx_ac(TS), user(MAX_LEN)), 5),
+    ("rq-context-item-in-ac", ac(APP, ctx_rq(ABSTRACT, TS), user(MAX_LEN)), 5),
+    ("abstract-syntax-in-ac-context", ac(APP, ctx_ac(ABSTRACT, TS), user(MAX_LEN)), 5),
+    ("user-item-in-rq-context", rq(APP, ctx_rq(ABSTRACT, TS, MAX_LEN), user(MAX_LEN)), 5),
+    ("sub-item-at-the-top", rq(APP, TS, ctx_rq(ABSTRACT, TS), user(MAX_LEN)), 5),
     # Fixed-size user information sub-items of the wrong size.
     ("max-length-3-bytes", rq(APP, user(item(0x51, b"\x00\x40\x00"))), 6),
     ("max-length-5-bytes", rq(APP, user(item(0x51, b"\x00\x00\x40\x00\x00"))), 6),
@@ -358,11 +369,41 @@ def test_malformed_pdu_in_the_state_machine_is_evt19() -> None:
     """A body that does not decode makes receive_pdu an Evt19 (AA-8 in Sta6)."""
     ul = UpperLayer(requestor=True)
     ul.state = State.STA6
-    data = {n: d for n, d, _ in MALFORMED_ASSOCIATE}["unknown-item-in-rq"]
+    data = {n: d for n, d, _ in MALFORMED_ASSOCIATE}["ac-context-item-in-rq"]
     effects = ul.receive_pdu(data[0], data[6:], now=0.0)
     assert ul.state is State.STA13
     abort = effects[0].pdu  # type: ignore[union-attr]
-    assert (abort.source, abort.reason) == (2, UNRECOGNIZED_PARAMETER)
+    assert (abort.source, abort.reason) == (2, UNEXPECTED_PARAMETER)
+
+
+@pytest.mark.parametrize(
+    ("with_unknown", "without"),
+    [
+        pytest.param(
+            rq(APP, item(0x33, b"x"), ctx_rq(ABSTRACT, TS), item(0x60, b""), user(MAX_LEN)),
+            rq(APP, ctx_rq(ABSTRACT, TS), user(MAX_LEN)),
+            id="items-in-rq",
+        ),
+        pytest.param(
+            ac(APP, item(0xFF, b"\x00" * 7), ctx_ac(TS), user(MAX_LEN)),
+            ac(APP, ctx_ac(TS), user(MAX_LEN)),
+            id="item-in-ac",
+        ),
+        pytest.param(
+            rq(APP, ctx_rq(item(0x31, b""), ABSTRACT, TS, item(0x41, b"1.2")), user(MAX_LEN)),
+            rq(APP, ctx_rq(ABSTRACT, TS), user(MAX_LEN)),
+            id="sub-items-in-rq-context",
+        ),
+        pytest.param(
+            ac(APP, ctx_ac(item(0x7F, b"zz"), TS), user(MAX_LEN)),
+            ac(APP, ctx_ac(TS), user(MAX_LEN)),
+            id="sub-item-in-ac-context",
+        ),
+    ],
+)
+def test_unknown_items_are_skipped(with_unknown: bytes, without: bytes) -> None:
+    """ "Items of unrecognized types shall be ignored and skipped" (PS3.8 9.3.1)."""
+    assert decode_pdu(with_unknown) == decode_pdu(without)
 
 
 # ---------------------------------------------------------------------------
@@ -406,7 +447,7 @@ def _decode_everything(data: bytes) -> None:
         decode_pdu(data)
     except PDUError as exc:
         assert exc.source == 2
-        assert exc.reason in (1, 4, 6)
+        assert exc.reason in (1, 5, 6)
     try:
         decode_pdu(data, max_pdu=16384)
     except PDUError:
@@ -419,7 +460,7 @@ def _decode_everything(data: bytes) -> None:
         try:
             decode(data[0], data[6:])
         except PDUError as exc:
-            assert exc.reason in (1, 4, 6)
+            assert exc.reason in (1, 5, 6)
 
 
 _FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
