@@ -33,7 +33,6 @@ must see a C-CANCEL stops after N responses and polls ``event.is_cancelled``
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import re
 import sys
@@ -754,16 +753,10 @@ async def test_movescu_cancel_to_aiodicom_scp(run_dcmtk, dcmtk_storescp, tree):
 # --------------------------------------------------------------------------- the qrscp app
 
 
-def _have_qrscp() -> bool:
-    return importlib.util.find_spec("aiodicom.qrscp") is not None
-
-
 @pytest.fixture
 def aiodicom_qrscp(peer_process, tmp_path_factory, dcmtk_storescp, free_port):
     """``python -m aiodicom qrscp -od DIR --dest STORESCP=... -aet QRSCP 0``,
     filled with the generated tree by storescu."""
-    if not _have_qrscp():
-        pytest.skip("aiodicom.qrscp does not exist yet")
     store = tmp_path_factory.mktemp("qrscp")
     port = free_port
     proc = peer_process(

@@ -137,12 +137,28 @@ PROBED_FILES = [
 ]
 
 
+def read_by_pydicom(path: str) -> tuple[str, str, str, int]:
+    """pydicom's own reading, none of this package's code: the data set's SOP
+    Class and Instance UIDs, the meta's Transfer Syntax UID, and where the
+    data set starts (the file position after pydicom reads the meta)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        meta = _read_file_meta_info(fp)
+        offset = fp.tell()
+    ds = dcmread(path, stop_before_pixels=True)
+    return str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(meta.TransferSyntaxUID), offset
+
+
 @pytest.mark.parametrize("name", PROBED_FILES)
 def test_probe_agrees_with_pydicom(name: str) -> None:
     path = get_testdata_file(name)
     assert path is not None
     with open(path, "rb") as a, open(path, "rb") as b:
-        assert probe_part10(a) == _probe_with_pydicom(b)
+        info = probe_part10(a)
+        assert info == _probe_with_pydicom(b)
+    assert tuple(info) == read_by_pydicom(path)
 
 
 @pytest.mark.parametrize("name", PROBED_FILES)
