@@ -1159,6 +1159,7 @@ class Association:
             calling_ae_title=rq.calling_ae_title,
             presentation_contexts=to_ac_items(results),
             user_information=tuple(user_info),
+            titles=rq.titles,  # returned as received (PS3.8 Table 9-17)
         )
         self._local.primitive = ac
         self._local._absorb(user_info[2:])

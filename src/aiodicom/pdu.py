@@ -22,7 +22,7 @@ Sans-IO: no anyio, no sockets, no clock.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from pydicom import config as _pydicom_config
@@ -140,6 +140,9 @@ class AAssociateRQ:
     presentation_contexts: tuple[PresentationContextRQ, ...] = ()
     user_information: tuple[UserItem, ...] = ()
     """User Information item (0x50) sub-items in order, PS3.8 9.3.2.3."""
+    titles: bytes = field(default=b"", compare=False, repr=False)
+    """A received PDU's called and calling AE title fields, the 32 bytes as
+    they came (the titles above are stripped of their spaces)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +158,10 @@ class AAssociateAC:
     application_context_name: UID = APPLICATION_CONTEXT_NAME
     presentation_contexts: tuple[PresentationContextAC, ...] = ()
     user_information: tuple[UserItem, ...] = ()
+    titles: bytes = field(default=b"", compare=False, repr=False)
+    """The 32 bytes of the AE title fields to send instead of the titles
+    above: the A-ASSOCIATE-RQ's, "identical to the value received" (PS3.8
+    Table 9-17), leading spaces included; as received, in a decoded AC."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,10 +312,12 @@ def _encode_user_item(item: UserItem) -> bytes:
 
 
 def _encode_associate(pdu_type: int, pdu: AAssociateRQ | AAssociateAC) -> bytes:
+    if isinstance(pdu, AAssociateAC) and len(pdu.titles) == 32:
+        called, calling = pdu.titles[:16], pdu.titles[16:]
+    else:
+        called, calling = _ae_bytes(pdu.called_ae_title), _ae_bytes(pdu.calling_ae_title)
     parts = [
-        _ASSOC_FIXED.pack(
-            pdu.protocol_version, _ae_bytes(pdu.called_ae_title), _ae_bytes(pdu.calling_ae_title)
-        ),
+        _ASSOC_FIXED.pack(pdu.protocol_version, called, calling),
         _item(0x10, _uid_bytes(pdu.application_context_name, "application context name")),
     ]
     if isinstance(pdu, AAssociateRQ):
@@ -578,6 +587,7 @@ def _decode_associate(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssoci
             application_context_name=app_context,
             presentation_contexts=tuple(rq_contexts),
             user_information=tuple(user_items),
+            titles=called + calling,
         )
     return AAssociateAC(
         protocol_version=version,
@@ -586,6 +596,7 @@ def _decode_associate(pdu_type: int, body: memoryview) -> AAssociateRQ | AAssoci
         application_context_name=app_context,
         presentation_contexts=tuple(ac_contexts),
         user_information=tuple(user_items),
+        titles=called + calling,
     )
 
 

@@ -117,6 +117,22 @@ async def test_protocol_version_3_is_accepted() -> None:
         await raw_release(peer)
 
 
+async def test_the_ac_returns_the_rq_titles_as_received() -> None:
+    """The A-ASSOCIATE-AC's called and calling AE title fields are sent
+    "identical to the value received" in the RQ (PS3.8 Table 9-17): leading
+    spaces too, which the titles themselves do not keep."""
+    raw = bytearray(encode(verification_rq()))
+    raw[10:42] = b"  TEST_SCP      " + b"   RAW_SCU      "
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await peer.send(bytes(raw))
+        ac = await peer.read_raw()
+        assert ac is not None and ac[0] == 0x02, ac
+        assert ac[10:42] == raw[10:42]
+        decoded = decode_pdu(ac)
+        assert (decoded.called_ae_title, decoded.calling_ae_title) == ("TEST_SCP", "RAW_SCU")  # type: ignore[union-attr]
+        await raw_release(peer)
+
+
 async def test_unknown_items_in_the_associate_rq_are_skipped() -> None:
     """An A-ASSOCIATE-RQ carrying items of types the standard does not define
     (a top-level item, a presentation context sub-item) is served as if they

@@ -9,6 +9,7 @@ the comments are the 1-based "Item Bytes" of the standard's tables.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -888,3 +889,21 @@ def test_round_trip_p_data(pdv_list: list[PDV]) -> None:
     if len(pdv_list) == 1:
         p = pdv_list[0]
         assert encode_p_data(p.context_id, p.control_header, p.data) == wire
+
+
+def test_ac_titles_are_the_rq_fields_as_received() -> None:
+    """A decoded PDU keeps its 32 AE title bytes (``titles``, not compared);
+    an AC given them sends them as they are (PS3.8 Table 9-17), one without
+    them pads its titles."""
+    raw = bytearray(encode(ASSOCIATE_RQ))
+    raw[10:42] = b" ANY-SCP        " + b"  ECHOSCU       "
+    rq = decode_pdu(bytes(raw))
+    assert isinstance(rq, AAssociateRQ)
+    assert (rq.called_ae_title, rq.calling_ae_title) == ("ANY-SCP", "ECHOSCU")
+    assert rq.titles == bytes(raw[10:42])
+    assert rq == ASSOCIATE_RQ  # not part of equality
+    echoed = replace(ASSOCIATE_AC, titles=rq.titles)
+    assert encode(echoed)[10:42] == raw[10:42]
+    assert encode(ASSOCIATE_AC)[10:42] == b"ANY-SCP         ECHOSCU         "
+    again = decode_pdu(encode(echoed))
+    assert isinstance(again, AAssociateAC) and again.titles == rq.titles
