@@ -29,6 +29,8 @@ import asyncio
 import json
 import os
 import shutil
+import ssl
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,7 +69,7 @@ from pydicom.uid import (
 )
 
 from aiodicom import AE, evt, sop_class
-from aiodicom.errors import NoAcceptedContext
+from aiodicom.errors import DicomNetworkError, NoAcceptedContext
 
 HOST = "127.0.0.1"
 AIODICOM_PEER = Path(__file__).resolve().parents[1] / "peers" / "aiodicom_peer.py"
@@ -1034,3 +1036,193 @@ def test_large_instance_storescu_to_aiodicom_scp_process(
     print(f"storescu -> aiodicom SCP, {large_instance.dataset_size} B:")
     print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB; events: {events}")
     assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
+
+
+# =========================================================================== 8.
+# TLS (PS3.15 B.1, the Secure Transport Connection Profile), both directions,
+# with each peer: mutual authentication, each side's certificate signed by the
+# CA the other trusts (one self-signed certificate serves as all three here).
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cert.pem, key.pem): a self-signed RSA certificate for 127.0.0.1, made
+    by the openssl CLI (dcmtk's TLS profiles accept RSA keys)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        missing_peer("the openssl CLI is needed to make a TLS certificate")
+    base = tmp_path_factory.mktemp("tls")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def tls_contexts(cert: Path, key: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for mutual TLS with the one certificate."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert))
+    server.load_cert_chain(cert, key)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    client.load_cert_chain(cert, key)
+    return server, client
+
+
+def dcmtk_tls(cert: Path, key: Path) -> list[str]:
+    """dcmtk's options: our key and certificate, the peer's trusted (+cf)."""
+    return ["+tls", str(key), str(cert), "+cf", str(cert)]
+
+
+@pytest.mark.anyio
+async def test_storescu_tls_to_aiodicom_scp(run_dcmtk, tmp_path, tls_files):
+    """storescu and echoscu over TLS into an aiodicom SCP that requires a client
+    certificate; a plain TCP storescu is refused and the SCP goes on serving."""
+    cert, key = tls_files
+    server_ctx, _ = tls_contexts(cert, key)
+    source = bundled_file("CT_small.dcm")
+    _cls, _uid, ts = file_info(source)
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=scp.handlers(), ssl_context=server_ctx
+        ) as server:
+            cp = await in_thread(
+                run_dcmtk,
+                "storescu",
+                "-v",
+                *dcmtk_tls(cert, key),
+                STORESCU_PROPOSE[ts],
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                source,
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            plain = await in_thread(
+                run_dcmtk, "storescu", "-aec", "AIOSCP", HOST, server.port, source, timeout=30
+            )
+            assert plain.returncode != 0, plain.describe()
+            echo = await in_thread(
+                run_dcmtk,
+                "echoscu",
+                "-v",
+                *dcmtk_tls(cert, key),
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                timeout=PEER_TIMEOUT,
+            )
+            assert echo.returncode == 0, echo.describe()
+            await wait_until(lambda: len(scp.released) == 2, "the second EVT_RELEASED")
+    assert "Received Store Response (Success)" in cp.stdout + cp.stderr, cp.describe()
+    assert "Received Echo Response (Success)" in echo.stdout + echo.stderr, echo.describe()
+    (rec,) = scp.received  # the plain storescu stored nothing
+    check_received(rec, source, dcmtk_sender=True)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_tls_to_storescp(dcmtk_storescp_factory, tls_files):
+    """aiodicom SCU over TLS to storescp +tls (which requires our certificate):
+    the instance arrives byte for byte; without TLS the association fails."""
+    cert, key = tls_files
+    _, client_ctx = tls_contexts(cert, key)
+    storescp = dcmtk_storescp_factory("+B", *dcmtk_tls(cert, key), fork=False)
+    source = bundled_file("CT_small.dcm")
+    ae = storage_scu_ae([source])
+    ae.add_requested_context(sop_class.Verification)
+    with deadline():
+        async with ae.associate(
+            HOST, storescp.port, ae_title=storescp.ae_title, ssl_context=client_ctx
+        ) as assoc:
+            assert assoc.is_established
+            rsp = await assoc.send_c_store(source)
+            assert int((await assoc.send_c_echo()).Status) == 0
+        with pytest.raises((DicomNetworkError, OSError)):  # plain TCP: no association
+            async with storage_scu_ae([source]).associate(
+                HOST, storescp.port, ae_title=storescp.ae_title
+            ):
+                pass
+    assert status_of(rsp) == 0x0000, storescp.process.describe()
+    (received,) = await in_thread(storescp.wait_for_files, 1)
+    assert_same_bytes(received, source)
+    assert_same_instance(source, received, transfer_syntax=file_info(source)[2])
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_scu_tls_to_aiodicom_scp(run_pynetdicom_scu, tmp_path, tls_files):
+    cert, key = tls_files
+    server_ctx, _ = tls_contexts(cert, key)
+    sources = [bundled_file("CT_small.dcm"), bundled_file("MR_small.dcm")]
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    with deadline():
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=scp.handlers(), ssl_context=server_ctx
+        ) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--tls",
+                cert,
+                key,
+                cert,
+                "--echo",
+                "1",
+                *[a for s in sources for a in ("--store", s)],
+                "--chunked",
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    assert [e["status"] for e in events if e["event"] == "c_echo"] == [0], events
+    assert [e["status"] for e in events if e["event"] == "c_store"] == [0, 0], events
+    for rec, source in zip(scp.received, sources, strict=True):
+        check_received(rec, source, same_bytes=True)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_tls_to_pynetdicom_scp(pynetdicom_scp, tmp_path, tls_files):
+    cert, key = tls_files
+    _, client_ctx = tls_contexts(cert, key)
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--output-dir", out, "--tls", cert, key, cert, ae_title="PYSCP")
+    sources = [bundled_file("CT_small.dcm"), bundled_file("MR_small.dcm")]
+    ae = storage_scu_ae(sources)
+    with deadline():
+        async with ae.associate(HOST, scp.port, ae_title="PYSCP", ssl_context=client_ctx) as assoc:
+            statuses = [status_of(await assoc.send_c_store(s)) for s in sources]
+        events = await in_thread(scp.wait_for_event, "c_store", count=len(sources))
+        await in_thread(scp.wait_for_event, "released")
+    assert statuses == [0, 0]
+    for event, source in zip(events, sources, strict=True):
+        assert_same_bytes(event["stored"], source)

@@ -73,6 +73,7 @@ import os
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
@@ -586,6 +587,18 @@ def _title(title: Any) -> str | None:
     return title.strip() if isinstance(title, str) else None
 
 
+def tls_context(tls: list[str] | None, *, server: bool) -> ssl.SSLContext | None:
+    """Mutual TLS: our certificate and key, and the CA the peer's must chain to."""
+    if tls is None:
+        return None
+    cert, key, ca = tls
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    context = ssl.create_default_context(purpose, cafile=ca)
+    context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
 def run_scp(args: argparse.Namespace) -> int:
     out = open_writer(args.out)
     scp = SCP(args, out)
@@ -643,6 +656,7 @@ def run_scp(args: argparse.Namespace) -> int:
         (args.host, args.port),
         evt_handlers=scp.handlers(),
         server_class=ThreadedAssociationServer,
+        ssl_context=tls_context(args.tls, server=True),
     )
     thread = threading.Thread(
         target=server.serve_forever,
@@ -808,6 +822,7 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
 
     handlers: list[Any] = [(evt.EVT_PDU_RECV, on_pdu_recv), (evt.EVT_CONN_OPEN, on_conn_open)]
 
+    context = tls_context(args.tls, server=False)
     assoc = ae.associate(
         args.host,
         args.port,
@@ -815,6 +830,7 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
         ext_neg=ext_neg or None,
         evt_handlers=handlers,
         max_pdu=args.max_pdu if args.max_pdu is not None else ae.maximum_pdu_size,
+        tls_args=None if context is None else (context, args.host),
     )
 
     if assoc.is_rejected:
@@ -1038,6 +1054,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="mode", required=True)
 
+    def tls_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--tls",
+            nargs=3,
+            metavar=("CERT", "KEY", "CA"),
+            help="TLS with this certificate and key; the peer's must be signed by CA",
+        )
+
     def timeouts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--acse-timeout", type=float, default=30.0)
         sp.add_argument("--dimse-timeout", type=float, default=30.0)
@@ -1099,6 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Q/R handlers: after N responses wait for a C-CANCEL (up to --hold-timeout)",
     )
     scp.add_argument("--hold-timeout", type=float, default=10.0)
+    tls_option(scp)
     timeouts(scp)
 
     scu = sub.add_parser("scu", help="associate, echo and/or store, release")
@@ -1131,6 +1156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scu.add_argument("--max-pdu", type=int, default=None)
     scu.add_argument("--out", metavar="FILE")
+    tls_option(scu)
     timeouts(scu)
 
     qrscu = sub.add_parser("qrscu", help="associate, one C-FIND/C-GET/C-MOVE, release")
