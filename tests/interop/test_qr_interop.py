@@ -870,16 +870,37 @@ async def test_aiodicom_find_cancel_to_dcmqrscp(dcmqrscp_factory, tree):
     qr = await in_thread(dcmqrscp_factory, fill=folder_of(tree))
     ident = query("IMAGE", StudyInstanceUID=tree[0].attrs["StudyInstanceUID"], SOPInstanceUID="")
     ident.SeriesInstanceUID = tree[0].attrs["SeriesInstanceUID"]
+    cancels: list[Dataset] = []
+    finals: list[Dataset] = []
+
+    def on_dimse_sent(event: evt.Event) -> None:
+        if event.message.command.get("CommandField") == 0x0FFF:
+            cancels.append(event.message.command)
+
+    def on_dimse_recv(event: evt.Event) -> None:
+        command = event.message.command
+        final = command.get("Status") not in (0xFF00, 0xFF01)
+        if command.get("MessageIDBeingRespondedTo") == 41 and final:
+            finals.append(command)
+
+    handlers = [(evt.EVT_DIMSE_SENT, on_dimse_sent), (evt.EVT_DIMSE_RECV, on_dimse_recv)]
     ae = qr_scu_ae()
     with deadline():
-        async with ae.associate(HOST, qr.port, ae_title=qr.ae_title) as assoc:
+        async with ae.associate(
+            HOST, qr.port, ae_title=qr.ae_title, evt_handlers=handlers
+        ) as assoc:
             seen = 0
-            async with assoc.send_c_find(ident, MODELS["study"]["find"]) as responses:
+            find = assoc.send_c_find(ident, MODELS["study"]["find"], msg_id=41)
+            async with find as responses:
                 async for status, _identifier in responses:
                     assert int(status.Status) in (0xFF00, 0xFF01)
                     seen += 1
                     break
             assert seen == 1
+            # the C-CANCEL went out for this request, and its final response was
+            # drained (0xFE00, or 0x0000 if dcmqrscp had sent every match already)
+            assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [41]
+            assert [f["Status"] for f in finals] in ([0xFE00], [0x0000]), finals
             echo = await assoc.send_c_echo()
             assert int(echo.Status) == 0x0000
             _p, identifiers, final = await collect(
@@ -1156,6 +1177,67 @@ async def test_aiodicom_get_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders,
 
 
 @pytest.mark.anyio
+async def test_aiodicom_move_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders, data):
+    """aiodicom leaves a C-MOVE after 2 pending responses: the C-CANCEL reaches
+    pynetdicom's handler, the final status is 0xFE00, 2 instances reached the
+    destination, and the association goes on."""
+    _model, ident = retrieve_cases(data)["PATIENT"]
+    rec = StoreRecorder()
+    finals: list[Dataset] = []
+    cancels: list[Dataset] = []
+
+    def on_dimse_recv(event: evt.Event) -> None:
+        status = event.message.command.get("Status")
+        if status is not None and status not in (0xFF00, 0xFF01):
+            finals.append(event.message.command)
+
+    def on_dimse_sent(event: evt.Event) -> None:
+        if event.message.command.get("CommandField") == 0x0FFF:
+            cancels.append(event.message.command)
+
+    dest = storage_ae("AIOSTORE")
+    ae = qr_scu_ae()
+    with deadline(30):
+        async with dest.start_server((HOST, 0), evt_handlers=rec.handlers()) as server:
+            scp = await in_thread(
+                pynetdicom_scp,
+                "--qr-dir",
+                str(qr_folders),
+                "--move-dest",
+                f"AIOSTORE={HOST}:{server.port}",
+                "--hold-after",
+                "2",
+            )
+            async with ae.associate(
+                HOST,
+                scp.port,
+                ae_title=scp.ae_title,
+                evt_handlers=[
+                    (evt.EVT_DIMSE_RECV, on_dimse_recv),
+                    (evt.EVT_DIMSE_SENT, on_dimse_sent),
+                ],
+            ) as assoc:
+                pending = 0
+                move = assoc.send_c_move(ident, "AIOSTORE", MODELS["patient"]["move"], msg_id=31)
+                async with move as responses:
+                    async for status, _identifier in responses:
+                        assert int(status.Status) == 0xFF00
+                        pending += 1
+                        if pending == 2:
+                            break
+                echo = await assoc.send_c_echo()
+                assert int(echo.Status) == 0x0000
+            (seen,) = await in_thread(scp.wait_for_event, "c_move")
+            await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+    assert seen["cancelled"] and seen["sent"] == 2, seen
+    assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [31]
+    assert len(rec.received) == 2
+    final = next(c for c in finals if c.get("MessageIDBeingRespondedTo") == 31)
+    assert final["Status"] == 0xFE00, final
+    assert final.get("NumberOfCompletedSuboperations") == 2, final
+
+
+@pytest.mark.anyio
 async def test_aiodicom_move_from_pynetdicom_scp(pynetdicom_scp, qr_folders, data):
     _model, ident = retrieve_cases(data)["STUDY"]
     expected = select_instances(data, ident)
@@ -1362,3 +1444,36 @@ async def test_pynetdicom_move_to_aiodicom_scp(run_pynetdicom_qrscu, dcmtk_store
     assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
     files = await in_thread(dcmtk_storescp.wait_for_files, len(expected))
     check_files(files, expected)
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_move_cancel_to_aiodicom_scp(run_pynetdicom_qrscu, dcmtk_storescp, tree):
+    """pynetdicom cancels a C-MOVE after 2 pending responses: aiodicom's handler
+    sees it, the final status is 0xFE00 with 2 completed, exactly 2 instances
+    reached the destination, and the association goes on (C-ECHO)."""
+    _model, ident = retrieve_cases(tree)["PATIENT"]
+    total = len(select_instances(tree, ident))
+    assert total > 2
+    handlers = QRHandlers(tree, destinations={"STORESCP": dcmtk_storescp.address}, hold_after=2)
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        handlers,
+        "--service",
+        "move",
+        "--model",
+        "patient",
+        "--move-dest",
+        "STORESCP",
+        "--cancel-after",
+        "2",
+        "--echo-after",
+        *pyn_keys(ident),
+    )
+    rsps = [e for e in events if e["event"] == "move_rsp"]
+    assert [e["status"] for e in rsps] == [0xFF00, 0xFF00, 0xFE00], rsps
+    assert rsps[-1]["completed"] == 2 and rsps[-1]["remaining"] in (None, total - 2), rsps[-1]
+    assert [e["status"] for e in events if e["event"] == "c_echo"] == [0], events
+    (rec,) = handlers.requests
+    assert rec["cancel_seen"] and rec["sent"] == 2
+    files = await in_thread(dcmtk_storescp.wait_for_files, 2)
+    assert len(files) == 2
