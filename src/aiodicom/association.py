@@ -1858,7 +1858,7 @@ class Association:
             except (TypeError, ValueError):
                 LOGGER.error("EVT_C_FIND handler yielded %r, not (status, identifier)", item)
                 return {"Status": 0xC312}
-            fields = _status_fields(status, 0xC312)
+            fields = _status_fields(status, 0xC312, CommandField.C_FIND_RSP)
             if fields["Status"] not in _PENDING:
                 return fields
             if event.is_cancelled:
@@ -2012,7 +2012,7 @@ class Association:
             except (TypeError, ValueError):
                 LOGGER.error("%s handler yielded %r, not (status, dataset)", name, item)
                 return counts.final(error_base + 0x11)
-            fields = _status_fields(status, error_base + 0x11)
+            fields = _status_fields(status, error_base + 0x11, msg.command_field | 0x8000)
             if fields["Status"] not in _PENDING:
                 out = counts.final(fields["Status"])  # Remaining too, for a cancel
                 out.update(fields)
@@ -2153,9 +2153,9 @@ class Association:
         }
         if msg.command_field == CommandField.C_STORE_RQ:
             fields["AffectedSOPInstanceUID"] = command.get("AffectedSOPInstanceUID")
-            fields.update(_status_fields(status, 0xC211))
+            fields.update(_status_fields(status, 0xC211, CommandField.C_STORE_RSP))
         else:
-            fields.update(_status_fields(status, 0x0110))
+            fields.update(_status_fields(status, 0x0110, CommandField.C_ECHO_RSP))
         return encode_command(fields)
 
     def _store_event(self, msg: Message) -> evt.Event:
@@ -3677,18 +3677,20 @@ def _cap(value: int) -> int:
     return MAX_ASYNC_WINDOW if value == 0 else min(value, MAX_ASYNC_WINDOW)
 
 
-def _status_fields(status: Any, failure: int) -> dict[str, Any]:
-    """The Status (and optional comment elements) of a handler's answer.
+def _status_fields(status: Any, failure: int, response: int) -> dict[str, Any]:
+    """The Status (and optional comment elements) of a handler's answer, for
+    the response of Command Field ``response``.
 
-    Only values that encode go out: a Status that is no 16-bit code is
-    answered ``failure``; an Error Comment is made a valid LO
-    (:func:`error_comment`); an Error ID that is no 16-bit number and an
-    Offending Element that is no list of tags are left out (and logged).
+    Only values that encode, and fields the response has (PS3.7 9.3: Error
+    Comment and Offending Element, not Error ID, which is the DIMSE-N
+    services'), go out: a Status that is no 16-bit code is answered
+    ``failure``; an Error Comment is made a valid LO (:func:`error_comment`);
+    an Offending Element that is no list of tags is left out (and logged).
     """
     if isinstance(status, Dataset):
-        out = status_elements(status, ("Status", "ErrorComment", "ErrorID", "OffendingElement"))
-        if "ErrorID" in out and not is_us(out["ErrorID"]):
-            LOGGER.error("Handler status Error ID %r is no US: left out", out.pop("ErrorID"))
+        allowed = MESSAGE_SPECS[response].fields
+        keywords = ("Status", "ErrorComment", "OffendingElement")
+        out = status_elements(status, (k for k in keywords if k in allowed))
         if "OffendingElement" in out and not _are_tags(out["OffendingElement"]):
             LOGGER.error(
                 "Handler status Offending Element %r: left out", out.pop("OffendingElement")

@@ -1153,3 +1153,41 @@ def test_message_ids_go_round_skipping_those_in_use_and_zero() -> None:
     state._pending[7] = None
     with pytest.raises(LocalProtocolError, match="every message ID is in use"):
         allocate(state)
+
+
+@pytest.mark.parametrize(
+    ("service", "kept"),
+    [("store", {"ErrorComment", "OffendingElement"}), ("echo", {"ErrorComment"})],
+)
+async def test_dimse_c_responses_carry_only_their_own_status_fields(
+    service: str, kept: set[str]
+) -> None:
+    """A handler's status Dataset may hold Error ID, Error Comment and
+    Offending Element: the C-STORE-RSP and C-ECHO-RSP carry only the fields
+    PS3.7 Tables 9.3-2 and 9.3-13 give them (Error ID is the DIMSE-N
+    services'), and each response passes the strict field check."""
+    from aiodicom.dimse_messages import check_command
+
+    answer = _status_with(
+        Status=0xC001, ErrorID=7, ErrorComment="nope", OffendingElement=[0x00100010]
+    )
+    sent: list[Dataset] = []
+    scu, scp = storage_pair()
+    scp.add_supported_context(sop_class.Verification)
+    scu.add_requested_context(sop_class.Verification)
+    handlers = [
+        (evt.EVT_C_STORE, lambda event: answer),
+        (evt.EVT_C_ECHO, lambda event: answer),
+        (evt.EVT_DIMSE_SENT, lambda event: sent.append(event.message.command)),
+    ]
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=handlers) as assoc:
+            if service == "store":
+                rsp = await assoc.send_c_store(make_dataset())
+            else:
+                rsp = await assoc.send_c_echo()
+    assert rsp.Status == 0xC001
+    extra = {"ErrorID", "ErrorComment", "OffendingElement"}
+    assert {e.keyword for e in rsp if e.keyword in extra} == kept
+    (command,) = sent
+    check_command(command, strict=True)
