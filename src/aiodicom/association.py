@@ -2025,7 +2025,7 @@ class Association:
                     dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
                 except Exception as exc:
                     LOGGER.error("%s: could not read an instance to send: %s", name, exc)
-                    counts.record(0xA702, _instance_uid_of(dataset))
+                    counts.record(0xA702, await _instance_uid_of(dataset))
                     continue
             if store_to is None:
                 assert open_destination is not None
@@ -2036,10 +2036,14 @@ class Association:
                     dataset, originator_aet=originator, originator_id=originator_id
                 )
                 command = rsp.command
-                counts.record(int(command["Status"]), command.get("AffectedSOPInstanceUID"))
+                status = int(command["Status"])
+                uid = command.get("AffectedSOPInstanceUID")  # U(=): may be left out
+                if uid is None and status != 0x0000:
+                    uid = await _instance_uid_of(dataset)
+                counts.record(status, uid)
             except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
                 LOGGER.error("%s sub-operation failed: %s", name, exc)
-                counts.record(0xA702, _instance_uid_of(dataset))
+                counts.record(0xA702, await _instance_uid_of(dataset))
             pending = counts.pending_command(head)
             # C-GET: corked, it leaves with the next sub-operation's C-STORE
             # request on this association (one write, not two) or at the end
@@ -3429,10 +3433,24 @@ def _storage_contexts(ae: AE) -> list[PresentationContext]:
     return out[:128]
 
 
-def _instance_uid_of(dataset: Any) -> str | None:
+async def _instance_uid_of(dataset: Any) -> str | None:
+    """The SOP Instance UID of a failed sub-operation's instance, for the
+    Failed SOP Instance UID List (PS3.4 C.4.2.1.4, C.4.3.1.3): a Dataset's, or
+    a file's as its head gives it (read in a worker thread); None if it
+    cannot be told (an open file object is left where it is)."""
     if isinstance(dataset, Dataset):
         uid = dataset.get("SOPInstanceUID")
         return None if uid is None else str(uid)
+    if isinstance(dataset, str | os.PathLike):
+
+        def probe() -> str | None:
+            with open(dataset, "rb") as f:
+                return probe_part10(f).sop_instance_uid or None
+
+        try:
+            return await anyio.to_thread.run_sync(probe)
+        except Exception:  # unreadable or not DICOM: the count is all there is
+            return None
     return None
 
 

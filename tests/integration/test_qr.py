@@ -11,6 +11,7 @@ backpressure. Interop with dcmtk and pynetdicom is in tests/interop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -371,6 +372,45 @@ async def test_get_failed_sub_operations_are_listed() -> None:
     assert final.NumberOfFailedSuboperations == 3
     expected = [d.SOPInstanceUID for d in matches(query())]
     assert list(final.identifier.FailedSOPInstanceUIDList) == expected  # type: ignore[attr-defined]
+
+
+async def test_get_failed_sub_operations_from_files_are_listed(tmp_path: Path) -> None:
+    """Instances yielded as paths: one that has no accepted context (an MR file
+    on an association negotiated for CT) is listed in the final response's
+    Failed SOP Instance UID List by the UID its file holds; one that cannot
+    be read is counted, with no UID to list; a good one completes."""
+    good = make_dataset(SOPClassUID=CT)
+    other = make_dataset(SOPClassUID=sop_class.MRImageStorage)
+    paths = []
+    for name, ds in (("ct.dcm", good), ("mr.dcm", other)):
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        paths.append(tmp_path / name)
+    paths.append(tmp_path / "missing.dcm")
+
+    async def get(event: evt.Event) -> AsyncIterator[Any]:
+        yield len(paths)
+        for path in paths:
+            yield 0xFF00, path
+
+    scu, scp = qr_pair()
+    stored = Stored()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=[(evt.EVT_C_GET, get)],
+            scu_handlers=[(evt.EVT_C_STORE, stored)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            responses = [item async for item in assoc.send_c_get(query(), GET)]
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000  # some failed
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 2)
+    assert stored.uids == [good.SOPInstanceUID]
+    assert identifier is not None
+    listed = identifier.FailedSOPInstanceUIDList  # one value: pydicom gives the str
+    assert listed == other.SOPInstanceUID
 
 
 async def test_get_warnings_give_b000() -> None:
