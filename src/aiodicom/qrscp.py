@@ -1703,9 +1703,10 @@ class Archive:
 
         0x0000 once it is queued for :meth:`serve_commitments`; 0x0112 for an
         instance other than the well-known one, 0x0123 for an action other
-        than 1 (Request Storage Commitment), 0x0120 for a request without a
-        Transaction UID or Referenced SOP Sequence, 0x0213 when too many are
-        waiting.
+        than 1 (Request Storage Commitment), 0x0115 (invalid argument value)
+        for a request without a valid Transaction UID or with no Referenced
+        SOP Sequence item (PS3.4 J.3.2.1.1 requires both), 0x0213 when too
+        many are waiting.
         """
         try:
             job = self._commitment_job(event)
@@ -1739,8 +1740,11 @@ class Archive:
             ]  # fmt: skip
         except Exception as exc:  # a data set pydicom cannot read
             raise QRError(0x0110, f"the Action Information does not decode: {exc}") from exc
-        if not transaction or "ReferencedSOPSequence" not in info:
-            raise QRError(0x0120, "Transaction UID and Referenced SOP Sequence are required")
+        if not is_plain_uid(transaction) or not references:
+            # (0x0120 Missing Attribute is not an N-ACTION status: PS3.7 10.1.4.1.10)
+            raise QRError(
+                0x0115, "a valid Transaction UID and a Referenced SOP Sequence item are required"
+            )
         return _Commitment(event.assoc, event.assoc.requestor.ae_title, transaction, references)
 
     def _commit_lookup(

@@ -222,9 +222,10 @@ async def _until(predicate: Any) -> None:
     [
         (COMMITMENT, "1.2.3", 1, request("1.2.3.4.3", []), 0x0112),
         (COMMITMENT, INSTANCE, 2, request("1.2.3.4.3", []), 0x0123),
-        (COMMITMENT, INSTANCE, 1, Dataset(), 0x0120),
+        (COMMITMENT, INSTANCE, 1, Dataset(), 0x0115),
+        (COMMITMENT, INSTANCE, 1, request("1.2.3.4.3", []), 0x0115),
     ],
-    ids=["other-instance", "other-action", "no-transaction"],
+    ids=["other-instance", "other-action", "no-transaction", "no-references"],
 )
 async def test_bad_requests_are_refused(
     tmp_path: Path, class_uid: str, instance_uid: str, action: int, info: Dataset, code: int
@@ -247,23 +248,6 @@ async def test_refused_when_reports_are_not_served(tmp_path: Path) -> None:
                 )
     assert status.Status == 0x0110
     assert "not being served" in status.ErrorComment
-
-
-async def test_an_empty_request_is_reported_as_all_kept(tmp_path: Path) -> None:
-    reports = Reports()
-    async with qrscp(tmp_path) as (_archive, srv):
-        with anyio.fail_after(GUARD):
-            async with modality().associate(
-                "127.0.0.1", srv.port, evt_handlers=[(evt.EVT_N_EVENT_REPORT, reports)]
-            ) as assoc:
-                status, _ = await assoc.send_n_action(
-                    request("1.2.3.4.5", []), 1, COMMITMENT, INSTANCE
-                )
-                assert status.Status == 0x0000
-                await reports.got.wait()
-    [report] = reports.events
-    assert report.event_type == 1
-    assert report.event_information.TransactionUID == "1.2.3.4.5"
 
 
 async def test_requests_not_reported_when_stopped_are_logged(
