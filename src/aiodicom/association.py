@@ -1630,6 +1630,9 @@ class Association:
             problem = _check_request(msg)
             if problem is not None:
                 await self._invalid_request(msg, problem)
+            elif (refusal := self._context_refusal(msg)) is not None:
+                LOGGER.error("Refusing %s: %s", msg.name, refusal)
+                await self._refuse(msg, 0x0122, comment=refusal[:64])
             elif field == CommandField.C_STORE_RQ:
                 await self._serve_c_store(msg)
             elif field == CommandField.C_ECHO_RQ:
@@ -1653,6 +1656,25 @@ class Association:
         self._inflight -= 1
         if self._inflight == 0 and self._idle is not None:
             self._idle.set()
+
+    def _context_refusal(self, msg: Message) -> str | None:
+        """Why a request cannot be served on its presentation context, if so.
+
+        The context must give us the SCP role for its SOP class (an
+        N-EVENT-REPORT comes from the SOP class's SCP: either role will do),
+        and the request must be for that SOP class (PS3.4 Q.2.1.1.1: the
+        abstract syntax names the SOP class), or for one in it when the
+        context is for a Meta SOP Class (Print Management). Answered 0x0122,
+        Refused: SOP Class not supported (PS3.7 C.5.20), as pynetdicom does.
+        """
+        cx = self._contexts[msg.context_id]
+        command = msg.command
+        if not cx.as_scp and msg.command_field != CommandField.N_EVENT_REPORT_RQ:
+            return f"no SCP role on context {msg.context_id}"
+        sop_class = command.get("AffectedSOPClassUID") or command.get("RequestedSOPClassUID")
+        if sop_class != cx.abstract_syntax and cx.abstract_syntax not in _META_SOP_CLASSES:
+            return f"{sop_class} is not the SOP class of context {msg.context_id}"
+        return None
 
     async def _refuse(self, msg: Message, status: int, comment: str | None = None) -> None:
         """Answer a request we do not serve with a failure status."""
@@ -2081,7 +2103,7 @@ class Association:
                 plain = self._plain[kind] = (handler, _is_plain(handler))
             if not plain[1]:
                 return False
-        if _check_request(msg) is not None:
+        if _check_request(msg) is not None or self._context_refusal(msg) is not None:
             return False
         if n_kind is not None:
             self._serve_n_inline(msg, n_kind)
@@ -3255,6 +3277,22 @@ _INVALID_STATUS: dict[int, int] = {
     CommandField.C_GET_RQ: 0xC000,
     CommandField.C_MOVE_RQ: 0xC000,
 }
+
+
+#: Meta SOP Classes: a context for one serves the SOP classes it groups.
+_META_SOP_CLASSES: Final = frozenset(
+    (
+        "1.2.840.10008.5.1.1.9",  # Basic Grayscale Print Management Meta
+        "1.2.840.10008.5.1.1.9.1",  # Referenced Grayscale Print Management Meta (retired)
+        "1.2.840.10008.5.1.1.18",  # Basic Color Print Management Meta
+        "1.2.840.10008.5.1.1.18.1",  # Referenced Color Print Management Meta (retired)
+        "1.2.840.10008.5.1.1.32",  # Pull Stored Print Management Meta (retired)
+        "1.2.840.10008.5.1.4.32",  # General Purpose Worklist Management Meta (retired)
+        "1.2.840.10008.3.1.2.1.4",  # Detached Patient Management Meta (retired)
+        "1.2.840.10008.3.1.2.5.4",  # Detached Results Management Meta (retired)
+        "1.2.840.10008.3.1.2.5.5",  # Detached Study Management Meta (retired)
+    )
+)
 
 
 def _check_request(msg: Message) -> DIMSEError | None:

@@ -37,6 +37,7 @@ from aiodicom.pdu import (
 from aiodicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 
 #: Hang guard for any single wait in these tests (never reached when all is well).
@@ -173,7 +174,9 @@ def verification_rq(
 
 
 def verification_ac(rq: AAssociateRQ, max_pdu: int = 16384) -> AAssociateAC:
-    """An A-ASSOCIATE-AC accepting every context of ``rq`` with Implicit VR LE."""
+    """An A-ASSOCIATE-AC accepting every context of ``rq`` with Implicit VR LE,
+    and granting every SCP/SCU role ``rq`` proposes."""
+    roles = tuple(i for i in rq.user_information if isinstance(i, SCP_SCU_RoleSelectionNegotiation))
     return AAssociateAC(
         called_ae_title=rq.called_ae_title,
         calling_ae_title=rq.calling_ae_title,
@@ -184,6 +187,7 @@ def verification_ac(rq: AAssociateRQ, max_pdu: int = 16384) -> AAssociateAC:
         user_information=(
             MaximumLengthNotification(maximum_length_received=max_pdu),
             ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+            *roles,
         ),
     )
 

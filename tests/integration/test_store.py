@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
 from aiodicom.errors import NoAcceptedContext
 from aiodicom.pdu import (
     AAbort,
+    AAssociateAC,
     AAssociateRQ,
+    AReleaseRQ,
     PDataTF,
     PresentationContextRQ,
     decode_pdu,
@@ -53,6 +56,7 @@ from aiodicom.pdu import (
 from aiodicom.pdu_primitives import (
     ImplementationClassUIDNotification,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from aiodicom.testing import RecordingHandlers, make_dataset, memory_pair
 
@@ -1191,3 +1195,61 @@ async def test_dimse_c_responses_carry_only_their_own_status_fields(
     assert {e.keyword for e in rsp if e.keyword in extra} == kept
     (command,) = sent
     check_command(command, strict=True)
+
+
+async def _store_over_raw(rq: AAssociateRQ, command: bytes, rec: RecordingHandlers) -> int:
+    """Associate with ``rq`` over a real socket, send one C-STORE-RQ of a CT
+    data set on context 1; the response's status."""
+    scp = make_scp_ae()
+    scp.add_supported_context(
+        sop_class.CTImageStorage, ExplicitVRLittleEndian, scu_role=True, scp_role=True
+    )
+    data = encode_dataset(make_dataset(), ExplicitVRLittleEndian)
+    async with running_server(scp, rec.handlers) as server, raw_connection(server.port) as peer:
+        await peer.send(rq)
+        ac = await peer.read_pdu()
+        assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0, ac
+        for pdu in fragment(1, command, data, 16384):
+            await peer.send(pdu)
+        rsp = await peer.read_pdu()
+        assert isinstance(rsp, PDataTF)
+        response = decode_command(rsp.pdvs[0].data)
+        await peer.send(AReleaseRQ())
+        await peer.read_pdu()
+    return int(response["Status"])
+
+
+async def test_request_on_a_context_without_our_scp_role_is_refused_0122() -> None:
+    """The requestor took the SCP role only for CT (role selection): a
+    C-STORE-RQ it sends there is answered 0x0122 (SOP Class not supported,
+    PS3.7 C.5.20), as pynetdicom answers, and the handler never runs."""
+    rq = store_rq_association()
+    role = SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid = sop_class.CTImageStorage
+    role.scu_role, role.scp_role = False, True
+    rq = replace(rq, user_information=(*rq.user_information, role))
+    rec = RecordingHandlers()
+    assert await _store_over_raw(rq, store_rq_command(uid="1.2.3.4"), rec) == 0x0122
+    assert rec.stored == []
+    # the same request without the role item is stored
+    rec = RecordingHandlers()
+    assert await _store_over_raw(store_rq_association(), store_rq_command(uid="1.2.3.4"), rec) == 0
+    assert len(rec.stored) == 1
+
+
+async def test_request_for_another_sop_class_than_its_context_is_refused_0122() -> None:
+    """An MR C-STORE-RQ on the CT context (PS3.4 Q.2.1.1.1: the abstract
+    syntax names the SOP class) is answered 0x0122; the handler never runs."""
+    mr = encode_command(
+        {
+            "CommandField": CommandField.C_STORE_RQ,
+            "MessageID": 1,
+            "AffectedSOPClassUID": sop_class.MRImageStorage,
+            "Priority": 0,
+            "CommandDataSetType": DATASET_PRESENT,
+            "AffectedSOPInstanceUID": "1.2.3.4",
+        }
+    )
+    rec = RecordingHandlers()
+    assert await _store_over_raw(store_rq_association(), mr, rec) == 0x0122
+    assert rec.stored == []

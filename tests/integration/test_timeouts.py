@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from aiodicom import evt
+from aiodicom import build_role, evt, sop_class
 from aiodicom.errors import DicomNetworkError
 from aiodicom.pdu import AAbort, AAssociateRQ
 
@@ -274,11 +274,16 @@ async def test_network_timeout_while_handler_runs_client_side() -> None:
         await peer.read_until_eof()  # the A-ABORT, then the client's ARTIM close
 
     scu = make_scu_ae(network_timeout=0.3, acse_timeout=0.5)
+    # the SCP role for Verification, which the fake SCP grants: it sends the C-ECHO-RQ
+    roles = [build_role(sop_class.Verification, scu_role=True, scp_role=True)]
     async with fake_scp(scp) as port:
         with anyio.fail_after(GUARD):
             try:
                 async with scu.associate(
-                    "127.0.0.1", port, evt_handlers=[(evt.EVT_C_ECHO, on_echo), on_sent]
+                    "127.0.0.1",
+                    port,
+                    evt_handlers=[(evt.EVT_C_ECHO, on_echo), on_sent],
+                    ext_neg=roles,
                 ) as assoc:
                     await answering.wait()
             except (DicomNetworkError, TimeoutError):
