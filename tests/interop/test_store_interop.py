@@ -1226,3 +1226,98 @@ async def test_aiodicom_scu_tls_to_pynetdicom_scp(pynetdicom_scp, tmp_path, tls_
     assert statuses == [0, 0]
     for event, source in zip(events, sources, strict=True):
         assert_same_bytes(event["stored"], source)
+
+
+# =========================================================================== 9.
+# Aborts started by the peer, and failure statuses seen by storescu
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("when", ["--abort-during", "--abort-after"])
+async def test_storescp_aborting_a_store_from_aiodicom(dcmtk_storescp_factory, when):
+    """storescp aborts the association during, or after, the C-STORE-RQ (before
+    its response): send_c_store raises AssociationAborted (no hang), the
+    association is aborted, and the next one to a fresh storescp works."""
+    from aiodicom.errors import AssociationAborted
+
+    storescp = dcmtk_storescp_factory("+B", when, fork=False)
+    source = bundled_file("CT_small.dcm")
+    with deadline():
+        ae = storage_scu_ae([source])
+        with pytest.raises(AssociationAborted):
+            async with ae.associate(HOST, storescp.port, ae_title=storescp.ae_title) as assoc:
+                await assoc.send_c_store(source)
+        assert assoc.is_aborted and not assoc.is_established
+        again = dcmtk_storescp_factory("+B", fork=False)
+        async with ae.associate(HOST, again.port, ae_title=again.ae_title) as assoc:
+            assert status_of(await assoc.send_c_store(source)) == 0
+    (received,) = await in_thread(again.wait_for_files, 1)
+    assert_same_bytes(received, source)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("status", "text"),
+    [(0xA700, "Refused: OutOfResources"), (0xB000, "Warning: CoercionOfDataElements")],
+)
+async def test_storescu_sees_the_aiodicom_scp_status(run_dcmtk, tmp_path, status, text):
+    """The handler's status reaches storescu as it was answered."""
+    scp = StoreSCP(tmp_path, status=status)
+    ae = storage_scp_ae()
+    source = bundled_file("CT_small.dcm")
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=scp.handlers()) as server:
+            cp = await in_thread(
+                run_dcmtk, "storescu", "-v", "-aec", "AIOSCP", HOST, server.port, source,
+                timeout=PEER_TIMEOUT,
+            )  # fmt: skip
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    out = cp.stdout + cp.stderr
+    assert f"Received Store Response ({text})" in out, cp.describe()
+    assert len(scp.received) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("positive", [True, False], ids=["rsp", "no-rsp"])
+async def test_storescu_user_identity_to_aiodicom_scp(run_dcmtk, tmp_path, positive):
+    """storescu -usr/-pwd (type 2, username and passcode): EVT_USER_ID sees the
+    fields; with -rsp the positive response requested is sent back and
+    storescu goes on to store."""
+    seen: list[tuple[int, bytes, bytes | None, bool]] = []
+
+    def on_user_id(event: evt.Event) -> tuple[bool, bytes | None]:
+        requested = event.assoc.requestor.user_identity.positive_response_requested
+        secondary = event.secondary_field
+        seen.append((event.user_id_type, bytes(event.primary_field),
+                     None if secondary is None else bytes(secondary), requested))  # fmt: skip
+        return True, b"welcome" if requested else None
+
+    scp = StoreSCP(tmp_path)
+    ae = storage_scp_ae()
+    source = bundled_file("CT_small.dcm")
+    with deadline():
+        async with ae.start_server(
+            (HOST, 0), evt_handlers=[*scp.handlers(), (evt.EVT_USER_ID, on_user_id)]
+        ) as server:
+            cp = await in_thread(
+                run_dcmtk,
+                "storescu",
+                "-d",
+                "-usr",
+                "alice",
+                "-pwd",
+                "s3cret",
+                *(["-rsp"] if positive else []),
+                "-aec",
+                "AIOSCP",
+                HOST,
+                server.port,
+                source,
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+    assert seen == [(2, b"alice", b"s3cret", positive)]
+    assert len(scp.received) == 1
+    if positive:
+        assert "User Identity Negotiation Response" in cp.stdout + cp.stderr, cp.describe()
