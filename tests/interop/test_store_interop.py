@@ -1321,3 +1321,63 @@ async def test_storescu_user_identity_to_aiodicom_scp(run_dcmtk, tmp_path, posit
     assert len(scp.received) == 1
     if positive:
         assert "User Identity Negotiation Response" in cp.stdout + cp.stderr, cp.describe()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_pynetdicom_scu_to_aiodicom_scp_process(
+    run_pynetdicom_scu, peer_process, tmp_path, large_instance
+):
+    """The 1 GiB instance from pynetdicom (streamed from the file:
+    STORE_SEND_CHUNKED_DATASET) into the aiodicom SCP process: spooled, the
+    data set stored byte for byte, and the SCP's RSS within its budget."""
+    received_dir = tmp_path / "received"
+    out = tmp_path / "scp.jsonl"
+    scp = peer_process(
+        [
+            sys.executable,
+            AIODICOM_PEER,
+            "scp",
+            "--port",
+            "0",
+            "--ae-title",
+            "AIOSCP",
+            "--output-dir",
+            received_dir,
+            "--out",
+            out,
+        ],
+        name="aiodicom-scp",
+        ready_line=r"^READY (\d+)$",
+    )
+    assert scp.ready_match is not None
+    port = int(scp.ready_match.group(1))
+    cp, events = run_pynetdicom_scu(
+        "--port",
+        port,
+        "--called",
+        "AIOSCP",
+        "--store",
+        large_instance.path,
+        "--chunked",
+        timeout=LARGE_TIMEOUT,
+    )
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}\n{scp.describe()}"
+    assert [e["status"] for e in events if e["event"] == "c_store"] == [0], events
+    assert scp.stop() == 0, scp.describe()
+    scp_events = read_jsonl(out)
+    (store,) = [e for e in scp_events if e["event"] == "c_store"]
+    assert store["sop_instance_uid"] == large_instance.sop_instance_uid
+    assert store["spooled"] is True, store
+    stored = Path(store["stored"])
+    try:
+        assert dataset_digest(stored) == (
+            large_instance.dataset_size,
+            large_instance.dataset_sha256,
+        ), "the data set aiodicom stored differs from the file pynetdicom sent"
+    finally:
+        stored.unlink()
+    base, peak, growth = rss_growth(scp_events, "ready")
+    print(f"pynetdicom -> aiodicom SCP, {large_instance.dataset_size} B:")
+    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB")
+    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {scp_events}"
