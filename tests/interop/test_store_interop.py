@@ -935,6 +935,54 @@ def rss_growth(events: list[dict[str, Any]], start: str) -> tuple[int, int, int]
     return base, peak, peak - base
 
 
+def start_aiodicom_scp_process(peer_process: Any, tmp_path: Path) -> tuple[Any, Path, int]:
+    """``aiodicom_peer.py scp`` in a process of its own, saving what it receives:
+    (the process, its JSON-lines event file, its port)."""
+    out = tmp_path / "scp.jsonl"
+    scp = peer_process(
+        [
+            sys.executable,
+            AIODICOM_PEER,
+            "scp",
+            "--port",
+            "0",
+            "--ae-title",
+            "AIOSCP",
+            "--output-dir",
+            tmp_path / "received",
+            "--out",
+            out,
+        ],
+        name="aiodicom-scp",
+        ready_line=r"^READY (\d+)$",
+    )
+    assert scp.ready_match is not None
+    return scp, out, int(scp.ready_match.group(1))
+
+
+def check_large_received(scp: Any, out: Path, large_instance: LargeInstance, sender: str) -> None:
+    """Stop the SCP process; the instance was spooled and stored byte for byte
+    (checked first), and the process's RSS grew within its budget."""
+    assert scp.stop() == 0, scp.describe()
+    events = read_jsonl(out)
+    (store,) = [e for e in events if e["event"] == "c_store"]
+    assert store["sop_instance_uid"] == large_instance.sop_instance_uid
+    assert store["spooled"] is True, store
+    assert events[-1]["event"] == "shutdown", events
+    stored = Path(store["stored"])
+    try:
+        assert dataset_digest(stored) == (
+            large_instance.dataset_size,
+            large_instance.dataset_sha256,
+        ), f"the data set aiodicom stored differs from the file {sender} sent"
+    finally:
+        stored.unlink()
+    base, peak, growth = rss_growth(events, "ready")
+    print(f"{sender} -> aiodicom SCP, {large_instance.dataset_size} B:")
+    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB; events: {events}")
+    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(LARGE_TIMEOUT + 120)
 def test_large_instance_aiodicom_scu_process_to_storescp(
@@ -983,27 +1031,7 @@ def test_large_instance_aiodicom_scu_process_to_storescp(
 def test_large_instance_storescu_to_aiodicom_scp_process(
     run_dcmtk, peer_process, tmp_path, large_instance
 ):
-    received_dir = tmp_path / "received"
-    out = tmp_path / "scp.jsonl"
-    scp = peer_process(
-        [
-            sys.executable,
-            AIODICOM_PEER,
-            "scp",
-            "--port",
-            "0",
-            "--ae-title",
-            "AIOSCP",
-            "--output-dir",
-            received_dir,
-            "--out",
-            out,
-        ],
-        name="aiodicom-scp",
-        ready_line=r"^READY (\d+)$",
-    )
-    assert scp.ready_match is not None
-    port = int(scp.ready_match.group(1))
+    scp, out, port = start_aiodicom_scp_process(peer_process, tmp_path)
     cp = run_dcmtk(
         "storescu",
         "-R",
@@ -1018,24 +1046,7 @@ def test_large_instance_storescu_to_aiodicom_scp_process(
         timeout=LARGE_TIMEOUT,
     )
     assert cp.returncode == 0, f"{cp.describe()}\n{scp.describe()}"
-    assert scp.stop() == 0, scp.describe()
-    events = read_jsonl(out)
-    (store,) = [e for e in events if e["event"] == "c_store"]
-    assert store["sop_instance_uid"] == large_instance.sop_instance_uid
-    assert store["spooled"] is True, store
-    assert events[-1]["event"] == "shutdown", events
-    stored = Path(store["stored"])
-    try:
-        assert dataset_digest(stored) == (
-            large_instance.dataset_size,
-            large_instance.dataset_sha256,
-        ), "the data set aiodicom stored differs from the file storescu sent"
-    finally:
-        stored.unlink()
-    base, peak, growth = rss_growth(events, "ready")
-    print(f"storescu -> aiodicom SCP, {large_instance.dataset_size} B:")
-    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB; events: {events}")
-    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
+    check_large_received(scp, out, large_instance, "storescu")
 
 
 # =========================================================================== 8.
@@ -1331,27 +1342,7 @@ def test_large_instance_pynetdicom_scu_to_aiodicom_scp_process(
     """The 1 GiB instance from pynetdicom (streamed from the file:
     STORE_SEND_CHUNKED_DATASET) into the aiodicom SCP process: spooled, the
     data set stored byte for byte, and the SCP's RSS within its budget."""
-    received_dir = tmp_path / "received"
-    out = tmp_path / "scp.jsonl"
-    scp = peer_process(
-        [
-            sys.executable,
-            AIODICOM_PEER,
-            "scp",
-            "--port",
-            "0",
-            "--ae-title",
-            "AIOSCP",
-            "--output-dir",
-            received_dir,
-            "--out",
-            out,
-        ],
-        name="aiodicom-scp",
-        ready_line=r"^READY (\d+)$",
-    )
-    assert scp.ready_match is not None
-    port = int(scp.ready_match.group(1))
+    scp, out, port = start_aiodicom_scp_process(peer_process, tmp_path)
     cp, events = run_pynetdicom_scu(
         "--port",
         port,
@@ -1364,20 +1355,4 @@ def test_large_instance_pynetdicom_scu_to_aiodicom_scp_process(
     )
     assert cp.returncode == 0, f"{cp.describe()}\n{events}\n{scp.describe()}"
     assert [e["status"] for e in events if e["event"] == "c_store"] == [0], events
-    assert scp.stop() == 0, scp.describe()
-    scp_events = read_jsonl(out)
-    (store,) = [e for e in scp_events if e["event"] == "c_store"]
-    assert store["sop_instance_uid"] == large_instance.sop_instance_uid
-    assert store["spooled"] is True, store
-    stored = Path(store["stored"])
-    try:
-        assert dataset_digest(stored) == (
-            large_instance.dataset_size,
-            large_instance.dataset_sha256,
-        ), "the data set aiodicom stored differs from the file pynetdicom sent"
-    finally:
-        stored.unlink()
-    base, peak, growth = rss_growth(scp_events, "ready")
-    print(f"pynetdicom -> aiodicom SCP, {large_instance.dataset_size} B:")
-    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB")
-    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {scp_events}"
+    check_large_received(scp, out, large_instance, "pynetdicom")
