@@ -10,7 +10,9 @@ and back; this module knows what each of the 23 messages may and must carry:
   the rule for the Command Data Set Type (a data set required, forbidden,
   optional, or present exactly when the status is Pending).
 * :func:`check_command` validates a decoded command against that table. It
-  runs on every received message, so it is a dictionary lookup per field.
+  runs on every received request (a response needs only its Status to be
+  judged, and is given to its caller as it is), so it is a dictionary
+  lookup per field.
 * :class:`DIMSEMessage` and its 23 subclasses (:class:`CEchoRQ`,
   :class:`CStoreRSP`, :class:`NActionRSP`, ...) are typed, slotted views of a
   command; :meth:`DIMSEMessage.to_fields` gives the dictionary that
