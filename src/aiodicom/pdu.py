@@ -256,6 +256,9 @@ def _ae_bytes(title: str) -> bytes:
     raw = title.encode("ascii")
     if len(raw) > 16:
         raise ValueError(f"AE title {title!r} is longer than 16 characters")
+    if not raw.strip(b" "):
+        # "The value made of 16 spaces ... shall not be used" (PS3.8 Table 9-11)
+        raise ValueError("an AE title may not be empty or all spaces")
     return raw.ljust(16, b" ")
 
 

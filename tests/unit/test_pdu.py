@@ -907,3 +907,12 @@ def test_ac_titles_are_the_rq_fields_as_received() -> None:
     assert encode(ASSOCIATE_AC)[10:42] == b"ANY-SCP         ECHOSCU         "
     again = decode_pdu(encode(echoed))
     assert isinstance(again, AAssociateAC) and again.titles == rq.titles
+
+
+@pytest.mark.parametrize("title", ["", "   ", " " * 16])
+def test_an_empty_ae_title_is_not_encoded(title: str) -> None:
+    """16 spaces "shall not be used" (PS3.8 Tables 9-11 and 9-17)."""
+    with pytest.raises(ValueError, match="empty or all spaces"):
+        encode(replace(ASSOCIATE_RQ, called_ae_title=title))
+    with pytest.raises(ValueError, match="empty or all spaces"):
+        encode(replace(ASSOCIATE_AC, calling_ae_title=title))
