@@ -759,6 +759,56 @@ async def test_pynetdicom_scu_user_identity_refused_by_aiodicom_scp(run_pynetdic
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("proposed", "bound", "expected"),
+    [((5, 3), None, [3, 5]), ((0, 0), None, [64, 64]), ((5, 3), (2, 1), [2, 1])],
+    ids=["capped-by-the-peer", "unlimited-capped-at-64", "by-evt-async-ops"],
+)
+async def test_pynetdicom_scu_async_ops_window_to_aiodicom_scp(
+    run_pynetdicom_scu, proposed, bound, expected
+):
+    """pynetdicom proposes an Asynchronous Operations Window (PS3.7 D.3.3.3):
+    the aiodicom SCP answers one, invoking at most what the requestor
+    performs and performing at most what it invokes (or what EVT_ASYNC_OPS
+    says), and the association serves echoes. An unlimited window (0) is
+    answered with aiodicom's own limit, MAX_ASYNC_WINDOW (64)."""
+    log = SCPLog()
+    asked: list[tuple[int, int]] = []
+
+    def on_async_ops(event: evt.Event) -> tuple[int, int]:
+        asked.append((event.invoked, event.performed))
+        assert bound is not None
+        return bound
+
+    handlers = [*log.handlers(), log.echo_handler()]
+    if bound is not None:
+        handlers.append((evt.EVT_ASYNC_OPS, on_async_ops))
+    ae = scp_ae("AIOSCP")
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
+            cp, events = await in_thread(
+                run_pynetdicom_scu,
+                "--port",
+                server.port,
+                "--called",
+                "AIOSCP",
+                "--echo",
+                "2",
+                "--async-ops",
+                *map(str, proposed),
+                timeout=PEER_TIMEOUT,
+            )
+            assert cp.returncode == 0, cp.describe()
+            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+    assoc_ev = one(events, "association", status="accepted")
+    assert assoc_ev["async_ops"] == expected
+    assert [e["status"] for e in events if e["event"] == "c_echo"] == [0, 0]
+    assert asked == ([tuple(proposed)] if bound is not None else [])
+    (assoc,) = log.accepted
+    assert assoc.requestor.asynchronous_operations == tuple(proposed)
+
+
+@pytest.mark.anyio
 async def test_pynetdicom_scu_role_selection_to_aiodicom_scp(run_pynetdicom_scu):
     log = SCPLog()
     ae = scp_ae("AIOSCP")

@@ -95,7 +95,10 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import UserIdentityNegotiation
+from pynetdicom.pdu_primitives import (
+    AsynchronousOperationsWindowNegotiation,
+    UserIdentityNegotiation,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -803,6 +806,11 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
         ext_neg.append(build_role(uid, scu_role=bool(scu_role), scp_role=bool(scp_role)))
     if args.user_identity is not None:
         ext_neg.append(args.user_identity)
+    if args.async_ops is not None:
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = args.async_ops[0]
+        window.maximum_number_operations_performed = args.async_ops[1]
+        ext_neg.append(window)
 
     abort_info: dict[str, Any] = {}
 
@@ -868,6 +876,7 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
             "user_identity_response", uid_rsp.server_response if uid_rsp is not None else None
         ),
         roles=role_items(acc),
+        async_ops=list(acc.asynchronous_operations),
         contexts=[context_dict(cx) for cx in assoc.accepted_contexts],
         rejected_contexts=[
             {
@@ -1140,6 +1149,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scu.add_argument(
         "--role", type=parse_role, action="append", default=[], metavar="SOPUID:SCU:SCP"
+    )
+    scu.add_argument(
+        "--async-ops",
+        nargs=2,
+        type=int,
+        metavar=("INVOKED", "PERFORMED"),
+        help="propose an Asynchronous Operations Window",
     )
     scu.add_argument("--store", action="append", default=[], metavar="FILE")
     scu.add_argument(
