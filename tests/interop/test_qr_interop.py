@@ -1477,3 +1477,68 @@ async def test_pynetdicom_move_cancel_to_aiodicom_scp(run_pynetdicom_qrscu, dcmt
     assert rec["cancel_seen"] and rec["sent"] == 2
     files = await in_thread(dcmtk_storescp.wait_for_files, 2)
     assert len(files) == 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("service", ["get", "move"])
+async def test_aiodicom_retrieve_cancel_to_dcmqrscp(dcmqrscp_factory, tree, service):
+    """aiodicom leaves a C-GET or C-MOVE from dcmqrscp after its first pending
+    response: the C-CANCEL goes out for the request, the final response is
+    drained (0xFE00, or 0x0000 if dcmqrscp had finished every sub-operation
+    first: here it is 0xFE00 after 2), no more instances arrive than the final
+    counts say, and the association goes on (C-ECHO)."""
+    _model, ident = retrieve_cases(tree)["PATIENT"]
+    total = len(select_instances(tree, ident))
+    rec = StoreRecorder()
+    cancels: list[Dataset] = []
+    finals: list[Dataset] = []
+
+    def on_dimse_sent(event: evt.Event) -> None:
+        if event.message.command.get("CommandField") == 0x0FFF:
+            cancels.append(event.message.command)
+
+    def on_dimse_recv(event: evt.Event) -> None:
+        command = event.message.command
+        final = command.get("Status") not in (None, 0xFF00, 0xFF01)
+        if command.get("MessageIDBeingRespondedTo") == 51 and final:
+            finals.append(command)
+
+    handlers = [(evt.EVT_DIMSE_SENT, on_dimse_sent), (evt.EVT_DIMSE_RECV, on_dimse_recv)]
+    dest = storage_ae("AIOSTORE")
+    ae = qr_scu_ae()
+    with deadline():
+        async with dest.start_server((HOST, 0), evt_handlers=rec.handlers()) as server:
+            qr = await in_thread(
+                dcmqrscp_factory,
+                fill=folder_of(tree),
+                move_destinations={"AIOSTORE": (HOST, server.port)},
+            )
+            async with ae.associate(
+                HOST,
+                qr.port,
+                ae_title=qr.ae_title,
+                evt_handlers=[*handlers, *rec.handlers()],
+                ext_neg=get_roles(),
+            ) as assoc:
+                if service == "get":
+                    call = assoc.send_c_get(ident, MODELS["patient"]["get"], msg_id=51)
+                else:
+                    call = assoc.send_c_move(
+                        ident, "AIOSTORE", MODELS["patient"]["move"], msg_id=51
+                    )
+                async with call as responses:
+                    async for status, _identifier in responses:
+                        assert int(status.Status) in (0xFF00, 0xFF01)
+                        break
+                assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [51]
+                (final,) = finals
+                assert final["Status"] in (0xFE00, 0x0000), final
+                assert int((await assoc.send_c_echo()).Status) == 0
+            if service == "move":
+                await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+    done = final.get("NumberOfCompletedSuboperations", 0) + final.get(
+        "NumberOfWarningSuboperations", 0
+    )
+    assert len(rec.received) == done <= total
+    if final["Status"] == 0xFE00:
+        assert done < total
