@@ -983,12 +983,11 @@ def check_large_received(scp: Any, out: Path, large_instance: LargeInstance, sen
     assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(LARGE_TIMEOUT + 120)
-def test_large_instance_aiodicom_scu_process_to_storescp(
-    dcmtk_storescp_factory, peer_process, tmp_path, large_instance
-):
-    storescp = dcmtk_storescp_factory("+B", "-pdu", "131072", fork=False)
+def send_large_from_aiodicom_process(
+    peer_process: Any, tmp_path: Path, port: int, called: str, large_instance: LargeInstance
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``aiodicom_peer.py scu`` in a process of its own sends the 1 GiB instance
+    to ``port``: its events and its C-STORE event (status 0 checked)."""
     out = tmp_path / "scu.jsonl"
     p = peer_process(
         [
@@ -996,9 +995,9 @@ def test_large_instance_aiodicom_scu_process_to_storescp(
             AIODICOM_PEER,
             "scu",
             "--port",
-            storescp.port,
+            port,
             "--called",
-            storescp.ae_title,
+            called,
             "--store",
             large_instance.path,
             "--out",
@@ -1011,19 +1010,56 @@ def test_large_instance_aiodicom_scu_process_to_storescp(
     assert code == 0, f"{p.describe()}\n{events}"
     (store,) = [e for e in events if e["event"] == "c_store"]
     assert store["status"] == 0, events
-    (received,) = storescp.wait_for_files(1, timeout=30)
+    return events, store
+
+
+def check_large_sent(
+    received: Path, events: list[dict[str, Any]], large_instance: LargeInstance, receiver: str
+) -> None:
+    """The data set ``receiver`` stored is the file's (checked first), and the
+    sending process's RSS grew within its budget."""
     try:
         assert dataset_digest(received) == (
             large_instance.dataset_size,
             large_instance.dataset_sha256,
-        ), "the data set storescp received differs from the file's"
+        ), f"the data set {receiver} received differs from the file's"
     finally:
         received.unlink()
-    # the data first, then the memory (rss_growth may skip where it cannot measure)
     base, peak, growth = rss_growth(events, "start")
-    print(f"aiodicom SCU -> storescp, {large_instance.dataset_size} B in {store['seconds']} s:")
+    print(f"aiodicom SCU -> {receiver}, {large_instance.dataset_size} B:")
     print(f"  RSS {base} KiB before, peak {peak} KiB: +{growth} KiB; events: {events}")
     assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB sending 1 GiB: {events}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_aiodicom_scu_process_to_storescp(
+    dcmtk_storescp_factory, peer_process, tmp_path, large_instance
+):
+    storescp = dcmtk_storescp_factory("+B", "-pdu", "131072", fork=False)
+    events, _store = send_large_from_aiodicom_process(
+        peer_process, tmp_path, storescp.port, storescp.ae_title, large_instance
+    )
+    (received,) = storescp.wait_for_files(1, timeout=30)
+    check_large_sent(received, events, large_instance, "storescp")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_aiodicom_scu_process_to_pynetdicom_scp(
+    pynetdicom_scp, peer_process, tmp_path, large_instance
+):
+    """The 1 GiB instance from the aiodicom SCU process to pynetdicom, which
+    receives it into a file (STORE_RECV_CHUNKED_DATASET)."""
+    received_dir = tmp_path / "received"
+    received_dir.mkdir()
+    scp = pynetdicom_scp("--recv-chunked", "--output-dir", received_dir, ae_title="PYSCP")
+    events, _store = send_large_from_aiodicom_process(
+        peer_process, tmp_path, scp.port, "PYSCP", large_instance
+    )
+    (stored,) = scp.wait_for_event("c_store")
+    assert stored["sop_instance_uid"] == large_instance.sop_instance_uid
+    check_large_sent(Path(stored["stored"]), events, large_instance, "pynetdicom")
 
 
 @pytest.mark.slow

@@ -70,6 +70,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import socketserver
@@ -419,7 +420,17 @@ class SCP:
         data = req.DataSet
         length = len(data.getbuffer()) if data is not None else None
         stored = None
-        if self.args.output_dir and data is not None:
+        if self.args.recv_chunked:
+            # The data set is in a Part 10 file pynetdicom wrote; keep it.
+            spooled = event.dataset_path
+            length = os.path.getsize(spooled)
+            if self.args.output_dir:
+                with self._lock:
+                    seq = next(self._stored)
+                uid = str(req.AffectedSOPInstanceUID)
+                stored = os.path.join(self.args.output_dir, f"{seq:06d}_{uid}.dcm")
+                shutil.move(spooled, stored)
+        elif self.args.output_dir and data is not None:
             stored = self.store(event)
         self.out.write(
             "c_store",
@@ -605,6 +616,8 @@ def tls_context(tls: list[str] | None, *, server: bool) -> ssl.SSLContext | None
 def run_scp(args: argparse.Namespace) -> int:
     out = open_writer(args.out)
     scp = SCP(args, out)
+    if args.recv_chunked:
+        _config.STORE_RECV_CHUNKED_DATASET = True
 
     ae = AE(ae_title=args.ae_title)
     guard_requested_associations(ae)
@@ -1132,6 +1145,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Q/R handlers: after N responses wait for a C-CANCEL (up to --hold-timeout)",
     )
     scp.add_argument("--hold-timeout", type=float, default=10.0)
+    scp.add_argument(
+        "--recv-chunked",
+        action="store_true",
+        help="receive C-STORE data sets into files (STORE_RECV_CHUNKED_DATASET)",
+    )
     tls_option(scp)
     timeouts(scp)
 
