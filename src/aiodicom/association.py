@@ -436,6 +436,7 @@ class Association:
         self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
         self._spool: Spool | None = None
         self._serving: dict[int, evt.Event] = {}  # cancellable requests we serve, by ID
+        self._serving_ids: set[int] = set()  # Message IDs of the requests being served
         self._stream_backlog = 0  # responses received, not yet consumed
         self._backlog_drained: anyio.Event | None = None
         self._abandoned: list[_Pending] = []  # streams dropped unfinished
@@ -1626,30 +1627,44 @@ class Association:
 
     async def _serve(self, msg: Message) -> None:
         try:
-            field = msg.command_field
             problem = _check_request(msg)
             if problem is not None:
                 await self._invalid_request(msg, problem)
             elif (refusal := self._context_refusal(msg)) is not None:
                 LOGGER.error("Refusing %s: %s", msg.name, refusal)
                 await self._refuse(msg, 0x0122, comment=refusal[:64])
-            elif field == CommandField.C_STORE_RQ:
-                await self._serve_c_store(msg)
-            elif field == CommandField.C_ECHO_RQ:
-                await self._serve_c_echo(msg)
-            elif field == CommandField.C_FIND_RQ:
-                await self._serve_c_find(msg)
-            elif field in (CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
-                await self._serve_retrieve(msg)
-            elif field in N_EVENTS:
-                await self._serve_n(msg, N_EVENTS[field])
+            elif (mid := msg.message_id or 0) in self._serving_ids:
+                # Another request of this ID is being served (an asynchronous
+                # operations window lets several run): duplicate invocation.
+                LOGGER.error("Refusing %s: message ID %s is in use", msg.name, mid)
+                await self._refuse(msg, 0x0210, comment="duplicate invocation")
             else:
-                await self._refuse(msg, 0x0211)
+                self._serving_ids.add(mid)
+                try:
+                    await self._serve_request(msg)
+                finally:
+                    self._serving_ids.discard(mid)
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
             # The association ended (aborted, timed out) before we could answer.
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
             self._request_done()
+
+    async def _serve_request(self, msg: Message) -> None:
+        """Serve a checked request by its Command Field."""
+        field = msg.command_field
+        if field == CommandField.C_STORE_RQ:
+            await self._serve_c_store(msg)
+        elif field == CommandField.C_ECHO_RQ:
+            await self._serve_c_echo(msg)
+        elif field == CommandField.C_FIND_RQ:
+            await self._serve_c_find(msg)
+        elif field in (CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
+            await self._serve_retrieve(msg)
+        elif field in N_EVENTS:
+            await self._serve_n(msg, N_EVENTS[field])
+        else:
+            await self._refuse(msg, 0x0211)
 
     def _request_done(self) -> None:
         """One request fewer in flight; wake an A-RELEASE-RQ waiting for none (AR-4)."""

@@ -647,3 +647,50 @@ async def test_response_without_status_is_a_typed_error() -> None:
                     await assoc.send_c_echo()
                 assert (await assoc.send_c_echo()).Status == 0
     assert assoc.is_released
+
+
+async def test_a_second_request_of_an_id_in_use_is_refused_0210() -> None:
+    """With an Asynchronous Operations Window of 2, a C-ECHO-RQ reusing the
+    Message ID of one still being served is answered 0x0210 (duplicate
+    invocation) at once; the first is answered when its handler returns, and
+    the ID serves again afterwards."""
+    from dataclasses import replace
+
+    from aiodicom.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    release = anyio.Event()
+    calls: list[int] = []
+
+    async def held_echo(event: evt.Event) -> int:
+        calls.append(event.message_id)
+        if len(calls) == 1:
+            await release.wait()
+        return 0
+
+    window = AsynchronousOperationsWindowNegotiation(
+        maximum_number_operations_invoked=2, maximum_number_operations_performed=2
+    )
+    rq = verification_rq()
+    rq = replace(rq, user_information=(*rq.user_information, window))
+
+    def status_and_id(pdu: Any) -> tuple[int, int]:
+        assert isinstance(pdu, PDataTF), pdu
+        data = pdu.pdvs[0].data
+        return struct.unpack("<H", _element(data, 0x0900))[0], struct.unpack(
+            "<H", _element(data, 0x0120)
+        )[0]
+
+    async with (
+        running_server(_scp(), [(evt.EVT_C_ECHO, held_echo)]) as server,
+        raw_connection(server.port) as peer,
+    ):
+        await raw_associate(peer, rq)
+        await peer.send(encode_p_data(1, 0x03, c_echo_rq_command(msg_id=7)))
+        await peer.send(encode_p_data(1, 0x03, c_echo_rq_command(msg_id=7)))
+        assert status_and_id(await peer.read_pdu()) == (0x0210, 7)
+        release.set()
+        assert status_and_id(await peer.read_pdu()) == (0x0000, 7)
+        await peer.send(encode_p_data(1, 0x03, c_echo_rq_command(msg_id=7)))
+        assert status_and_id(await peer.read_pdu()) == (0x0000, 7)
+        await raw_release(peer)
+    assert calls == [7, 7]
