@@ -933,31 +933,21 @@ class InstanceRecord:
         return cls(**values, path=path, transfer_syntax_uid=str(transfer_syntax), size=size)
 
 
-#: What the index keeps of a data set: (record field, keyword, VR, tag); the
-#: UIDs, which every instance must have, first.
-_INDEXED: Final = (
-    ("sop_instance_uid", "SOPInstanceUID", "UI", 0x00080018),
-    ("sop_class_uid", "SOPClassUID", "UI", 0x00080016),
-    ("study_uid", "StudyInstanceUID", "UI", 0x0020000D),
-    ("series_uid", "SeriesInstanceUID", "UI", 0x0020000E),
-    ("patient_id", "PatientID", "LO", 0x00100020),
-    ("patient_name", "PatientName", "PN", 0x00100010),
-    ("birth_date", "PatientBirthDate", "DA", 0x00100030),
-    ("sex", "PatientSex", "CS", 0x00100040),
-    ("study_date", "StudyDate", "DA", 0x00080020),
-    ("study_time", "StudyTime", "TM", 0x00080030),
-    ("accession_number", "AccessionNumber", "SH", 0x00080050),
-    ("study_id", "StudyID", "SH", 0x00200010),
-    ("study_description", "StudyDescription", "LO", 0x00081030),
-    ("referring_physician_name", "ReferringPhysicianName", "PN", 0x00080090),
-    ("modality", "Modality", "CS", 0x00080060),
-    ("series_number", "SeriesNumber", "IS", 0x00200011),
-    ("series_description", "SeriesDescription", "LO", 0x0008103E),
-    ("series_date", "SeriesDate", "DA", 0x00080021),
-    ("series_time", "SeriesTime", "TM", 0x00080031),
-    ("instance_number", "InstanceNumber", "IS", 0x00200013),
-    ("content_date", "ContentDate", "DA", 0x00080023),
-    ("content_time", "ContentTime", "TM", 0x00080033),
+#: The UIDs every instance must have, in the order they are checked.
+_REQUIRED_UIDS: Final = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: What the index keeps of a data set, as (record field, keyword, VR, tag): the
+#: column keys of the C-FIND table that the data set gives (the transfer
+#: syntax comes from the association), the required UIDs first. One table,
+#: so what is indexed is matched with the same VR.
+_INDEXED: Final = tuple(
+    sorted(
+        (
+            (k.expr.partition(".")[2], k.keyword, k.vr, int(tag_for_keyword(k.keyword) or 0))
+            for k in _KEY_LIST
+            if k.kind == _COLUMN and k.keyword != "AvailableTransferSyntaxUID"
+        ),
+        key=lambda f: _REQUIRED_UIDS.index(f[1]) if f[1] in _REQUIRED_UIDS else len(_REQUIRED_UIDS),
+    )
 )
 #: ``text(keyword, VR)``: an indexed attribute's value as the index keeps it.
 _Text = Callable[[str, str], str]

@@ -290,6 +290,29 @@ class Stored:
 
 
 @dataclass
+class CancelWatch:
+    """An SCU's side of a cancelled request: the C-CANCEL-RQs it sends and the
+    final (not pending) responses it receives to Message ID ``msg_id``."""
+
+    msg_id: int
+    cancels: list[Dataset] = field(default_factory=list)
+    finals: list[Dataset] = field(default_factory=list)
+
+    def handlers(self) -> list[Any]:
+        return [(evt.EVT_DIMSE_SENT, self._sent), (evt.EVT_DIMSE_RECV, self._received)]
+
+    def _sent(self, event: evt.Event) -> None:
+        if event.message.command.get("CommandField") == 0x0FFF:
+            self.cancels.append(event.message.command)
+
+    def _received(self, event: evt.Event) -> None:
+        command = event.message.command
+        final = command.get("Status") not in (None, 0xFF00, 0xFF01)
+        if command.get("MessageIDBeingRespondedTo") == self.msg_id and final:
+            self.finals.append(command)
+
+
+@dataclass
 class StoreRecorder:
     """EVT_C_STORE handler that keeps every instance (its data set bytes) in memory."""
 
@@ -870,24 +893,11 @@ async def test_aiodicom_find_cancel_to_dcmqrscp(dcmqrscp_factory, tree):
     qr = await in_thread(dcmqrscp_factory, fill=folder_of(tree))
     ident = query("IMAGE", StudyInstanceUID=tree[0].attrs["StudyInstanceUID"], SOPInstanceUID="")
     ident.SeriesInstanceUID = tree[0].attrs["SeriesInstanceUID"]
-    cancels: list[Dataset] = []
-    finals: list[Dataset] = []
-
-    def on_dimse_sent(event: evt.Event) -> None:
-        if event.message.command.get("CommandField") == 0x0FFF:
-            cancels.append(event.message.command)
-
-    def on_dimse_recv(event: evt.Event) -> None:
-        command = event.message.command
-        final = command.get("Status") not in (0xFF00, 0xFF01)
-        if command.get("MessageIDBeingRespondedTo") == 41 and final:
-            finals.append(command)
-
-    handlers = [(evt.EVT_DIMSE_SENT, on_dimse_sent), (evt.EVT_DIMSE_RECV, on_dimse_recv)]
+    watch = CancelWatch(41)
     ae = qr_scu_ae()
     with deadline():
         async with ae.associate(
-            HOST, qr.port, ae_title=qr.ae_title, evt_handlers=handlers
+            HOST, qr.port, ae_title=qr.ae_title, evt_handlers=watch.handlers()
         ) as assoc:
             seen = 0
             find = assoc.send_c_find(ident, MODELS["study"]["find"], msg_id=41)
@@ -899,8 +909,8 @@ async def test_aiodicom_find_cancel_to_dcmqrscp(dcmqrscp_factory, tree):
             assert seen == 1
             # the C-CANCEL went out for this request, and its final response was
             # drained (0xFE00, or 0x0000 if dcmqrscp had sent every match already)
-            assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [41]
-            assert [f["Status"] for f in finals] in ([0xFE00], [0x0000]), finals
+            assert [c.get("MessageIDBeingRespondedTo") for c in watch.cancels] == [41]
+            assert [f["Status"] for f in watch.finals] in ([0xFE00], [0x0000]), watch.finals
             echo = await assoc.send_c_echo()
             assert int(echo.Status) == 0x0000
             _p, identifiers, final = await collect(
@@ -1183,18 +1193,7 @@ async def test_aiodicom_move_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders
     destination, and the association goes on."""
     _model, ident = retrieve_cases(data)["PATIENT"]
     rec = StoreRecorder()
-    finals: list[Dataset] = []
-    cancels: list[Dataset] = []
-
-    def on_dimse_recv(event: evt.Event) -> None:
-        status = event.message.command.get("Status")
-        if status is not None and status not in (0xFF00, 0xFF01):
-            finals.append(event.message.command)
-
-    def on_dimse_sent(event: evt.Event) -> None:
-        if event.message.command.get("CommandField") == 0x0FFF:
-            cancels.append(event.message.command)
-
+    watch = CancelWatch(31)
     dest = storage_ae("AIOSTORE")
     ae = qr_scu_ae()
     with deadline(30):
@@ -1212,10 +1211,7 @@ async def test_aiodicom_move_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders
                 HOST,
                 scp.port,
                 ae_title=scp.ae_title,
-                evt_handlers=[
-                    (evt.EVT_DIMSE_RECV, on_dimse_recv),
-                    (evt.EVT_DIMSE_SENT, on_dimse_sent),
-                ],
+                evt_handlers=watch.handlers(),
             ) as assoc:
                 pending = 0
                 move = assoc.send_c_move(ident, "AIOSTORE", MODELS["patient"]["move"], msg_id=31)
@@ -1230,9 +1226,9 @@ async def test_aiodicom_move_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders
             (seen,) = await in_thread(scp.wait_for_event, "c_move")
             await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
     assert seen["cancelled"] and seen["sent"] == 2, seen
-    assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [31]
+    assert [c.get("MessageIDBeingRespondedTo") for c in watch.cancels] == [31]
     assert len(rec.received) == 2
-    final = next(c for c in finals if c.get("MessageIDBeingRespondedTo") == 31)
+    final = next(c for c in watch.finals if c.get("MessageIDBeingRespondedTo") == 31)
     assert final["Status"] == 0xFE00, final
     assert final.get("NumberOfCompletedSuboperations") == 2, final
 
@@ -1490,20 +1486,7 @@ async def test_aiodicom_retrieve_cancel_to_dcmqrscp(dcmqrscp_factory, tree, serv
     _model, ident = retrieve_cases(tree)["PATIENT"]
     total = len(select_instances(tree, ident))
     rec = StoreRecorder()
-    cancels: list[Dataset] = []
-    finals: list[Dataset] = []
-
-    def on_dimse_sent(event: evt.Event) -> None:
-        if event.message.command.get("CommandField") == 0x0FFF:
-            cancels.append(event.message.command)
-
-    def on_dimse_recv(event: evt.Event) -> None:
-        command = event.message.command
-        final = command.get("Status") not in (None, 0xFF00, 0xFF01)
-        if command.get("MessageIDBeingRespondedTo") == 51 and final:
-            finals.append(command)
-
-    handlers = [(evt.EVT_DIMSE_SENT, on_dimse_sent), (evt.EVT_DIMSE_RECV, on_dimse_recv)]
+    watch = CancelWatch(51)
     dest = storage_ae("AIOSTORE")
     ae = qr_scu_ae()
     with deadline():
@@ -1517,7 +1500,7 @@ async def test_aiodicom_retrieve_cancel_to_dcmqrscp(dcmqrscp_factory, tree, serv
                 HOST,
                 qr.port,
                 ae_title=qr.ae_title,
-                evt_handlers=[*handlers, *rec.handlers()],
+                evt_handlers=[*watch.handlers(), *rec.handlers()],
                 ext_neg=get_roles(),
             ) as assoc:
                 if service == "get":
@@ -1530,8 +1513,8 @@ async def test_aiodicom_retrieve_cancel_to_dcmqrscp(dcmqrscp_factory, tree, serv
                     async for status, _identifier in responses:
                         assert int(status.Status) in (0xFF00, 0xFF01)
                         break
-                assert [c.get("MessageIDBeingRespondedTo") for c in cancels] == [51]
-                (final,) = finals
+                assert [c.get("MessageIDBeingRespondedTo") for c in watch.cancels] == [51]
+                (final,) = watch.finals
                 assert final["Status"] in (0xFE00, 0x0000), final
                 assert int((await assoc.send_c_echo()).Status) == 0
             if service == "move":

@@ -55,6 +55,7 @@ from _storage_data import (
     write_large_instance,
     write_small_instances,
 )
+from _tls import mutual_tls_context
 from conftest import missing_peer
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -969,18 +970,38 @@ def check_large_received(scp: Any, out: Path, large_instance: LargeInstance, sen
     assert store["sop_instance_uid"] == large_instance.sop_instance_uid
     assert store["spooled"] is True, store
     assert events[-1]["event"] == "shutdown", events
-    stored = Path(store["stored"])
+    check_large_copy(
+        Path(store["stored"]),
+        events,
+        "ready",
+        large_instance,
+        f"{sender} -> aiodicom SCP",
+        f"the data set aiodicom stored differs from the file {sender} sent",
+    )
+
+
+def check_large_copy(
+    copy: Path,
+    events: list[dict[str, Any]],
+    start: str,
+    large_instance: LargeInstance,
+    label: str,
+    mismatch: str,
+) -> None:
+    """``copy`` holds the 1 GiB instance's data set byte for byte (checked
+    first, then deleted), and the aiodicom process whose ``events`` these are
+    grew its RSS within its budget from its ``start`` event on."""
     try:
-        assert dataset_digest(stored) == (
+        assert dataset_digest(copy) == (
             large_instance.dataset_size,
             large_instance.dataset_sha256,
-        ), f"the data set aiodicom stored differs from the file {sender} sent"
+        ), mismatch
     finally:
-        stored.unlink()
-    base, peak, growth = rss_growth(events, "ready")
-    print(f"{sender} -> aiodicom SCP, {large_instance.dataset_size} B:")
-    print(f"  RSS {base} KiB when ready, peak {peak} KiB: +{growth} KiB; events: {events}")
-    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB receiving 1 GiB: {events}"
+        copy.unlink()
+    base, peak, growth = rss_growth(events, start)
+    print(f"{label}, {large_instance.dataset_size} B:")
+    print(f"  RSS {base} KiB at {start!r}, peak {peak} KiB: +{growth} KiB; events: {events}")
+    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB ({label}, 1 GiB): {events}"
 
 
 def send_large_from_aiodicom_process(
@@ -1017,18 +1038,15 @@ def check_large_sent(
     received: Path, events: list[dict[str, Any]], large_instance: LargeInstance, receiver: str
 ) -> None:
     """The data set ``receiver`` stored is the file's (checked first), and the
-    sending process's RSS grew within its budget."""
-    try:
-        assert dataset_digest(received) == (
-            large_instance.dataset_size,
-            large_instance.dataset_sha256,
-        ), f"the data set {receiver} received differs from the file's"
-    finally:
-        received.unlink()
-    base, peak, growth = rss_growth(events, "start")
-    print(f"aiodicom SCU -> {receiver}, {large_instance.dataset_size} B:")
-    print(f"  RSS {base} KiB before, peak {peak} KiB: +{growth} KiB; events: {events}")
-    assert growth <= RSS_BUDGET_KIB, f"RSS grew by {growth} KiB sending 1 GiB: {events}"
+    sending aiodicom process's RSS grew within its budget."""
+    check_large_copy(
+        received,
+        events,
+        "start",
+        large_instance,
+        f"aiodicom SCU -> {receiver}",
+        f"the data set {receiver} received differs from the file's",
+    )
 
 
 @pytest.mark.slow
@@ -1128,12 +1146,10 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def tls_contexts(cert: Path, key: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server, client) contexts for mutual TLS with the one certificate."""
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(cert))
-    server.load_cert_chain(cert, key)
-    server.verify_mode = ssl.CERT_REQUIRED
-    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
-    client.load_cert_chain(cert, key)
-    return server, client
+    return (
+        mutual_tls_context(cert, key, cert, server=True),
+        mutual_tls_context(cert, key, cert, server=False),
+    )
 
 
 def dcmtk_tls(cert: Path, key: Path) -> list[str]:

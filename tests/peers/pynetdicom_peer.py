@@ -105,6 +105,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "interop"))
 import _qr_data as qr  # Q/R matching; no aiodicom in it
+from _tls import mutual_tls_context
 
 QR_MODELS = {
     "patient": (
@@ -602,15 +603,11 @@ def _title(title: Any) -> str | None:
 
 
 def tls_context(tls: list[str] | None, *, server: bool) -> ssl.SSLContext | None:
-    """Mutual TLS: our certificate and key, and the CA the peer's must chain to."""
+    """Mutual TLS (``--tls CERT KEY CA``), or None."""
     if tls is None:
         return None
     cert, key, ca = tls
-    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
-    context = ssl.create_default_context(purpose, cafile=ca)
-    context.load_cert_chain(cert, key)
-    context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return mutual_tls_context(cert, key, ca, server=server)
 
 
 def run_scp(args: argparse.Namespace) -> int:
