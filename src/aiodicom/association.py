@@ -1739,6 +1739,7 @@ class Association:
             kind,
             context=self._context_tuple(msg.context_id),
             _raw_request=msg.raw_command,
+            _command=msg.command,
             message_id=msg.command.get("MessageID"),  # a request's
             **attrs,
         )

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from . import AE, build_role, evt, sop_class
-from ._spool import file_mode, move_into
+from ._spool import file_mode, move_into, write_new
 from ._version import __version__
 from .dsutils import Part10Info, is_plain_uid, part10_header_for, probe_part10
 from .errors import AssociationAborted, AssociationRejected, DicomNetworkError, DIMSEError
@@ -235,12 +234,8 @@ def _write_instance(
         move_into(spooled, target, file_mode())
         return target
     assert data is not None
-    fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
+    tmp = write_new(directory, ".incoming-", (header, data))  # with open()'s mode
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, file_mode())  # as open() would have made it, not mkstemp's 0o600
-            f.write(header)
-            f.write(data)
         os.replace(tmp, target)
     except BaseException:
         os.unlink(tmp)
@@ -250,8 +245,7 @@ def _write_instance(
 
 async def _save(event: evt.Event, directory: Path) -> int:
     """Write a received instance under ``directory`` as Part 10; its C-STORE status."""
-    request = event.request
-    uid = request.get("AffectedSOPInstanceUID")
+    uid = evt.request_value(event, "AffectedSOPInstanceUID")
     name = _file_name(uid)
     if not name:
         LOGGER.error("Refusing SOP Instance UID %r as a file name", uid)
@@ -259,7 +253,7 @@ async def _save(event: evt.Event, directory: Path) -> int:
     assert event.context is not None
     # what part10_header(event.file_meta) makes, without the Datasets
     header = part10_header_for(
-        request.get("AffectedSOPClassUID"), uid, str(event.context.transfer_syntax)
+        evt.request_value(event, "AffectedSOPClassUID"), uid, str(event.context.transfer_syntax)
     )
     path = event.dataset_path
     data = None if path is not None else event.encoded_dataset()

@@ -180,6 +180,8 @@ class Event:
     _data_offset = 0
     _request: Any = None
     _raw_request: bytes | None = None
+    #: The request's command set as the DIMSE layer decoded it (see request_value()).
+    _command: dict[str, Any] | None = None
 
     def __init__(self, assoc: Association, event: EventType, **attrs: Any) -> None:
         self.assoc = assoc
@@ -380,6 +382,22 @@ async def call_handler(handler: Handler, event: Event, args: tuple[Any, ...]) ->
 
 
 #: Event's properties: an attribute given by one of these names goes through setattr().
+def request_value(event: Event, keyword: str) -> Any:
+    """A field of ``event``'s request command set, or ``None`` if it has none.
+
+    For the package's own handlers, which read one or two fields per request
+    (the SOP Instance UID of every C-STORE, say): the value as the DIMSE layer
+    already decoded it (a UID as ``str``), where ``event.request.get()``
+    builds pydicom's Dataset and converts and validates the element again,
+    which costs more than the rest of saving a small instance.
+    """
+    command = getattr(event, "_command", None)  # (a stand-in for an Event may lack it)
+    if command is not None:
+        return command.get(keyword)
+    request = event.request
+    return None if request is None else request.get(keyword)
+
+
 _PROPERTIES: frozenset[str] = frozenset(
     name for name, value in vars(Event).items() if isinstance(value, property)
 )

@@ -90,7 +90,7 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import PersonName
 
 from . import evt, sop_class
-from ._spool import file_mode, move_into
+from ._spool import file_mode, move_into, write_new
 from .ae import AE
 from .dimse import _new_dataset
 from .dsutils import _scan, encoding_of, is_plain_uid, part10_header_for, probe_buffer
@@ -1369,14 +1369,7 @@ class Archive:
             tmp = spooled
         else:
             assert data is not None
-            fd, tmp = tempfile.mkstemp(prefix="in-", suffix=".dcm", dir=self.incoming)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(header)
-                    f.write(data)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            tmp = write_new(self.incoming, "in-", (header, data))  # with open()'s mode
         try:
             if data is not None:
                 text = _encoded_text(data, transfer_syntax)
@@ -1517,8 +1510,7 @@ class Archive:
 
     async def handle_store(self, event: evt.Event) -> int:
         """EVT_C_STORE: write the instance atomically and index it."""
-        request = event.request
-        uid = str(request.get("AffectedSOPInstanceUID") or "")
+        uid = str(evt.request_value(event, "AffectedSOPInstanceUID") or "")
         if not is_plain_uid(uid):
             LOGGER.error("Refusing SOP Instance UID %r", uid)
             return 0xC211
@@ -1526,7 +1518,7 @@ class Archive:
         spooled = event.dataset_path
         header = b""
         if spooled is None:  # part10_header(event.file_meta), without the Datasets
-            sop_class = request.get("AffectedSOPClassUID")
+            sop_class = evt.request_value(event, "AffectedSOPClassUID")
             header = part10_header_for(sop_class, uid, str(event.context.transfer_syntax))
         data = None if spooled is not None else event.encoded_dataset()
         try:

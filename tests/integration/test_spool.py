@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from aiodicom._spool import file_mode, fill_p_data, move_into
+from aiodicom._spool import file_mode, fill_p_data, move_into, write_new
 from aiodicom.pdu import P_DATA_HEADER_SIZE, PDataTF, decode_pdu
 
 # ---------------------------------------------------------------------------
@@ -345,3 +345,56 @@ def test_move_into_gives_the_mode(tmp_path: Path) -> None:
     os.chmod(src, 0o600)
     move_into(str(src), tmp_path / "x.dcm", 0o644)
     assert (tmp_path / "x.dcm").stat().st_mode & 0o777 == 0o644
+
+
+# ---------------------------------------------------------------------------
+# write_new: a received instance written whole to a new file
+
+
+def test_write_new_writes_the_chunks_with_the_mode_open_gives(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        path = write_new(tmp_path, ".incoming-", [b"head", memoryview(b"xdatax")[1:5], b""])
+    finally:
+        os.umask(old)
+    made = Path(path)
+    assert made.parent == tmp_path and made.name.startswith(".incoming-")
+    assert made.suffix == ".dcm" and len(made.name) == len(".incoming-") + 16 + 4
+    assert made.read_bytes() == b"headdata"
+    assert made.stat().st_mode & 0o777 == 0o640
+
+
+def test_write_new_never_reuses_a_name(tmp_path: Path) -> None:
+    paths = {write_new(tmp_path, "in-", [b"x"]) for _ in range(200)}
+    assert len(paths) == 200 and len(list(tmp_path.iterdir())) == 200
+
+
+def test_write_new_never_writes_through_an_existing_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name that exists (a symbolic link an attacker planted, say) is skipped."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    names = iter([bytes(8), bytes(8), b"\x01" * 8])
+    monkeypatch.setattr(os, "urandom", lambda n: next(names))
+    (tmp_path / f"in-{bytes(8).hex()}.dcm").symlink_to(victim)
+    path = write_new(tmp_path, "in-", [b"new"])
+    assert path.endswith("in-" + "01" * 8 + ".dcm")
+    assert Path(path).read_bytes() == b"new" and victim.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("fail", ["writev", "close"])
+def test_write_new_deletes_its_file_when_a_write_or_close_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: str
+) -> None:
+    real = getattr(os, fail)
+
+    def failing(fd: int, *args: Any) -> Any:
+        real(fd, *args)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, fail, failing)
+    with pytest.raises(OSError) as info:
+        write_new(tmp_path, "in-", [b"abc"])
+    assert info.value.errno == errno.ENOSPC
+    assert not list(tmp_path.iterdir())

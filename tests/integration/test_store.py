@@ -184,6 +184,31 @@ async def test_received_dataset_and_file_meta() -> None:
     assert meta.MediaStorageSOPClassUID == source.SOPClassUID
 
 
+async def test_request_value_is_what_the_request_dataset_holds() -> None:
+    """evt.request_value (the package's handlers' cheap read of a command
+    field) gives what event.request gives, also for an Event built without
+    the decoded command (by a user, say)."""
+    seen: list[tuple[Any, ...]] = []
+    keywords = ("AffectedSOPInstanceUID", "AffectedSOPClassUID", "MessageID", "Priority")
+
+    def on_store(event: evt.Event) -> int:
+        fast = tuple(evt.request_value(event, k) for k in keywords)
+        slow = tuple(event.request.get(k) for k in keywords)
+        bare = evt.Event(event.assoc, evt.EVT_C_STORE, _raw_request=event._raw_request)
+        seen.append((fast, slow, tuple(evt.request_value(bare, k) for k in keywords)))
+        return 0
+
+    path = get_testdata_file("CT_small.dcm")
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            await assoc.send_c_store(path, msg_id=7)
+    ((fast, slow, bare),) = seen
+    source = dcmread(path, stop_before_pixels=True)
+    assert fast == slow == bare == (source.SOPInstanceUID, source.SOPClassUID, 7, 2)
+    assert evt.request_value(evt.Event(None, evt.EVT_C_STORE), "MessageID") is None  # type: ignore[arg-type]
+
+
 async def test_dataset_without_meta_uses_its_encoding_or_first_accepted() -> None:
     rec = RecordingHandlers()
     scu, scp = storage_pair(scp_syntaxes=[ImplicitVRLittleEndian, ExplicitVRLittleEndian])
