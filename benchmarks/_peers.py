@@ -359,8 +359,22 @@ def aiodicom_store_scp(args: argparse.Namespace) -> None:
         ae.add_supported_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
         if args.max_pdu:
             ae.maximum_pdu_size = args.max_pdu
+        if args.od:
+            ae.spool_directory = args.od  # a spooled instance is renamed into place
 
-    _run_aiodicom_scp(args, setup, [(evt.EVT_C_STORE, lambda event: 0x0000)])
+    if args.od:
+        from pathlib import Path
+
+        from aiodicom.cli import _save  # what `aiodicom storescp -od` does with each
+
+        out = Path(args.od)
+
+        async def on_store(event: Any) -> int:
+            return await _save(event, out)
+
+        _run_aiodicom_scp(args, setup, [(evt.EVT_C_STORE, on_store)])
+    else:
+        _run_aiodicom_scp(args, setup, [(evt.EVT_C_STORE, lambda event: 0x0000)])
 
 
 def aiodicom_store_scu(args: argparse.Namespace) -> None:
@@ -742,6 +756,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", help="store SCUs: send every *.dcm file of DIR")
     parser.add_argument("--max-pdu", type=int, default=0, help="0: the library's default")
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
+    parser.add_argument("--od", default="", help="aiodicom store SCP: write each instance here")
     parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     parser.add_argument("--ngets", type=int, default=0, help="N-GET SCUs: round trips")

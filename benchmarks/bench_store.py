@@ -29,6 +29,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ DCMTK_REF = "dcmtk storescu -> dcmtk storescp"
 WINDOW = 8
 WINDOWED = f"aiodicom <-> aiodicom (asyncio, {WINDOW} in flight)"
 DCMTK_WRITES = "dcmtk storescu -> dcmtk storescp -od +B (writes the files)"
+AIODICOM_WRITES = "aiodicom <-> aiodicom (asyncio), SCP writes the files as storescp -od"
 
 
 # -- data -------------------------------------------------------------------------
@@ -231,7 +233,9 @@ class Pair:
     scp: str
     uvloop: bool = False
     window: int = 1  # aiodicom SCU: tasks sharing the association / async ops window
-    scp_writes: bool = False  # dcmtk storescp: write the files (-od) instead of --ignore
+    #: The SCP writes each instance to a file (dcmtk: storescp -od DIR +B instead of
+    #: --ignore; aiodicom: what `aiodicom storescp -od DIR` does) instead of discarding it.
+    scp_writes: bool = False
     #: (SCP's CPU, SCU's CPU): both processes pinned there; None: the scheduler's choice.
     cpus: tuple[int, int] | None = None
     small: list[Sample] = field(default_factory=list)
@@ -248,6 +252,9 @@ class Bench:
     storescu_base_cpu: float = float("inf")  # its CPU time
     storescu_start: float = 0.0  # storescu --version
     profile_dir: Path | None = None  # run the Python peers under cProfile
+    #: Where SCPs that write put their files: a fresh directory per job, all kept
+    #: until the end of the run (see written_dir).
+    written: Path | None = None
 
     def peers(self, role: str) -> list[str]:
         if self.profile_dir is None:
@@ -286,15 +293,41 @@ class Bench:
         if pair.scp == "dcmtk":
             assert self.storescp is not None
             port = free_port()
-            with tempfile.TemporaryDirectory(dir=self.args.tmpdir) as out:
+            with self.written_dir() as out:
                 where = ["-od", out, "+B"] if pair.scp_writes else ["--ignore"]
                 argv = [self.storescp, *where, "-aet", "BENCH_SCP", *self.pdu_args("dcmtk")]
                 with server([*argv, str(port)], port=port) as srv:
+                    yield srv
+        elif pair.scp_writes:
+            with self.written_dir() as out:
+                argv = [*self.peers(f"{pair.scp}-store-scp"), *self.python_args(pair, pair.scp)]
+                with server([*argv, "--od", out]) as srv:
                     yield srv
         else:
             argv = [*self.peers(f"{pair.scp}-store-scp"), *self.python_args(pair, pair.scp)]
             with server(argv) as srv:
                 yield srv
+
+    @contextmanager
+    def written_dir(self) -> Iterator[str]:
+        """A new directory for an SCP to write into: deleted after the job if
+        it holds a few (large) files, else left in place until the run ends.
+
+        Deleting a job's many small files at once would slow the next job's:
+        on an ext4 without a journal (as here) a new file skips every inode
+        freed in the last seconds, reading each one's dtime, so creating 2,000
+        files after 2,000 were deleted costs several times the CPU, and the
+        job that happens to follow a writing one would pay for it. The large
+        files go at once, so no gigabytes of them wait to be written back to
+        disk while later jobs run.
+        """
+        assert self.written is not None
+        out = tempfile.mkdtemp(dir=self.written)
+        try:
+            yield out
+        finally:
+            if len(os.listdir(out)) < 100:
+                shutil.rmtree(out, ignore_errors=True)
 
     def storescu_argv(self, port: int, directory: Path) -> list[str]:
         assert self.storescu is not None
@@ -377,6 +410,7 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> lis
     if have_dcmtk:
         pairs.append(Pair(DCMTK_REF, "dcmtk", "dcmtk"))
         pairs.append(Pair(DCMTK_WRITES, "dcmtk", "dcmtk", scp_writes=True))
+        pairs.append(Pair(AIODICOM_WRITES, "aiodicom", "aiodicom", scp_writes=True))
         pairs.append(Pair("aiodicom SCU -> dcmtk storescp", "aiodicom", "dcmtk"))
         pairs.append(Pair("dcmtk storescu -> aiodicom SCP", "dcmtk", "aiodicom"))
     pairs.append(Pair("aiodicom SCU -> pynetdicom SCP", "aiodicom", "pynetdicom"))
@@ -452,7 +486,7 @@ def table(pairs: list[Pair], max_pdu: int) -> str:
         if value is None:
             return ["-", "", ""]
         pyn = ref(PYN_REF, which, rates[which])
-        dcm = ref(dcmtk_ref(pair.cpus), which, rates[which])
+        dcm = ref(DCMTK_WRITES if pair.scp_writes else dcmtk_ref(pair.cpus), which, rates[which])
         return [
             format(value, fmt),
             f"{value / pyn:.2f}x" if pyn else "",
@@ -536,6 +570,12 @@ def main() -> None:
     )
     parser.add_argument("--tmpdir", default=None, help="where to generate the instances")
     parser.add_argument(
+        "--written-dir",
+        default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
+        help="where SCPs that write put their files (default: /dev/shm, a tmpfs: the "
+        "software is measured, not the disk)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="instead of the table: run aiodicom <-> aiodicom once (small, then large) with "
@@ -570,7 +610,10 @@ def main() -> None:
         keep = {PYN_REF, DCMTK_REF}
         pairs = [p for p in pairs if p.name in keep or any(w in p.name for w in wanted)]
 
-    with tempfile.TemporaryDirectory(prefix="bench_store_", dir=args.tmpdir) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench_store_", dir=args.tmpdir) as tmp,
+        tempfile.TemporaryDirectory(prefix="bench_store_", dir=args.written_dir) as written,
+    ):
         root = Path(tmp)
         t0 = time.perf_counter()
         small_size = make_instances(root / "small", args.small, 64, 128, "s")
@@ -579,7 +622,7 @@ def main() -> None:
         large_size = make_instances(root / "large", args.large, rows, cols, "l")
         make_instances(root / "one", 1, 64, 128, "o")
         gen = time.perf_counter() - t0
-        bench = Bench(args, storescu, storescp)
+        bench = Bench(args, storescu, storescp, written=Path(written))
         if args.profile:
             profile(bench, root, Path(args.profile), have_uvloop)
             return
@@ -637,6 +680,14 @@ def main() -> None:
         "the large rows into aiodicom include that disk write, which storescp --ignore "
         f"never does: '{DCMTK_WRITES}' is the like-for-like dcmtk row (storescp writing "
         "each instance to disk as received, bit-preserving).",
+        f"'{AIODICOM_WRITES}': the SCP saves every instance as `aiodicom storescp -od` does "
+        "(a Part 10 file written in a worker thread, or the spool file renamed into place, "
+        "before the response); its 'vs dcmtk' is against the dcmtk row that writes, as is "
+        "that row's own. Both write into a fresh directory under "
+        f"{args.written_dir or 'the temp dir'} "
+        "(a tmpfs by default: the disk is not measured; on this machine's ext4, which has no "
+        "journal, creating a file skips every inode freed in the last minutes, reading each, "
+        "and the rate of a writing row depends on what was deleted before it).",
         "Python SCUs time from the first C-STORE-RQ to the last C-STORE-RSP on an "
         "established association. pynetdicom SCUs: a response lost to pynetdicom#875 "
         "(counted in the note) is waited out, left out of the time and the store resent on "
