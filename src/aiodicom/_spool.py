@@ -53,9 +53,11 @@ class Spool:
         #: The first write error (e.g. ENOSPC); later writes are skipped.
         self.error: OSError | None = None
 
-    async def open(self, meta: FileMetaDataset, directory: str | None) -> None:
-        """Create the file and write its Part 10 header."""
-        header = part10_header(meta)
+    async def open(self, header: bytes | FileMetaDataset, directory: str | None) -> None:
+        """Create the file and write its Part 10 header (given encoded, or as
+        the File Meta Information to encode)."""
+        if not isinstance(header, bytes):
+            header = part10_header(header)
 
         def create() -> None:
             fd, path = tempfile.mkstemp(prefix="aiodicom-", suffix=".dcm", dir=directory)
@@ -90,6 +92,11 @@ class Spool:
             await anyio.to_thread.run_sync(file.close)
         except OSError as exc:
             self.error = self.error or exc
+
+    def refuse(self, reason: str) -> None:
+        """Write nothing: the data set of a request that will be refused
+        (its later writes are skipped, as after a write error)."""
+        self.error = OSError(errno.EINVAL, f"not spooled: {reason}")
 
     def discard(self) -> None:
         """Close and delete the file, if it is still there (synchronous, best effort)."""

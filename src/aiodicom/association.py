@@ -43,6 +43,7 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import SocketAttribute
+from pydicom.config import IGNORE as _IGNORE
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
@@ -79,7 +80,8 @@ from .dsutils import (
     Part10Info,
     decode_dataset,
     encode_dataset,
-    file_meta_for,
+    is_plain_uid,
+    part10_header_for,
     probe_buffer,
     probe_part10,
     transfer_syntax_of,
@@ -234,7 +236,7 @@ class ServiceUser:
             if isinstance(item, MaximumLengthNotification):
                 self.maximum_length = item.maximum_length_received
             elif isinstance(item, ImplementationClassUIDNotification):
-                self.implementation_class_uid = UID(str(item.implementation_class_uid))
+                self.implementation_class_uid = _peer_uid(item.implementation_class_uid)
             elif isinstance(item, ImplementationVersionNameNotification):
                 self.implementation_version_name = item.implementation_version_name
             elif isinstance(item, AsynchronousOperationsWindowNegotiation):
@@ -243,12 +245,12 @@ class ServiceUser:
                     item.maximum_number_operations_performed,
                 )
             elif isinstance(item, SCP_SCU_RoleSelectionNegotiation):
-                self.role_selection[UID(str(item.sop_class_uid))] = item
+                self.role_selection[_peer_uid(item.sop_class_uid)] = item
             elif isinstance(item, SOPClassExtendedNegotiation):
                 info = item.service_class_application_information or b""
-                self.sop_class_extended[UID(str(item.sop_class_uid))] = info
+                self.sop_class_extended[_peer_uid(item.sop_class_uid)] = info
             elif isinstance(item, SOPClassCommonExtendedNegotiation):
-                self.sop_class_common_extended[UID(str(item.sop_class_uid))] = item
+                self.sop_class_common_extended[_peer_uid(item.sop_class_uid)] = item
             elif isinstance(item, UserIdentityNegotiation):
                 self.user_identity = item
 
@@ -1509,13 +1511,26 @@ class Association:
             assert current is not None
             cx = self._contexts[current.context_id]
             spool = self._spool = Spool()
-            meta = file_meta_for(
-                current.command.get("AffectedSOPClassUID"),
-                current.command.get("AffectedSOPInstanceUID"),
-                cx.transfer_syntax[0],
+            problem = (
+                _check_request(current)
+                if current.command_field == CommandField.C_STORE_RQ
+                else "only a C-STORE-RQ data set is spooled"
             )
-            await spool.open(meta, self.ae.spool_directory)
-            LOGGER.debug("Spooling %s data set to %s", current.name, spool.path)
+            if problem is not None:
+                # It will be refused (see _serve) or fail (see _route) before
+                # anything reads its data set, and its UIDs may not even
+                # encode: none of it is kept, in memory or on disk.
+                spool.refuse(str(problem))
+                LOGGER.debug("Not keeping the data set of %s: %s", current.name, problem)
+            else:
+                command = current.command
+                header = part10_header_for(
+                    command.get("AffectedSOPClassUID"),
+                    command.get("AffectedSOPInstanceUID"),
+                    cx.transfer_syntax[0],
+                )
+                await spool.open(header, self.ae.spool_directory)
+                LOGGER.debug("Spooling %s data set to %s", current.name, spool.path)
         chunks = reassembler.spilled
         if msg is None and sum(map(len, chunks)) < WRITE_BATCH:
             return  # batch small fragments into fewer worker-thread writes
@@ -1554,11 +1569,20 @@ class Association:
             if pending is None or pending.finished:
                 LOGGER.warning("Dropping %s for unknown message ID %s", msg.name, msg.message_id)
                 return
+            problem = None
             if "Status" not in command:
                 # PS3.7: every response carries a Status. Without one the
                 # operation cannot be judged: the caller gets a typed error.
-                LOGGER.error("%s for message %s has no Status", msg.name, msg.message_id)
-                pending.error = DIMSEError(f"{msg.name} without a Status (0000,0900)")
+                problem = f"{msg.name} without a Status (0000,0900)"
+            elif msg.spooled:
+                # Only a C-STORE-RQ data set is spooled; this one was not kept.
+                problem = (
+                    f"{msg.name}: its data set of {msg.data_size} bytes is over "
+                    f"ae.spool_threshold ({self.ae.spool_threshold}) and was not kept"
+                )
+            if problem is not None:
+                LOGGER.error("Message %s: %s", msg.message_id, problem)
+                pending.error = DIMSEError(problem)
                 pending.finished = True
                 pending.done.set()
                 return
@@ -1626,10 +1650,20 @@ class Association:
                 self._jobs_ready = anyio.Event()
 
     async def _serve(self, msg: Message) -> None:
+        served = False
         try:
             problem = _check_request(msg)
             if problem is not None:
                 await self._invalid_request(msg, problem)
+            elif msg.spooled and msg.command_field != CommandField.C_STORE_RQ:
+                LOGGER.error(
+                    "Refusing %s: its data set of %d bytes is over ae.spool_threshold (%d)",
+                    msg.name,
+                    msg.data_size,
+                    self.ae.spool_threshold,
+                )
+                status = _TOO_LARGE_STATUS.get(msg.command_field, 0x0213)
+                await self._refuse(msg, status, comment="data set too large")
             elif (refusal := self._context_refusal(msg)) is not None:
                 LOGGER.error("Refusing %s: %s", msg.name, refusal)
                 await self._refuse(msg, 0x0122, comment=refusal[:64])
@@ -1640,6 +1674,7 @@ class Association:
                 await self._refuse(msg, 0x0210, comment="duplicate invocation")
             else:
                 self._serving_ids.add(mid)
+                served = True  # the service owns the message's spool file, if any
                 try:
                     await self._serve_request(msg)
                 finally:
@@ -1648,6 +1683,9 @@ class Association:
             # The association ended (aborted, timed out) before we could answer.
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
+            spool = msg.spool
+            if not served and isinstance(spool, Spool):
+                spool.discard()  # refused: its data set is not needed
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -1703,7 +1741,8 @@ class Association:
             "ErrorComment": None if comment is None else error_comment(comment),
         }
         sop = msg.command.get("AffectedSOPClassUID") or msg.command.get("RequestedSOPClassUID")
-        if sop:
+        if isinstance(sop, str) and is_plain_uid(sop):
+            # (optional in a response: one that would not encode is left out)
             fields["AffectedSOPClassUID"] = sop
         await self._send_message(msg.context_id, encode_command(fields), None)
 
@@ -2099,11 +2138,13 @@ class Association:
         read callback), so no worker has to be woken. Returns False, having
         done nothing, when any of that does not hold.
         """
+        if msg.spooled:
+            return False  # (see _serve)
         field = msg.command["CommandField"]
         n_kind = None
         if field == CommandField.C_ECHO_RQ:
             kind = evt.EVT_C_ECHO
-        elif field == CommandField.C_STORE_RQ and msg.spool is None and not msg.spooled:
+        elif field == CommandField.C_STORE_RQ and msg.spool is None:
             kind = evt.EVT_C_STORE
         elif field in N_EVENTS:
             kind = n_kind = N_EVENTS[field]
@@ -2232,8 +2273,13 @@ class Association:
             raise
         if spool is not None:
             # Once answered: deleting a big file takes milliseconds of the
-            # kernel's time, which the peer need not wait for.
-            await anyio.to_thread.run_sync(spool.discard)
+            # kernel's time, which the peer need not wait for. A cancellation
+            # (the association ending) may come before the worker thread runs
+            # it: then it is done here (discard() does nothing the second time).
+            try:
+                await anyio.to_thread.run_sync(spool.discard)
+            finally:
+                spool.discard()
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any
@@ -3287,6 +3333,17 @@ class Association:
 #: The failure status answering a request whose command set is invalid, per
 #: service (Storage: cannot understand, PS3.4 B.2.3; Q/R: unable to process,
 #: C.4.1.1.4); other requests get 0x0110 processing failure (PS3.7 C.4.2).
+#: A request other than C-STORE whose data set is over ae.spool_threshold
+#: (not kept: see Association._spill) is refused out of resources: PS3.4
+#: C.4.1.1.4 (C-FIND 0xA700), C.4.2.1.5 and C.4.3.1.4 (C-MOVE and C-GET
+#: 0xA701, unable to calculate the number of matches); N services 0x0213,
+#: resource limitation (PS3.7 C.5).
+_TOO_LARGE_STATUS: dict[int, int] = {
+    CommandField.C_FIND_RQ: 0xA700,
+    CommandField.C_GET_RQ: 0xA701,
+    CommandField.C_MOVE_RQ: 0xA701,
+}
+
 _INVALID_STATUS: dict[int, int] = {
     CommandField.C_STORE_RQ: 0xC210,
     CommandField.C_FIND_RQ: 0xC000,
@@ -3309,6 +3366,13 @@ _META_SOP_CLASSES: Final = frozenset(
         "1.2.840.10008.3.1.2.5.5",  # Detached Study Management Meta (retired)
     )
 )
+
+
+def _peer_uid(value: object) -> UID:
+    """A UID a peer sent in its A-ASSOCIATE PDU, as it is: the PDU decoder
+    accepted it (see :func:`aiodicom.pdu._text_uid`); pydicom is not to
+    validate it again (a warning per association, or an error if so set)."""
+    return value if isinstance(value, UID) else UID(str(value), validation_mode=_IGNORE)
 
 
 def _check_request(msg: Message) -> DIMSEError | None:

@@ -694,3 +694,270 @@ async def test_a_second_request_of_an_id_in_use_is_refused_0210() -> None:
         assert status_and_id(await peer.read_pdu()) == (0x0000, 7)
         await raw_release(peer)
     assert calls == [7, 7]
+
+
+# ---------------------------------------------------------------------------
+# Data sets over the spool threshold, and what must not be left on disk
+# (found by tests/integration/test_fuzz_socket.py)
+
+
+def _spooling_scp(spool: Any) -> Any:
+    """A Verification + CT Storage + Study Root C-FIND SCP spooling past 4 KiB into ``spool``."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from aiodicom import sop_class
+
+    ae = _scp()
+    ae.add_supported_context(sop_class.CTImageStorage, [ExplicitVRLittleEndian])
+    ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(sop_class.BasicFilmSession)
+    ae.spool_threshold = 4096
+    ae.spool_directory = str(spool)
+    return ae
+
+
+def _rq_with_contexts(*contexts: tuple[int, str, str]) -> Any:
+    from aiodicom.pdu import AAssociateRQ, PresentationContextRQ
+
+    rq = verification_rq()
+    return AAssociateRQ(
+        protocol_version=1,
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        presentation_contexts=tuple(
+            PresentationContextRQ(context_id=cid, abstract_syntax=sop, transfer_syntaxes=(ts,))
+            for cid, sop, ts in contexts
+        ),
+        user_information=rq.user_information,
+    )
+
+
+async def _request_and_status(
+    peer: RawPeer, context_id: int, fields: dict[str, Any], data: bytes
+) -> dict[str, Any]:
+    from aiodicom.dimse import DATASET_PRESENT, fragment
+
+    command = encode_command({**fields, "CommandDataSetType": DATASET_PRESENT})
+    for raw in fragment(context_id, command, data, 4096):
+        await peer.send(raw)
+    pdu = await peer.read_pdu()
+    assert isinstance(pdu, PDataTF) and pdu.pdvs[-1].is_command, pdu
+    return decode_command(b"".join(bytes(p.data) for p in pdu.pdvs))
+
+
+async def test_a_spooled_store_refused_for_its_context_leaves_no_file(tmp_path: Any) -> None:
+    """A C-STORE-RQ of an MR instance on a CT context is refused 0x0122 (its
+    data set already spooled): the spool file is deleted, the association
+    goes on. (The refusal paths used to leave it on disk for good.)"""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from aiodicom import sop_class
+
+    stored: list[Any] = []
+    async with running_server(
+        _spooling_scp(tmp_path), [(evt.EVT_C_STORE, lambda e: stored.append(e) or 0)]
+    ) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(
+                peer,
+                _rq_with_contexts(
+                    (1, sop_class.Verification, "1.2.840.10008.1.2"),
+                    (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
+                ),
+            )
+            rsp = await _request_and_status(
+                peer,
+                3,
+                {
+                    "CommandField": CommandField.C_STORE_RQ,
+                    "MessageID": 5,
+                    "Priority": 0,
+                    "AffectedSOPClassUID": sop_class.MRImageStorage,
+                    "AffectedSOPInstanceUID": "1.2.3.4",
+                },
+                b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.4\x00" + bytes(20000),
+            )
+            assert rsp["Status"] == 0x0122 and rsp["MessageIDBeingRespondedTo"] == 5
+            for raw in c_echo_rq_pdus(context_id=1, msg_id=6):
+                await peer.send(raw)
+            echo = await peer.read_pdu()
+            assert isinstance(echo, PDataTF)
+            assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
+            await raw_release(peer)
+        with anyio.fail_after(GUARD):
+            await server._none_active.wait()
+    assert not stored
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [("C-FIND", 0xA700), ("N-CREATE", 0x0213)],
+)
+async def test_a_request_data_set_over_the_spool_threshold_is_refused_not_kept(
+    tmp_path: Any, kind: str, status: int
+) -> None:
+    """Only a C-STORE-RQ data set is spooled. Any other request's over
+    ae.spool_threshold is neither kept in memory nor written anywhere, and
+    the request is refused out of resources (C-FIND 0xA700; N services
+    0x0213, resource limitation); no handler runs, the association goes on.
+    (It used to be spooled to a file nothing read or deleted.)"""
+    from aiodicom import sop_class
+
+    called: list[Any] = []
+    handlers = [(evt.EVT_C_FIND, called.append), (evt.EVT_N_CREATE, called.append)]
+    # Query/Retrieve Level, then 30,000 bytes of OB (Explicit VR Little Endian)
+    identifier = b"\x08\x00\x52\x00CS\x06\x00STUDY " + b"\x11\x00\x10\x00OB\x00\x00"
+    identifier += (30000).to_bytes(4, "little") + bytes(30000)
+    if kind == "C-FIND":
+        cid, sop = 3, sop_class.StudyRootQueryRetrieveInformationModelFind
+        fields = {"CommandField": CommandField.C_FIND_RQ, "Priority": 0}
+    else:
+        cid, sop = 5, sop_class.BasicFilmSession
+        fields = {"CommandField": CommandField.N_CREATE_RQ}
+    async with (
+        running_server(_spooling_scp(tmp_path), handlers) as server,
+        raw_connection(server.port) as peer,
+    ):
+        await raw_associate(
+            peer,
+            _rq_with_contexts(
+                (1, sop_class.Verification, "1.2.840.10008.1.2"),
+                (cid, sop, "1.2.840.10008.1.2.1"),
+            ),
+        )
+        rsp = await _request_and_status(
+            peer, cid, {**fields, "MessageID": 9, "AffectedSOPClassUID": sop}, identifier
+        )
+        assert rsp["Status"] == status and rsp["MessageIDBeingRespondedTo"] == 9
+        assert not called
+        for raw in c_echo_rq_pdus(context_id=1, msg_id=10):
+            await peer.send(raw)
+        echo = await peer.read_pdu()
+        assert isinstance(echo, PDataTF)
+        assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
+        await raw_release(peer)
+    assert not list(tmp_path.iterdir())
+
+
+def _raw_command(elements: list[tuple[int, bytes]]) -> bytes:
+    """A group 0000 command set from raw values, as a peer might send it (no checks)."""
+    body = b""
+    for elem, value in elements:
+        value += b"\x00" * (len(value) % 2)
+        body += struct.pack("<HHL", 0, elem, len(value)) + value
+    return struct.pack("<HHLL", 0, 0, 4, len(body)) + body
+
+
+async def test_a_store_with_uids_that_do_not_encode_is_refused(tmp_path: Any) -> None:
+    """A C-STORE-RQ whose UIDs are not ASCII (a flipped bit), with a data set
+    past the spool threshold: refused 0xC210 naming the field, nothing
+    spooled, no exception in the association (its SOP Class UID, which could
+    not be encoded, is left out of the response), and the association goes
+    on. (This ended the association's task with UnicodeEncodeError, and
+    pydicom warned of the UIDs while the spool file's header was made.)"""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from aiodicom import sop_class
+    from aiodicom.dimse import fragment
+
+    bad_class = sop_class.CTImageStorage.encode().replace(b".", b"\xae", 1)
+    command = _raw_command(
+        [
+            (0x0002, bad_class),
+            (0x0100, struct.pack("<H", CommandField.C_STORE_RQ)),
+            (0x0110, struct.pack("<H", 3)),
+            (0x0700, struct.pack("<H", 0)),
+            (0x0800, struct.pack("<H", 0)),  # a data set follows
+            (0x1000, b"1.2.3\xb94"),
+        ]
+    )
+    async with running_server(_spooling_scp(tmp_path)) as server:
+        async with raw_connection(server.port) as peer:
+            await raw_associate(
+                peer,
+                _rq_with_contexts(
+                    (1, sop_class.Verification, "1.2.840.10008.1.2"),
+                    (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
+                ),
+            )
+            for raw in fragment(3, command, bytes(20000), 4096):
+                await peer.send(raw)
+            pdu = await peer.read_pdu()
+            assert isinstance(pdu, PDataTF)
+            rsp = decode_command(bytes(pdu.pdvs[0].data))
+            assert rsp["Status"] == 0xC210 and rsp["MessageIDBeingRespondedTo"] == 3
+            assert "AffectedSOPClassUID" not in rsp
+            assert "Affected SOP Class UID" in rsp["ErrorComment"], rsp
+            for raw in c_echo_rq_pdus(context_id=1, msg_id=4):
+                await peer.send(raw)
+            echo = await peer.read_pdu()
+            assert isinstance(echo, PDataTF)
+            assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
+            await raw_release(peer)
+        with anyio.fail_after(GUARD):
+            await server._none_active.wait()
+    assert not list(tmp_path.iterdir())
+
+
+async def test_a_peer_implementation_class_uid_is_taken_as_sent() -> None:
+    """A non-conformant Implementation Class UID (a letter in it) is accepted
+    without pydicom warning of it (the suite turns warnings into errors):
+    some implementations send one, and the association must go on."""
+    from dataclasses import replace as _replace
+
+    from aiodicom.pdu_primitives import ImplementationClassUIDNotification
+
+    rq = verification_rq()
+    odd = tuple(
+        ImplementationClassUIDNotification(implementation_class_uid="1.2.3.x4")
+        if isinstance(i, ImplementationClassUIDNotification)
+        else i
+        for i in rq.user_information
+    )
+    async with running_server(_scp()) as server, raw_connection(server.port) as peer:
+        await raw_associate(peer, _replace(rq, user_information=odd))
+        for raw in c_echo_rq_pdus():
+            await peer.send(raw)
+        echo = await peer.read_pdu()
+        assert isinstance(echo, PDataTF)
+        assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
+        await raw_release(peer)
+
+
+async def test_a_response_data_set_over_the_spool_threshold_is_a_typed_error() -> None:
+    """A C-FIND-RSP whose identifier is over the SCU's ae.spool_threshold: it
+    is not kept (only a C-STORE-RQ data set is spooled), the C-FIND raises
+    DIMSEError saying so, and the association goes on. (The identifier used
+    to be spooled to a file nothing read or deleted, and the response came
+    out without it.)"""
+    from pydicom.dataset import Dataset
+
+    from aiodicom import sop_class
+    from aiodicom.errors import DIMSEError
+
+    find = sop_class.StudyRootQueryRetrieveInformationModelFind
+
+    async def on_find(event: evt.Event) -> Any:
+        big = Dataset()
+        big.QueryRetrieveLevel = "STUDY"
+        big.StudyDescription = "x" * 60
+        big.add_new(0x00091010, "OB", bytes(20000))
+        yield 0xFF00, big
+
+    scp = _scp()
+    scp.add_supported_context(find)
+    scu = make_scu_ae()
+    scu.add_requested_context(find)
+    scu.spool_threshold = 4096
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    async with running_server(scp, [(evt.EVT_C_FIND, on_find)]) as server:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc:
+                with pytest.raises(DIMSEError, match="spool_threshold"):
+                    async with assoc.send_c_find(query, find) as responses:
+                        async for _ in responses:
+                            pass
+                assert (await assoc.send_c_echo()).Status == 0
+    assert assoc.is_released
