@@ -652,6 +652,12 @@ class Association:
 
     async def _apply(self, effects: tuple[Effect, ...]) -> None:
         """Carry out the Upper Layer's effects, in order."""
+        for effect in effects:
+            if isinstance(effect, Indicate) and isinstance(effect.primitive, AbortIndication):
+                # The association is over from now on (the Upper Layer's state
+                # says so): an operation started while the A-ABORT below is
+                # being written must fail with why, as every later one does.
+                self._note_abort(effect.primitive)
         if self._transitions:
             await self._notify_transitions()
         for effect in effects:
@@ -733,10 +739,15 @@ class Association:
         self._released.set()
         self._fail_pending()
 
-    async def _on_abort(self, ind: AbortIndication) -> None:
-        self._was_aborted = True
+    def _note_abort(self, ind: AbortIndication) -> None:
+        """Record the abort as the association's error (a timeout's or an
+        earlier abort's stays: it says more)."""
         if self._error is None or not isinstance(self._error, AssociationAborted | TimeoutError):
             self._error = AssociationAborted(ind.source, ind.reason, ind.detail or None)
+
+    async def _on_abort(self, ind: AbortIndication) -> None:
+        self._was_aborted = True
+        self._note_abort(ind)
         if ind.local:
             LOGGER.warning("Association aborted: %s", ind.detail or "provider abort")
         else:

@@ -961,3 +961,39 @@ async def test_a_response_data_set_over_the_spool_threshold_is_a_typed_error() -
                             pass
                 assert (await assoc.send_c_echo()).Status == 0
     assert assoc.is_released
+
+
+async def test_an_operation_after_the_peer_broke_the_association_says_why() -> None:
+    """The peer answers a C-ECHO and then sends garbage: the association is
+    aborted (A-ABORT, unrecognized PDU), and the next operation raises
+    AssociationAborted naming that, on both backends. (On trio it raised
+    LocalProtocolError, 'not established', the user's fault, when it started
+    while the A-ABORT was being written.)"""
+    from aiodicom.dimse import fragment
+    from aiodicom.pdu import AAssociateRQ
+
+    async def scp(peer: RawPeer) -> None:
+        rq = await peer.read_pdu()
+        assert isinstance(rq, AAssociateRQ)
+        await peer.send(verification_ac(rq))
+        pdu = await peer.read_pdu()
+        assert isinstance(pdu, PDataTF)
+        command = decode_command(pdu.pdvs[0].data)
+        rsp = {
+            "CommandField": CommandField.C_ECHO_RSP,
+            "MessageIDBeingRespondedTo": command["MessageID"],
+            "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+            "CommandDataSetType": NO_DATASET,
+            "Status": 0,
+        }
+        answer = b"".join(fragment(pdu.pdvs[0].context_id, encode_command(rsp), None, 16384))
+        await peer.send(answer + b"\x42\x00\x00\x00\x00\x00")  # then an unknown PDU type
+        await peer.read_until_eof()
+
+    async with fake_scp(scp) as port:
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate("127.0.0.1", port, ae_title="TEST_SCP") as assoc:
+                assert (await assoc.send_c_echo()).Status == 0
+                with pytest.raises(AssociationAborted, match="unrecognized PDU type 0x42"):
+                    await assoc.send_c_echo()
+    assert assoc.is_aborted

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -37,6 +38,7 @@ from .conftest import (
     RAW_IMPL_UID,
     Recorder,
     echo_once,
+    fake_scp,
     make_scp_ae,
     raw_connection,
     running_server,
@@ -213,3 +215,179 @@ async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
     assert not list(spool.iterdir()), "a spool file was left behind"
     assert set(kinds) == {"flip", "cut", "insert", "repeat", "length"}, kinds
     assert answered > CASES // 2, answered  # a cut inside the A-ASSOCIATE-RQ gets none
+
+
+# ---------------------------------------------------------------------------
+# The client's side: damaged answers from a peer SCP
+
+
+#: How long the fake SCP waits for the client's next message before it
+#: hangs up (a client waiting on a damaged answer then sees the close).
+_PATIENCE = 0.15
+
+
+async def _read_message(peer: Any) -> tuple[int, dict[str, Any]] | None:
+    """The next whole DIMSE message the client sent: (context ID, command); None if none came."""
+    from aiodicom.dimse import NO_DATASET, decode_command
+    from aiodicom.pdu import PDataTF
+
+    command_parts: list[bytes] = []
+    command: dict[str, Any] | None = None
+    while True:
+        try:
+            pdu = await peer.read_pdu(timeout=_PATIENCE)
+        except TimeoutError:
+            return None
+        if not isinstance(pdu, PDataTF):
+            return None
+        for pdv in pdu.pdvs:
+            if pdv.is_command:
+                command_parts.append(bytes(pdv.data))
+                if pdv.is_last:
+                    command = decode_command(b"".join(command_parts))
+                    if command["CommandDataSetType"] == NO_DATASET:
+                        return pdv.context_id, command
+            elif pdv.is_last and command is not None:
+                return pdv.context_id, command
+
+
+def _answers(ac: bytes) -> Any:
+    """The valid answers, one segment per step: given the A-ASSOCIATE-AC, a
+    function of (step, context ID, command) giving the bytes of that step."""
+    from pydicom.dataset import Dataset
+
+    from aiodicom.dimse import NO_DATASET, fragment
+    from aiodicom.pdu import AReleaseRP
+
+    def respond(step: int, context_id: int, command: dict[str, Any]) -> bytes:
+        if step == 0:
+            return ac
+        if step == 3:
+            return encode(AReleaseRP())
+        mid = command["MessageID"]
+        base = {
+            "MessageIDBeingRespondedTo": mid,
+            "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+        }
+        if step == 1:
+            rsp = {**base, "CommandField": 0x8001, "CommandDataSetType": NO_DATASET, "Status": 0}
+            rsp["AffectedSOPInstanceUID"] = command["AffectedSOPInstanceUID"]
+            return b"".join(fragment(context_id, encode_command(rsp), None, MAX_PDU))
+        out = []
+        for i in range(2):
+            match = Dataset()
+            match.QueryRetrieveLevel = "STUDY"
+            match.StudyInstanceUID = f"1.2.3.{i}"
+            match.PatientName = f"Fuzz^{i}"
+            data = encode_dataset(match, ImplicitVRLittleEndian)
+            rsp = {**base, "CommandField": 0x8020, "CommandDataSetType": 0x0000, "Status": 0xFF00}
+            out += fragment(context_id, encode_command(rsp), data, MAX_PDU)
+        final = {**base, "CommandField": 0x8020, "CommandDataSetType": NO_DATASET, "Status": 0}
+        out += fragment(context_id, encode_command(final), None, MAX_PDU)
+        return b"".join(out)
+
+    return respond
+
+
+async def test_mutated_answers_never_break_the_client() -> None:
+    """An aiodicom SCU (C-STORE, C-FIND, release) against a peer SCP whose
+    answers are damaged, one step of them per case, the same ways as above:
+    the SCU either completes or raises one of the package's typed errors
+    (DicomNetworkError and its kinds) or TimeoutError, never anything else,
+    never hangs, and keeps no association behind."""
+    from pydicom.dataset import Dataset
+
+    from aiodicom import AE
+    from aiodicom.errors import DicomNetworkError, LocalProtocolError
+    from aiodicom.pdu import AAssociateAC, AAssociateRQ, AReleaseRQ, PresentationContextAC
+    from aiodicom.pdu_primitives import (
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+
+    find = sop_class.StudyRootQueryRetrieveInformationModelFind
+    outcomes: dict[str, int] = {}
+    for seed in range(CLIENT_CASES + 1):  # seed 0: undamaged
+        rng = random.Random(seed)
+        target = rng.randrange(4) if seed else -1
+        damage: list[str] = []  # what was done, once it was
+
+        async def scp(
+            peer: Any, rng: random.Random = rng, target: int = target, damage: list[str] = damage
+        ) -> None:
+            rq = await peer.read_pdu()
+            assert isinstance(rq, AAssociateRQ)
+            ac = AAssociateAC(
+                called_ae_title=rq.called_ae_title,
+                calling_ae_title=rq.calling_ae_title,
+                presentation_contexts=tuple(
+                    PresentationContextAC(
+                        context_id=cx.context_id,
+                        result=0,
+                        transfer_syntax=cx.transfer_syntaxes[0],
+                    )
+                    for cx in rq.presentation_contexts
+                ),
+                user_information=(
+                    MaximumLengthNotification(maximum_length_received=MAX_PDU),
+                    ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+                ),
+            )
+            respond = _answers(encode(ac))
+            context_id, command = 0, {}
+            for step in range(4):
+                if step in (1, 2):
+                    got = await _read_message(peer)
+                    if got is None:
+                        return
+                    context_id, command = got
+                elif step == 3:
+                    try:
+                        if not isinstance(await peer.read_pdu(timeout=_PATIENCE), AReleaseRQ):
+                            return
+                    except TimeoutError:
+                        return
+                data = respond(step, context_id, command)
+                if step == target:
+                    kind, data = _mutate(data, rng)
+                    damage.append(kind)
+                try:
+                    await peer.stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                if damage == ["cut"]:
+                    return  # and hang up
+
+        ae = AE("FUZZ_SCU")
+        ae.add_requested_context(sop_class.Verification, ImplicitVRLittleEndian)
+        ae.add_requested_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+        ae.add_requested_context(find, ImplicitVRLittleEndian)
+        ae.acse_timeout = ae.dimse_timeout = 2.0
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        outcome = "completed"
+        async with fake_scp(scp) as port:
+            try:
+                with anyio.fail_after(GUARD):
+                    async with ae.associate("127.0.0.1", port, ae_title="TEST_SCP") as assoc:
+                        await assoc.send_c_store(make_dataset())
+                        async with assoc.send_c_find(query, find) as responses:
+                            async for _ in responses:
+                                pass
+            except (DicomNetworkError, TimeoutError) as exc:
+                outcome = type(exc).__name__
+                # The client never misuses the API here: the peer's fault
+                # must not come out as the user's.
+                assert not isinstance(exc, LocalProtocolError), f"seed {seed}: {exc!r}"
+            except Exception as exc:
+                raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
+        if seed == 0:
+            assert outcome == "completed"
+        assert not ae.active_associations, f"seed {seed}: an association is left"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("completed", 0) < CLIENT_CASES + 1, outcomes  # damage was noticed
+    assert len(outcomes) > 2, outcomes
+
+
+CLIENT_CASES = int(__import__("os").environ.get("FUZZ_CLIENT_CASES", "150"))
