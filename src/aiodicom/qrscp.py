@@ -679,7 +679,7 @@ def plan_query(identifier: Dataset, model: InformationModel, service: str) -> Qu
     if level not in model.levels:
         raise QRError(
             IDENTIFIER_MISMATCH,
-            f"level {level} is not in the {model.name} model",
+            f"level {level!r} is not in the {model.name} model",
             _TAG_QR_LEVEL,
         )
     rank = _RANK[level]
@@ -1246,6 +1246,10 @@ def _reference(class_uid: str, instance_uid: str, reason: int | None = None) -> 
     return item
 
 
+def _touch(dataset: Dataset, elem: DataElement) -> None:
+    """Nothing: :meth:`Dataset.walk` has converted ``elem`` to reach it."""
+
+
 class Archive:
     """A DICOM file store under ``directory`` with its SQLite index, and Q/R handlers.
 
@@ -1541,13 +1545,18 @@ class Archive:
         return 0x0000
 
     def _plan(self, event: evt.Event, service: str) -> Query:
-        model, found = model_for(str(event.request.get("AffectedSOPClassUID") or ""))
+        sop_class = str(evt.request_value(event, "AffectedSOPClassUID") or "")
+        model, found = model_for(sop_class)
         if found != service:
-            raise QRError(0xC000, f"{event.request.AffectedSOPClassUID} is not a {service} class")
+            raise QRError(0xC000, f"{sop_class!r} is not a {service} class")
         try:
             identifier = event.identifier
+            # pydicom converts each element on first access: a value that
+            # does not decode (a US of 3 bytes, say) fails here, as a refusal,
+            # rather than inside plan_query as a handler error (0xC311).
+            identifier.walk(_touch)
         except Exception as exc:
-            raise QRError(0xC000, f"the identifier does not decode: {exc}") from exc
+            raise QRError(0xC000, f"the identifier does not decode: {str(exc)[:200]}") from exc
         return plan_query(identifier, model, service)
 
     async def handle_find(self, event: evt.Event) -> AsyncIterator[tuple[Any, Dataset | None]]:
