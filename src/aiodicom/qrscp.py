@@ -1381,12 +1381,18 @@ class Archive:
             else:
                 text = _spooled_text(tmp, transfer_syntax)
                 size = os.stat(tmp).st_size
-            if text is None:
-                text = _dataset_text(dcmread(tmp, stop_before_pixels=True))
-            rel = object_path(text("SOPInstanceUID", "UI"))
-            rec = InstanceRecord.from_text(
-                text, path=rel, transfer_syntax=transfer_syntax, size=size
-            )
+            try:
+                if text is None:  # pydicom reads it (its values on first use)
+                    text = _dataset_text(dcmread(tmp, stop_before_pixels=True))
+                rel = object_path(text("SOPInstanceUID", "UI"))
+                rec = InstanceRecord.from_text(
+                    text, path=rel, transfer_syntax=transfer_syntax, size=size
+                )
+            except QRError:
+                raise
+            except Exception as exc:  # pydicom's, of a damaged data set (an unknown VR...)
+                detail = f"{type(exc).__name__}: {str(exc)[:160]}"
+                raise QRError(0xC000, f"the data set does not decode: {detail}") from exc
             final = self.directory / rel
             conn = self._writer()
             with self._write_lock:
@@ -1512,7 +1518,7 @@ class Archive:
         """EVT_C_ECHO: success."""
         return 0x0000
 
-    async def handle_store(self, event: evt.Event) -> int:
+    async def handle_store(self, event: evt.Event) -> int | Dataset:
         """EVT_C_STORE: write the instance atomically and index it."""
         uid = str(evt.request_value(event, "AffectedSOPInstanceUID") or "")
         if not is_plain_uid(uid):
@@ -1531,7 +1537,7 @@ class Archive:
             )
         except QRError as exc:
             LOGGER.error("Refusing instance %s: %s", uid, exc.comment)
-            return exc.status
+            return exc.as_status()  # with its Error Comment
         except Exception:
             LOGGER.exception("Could not store instance %s", uid)
             return 0xC210

@@ -221,7 +221,9 @@ async def _echo(peer: RawPeer, mid: int) -> int:
     return int(rsp["Status"])
 
 
-async def test_damaged_identifiers_get_statuses_not_aborts(tmp_path: Path) -> None:
+async def test_damaged_identifiers_get_statuses_not_aborts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
     async with archive:
         study_uid = "1.2.826.0.1.3680043.8.498.1"
@@ -303,6 +305,7 @@ async def test_damaged_identifiers_get_statuses_not_aborts(tmp_path: Path) -> No
     # the damage was noticed as often as not, and some damaged queries still matched
     failures = sum(n for k, n in outcomes.items() if not k.endswith("0x0000"))
     assert failures and failures < CASES, outcomes
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]
 
 
 async def test_an_identifier_value_that_does_not_decode_is_refused_c000(tmp_path: Path) -> None:
@@ -338,3 +341,132 @@ async def test_an_identifier_value_that_does_not_decode_is_refused_c000(tmp_path
             assert rsp["Status"] == 0xC000, rsp
             assert "does not decode" in rsp["ErrorComment"], rsp
             await raw_release(peer)
+
+
+# ---------------------------------------------------------------------------
+# C-STORE of damaged instances: the index and the files stay one
+
+
+def _store_rq() -> AAssociateRQ:
+    rq = _rq()
+    return AAssociateRQ(
+        protocol_version=1,
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        presentation_contexts=rq.presentation_contexts,
+        user_information=rq.user_information[:2],  # no role selection: we are the SCU
+    )
+
+
+async def test_damaged_instances_are_stored_whole_or_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """C-STORE-RQs with a valid command and a damaged data set (the same
+    damage as above): each is answered a C-STORE status; the association
+    goes on; at the end every file in the archive has its row in the index
+    and every row its file, and nothing is left in the incoming directory."""
+    import sqlite3
+
+    from pydicom.uid import generate_uid
+
+    ds = make_dataset(PatientName="Doe^Jane", PatientID="P1", StudyDate="20240115")
+    ds.SOPClassUID = sop_class.CTImageStorage
+    ds.ReferencedSeriesSequence = [Dataset()]
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = generate_uid()
+    outcomes: dict[int, int] = {}
+    archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
+    async with archive:
+        ae = setup_ae(AE("QRSCP"), archive)
+        ae.acse_timeout = ae.dimse_timeout = GUARD
+        async with (
+            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await raw_associate(peer, _store_rq())
+            for seed in range(CASES + 1):
+                rng = random.Random(seed)
+                uid = f"1.2.826.0.1.3680043.8.498.2.{seed}"
+                ds.SOPInstanceUID = uid
+                data = encode_dataset(ds, ExplicitVRLittleEndian)
+                kind = "none"
+                if seed:
+                    kind, data = _damage(data, rng)
+                command = {
+                    "CommandField": CommandField.C_STORE_RQ,
+                    "MessageID": seed + 1,
+                    "Priority": 0,
+                    "AffectedSOPClassUID": sop_class.CTImageStorage,
+                    "AffectedSOPInstanceUID": uid,
+                    "CommandDataSetType": DATASET_PRESENT,
+                }
+                where = f"seed {seed} ({kind})"
+                try:
+                    with anyio.fail_after(GUARD):
+                        await _send(peer, 7, command, data)
+                        _, rsp, _ = await _message(peer)
+                except Exception as exc:
+                    raise AssertionError(f"{where}: {exc!r}") from exc
+                status = int(rsp["Status"])
+                assert rsp["MessageIDBeingRespondedTo"] == seed + 1, where
+                assert status == 0 or 0xA700 <= status <= 0xCFFF, f"{where}: 0x{status:04X}"
+                if seed == 0:
+                    assert status == 0
+                outcomes[status] = outcomes.get(status, 0) + 1
+            with anyio.fail_after(GUARD):
+                assert await _echo(peer, CASES + 10) == 0
+            await raw_release(peer)
+        conn = sqlite3.connect(archive.index_path)
+        try:
+            indexed = {row[0] for row in conn.execute("SELECT path FROM instance")}
+        finally:
+            conn.close()
+    on_disk = {
+        p.relative_to(tmp_path / "store").as_posix()
+        for p in (tmp_path / "store").rglob("*")
+        if p.is_file() and not p.name.startswith("index.sqlite")
+    }
+    assert not list(archive.incoming.iterdir()), "a file was left half-way"
+    assert on_disk == indexed
+    assert 1 <= len(indexed) <= outcomes.get(0, 0), outcomes  # (a damaged UID may repeat one)
+    assert len(outcomes) > 1, outcomes  # some damage was refused
+    # every refusal was one: no handler error with its traceback in the log
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+async def test_an_instance_pydicom_cannot_read_is_refused_c000(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A data set with an element of an unknown VR ('LM' for Patient ID) is
+    refused 0xC000 'the data set does not decode', with nothing left in the
+    archive; it was a handler error (0xC210, a traceback in the log) when
+    pydicom raised while the index record was made."""
+    ds = make_dataset(PatientName="Doe^Jane", PatientID="P1")
+    ds.SOPClassUID = sop_class.CTImageStorage
+    data = encode_dataset(ds, ExplicitVRLittleEndian)
+    at = data.index(b"\x10\x00\x20\x00LO")
+    data = data[: at + 4] + b"LM" + data[at + 6 :]
+    archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
+    async with archive:
+        ae = setup_ae(AE("QRSCP"), archive)
+        async with (
+            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await raw_associate(peer, _store_rq())
+            command = {
+                "CommandField": CommandField.C_STORE_RQ,
+                "MessageID": 1,
+                "Priority": 0,
+                "AffectedSOPClassUID": sop_class.CTImageStorage,
+                "AffectedSOPInstanceUID": str(ds.SOPInstanceUID),
+                "CommandDataSetType": DATASET_PRESENT,
+            }
+            with anyio.fail_after(GUARD):
+                await _send(peer, 7, command, data)
+                _, rsp, _ = await _message(peer)
+            assert rsp["Status"] == 0xC000, rsp
+            assert "does not decode" in rsp["ErrorComment"], rsp
+            await raw_release(peer)
+    files = [p for p in (tmp_path / "store").rglob("*.dcm")]
+    assert not files
+    assert not [r.getMessage() for r in caplog.records if r.exc_info]

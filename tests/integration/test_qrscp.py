@@ -376,15 +376,17 @@ async def test_refused_instances(tmp_path: Path) -> None:
         rq = store_event(ds).request
         ds.add(bad_uid(0x00080018))
         event = FakeEvent(rq, data=encode_dataset(ds, ExplicitVRLittleEndian))
-        assert 0xC000 <= await archive.handle_store(event) <= 0xCFFF
+        assert 0xC000 <= code(await archive.handle_store(event)) <= 0xCFFF
         # a data set without a Study Instance UID cannot be placed in the hierarchy
         ds = make_dataset()
         del ds.StudyInstanceUID
-        assert 0xC000 <= await archive.handle_store(store_event(ds)) <= 0xCFFF
+        assert 0xC000 <= code(await archive.handle_store(store_event(ds))) <= 0xCFFF
         # garbage data
         event = store_event(make_dataset())
         event._data = b"\xff" * 10
-        assert 0xC000 <= await archive.handle_store(event) <= 0xCFFF
+        refused = await archive.handle_store(event)
+        assert 0xC000 <= code(refused) <= 0xCFFF
+        assert refused.ErrorComment  # a refusal says why
         assert files_under(archive.directory) == []
         assert rows(archive, "SELECT COUNT(*) FROM instance") == [(0,)]
 
