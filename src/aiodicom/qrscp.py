@@ -1246,6 +1246,19 @@ def _reference(class_uid: str, instance_uid: str, reason: int | None = None) -> 
     return item
 
 
+def _as_sent(ds: Dataset, tag: int) -> str:
+    """A text value of ``ds`` as the peer sent it ("" if absent), without
+    pydicom converting it: a UID that is none would have it warn (or raise,
+    where warnings are errors), and the caller checks it anyway."""
+    elem = ds.get_item(tag)
+    if elem is None:
+        return ""
+    value = elem.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").rstrip("\x00 ")
+    return str(value or "")
+
+
 def _touch(dataset: Dataset, elem: DataElement) -> None:
     """Nothing: :meth:`Dataset.walk` has converted ``elem`` to reach it."""
 
@@ -1729,12 +1742,11 @@ class Archive:
             raise QRError(0x0123, f"no action type {event.action_type}")
         try:
             info = event.action_information
-            transaction = str(info.get("TransactionUID") or "")
+            transaction = _as_sent(info, 0x00081195)  # Transaction UID
             references = [
-                (str(item.get("ReferencedSOPClassUID") or ""),
-                 str(item.get("ReferencedSOPInstanceUID") or ""))
+                (_as_sent(item, 0x00081150), _as_sent(item, 0x00081155))
                 for item in info.get("ReferencedSOPSequence") or ()
-            ]  # fmt: skip
+            ]
         except Exception as exc:  # a data set pydicom cannot read
             raise QRError(0x0110, f"the Action Information does not decode: {exc}") from exc
         if not is_plain_uid(transaction) or not references:
@@ -1742,6 +1754,10 @@ class Archive:
             raise QRError(
                 0x0115, "a valid Transaction UID and a Referenced SOP Sequence item are required"
             )
+        if not all(is_plain_uid(c) and is_plain_uid(i) for c, i in references):
+            # The report names each reference as sent: one that is no UID could
+            # not be put in it (nor be one the archive holds).
+            raise QRError(0x0115, "a Referenced SOP Sequence item has an invalid UID")
         return _Commitment(event.assoc, event.assoc.requestor.ae_title, transaction, references)
 
     def _commit_lookup(

@@ -9,6 +9,7 @@ tests/interop/test_nservice_interop.py.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -61,11 +62,13 @@ def request(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
     info = Dataset()
     info.TransactionUID = transaction
     items = []
-    for class_uid, instance_uid in refs:
-        item = Dataset()
-        item.ReferencedSOPClassUID = class_uid
-        item.ReferencedSOPInstanceUID = instance_uid
-        items.append(item)
+    with warnings.catch_warnings():  # (a test may send a UID that is none)
+        warnings.simplefilter("ignore", UserWarning)
+        for class_uid, instance_uid in refs:
+            item = Dataset()
+            item.ReferencedSOPClassUID = class_uid
+            item.ReferencedSOPInstanceUID = instance_uid
+            items.append(item)
     info.ReferencedSOPSequence = Sequence(items)
     return info
 
@@ -224,8 +227,23 @@ async def _until(predicate: Any) -> None:
         (COMMITMENT, INSTANCE, 2, request("1.2.3.4.3", []), 0x0123),
         (COMMITMENT, INSTANCE, 1, Dataset(), 0x0115),
         (COMMITMENT, INSTANCE, 1, request("1.2.3.4.3", []), 0x0115),
+        (COMMITMENT, INSTANCE, 1, request("1.2.3.4.3", [(CT, "1.2.3"), (CT, "1.2.x")]), 0x0115),
+        (
+            COMMITMENT,
+            INSTANCE,
+            1,
+            request("1.2.3.4.3", [("1.2.840.10008.5.1.4.1.1.2a", "1.2")]),
+            0x0115,
+        ),
     ],
-    ids=["other-instance", "other-action", "no-transaction", "no-references"],
+    ids=[
+        "other-instance",
+        "other-action",
+        "no-transaction",
+        "no-references",
+        "reference-not-a-uid",
+        "reference-class-not-a-uid",
+    ],
 )
 async def test_bad_requests_are_refused(
     tmp_path: Path, class_uid: str, instance_uid: str, action: int, info: Dataset, code: int
