@@ -701,6 +701,16 @@ async def test_a_second_request_of_an_id_in_use_is_refused_0210() -> None:
 # (found by tests/integration/test_fuzz_socket.py)
 
 
+async def _echo_then_release(peer: RawPeer, msg_id: int) -> None:
+    """The association still serves: a C-ECHO (context 1) is answered 0x0000; then release."""
+    for raw in c_echo_rq_pdus(context_id=1, msg_id=msg_id):
+        await peer.send(raw)
+    echo = await peer.read_pdu()
+    assert isinstance(echo, PDataTF)
+    assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
+    await raw_release(peer)
+
+
 def _spooling_scp(spool: Any) -> Any:
     """A Verification + CT Storage + Study Root C-FIND SCP spooling past 4 KiB into ``spool``."""
     from pydicom.uid import ExplicitVRLittleEndian
@@ -778,12 +788,7 @@ async def test_a_spooled_store_refused_for_its_context_leaves_no_file(tmp_path: 
                 b"\x08\x00\x16\x00UI\x1a\x001.2.840.10008.5.1.4.1.1.4\x00" + bytes(20000),
             )
             assert rsp["Status"] == 0x0122 and rsp["MessageIDBeingRespondedTo"] == 5
-            for raw in c_echo_rq_pdus(context_id=1, msg_id=6):
-                await peer.send(raw)
-            echo = await peer.read_pdu()
-            assert isinstance(echo, PDataTF)
-            assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
-            await raw_release(peer)
+            await _echo_then_release(peer, msg_id=6)
         with anyio.fail_after(GUARD):
             await server._none_active.wait()
     assert not stored
@@ -831,12 +836,7 @@ async def test_a_request_data_set_over_the_spool_threshold_is_refused_not_kept(
         )
         assert rsp["Status"] == status and rsp["MessageIDBeingRespondedTo"] == 9
         assert not called
-        for raw in c_echo_rq_pdus(context_id=1, msg_id=10):
-            await peer.send(raw)
-        echo = await peer.read_pdu()
-        assert isinstance(echo, PDataTF)
-        assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
-        await raw_release(peer)
+        await _echo_then_release(peer, msg_id=10)
     assert not list(tmp_path.iterdir())
 
 
@@ -889,12 +889,7 @@ async def test_a_store_with_uids_that_do_not_encode_is_refused(tmp_path: Any) ->
             assert rsp["Status"] == 0xC210 and rsp["MessageIDBeingRespondedTo"] == 3
             assert "AffectedSOPClassUID" not in rsp
             assert "Affected SOP Class UID" in rsp["ErrorComment"], rsp
-            for raw in c_echo_rq_pdus(context_id=1, msg_id=4):
-                await peer.send(raw)
-            echo = await peer.read_pdu()
-            assert isinstance(echo, PDataTF)
-            assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
-            await raw_release(peer)
+            await _echo_then_release(peer, msg_id=4)
         with anyio.fail_after(GUARD):
             await server._none_active.wait()
     assert not list(tmp_path.iterdir())
@@ -917,12 +912,7 @@ async def test_a_peer_implementation_class_uid_is_taken_as_sent() -> None:
     )
     async with running_server(_scp()) as server, raw_connection(server.port) as peer:
         await raw_associate(peer, _replace(rq, user_information=odd))
-        for raw in c_echo_rq_pdus():
-            await peer.send(raw)
-        echo = await peer.read_pdu()
-        assert isinstance(echo, PDataTF)
-        assert decode_command(bytes(echo.pdvs[0].data))["Status"] == 0
-        await raw_release(peer)
+        await _echo_then_release(peer, msg_id=1)
 
 
 async def test_a_response_data_set_over_the_spool_threshold_is_a_typed_error() -> None:

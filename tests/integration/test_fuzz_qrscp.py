@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import random
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from aiodicom import AE, sop_class
+from aiodicom import AE, Server, sop_class
 from aiodicom.dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -42,7 +44,15 @@ from aiodicom.pdu_primitives import (
 from aiodicom.qrscp import Archive, setup_ae
 from aiodicom.testing import make_dataset
 
-from .conftest import GUARD, RAW_IMPL_UID, RawPeer, raw_associate, raw_connection, raw_release
+from ._fuzz import damage
+from .conftest import (
+    GUARD,
+    RAW_IMPL_UID,
+    RawPeer,
+    raw_associate,
+    raw_connection,
+    raw_release,
+)
 
 pytestmark = [
     pytest.mark.anyio,
@@ -79,38 +89,28 @@ def _query(level: str, **keys: Any) -> bytes:
     return encode_dataset(ds, ImplicitVRLittleEndian)
 
 
-def _element_starts(data: bytes) -> list[int]:
-    """Where each top-level element of an Implicit VR LE data set starts."""
-    starts, pos = [], 0
+def _element_length_fields(data: bytes) -> list[int]:
+    """Where the length field of each top-level element of an Implicit VR LE data set is."""
+    fields, pos = [], 0
     while pos + 8 <= len(data):
-        starts.append(pos)
+        fields.append(pos + 4)
         length = struct.unpack_from("<L", data, pos + 4)[0]
         if length == 0xFFFFFFFF:
             break
         pos += 8 + length
-    return starts
+    return fields
 
 
 def _damage(data: bytes, rng: random.Random) -> tuple[str, bytes]:
-    out = bytearray(data)
-    kind = rng.choice(["flip", "cut", "insert", "repeat", "length"])
-    if kind == "flip":
-        for _ in range(rng.randint(1, 6)):
-            out[rng.randrange(len(out))] ^= 1 << rng.randrange(8)
-    elif kind == "cut":
-        del out[rng.randrange(0, len(out)) :]
-    elif kind == "insert":
-        at = rng.randrange(len(out) + 1)
-        chunk = rng.choice([rng.randbytes(rng.randint(1, 16)), b"*", b"?", b"\\", b"-", b"'"])
-        out[at:at] = chunk
-    elif kind == "repeat":
-        at = rng.randrange(len(out))
-        out[at:at] = out[at : at + rng.randint(1, 64)]
-    else:
-        at = rng.choice(_element_starts(data))
-        length = rng.choice([0, 1, 3, 0xFFFFFFFF, 0xFFFFFFFE, rng.randrange(1 << 32)])
-        out[at + 4 : at + 8] = length.to_bytes(4, "little")
-    return kind, bytes(out)
+    """Damage a data set; the characters that mean something in a query among what goes in."""
+    return damage(
+        data,
+        rng,
+        length_fields=_element_length_fields,
+        byteorder="little",
+        inserts=(b"*", b"?", b"\\", b"-", b"'", b"%", b"_"),
+        max_repeat=64,
+    )
 
 
 def _rq() -> AAssociateRQ:
@@ -144,6 +144,19 @@ def _rq() -> AAssociateRQ:
             ),
         ),
     )
+
+
+@asynccontextmanager
+async def _serving(archive: Archive, rq: AAssociateRQ) -> AsyncIterator[tuple[Server, RawPeer]]:
+    """The archive served on loopback, and a raw association to it made with ``rq``."""
+    ae = setup_ae(AE("QRSCP"), archive)
+    ae.acse_timeout = ae.dimse_timeout = GUARD
+    async with (
+        ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
+        raw_connection(server.port) as peer,
+    ):
+        await raw_associate(peer, rq)
+        yield server, peer
 
 
 async def _send(
@@ -255,14 +268,8 @@ async def test_damaged_identifiers_get_statuses_not_aborts(
             NumberOfSeriesRelatedInstances="",
         )
         get = _query("SERIES", StudyInstanceUID=study_uid, SeriesInstanceUID=f"{study_uid}.1")
-        ae = setup_ae(AE("QRSCP"), archive)
-        ae.acse_timeout = ae.dimse_timeout = GUARD
         outcomes: dict[str, int] = {}
-        async with (
-            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await raw_associate(peer, _rq())
+        async with _serving(archive, _rq()) as (server, peer):
             with anyio.fail_after(GUARD):
                 baseline = await _request(peer, 3, CommandField.C_FIND_RQ, FIND, 1, find)
                 got = await _request(peer, 5, CommandField.C_GET_RQ, GET, 2, get)
@@ -317,30 +324,24 @@ async def test_an_identifier_value_that_does_not_decode_is_refused_c000(tmp_path
     identifier = _query("STUDY", StudyInstanceUID="") + struct.pack("<HHL", 0x0028, 0x0010, 3)
     identifier += b"\x01\x02\x03"
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
-    async with archive:
-        ae = setup_ae(AE("QRSCP"), archive)
-        async with (
-            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await raw_associate(peer, _rq())
-            with anyio.fail_after(GUARD):
-                await _send(
-                    peer,
-                    3,
-                    {
-                        "CommandField": CommandField.C_FIND_RQ,
-                        "MessageID": 1,
-                        "Priority": 0,
-                        "AffectedSOPClassUID": FIND,
-                        "CommandDataSetType": DATASET_PRESENT,
-                    },
-                    identifier,
-                )
-                _, rsp, _ = await _message(peer)
-            assert rsp["Status"] == 0xC000, rsp
-            assert "does not decode" in rsp["ErrorComment"], rsp
-            await raw_release(peer)
+    async with archive, _serving(archive, _rq()) as (_, peer):
+        with anyio.fail_after(GUARD):
+            await _send(
+                peer,
+                3,
+                {
+                    "CommandField": CommandField.C_FIND_RQ,
+                    "MessageID": 1,
+                    "Priority": 0,
+                    "AffectedSOPClassUID": FIND,
+                    "CommandDataSetType": DATASET_PRESENT,
+                },
+                identifier,
+            )
+            _, rsp, _ = await _message(peer)
+        assert rsp["Status"] == 0xC000, rsp
+        assert "does not decode" in rsp["ErrorComment"], rsp
+        await raw_release(peer)
 
 
 # ---------------------------------------------------------------------------
@@ -376,13 +377,7 @@ async def test_damaged_instances_are_stored_whole_or_refused(
     outcomes: dict[int, int] = {}
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
     async with archive:
-        ae = setup_ae(AE("QRSCP"), archive)
-        ae.acse_timeout = ae.dimse_timeout = GUARD
-        async with (
-            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await raw_associate(peer, _store_rq())
+        async with _serving(archive, _store_rq()) as (_, peer):
             for seed in range(CASES + 1):
                 rng = random.Random(seed)
                 uid = f"1.2.826.0.1.3680043.8.498.2.{seed}"
@@ -446,27 +441,21 @@ async def test_an_instance_pydicom_cannot_read_is_refused_c000(
     at = data.index(b"\x10\x00\x20\x00LO")
     data = data[: at + 4] + b"LM" + data[at + 6 :]
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
-    async with archive:
-        ae = setup_ae(AE("QRSCP"), archive)
-        async with (
-            ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await raw_associate(peer, _store_rq())
-            command = {
-                "CommandField": CommandField.C_STORE_RQ,
-                "MessageID": 1,
-                "Priority": 0,
-                "AffectedSOPClassUID": sop_class.CTImageStorage,
-                "AffectedSOPInstanceUID": str(ds.SOPInstanceUID),
-                "CommandDataSetType": DATASET_PRESENT,
-            }
-            with anyio.fail_after(GUARD):
-                await _send(peer, 7, command, data)
-                _, rsp, _ = await _message(peer)
-            assert rsp["Status"] == 0xC000, rsp
-            assert "does not decode" in rsp["ErrorComment"], rsp
-            await raw_release(peer)
+    async with archive, _serving(archive, _store_rq()) as (_, peer):
+        command = {
+            "CommandField": CommandField.C_STORE_RQ,
+            "MessageID": 1,
+            "Priority": 0,
+            "AffectedSOPClassUID": sop_class.CTImageStorage,
+            "AffectedSOPInstanceUID": str(ds.SOPInstanceUID),
+            "CommandDataSetType": DATASET_PRESENT,
+        }
+        with anyio.fail_after(GUARD):
+            await _send(peer, 7, command, data)
+            _, rsp, _ = await _message(peer)
+        assert rsp["Status"] == 0xC000, rsp
+        assert "does not decode" in rsp["ErrorComment"], rsp
+        await raw_release(peer)
     files = [p for p in (tmp_path / "store").rglob("*.dcm")]
     assert not files
     assert not [r.getMessage() for r in caplog.records if r.exc_info]
