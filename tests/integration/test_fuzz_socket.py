@@ -376,3 +376,112 @@ async def test_mutated_answers_never_break_the_client() -> None:
 
 
 CLIENT_CASES = int(__import__("os").environ.get("FUZZ_CLIENT_CASES", "150"))
+
+
+# ---------------------------------------------------------------------------
+# Negotiation: a damaged A-ASSOCIATE-RQ carrying every kind of item
+
+
+def _rich_rq() -> bytes:
+    """An A-ASSOCIATE-RQ with several contexts and every user information item."""
+    from aiodicom.pdu import AAssociateRQ
+    from aiodicom.pdu_primitives import (
+        AsynchronousOperationsWindowNegotiation,
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+        SCP_SCU_RoleSelectionNegotiation,
+        SOPClassCommonExtendedNegotiation,
+        SOPClassExtendedNegotiation,
+        UserIdentityNegotiation,
+    )
+
+    syntaxes = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
+    classes = (sop_class.Verification, sop_class.CTImageStorage, sop_class.MRImageStorage)
+    return encode(
+        AAssociateRQ(
+            protocol_version=1,
+            called_ae_title="TEST_SCP",
+            calling_ae_title="FUZZ",
+            presentation_contexts=tuple(
+                PresentationContextRQ(
+                    context_id=2 * i + 1, abstract_syntax=uid, transfer_syntaxes=syntaxes
+                )
+                for i, uid in enumerate(classes)
+            ),
+            user_information=(
+                MaximumLengthNotification(maximum_length_received=MAX_PDU),
+                ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+                ImplementationVersionNameNotification(implementation_version_name="FUZZ_1"),
+                AsynchronousOperationsWindowNegotiation(
+                    maximum_number_operations_invoked=4, maximum_number_operations_performed=4
+                ),
+                SCP_SCU_RoleSelectionNegotiation(
+                    sop_class_uid=sop_class.CTImageStorage, scu_role=True, scp_role=True
+                ),
+                SOPClassExtendedNegotiation(
+                    sop_class_uid=sop_class.CTImageStorage,
+                    service_class_application_information=b"\x01\x00\x01",
+                ),
+                SOPClassCommonExtendedNegotiation(
+                    sop_class_uid=sop_class.CTImageStorage,
+                    service_class_uid="1.2.840.10008.4.2",
+                    related_general_sop_class_identification=[sop_class.MRImageStorage],
+                ),
+                UserIdentityNegotiation(
+                    user_identity_type=2,
+                    positive_response_requested=True,
+                    primary_field=b"user",
+                    secondary_field=b"secret",
+                ),
+            ),
+        )
+    )
+
+
+async def test_mutated_association_requests_never_break_the_server() -> None:
+    """Only the A-ASSOCIATE-RQ is damaged, one carrying every user information
+    item, with handlers bound for each negotiation event: the server answers
+    A-ASSOCIATE-AC, -RJ or A-ABORT (or closes), its handlers see only what
+    decoded, and it goes on serving."""
+    from aiodicom.pdu import AAssociateRJ
+
+    seen: dict[str, int] = {}
+
+    def count(name: str, answer: object) -> object:
+        def handler(event: evt.Event) -> object:
+            seen[name] = seen.get(name, 0) + 1
+            return answer
+
+        return handler
+
+    handlers = [
+        (evt.EVT_USER_ID, count("user", (True, b"ok"))),
+        (evt.EVT_SOP_EXTENDED, count("extended", {})),
+        (evt.EVT_SOP_COMMON, count("common", {})),
+        (evt.EVT_ASYNC_OPS, count("async", (2, 2))),
+    ]
+    ae = make_scp_ae(acse_timeout=0.5)
+    ae.add_supported_context(sop_class.CTImageStorage, [ExplicitVRLittleEndian], scp_role=True)
+    rq = _rich_rq()
+    outcomes: dict[str, int] = {}
+    async with running_server(ae, handlers) as server:
+        for seed in range(CASES + 1):
+            rng = random.Random(seed)
+            kind, damaged = ("none", rq) if seed == 0 else _mutate(rq, rng)
+            try:
+                with anyio.fail_after(GUARD):
+                    pdus = await _send_and_drain(server.port, damaged, rng)
+            except Exception as exc:
+                raise AssertionError(f"seed {seed} ({kind}): {exc!r}") from exc
+            where = f"seed {seed} ({kind}): {pdus!r}"
+            assert len(pdus) <= 2, where
+            if pdus:
+                assert isinstance(pdus[0], AAssociateAC | AAssociateRJ | AAbort), where
+            if seed == 0:
+                assert isinstance(pdus[0], AAssociateAC), where
+                assert seen == {"user": 1, "extended": 1, "common": 1, "async": 1}, seen
+            name = type(pdus[0]).__name__ if pdus else "closed"
+            outcomes[name] = outcomes.get(name, 0) + 1
+        assert await echo_once(server.port) == 0
+    assert len(outcomes) >= 3, outcomes  # accepted, refused one way or another
