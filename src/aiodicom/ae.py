@@ -95,6 +95,11 @@ class AE:
         self.implementation_version_name: str | None = IMPLEMENTATION_VERSION_NAME
         #: Received C-STORE data sets larger than this many bytes are spooled
         #: to a temporary file as they arrive (``event.dataset_path``); 0: never.
+        #: It is also the largest data set any other message may bring, as
+        #: only C-STORE-RQ data sets are spooled: a larger one is not kept,
+        #: the request is refused out of resources (C-FIND 0xA700, C-GET and
+        #: C-MOVE 0xA701, N services 0x0213) and a response fails its
+        #: operation with DIMSEError. With 0 there is no such limit either.
         self.spool_threshold = 16 * 1024 * 1024
         #: Where spool files go (``None``: the system's temporary directory).
         self.spool_directory: str | None = None

@@ -1232,7 +1232,7 @@ class Association:
             return []
         return [
             SOPClassExtendedNegotiation(
-                sop_class_uid=UID(str(uid)), service_class_application_information=info
+                sop_class_uid=_peer_uid(uid), service_class_application_information=info
             )
             for uid, info in result.items()
             if info is not None
@@ -1523,7 +1523,7 @@ class Association:
             cx = self._contexts[current.context_id]
             spool = self._spool = Spool()
             problem = (
-                _check_request(current)
+                (_check_request(current) or self._context_refusal(current))
                 if current.command_field == CommandField.C_STORE_RQ
                 else "only a C-STORE-RQ data set is spooled"
             )
@@ -1543,7 +1543,10 @@ class Association:
                 await spool.open(header, self.ae.spool_directory)
                 LOGGER.debug("Spooling %s data set to %s", current.name, spool.path)
         chunks = reassembler.spilled
-        if msg is None and sum(map(len, chunks)) < WRITE_BATCH:
+        if spool.error is not None:
+            reassembler.spilled = []  # nothing is written: nothing is held either
+            chunks = []
+        elif msg is None and sum(map(len, chunks)) < WRITE_BATCH:
             return  # batch small fragments into fewer worker-thread writes
         reassembler.spilled = []
         await spool.write(chunks)
@@ -1695,8 +1698,15 @@ class Association:
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
             spool = msg.spool
-            if not served and isinstance(spool, Spool):
-                spool.discard()  # refused: its data set is not needed
+            if not served and isinstance(spool, Spool) and spool.path is not None:
+                # Refused: its data set is not needed. Deleting a big file
+                # takes the kernel milliseconds: a worker thread does it (and
+                # this thread, if a cancellation came first).
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(spool.discard)
+                finally:
+                    spool.discard()
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -3341,9 +3351,6 @@ class Association:
         raise NoAcceptedContext(f"no accepted presentation context for {what}")
 
 
-#: The failure status answering a request whose command set is invalid, per
-#: service (Storage: cannot understand, PS3.4 B.2.3; Q/R: unable to process,
-#: C.4.1.1.4); other requests get 0x0110 processing failure (PS3.7 C.4.2).
 #: A request other than C-STORE whose data set is over ae.spool_threshold
 #: (not kept: see Association._spill) is refused out of resources: PS3.4
 #: C.4.1.1.4 (C-FIND 0xA700), C.4.2.1.5 and C.4.3.1.4 (C-MOVE and C-GET
@@ -3355,6 +3362,9 @@ _TOO_LARGE_STATUS: dict[int, int] = {
     CommandField.C_MOVE_RQ: 0xA701,
 }
 
+#: The failure status answering a request whose command set is invalid, per
+#: service (Storage: cannot understand, PS3.4 B.2.3; Q/R: unable to process,
+#: C.4.1.1.4); other requests get 0x0110 processing failure (PS3.7 C.4.2).
 _INVALID_STATUS: dict[int, int] = {
     CommandField.C_STORE_RQ: 0xC210,
     CommandField.C_FIND_RQ: 0xC000,

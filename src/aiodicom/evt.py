@@ -381,7 +381,6 @@ async def call_handler(handler: Handler, event: Event, args: tuple[Any, ...]) ->
     return result
 
 
-#: Event's properties: an attribute given by one of these names goes through setattr().
 def request_value(event: Event, keyword: str) -> Any:
     """A field of ``event``'s request command set, or ``None`` if it has none.
 
@@ -398,6 +397,7 @@ def request_value(event: Event, keyword: str) -> Any:
     return None if request is None else request.get(keyword)
 
 
+#: Event's properties: an attribute given by one of these names goes through setattr().
 _PROPERTIES: frozenset[str] = frozenset(
     name for name, value in vars(Event).items() if isinstance(value, property)
 )

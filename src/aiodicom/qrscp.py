@@ -1401,8 +1401,8 @@ class Archive:
                 rec = InstanceRecord.from_text(
                     text, path=rel, transfer_syntax=transfer_syntax, size=size
                 )
-            except QRError:
-                raise
+            except (QRError, OSError, MemoryError):
+                raise  # (a read error or no memory is not the data set's fault)
             except Exception as exc:  # pydicom's, of a damaged data set (an unknown VR...)
                 detail = f"{type(exc).__name__}: {str(exc)[:160]}"
                 raise QRError(0xC000, f"the data set does not decode: {detail}") from exc

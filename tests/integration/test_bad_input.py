@@ -987,3 +987,39 @@ async def test_an_operation_after_the_peer_broke_the_association_says_why() -> N
                 with pytest.raises(AssociationAborted, match="unrecognized PDU type 0x42"):
                     await assoc.send_c_echo()
     assert assoc.is_aborted
+
+
+async def test_sop_extended_negotiation_echoing_a_peer_uid_is_taken_as_sent() -> None:
+    """An EVT_SOP_EXTENDED handler that answers the peer's items as they came
+    (the usual way) with a non-conformant SOP Class UID in them ('1.2.03',
+    a leading zero): the A-ASSOCIATE-AC carries it back, without pydicom
+    validating it again (a warning, or an error where warnings are errors,
+    which ended the negotiation)."""
+    from dataclasses import replace as _replace
+
+    from aiodicom.pdu import AAssociateAC
+    from aiodicom.pdu_primitives import SOPClassExtendedNegotiation
+
+    rq = verification_rq()
+    item = SOPClassExtendedNegotiation(
+        sop_class_uid="1.2.03", service_class_application_information=b"\x01"
+    )
+    rq = _replace(rq, user_information=(*rq.user_information, item))
+    seen: list[Any] = []
+
+    def echo_back(event: evt.Event) -> Any:
+        seen.append(dict(event.app_info or {}))
+        return event.app_info
+
+    async with (
+        running_server(_scp(), [(evt.EVT_SOP_EXTENDED, echo_back)]) as server,
+        raw_connection(server.port) as peer,
+    ):
+        ac = await raw_associate(peer, rq)
+        assert isinstance(ac, AAssociateAC)
+        back = [i for i in ac.user_information if isinstance(i, SOPClassExtendedNegotiation)]
+        assert [(str(i.sop_class_uid), i.service_class_application_information) for i in back] == [
+            ("1.2.03", b"\x01")
+        ]
+        await _echo_then_release(peer, msg_id=1)
+    assert len(seen) == 1
