@@ -62,7 +62,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
-CASES = int(os.environ.get("FUZZ_QR_CASES", "120"))
+CASES = int(os.environ.get("FUZZ_QR_CASES", "500"))
 FIND = sop_class.StudyRootQueryRetrieveInformationModelFind
 GET = sop_class.StudyRootQueryRetrieveInformationModelGet
 MAX_PDU = 16384
