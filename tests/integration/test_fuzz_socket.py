@@ -12,6 +12,7 @@ failing case is reproduced by its seed alone (it is in the message).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -38,6 +39,7 @@ from ._fuzz import KINDS, damage
 from .conftest import (
     GUARD,
     RAW_IMPL_UID,
+    RawPeer,
     Recorder,
     echo_once,
     fake_scp,
@@ -484,3 +486,72 @@ async def test_mutated_association_requests_never_break_the_server() -> None:
             outcomes[name] = outcomes.get(name, 0) + 1
         assert await echo_once(server.port) == 0
     assert len(outcomes) >= 3, outcomes  # accepted, refused one way or another
+
+
+# ---------------------------------------------------------------------------
+# The same damage inside TLS (the stream the reader takes on every backend)
+
+
+async def test_mutated_streams_over_tls_never_break_the_server(tmp_path: Path) -> None:
+    """The first test's cases (one in 20), each on its own TLS connection: the
+    TLS layer is sound, the DICOM bytes inside it damaged. On asyncio this is
+    the reader for streams that are not PDU-framed (TLS), which the plain
+    cases do not take; the same checks."""
+    import ssl
+
+    from .test_tcp import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ae = make_scp_ae(acse_timeout=0.2, dimse_timeout=2.0, network_timeout=0.2)
+    ae.add_supported_context(sop_class.CTImageStorage, [ExplicitVRLittleEndian])
+    ae.spool_threshold = 4096
+    ae.spool_directory = str(spool)
+    valid = _valid_stream()
+    rec = Recorder()
+    cases = max(1, CASES // 20)
+    async with running_server(
+        ae, [(evt.EVT_C_STORE, lambda e: 0x0000), *rec.handlers], ssl_context=server_ctx
+    ) as server:
+        for seed in range(1, cases + 1):
+            rng = random.Random(seed)
+            kind, damaged = _mutate(valid, rng)
+            where = f"seed {seed} ({kind})"
+            try:
+                with anyio.fail_after(GUARD):
+                    stream = await anyio.connect_tcp(
+                        "127.0.0.1", server.port, tls=True, ssl_context=client_ctx
+                    )
+                    peer = RawPeer(stream)
+                    try:
+                        try:
+                            await stream.send(damaged)
+                        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                            pass
+                        # (no half-close in TLS: a case cut short ends by the
+                        # server's network_timeout, which aborts; after an
+                        # A-ABORT we close, as a peer does)
+                        pdus = []
+                        while (pdu := await peer.read_pdu()) is not None:
+                            pdus.append(pdu)
+                            if isinstance(pdu, AAbort):
+                                break
+                    finally:
+                        # (our side's TLS close may fail on what the server left)
+                        with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                            await peer.aclose()
+            except Exception as exc:
+                raise AssertionError(f"{where}: {exc!r}") from exc
+            if pdus:
+                assert isinstance(pdus[0], AAssociateAC | AAssociateRJ | AAbort), where
+            first = next((i for i, p in enumerate(pdus) if isinstance(p, AAbort)), len(pdus))
+            assert all(isinstance(p, AAbort) for p in pdus[first:]), where
+            await rec.wait_for("EVT_CONN_CLOSE", seed)
+            with anyio.fail_after(GUARD):
+                await server._none_active.wait()
+            assert not list(spool.iterdir()), f"{where}: a spool file was left behind"
+    assert not list(spool.iterdir())
