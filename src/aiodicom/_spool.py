@@ -93,6 +93,17 @@ class Spool:
         except OSError as exc:
             self.error = self.error or exc
 
+    async def delete(self) -> None:
+        """:meth:`discard` in a worker thread (deleting a big file takes the
+        kernel milliseconds, which the event loop need not wait); in this
+        thread if a cancellation comes before the worker ran it."""
+        if self.path is None and self._file is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(self.discard)
+        finally:
+            self.discard()  # (does nothing if the worker did it)
+
     def refuse(self, reason: str) -> None:
         """Write nothing: the data set of a request that will be refused
         (its later writes are skipped, as after a write error)."""

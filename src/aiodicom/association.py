@@ -1698,15 +1698,9 @@ class Association:
             LOGGER.debug("Could not answer %s: %s", msg.name, exc)
         finally:
             spool = msg.spool
-            if not served and isinstance(spool, Spool) and spool.path is not None:
-                # Refused: its data set is not needed. Deleting a big file
-                # takes the kernel milliseconds: a worker thread does it (and
-                # this thread, if a cancellation came first).
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(spool.discard)
-                finally:
-                    spool.discard()
+            if not served and isinstance(spool, Spool):
+                with anyio.CancelScope(shield=True):
+                    await spool.delete()  # refused: its data set is not needed
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -2293,14 +2287,7 @@ class Association:
                 spool.discard()
             raise
         if spool is not None:
-            # Once answered: deleting a big file takes milliseconds of the
-            # kernel's time, which the peer need not wait for. A cancellation
-            # (the association ending) may come before the worker thread runs
-            # it: then it is done here (discard() does nothing the second time).
-            try:
-                await anyio.to_thread.run_sync(spool.discard)
-            finally:
-                spool.discard()
+            await spool.delete()  # once answered: the peer need not wait for it
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Sequence
 from typing import Literal
+
+import pytest
+
+#: For tests whose handlers read damaged values: pydicom warns of them (an
+#: invalid UID, an unknown tag) and goes on, as in production; the suite's
+#: warnings-are-errors setting would take another path.
+PYDICOM_WARNINGS_PASS = pytest.mark.filterwarnings("ignore::UserWarning")
 
 #: What :func:`damage` does, one per call.
 KINDS = ("flip", "cut", "insert", "repeat", "length")
@@ -41,3 +49,16 @@ def damage(
         value = rng.choice([0, 1, 3, 5, 0xFFFFFFFE, 0xFFFFFFFF, rng.randrange(1 << 32)])
         out[at : at + 4] = value.to_bytes(4, byteorder)
     return kind, bytes(out)
+
+
+def element_length_fields(data: bytes) -> list[int]:
+    """Where the length field of each top-level element of an Implicit VR
+    Little Endian data set (or command set) is: for :func:`damage`."""
+    fields, pos = [], 0
+    while pos + 8 <= len(data):
+        fields.append(pos + 4)
+        length = struct.unpack_from("<L", data, pos + 4)[0]
+        if length == 0xFFFFFFFF:
+            break
+        pos += 8 + length
+    return fields

@@ -20,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from aiodicom import AE, Server, _nowait, evt, sop_class
-from aiodicom.dimse import NO_DATASET, CommandField, encode_command, fragment
+from aiodicom.dimse import NO_DATASET, CommandField, decode_command, encode_command, fragment
 from aiodicom.dsutils import encode_dataset, file_meta_for, part10_header
 from aiodicom.pdu import (
     PDU,
@@ -171,6 +171,42 @@ def verification_rq(
             ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
         ),
     )
+
+
+def rq_with_contexts(
+    *contexts: tuple[int, str, str],
+    called: str = "TEST_SCP",
+    calling: str = "RAW_SCU",
+    extra: Sequence[Any] = (),
+) -> AAssociateRQ:
+    """:func:`verification_rq`'s request with these ``(context ID, abstract
+    syntax, transfer syntax)`` contexts instead, and ``extra`` user items."""
+    rq = verification_rq(called, calling)
+    return AAssociateRQ(
+        protocol_version=1,
+        called_ae_title=rq.called_ae_title,
+        calling_ae_title=rq.calling_ae_title,
+        presentation_contexts=tuple(
+            PresentationContextRQ(context_id=cid, abstract_syntax=sop, transfer_syntaxes=(ts,))
+            for cid, sop, ts in contexts
+        ),
+        user_information=(*rq.user_information, *extra),
+    )
+
+
+def c_echo_rsp_pdus(request: PDataTF, status: int | None = 0x0000) -> list[bytes]:
+    """A fake SCP's C-ECHO-RSP to the C-ECHO-RQ in ``request`` (one PDU);
+    ``status`` None: without a Status, as a broken peer might answer."""
+    command = decode_command(request.pdvs[0].data)
+    fields = {
+        "CommandField": CommandField.C_ECHO_RSP,
+        "MessageIDBeingRespondedTo": command["MessageID"],
+        "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+        "CommandDataSetType": NO_DATASET,
+    }
+    if status is not None:
+        fields["Status"] = status
+    return list(fragment(request.pdvs[0].context_id, encode_command(fields), None, 16384))
 
 
 def verification_ac(rq: AAssociateRQ, max_pdu: int = 16384) -> AAssociateAC:

@@ -32,6 +32,7 @@ from .conftest import (
     blocking_socket,
     c_echo_rq_command,
     c_echo_rq_pdus,
+    c_echo_rsp_pdus,
     echo_once,
     fake_scp,
     make_scp_ae,
@@ -39,6 +40,7 @@ from .conftest import (
     raw_associate,
     raw_connection,
     raw_release,
+    rq_with_contexts,
     running_server,
     verification_ac,
     verification_rq,
@@ -614,7 +616,6 @@ async def test_server_respects_peer_maximum_pdu_length() -> None:
 async def test_response_without_status_is_a_typed_error() -> None:
     """A peer's C-ECHO-RSP lacking its Status: the caller gets DIMSEError, and
     the association goes on (the next operation and the release work)."""
-    from aiodicom.dimse import fragment
     from aiodicom.errors import DIMSEError
     from aiodicom.pdu import AAssociateRQ, AReleaseRP, AReleaseRQ, PDataTF
 
@@ -622,19 +623,10 @@ async def test_response_without_status_is_a_typed_error() -> None:
         rq = await peer.read_pdu()
         assert isinstance(rq, AAssociateRQ)
         await peer.send(verification_ac(rq))
-        for with_status in (False, True):
+        for status in (None, 0x0000):  # the first without its Status
             pdu = await peer.read_pdu()
             assert isinstance(pdu, PDataTF)
-            command = decode_command(pdu.pdvs[0].data)
-            fields = {
-                "CommandField": CommandField.C_ECHO_RSP,
-                "MessageIDBeingRespondedTo": command["MessageID"],
-                "AffectedSOPClassUID": command["AffectedSOPClassUID"],
-                "CommandDataSetType": NO_DATASET,
-            }
-            if with_status:
-                fields["Status"] = 0
-            for raw in fragment(pdu.pdvs[0].context_id, encode_command(fields), None, 16384):
+            for raw in c_echo_rsp_pdus(pdu, status):
                 await peer.send(raw)
         assert isinstance(await peer.read_pdu(), AReleaseRQ)
         await peer.send(AReleaseRP())
@@ -726,22 +718,6 @@ def _spooling_scp(spool: Any) -> Any:
     return ae
 
 
-def _rq_with_contexts(*contexts: tuple[int, str, str]) -> Any:
-    from aiodicom.pdu import AAssociateRQ, PresentationContextRQ
-
-    rq = verification_rq()
-    return AAssociateRQ(
-        protocol_version=1,
-        called_ae_title=rq.called_ae_title,
-        calling_ae_title=rq.calling_ae_title,
-        presentation_contexts=tuple(
-            PresentationContextRQ(context_id=cid, abstract_syntax=sop, transfer_syntaxes=(ts,))
-            for cid, sop, ts in contexts
-        ),
-        user_information=rq.user_information,
-    )
-
-
 async def _request_and_status(
     peer: RawPeer, context_id: int, fields: dict[str, Any], data: bytes
 ) -> dict[str, Any]:
@@ -770,7 +746,7 @@ async def test_a_spooled_store_refused_for_its_context_leaves_no_file(tmp_path: 
         async with raw_connection(server.port) as peer:
             await raw_associate(
                 peer,
-                _rq_with_contexts(
+                rq_with_contexts(
                     (1, sop_class.Verification, "1.2.840.10008.1.2"),
                     (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
                 ),
@@ -826,7 +802,7 @@ async def test_a_request_data_set_over_the_spool_threshold_is_refused_not_kept(
     ):
         await raw_associate(
             peer,
-            _rq_with_contexts(
+            rq_with_contexts(
                 (1, sop_class.Verification, "1.2.840.10008.1.2"),
                 (cid, sop, "1.2.840.10008.1.2.1"),
             ),
@@ -876,7 +852,7 @@ async def test_a_store_with_uids_that_do_not_encode_is_refused(tmp_path: Any) ->
         async with raw_connection(server.port) as peer:
             await raw_associate(
                 peer,
-                _rq_with_contexts(
+                rq_with_contexts(
                     (1, sop_class.Verification, "1.2.840.10008.1.2"),
                     (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
                 ),
@@ -959,7 +935,6 @@ async def test_an_operation_after_the_peer_broke_the_association_says_why() -> N
     AssociationAborted naming that, on both backends. (On trio it raised
     LocalProtocolError, 'not established', the user's fault, when it started
     while the A-ABORT was being written.)"""
-    from aiodicom.dimse import fragment
     from aiodicom.pdu import AAssociateRQ
 
     async def scp(peer: RawPeer) -> None:
@@ -968,15 +943,7 @@ async def test_an_operation_after_the_peer_broke_the_association_says_why() -> N
         await peer.send(verification_ac(rq))
         pdu = await peer.read_pdu()
         assert isinstance(pdu, PDataTF)
-        command = decode_command(pdu.pdvs[0].data)
-        rsp = {
-            "CommandField": CommandField.C_ECHO_RSP,
-            "MessageIDBeingRespondedTo": command["MessageID"],
-            "AffectedSOPClassUID": command["AffectedSOPClassUID"],
-            "CommandDataSetType": NO_DATASET,
-            "Status": 0,
-        }
-        answer = b"".join(fragment(pdu.pdvs[0].context_id, encode_command(rsp), None, 16384))
+        answer = b"".join(c_echo_rsp_pdus(pdu))
         await peer.send(answer + b"\x42\x00\x00\x00\x00\x00")  # then an unknown PDU type
         await peer.read_until_eof()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import struct
 from typing import Any
 
 import anyio
@@ -30,9 +29,9 @@ from aiodicom.dimse import (
     fragment,
 )
 from aiodicom.dsutils import encode_dataset
-from aiodicom.pdu import AAbort, AAssociateRQ, PDataTF, PresentationContextRQ
+from aiodicom.pdu import AAbort, PDataTF
 
-from ._fuzz import damage
+from ._fuzz import PYDICOM_WARNINGS_PASS, damage, element_length_fields
 from .conftest import (
     GUARD,
     RawPeer,
@@ -40,16 +39,11 @@ from .conftest import (
     make_scp_ae,
     raw_associate,
     raw_connection,
+    rq_with_contexts,
     running_server,
-    verification_rq,
 )
 
-pytestmark = [
-    pytest.mark.anyio,
-    # pydicom warns of damaged values as handlers read them; here, as in
-    # production, that is no error.
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = [pytest.mark.anyio, PYDICOM_WARNINGS_PASS]
 
 CASES = int(os.environ.get("FUZZ_N_CASES", "400"))
 FILM = sop_class.BasicFilmSession
@@ -134,34 +128,6 @@ def _request(rng: random.Random, mid: int) -> tuple[int, bytes, bytes | None]:
     return CONTEXTS[sop], encode_command(command), data
 
 
-def _element_length_fields(data: bytes) -> list[int]:
-    """Where the length field of each top-level Implicit VR LE element is."""
-    fields, pos = [], 0
-    while pos + 8 <= len(data):
-        fields.append(pos + 4)
-        length = struct.unpack_from("<L", data, pos + 4)[0]
-        if length == 0xFFFFFFFF:
-            break
-        pos += 8 + length
-    return fields
-
-
-def _rq() -> AAssociateRQ:
-    rq = verification_rq()
-    return AAssociateRQ(
-        protocol_version=1,
-        called_ae_title=rq.called_ae_title,
-        calling_ae_title=rq.calling_ae_title,
-        presentation_contexts=tuple(
-            PresentationContextRQ(
-                context_id=cid, abstract_syntax=sop, transfer_syntaxes=(ImplicitVRLittleEndian,)
-            )
-            for sop, cid in CONTEXTS.items()
-        ),
-        user_information=rq.user_information,
-    )
-
-
 #: PS3.7 C.4 and 10.1: the statuses an N service answers with.
 N_STATUSES = {0x0000, 0x0001, 0x0107, 0x0116, 0xB600, 0xB602, 0xB603, 0xB604, 0xB605}
 N_STATUSES |= set(range(0x0105, 0x0124)) | {0x0210, 0x0211, 0x0212, 0x0213}
@@ -204,19 +170,24 @@ async def test_damaged_n_requests_get_n_statuses_or_an_abort() -> None:
                 if peer is None:  # (re)associate after an abort
                     connection = raw_connection(server.port)
                     peer = await connection.__aenter__()
-                    await raw_associate(peer, _rq())
+                    await raw_associate(
+                        peer,
+                        rq_with_contexts(
+                            *((cid, sop, ImplicitVRLittleEndian) for sop, cid in CONTEXTS.items())
+                        ),
+                    )
                 mid = seed + 1
                 context_id, command, data = _request(rng, mid)
                 what = "none"
                 if seed:
                     if data is not None and rng.random() < 0.7:
                         what, data = damage(
-                            data, rng, length_fields=_element_length_fields, byteorder="little"
+                            data, rng, length_fields=element_length_fields, byteorder="little"
                         )
                         what = f"data {what}"
                     else:
                         what, command = damage(
-                            command, rng, length_fields=_element_length_fields, byteorder="little"
+                            command, rng, length_fields=element_length_fields, byteorder="little"
                         )
                         what = f"command {what}"
                 where = f"seed {seed} ({what})"

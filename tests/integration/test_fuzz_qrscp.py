@@ -35,32 +35,24 @@ from aiodicom.dimse import (
     fragment,
 )
 from aiodicom.dsutils import encode_dataset
-from aiodicom.pdu import AAssociateRQ, PDataTF, PresentationContextRQ
+from aiodicom.pdu import AAssociateRQ, PDataTF
 from aiodicom.pdu_primitives import (
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
 from aiodicom.qrscp import Archive, setup_ae
 from aiodicom.testing import make_dataset
 
-from ._fuzz import damage
+from ._fuzz import PYDICOM_WARNINGS_PASS, damage, element_length_fields
 from .conftest import (
     GUARD,
-    RAW_IMPL_UID,
     RawPeer,
     raw_associate,
     raw_connection,
     raw_release,
+    rq_with_contexts,
 )
 
-pytestmark = [
-    pytest.mark.anyio,
-    # pydicom warns of the damaged values it reads (invalid UIDs, unknown
-    # tags); here, as in production, that is no error: the archive goes on
-    # with them, which is the path to exercise.
-    pytest.mark.filterwarnings("ignore::UserWarning"),
-]
+pytestmark = [pytest.mark.anyio, PYDICOM_WARNINGS_PASS]
 
 CASES = int(os.environ.get("FUZZ_QR_CASES", "500"))
 FIND = sop_class.StudyRootQueryRetrieveInformationModelFind
@@ -89,61 +81,33 @@ def _query(level: str, **keys: Any) -> bytes:
     return encode_dataset(ds, ImplicitVRLittleEndian)
 
 
-def _element_length_fields(data: bytes) -> list[int]:
-    """Where the length field of each top-level element of an Implicit VR LE data set is."""
-    fields, pos = [], 0
-    while pos + 8 <= len(data):
-        fields.append(pos + 4)
-        length = struct.unpack_from("<L", data, pos + 4)[0]
-        if length == 0xFFFFFFFF:
-            break
-        pos += 8 + length
-    return fields
-
-
 def _damage(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     """Damage a data set; the characters that mean something in a query among what goes in."""
     return damage(
         data,
         rng,
-        length_fields=_element_length_fields,
+        length_fields=element_length_fields,
         byteorder="little",
         inserts=(b"*", b"?", b"\\", b"-", b"'", b"%", b"_"),
         max_repeat=64,
     )
 
 
+#: The contexts the tests propose: Verification, Find, Get, CT Storage.
+_CONTEXTS = (
+    (1, sop_class.Verification, ImplicitVRLittleEndian),
+    (3, FIND, ImplicitVRLittleEndian),
+    (5, GET, ImplicitVRLittleEndian),
+    (7, sop_class.CTImageStorage, ExplicitVRLittleEndian),
+)
+
+
 def _rq() -> AAssociateRQ:
-    return AAssociateRQ(
-        protocol_version=1,
-        called_ae_title="QRSCP",
-        calling_ae_title="FUZZ",
-        presentation_contexts=(
-            PresentationContextRQ(
-                context_id=1,
-                abstract_syntax=sop_class.Verification,
-                transfer_syntaxes=(ImplicitVRLittleEndian,),
-            ),
-            PresentationContextRQ(
-                context_id=3, abstract_syntax=FIND, transfer_syntaxes=(ImplicitVRLittleEndian,)
-            ),
-            PresentationContextRQ(
-                context_id=5, abstract_syntax=GET, transfer_syntaxes=(ImplicitVRLittleEndian,)
-            ),
-            PresentationContextRQ(
-                context_id=7,
-                abstract_syntax=sop_class.CTImageStorage,
-                transfer_syntaxes=(ExplicitVRLittleEndian,),
-            ),
-        ),
-        user_information=(
-            MaximumLengthNotification(maximum_length_received=MAX_PDU),
-            ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
-            SCP_SCU_RoleSelectionNegotiation(
-                sop_class_uid=sop_class.CTImageStorage, scu_role=False, scp_role=True
-            ),
-        ),
+    """For C-FIND and C-GET: we take the SCP role for CT Storage (the sub-operations)."""
+    role = SCP_SCU_RoleSelectionNegotiation(
+        sop_class_uid=sop_class.CTImageStorage, scu_role=False, scp_role=True
     )
+    return rq_with_contexts(*_CONTEXTS, called="QRSCP", calling="FUZZ", extra=(role,))
 
 
 @asynccontextmanager
@@ -349,14 +313,8 @@ async def test_an_identifier_value_that_does_not_decode_is_refused_c000(tmp_path
 
 
 def _store_rq() -> AAssociateRQ:
-    rq = _rq()
-    return AAssociateRQ(
-        protocol_version=1,
-        called_ae_title=rq.called_ae_title,
-        calling_ae_title=rq.calling_ae_title,
-        presentation_contexts=rq.presentation_contexts,
-        user_information=rq.user_information[:2],  # no role selection: we are the SCU
-    )
+    """For C-STORE: no role selection, we are the SCU."""
+    return rq_with_contexts(*_CONTEXTS, called="QRSCP", calling="FUZZ")
 
 
 async def test_damaged_instances_are_stored_whole_or_refused(

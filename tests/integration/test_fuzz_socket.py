@@ -130,6 +130,15 @@ def _mutate(stream: bytes, rng: random.Random) -> tuple[str, bytes]:
     return damage(stream, rng, length_fields=_pdu_length_fields, byteorder="big")
 
 
+async def _case(port: int, damaged: bytes, rng: random.Random, which: str) -> list[object]:
+    """:func:`_send_and_drain` for one case, within the guard; a failure names ``which``."""
+    try:
+        with anyio.fail_after(GUARD):
+            return await _send_and_drain(port, damaged, rng)
+    except Exception as exc:
+        raise AssertionError(f"{which}: {exc!r}") from exc
+
+
 def _check_answer(pdus: list[object], where: str) -> None:
     """What a server may answer whatever it got: nothing (it closed), or an
     A-ASSOCIATE-AC, -RJ or A-ABORT first; once it aborted, nothing but
@@ -185,11 +194,7 @@ async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
             rng = random.Random(seed)
             kind, damaged = _mutate(valid, rng)
             kinds[kind] = kinds.get(kind, 0) + 1
-            try:
-                with anyio.fail_after(GUARD):
-                    pdus = await _send_and_drain(server.port, damaged, rng)
-            except Exception as exc:
-                raise AssertionError(f"seed {seed} ({kind}): {exc!r}") from exc
+            pdus = await _case(server.port, damaged, rng, f"seed {seed} ({kind})")
             where = f"seed {seed} ({kind}): {pdus!r}"
             answered += bool(pdus)
             _check_answer(pdus, where)
@@ -474,11 +479,7 @@ async def test_mutated_association_requests_never_break_the_server() -> None:
         for seed in range(CASES + 1):
             rng = random.Random(seed)
             kind, damaged = ("none", rq) if seed == 0 else _mutate(rq, rng)
-            try:
-                with anyio.fail_after(GUARD):
-                    pdus = await _send_and_drain(server.port, damaged, rng)
-            except Exception as exc:
-                raise AssertionError(f"seed {seed} ({kind}): {exc!r}") from exc
+            pdus = await _case(server.port, damaged, rng, f"seed {seed} ({kind})")
             where = f"seed {seed} ({kind}): {pdus!r}"
             assert len(pdus) <= 2, where
             _check_answer(pdus, where)
