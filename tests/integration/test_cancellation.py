@@ -179,6 +179,8 @@ async def test_cancel_lands_within_a_block_of_writes(
         item = write_part10(tmp_path / "six.dcm", ds, ImplicitVRLittleEndian)
     if source == "path":
         monkeypatch.setattr(association_module, "page_cached", lambda fd, off, n: False)
+    elif source == "path-by-sendfile":  # (16 KB PDUs go by sendfile only if told)
+        monkeypatch.setattr(association_module, "_SENDFILE_MIN_CHUNK", 0)
     scope = anyio.CancelScope()
     written = 0
 

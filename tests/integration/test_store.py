@@ -376,6 +376,37 @@ async def test_a_file_not_in_the_page_cache_is_read_in_a_worker_not_sent_by_send
     assert not by_sendfile
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # sendfile: the asyncio stream's
+@pytest.mark.parametrize(
+    ("max_pdu", "by_sendfile"),
+    [(16384, False), (65536, False), (131072, True), (None, True), (0, True)],
+)
+async def test_a_cached_file_goes_by_sendfile_only_in_pdus_of_128_kb_or_more(
+    max_pdu: int | None, by_sendfile: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In smaller PDUs (dcmtk's and pynetdicom's 16 KB) a file in the page
+    cache is read and copied, which costs both sides less than sendfile(2)
+    there; in 128 KB PDUs or more (aiodicom's own default, None here; 0, no
+    limit) it goes by sendfile. The data set arrives whole either way."""
+    import aiodicom.association as association_module
+    from aiodicom._transport import AsyncioStream
+
+    monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    sent_files = _count_calls(monkeypatch, AsyncioStream, "send_file")
+    meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
+    body = bytes(range(256)) * 2048
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10_header(meta) + body)
+    path.read_bytes()  # in the page cache
+    rec = RecordingHandlers()
+    scu, scp = storage_pair(**({} if max_pdu is None else {"maximum_pdu_size": max_pdu}))
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            assert (await assoc.send_c_store(path)).Status == 0
+    assert [d for _, _, d, _ in rec.stored] == [body]
+    assert bool(sent_files) == by_sendfile
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_file_sendfile_refuses_is_read_and_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -697,8 +697,9 @@ async def test_aiodicom_scu_file_over_1_mib_to_peer(
     dcmtk_storescp_factory, pynetdicom_scp, tmp_path, medium_instances, monkeypatch, peer, way
 ):
     """Two 6 MiB files, in the peer's 16 KB PDUs, each way a file over 1 MiB
-    goes: by sendfile(2) from the page cache, or (the cache reported cold)
-    read in a worker thread in 4 MiB blocks written to the socket directly.
+    goes: by sendfile(2) from the page cache (made to for PDUs this small),
+    or (the cache reported cold) read in a worker thread in 4 MiB blocks
+    written to the socket directly.
     The data sets the peer stored are the files' own, byte for byte."""
     import aiodicom.association as association_module
     from aiodicom._transport import AsyncioStream
@@ -714,6 +715,8 @@ async def test_aiodicom_scu_file_over_1_mib_to_peer(
         monkeypatch.setattr(AsyncioStream, name, counted)
     if way == "read":
         monkeypatch.setattr(association_module, "page_cached", lambda fd, off, n: False)
+    else:  # (in 16 KB PDUs only if told: by default, reading is faster)
+        monkeypatch.setattr(association_module, "_SENDFILE_MIN_CHUNK", 0)
     sources = [m.path for m in medium_instances]
     for source in sources:
         source.read_bytes()  # in the page cache
