@@ -482,7 +482,11 @@ class Server:
         await self._stopped.wait()
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Stop accepting now; give open associations ``grace`` seconds, then abort them."""
+        """Stop accepting now; give open associations ``grace`` seconds, then abort them.
+
+        Returns once every association has ended: its handlers returned and
+        its end events (EVT_ABORTED, EVT_CONN_CLOSE) notified.
+        """
         self._accepting = False
         self._accept_scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -491,6 +495,7 @@ class Server:
             async with anyio.create_task_group() as tg:
                 for assoc in list(self._associations):
                     tg.start_soon(assoc.abort)
+            await self._none_active.wait()
         self._stopped.set()
 
     async def _accept_loop(self, listener: Any) -> None:
@@ -535,6 +540,10 @@ class Server:
                 with anyio.CancelScope(shield=True):
                     await raw.aclose()
                 return
+            except BaseException:  # cancelled (the server stops): not left open
+                with anyio.CancelScope(shield=True):
+                    await raw.aclose()
+                raise
         assoc = Association(
             self.ae,
             stream,

@@ -477,6 +477,8 @@ class Association:
         #: when it ends. A requestor's task group is entered in the user's
         #: task, so cancelling the group would cancel the user's code too.
         self._task_scopes: set[anyio.CancelScope] = set()
+        #: Set when the last of those tasks ends, once the association has ended.
+        self._tasks_ended: anyio.Event | None = None
         self._send_started: float | None = None
         self._send_timed_out = False
         self._last_rx = 0.0
@@ -913,6 +915,8 @@ class Association:
                 await func(*args)
             finally:
                 self._task_scopes.discard(scope)
+                if not self._task_scopes and self._tasks_ended is not None:
+                    self._tasks_ended.set()
 
     async def _run(self) -> None:
         """The reader: runs until the Upper Layer is back in Sta1."""
@@ -937,6 +941,11 @@ class Association:
                 self._closed.set()
                 for scope in list(self._task_scopes):
                     scope.cancel()
+                if self._task_scopes:
+                    # The end is notified once every handler has returned
+                    # (cancelled, its clean-up done), as in pynetdicom.
+                    self._tasks_ended = anyio.Event()
+                    await self._tasks_ended.wait()
                 if self._was_aborted:
                     await self._notify(evt.EVT_ABORTED)
                 elif self._was_released:

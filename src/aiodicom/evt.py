@@ -6,6 +6,11 @@ happened; what they return is ignored and an exception they raise is logged.
 *Intervention* events (EVT_C_ECHO, EVT_C_STORE, EVT_USER_ID, ...) ask the one
 bound handler for an answer; when none is bound the default answer applies.
 
+The end of an association is notified last: EVT_ABORTED or EVT_RELEASED,
+then EVT_CONN_CLOSE, each once every service handler the association started
+has returned (a handler still running when the association ends is cancelled
+first), so a handler of these may release what the service handlers used.
+
 A handler is ``handler(event)`` or, bound as ``(EVT_X, handler, [a, b])``,
 ``handler(event, a, b)``. It may be a plain function (run on the event loop: it
 must not block) or an ``async def``. See the docs for each event's contract.

@@ -420,3 +420,47 @@ async def test_server_shutdown_aborts_open_associations() -> None:
     with anyio.fail_after(GUARD), pytest.raises(OSError):
         async with make_scu_ae().associate("127.0.0.1", server.port):
             pass
+
+
+@pytest.mark.parametrize("end", ["peer aborts", "peer closes"])
+async def test_end_events_come_after_the_handlers_have_returned(end: str) -> None:
+    """The peer aborts (or drops the connection) while a handler runs: the
+    handler is cancelled, and EVT_ABORTED and EVT_CONN_CLOSE come only once it
+    has ended (its clean-up done), as in pynetdicom, whose handlers run on
+    the association's own thread. A handler of the end events can then
+    release what the service handlers used."""
+    order: list[str] = []
+    running = anyio.Event()
+
+    async def on_echo(event: evt.Event) -> int:
+        running.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.lowlevel.checkpoint()  # clean-up that takes a step
+                order.append("handler ended")
+        return 0  # pragma: no cover - cancelled first
+
+    def note(event: evt.Event) -> None:
+        order.append(event.event.name)
+
+    closed = anyio.Event()
+    handlers = [
+        (evt.EVT_C_ECHO, on_echo),
+        (evt.EVT_ABORTED, note),
+        (evt.EVT_CONN_CLOSE, note),
+        (evt.EVT_CONN_CLOSE, lambda event: closed.set()),
+    ]
+    async with running_server(handlers=handlers) as server:
+        with anyio.fail_after(GUARD):
+            async with raw_connection(server.port) as peer:
+                await raw_associate(peer)
+                for pdu in c_echo_rq_pdus():
+                    await peer.send(pdu)
+                await running.wait()
+                if end == "peer aborts":
+                    await peer.send(AAbort(source=0, reason=0))
+            await closed.wait()
+    # (a connection lost is an A-P-ABORT: EVT_ABORTED too)
+    assert order == ["handler ended", "EVT_ABORTED", "EVT_CONN_CLOSE"]

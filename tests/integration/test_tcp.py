@@ -32,7 +32,15 @@ from aiodicom.pdu_primitives import (
     UserIdentityNegotiation,
 )
 
-from .conftest import GUARD, Recorder, echo_once, make_scp_ae, make_scu_ae, running_server
+from .conftest import (
+    GUARD,
+    Recorder,
+    echo_once,
+    make_scp_ae,
+    make_scu_ae,
+    running_server,
+    verification_rq,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -742,6 +750,50 @@ async def test_tls_streams_are_not_pdu_framed(
         with anyio.fail_after(GUARD):
             assert await echo_once(server.port) == 0
     assert framed == [True, True]
+
+
+async def test_shutdown_during_a_tls_handshake_closes_the_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops while a connection's TLS handshake is under way: the
+    connection is closed (the client's handshake fails at once), not left
+    open for the garbage collector, and nothing is served on it."""
+    from anyio.streams.tls import TLSStream
+
+    import aiodicom.ae as ae_module
+
+    in_handshake = anyio.Event()
+
+    class Watched:
+        @staticmethod
+        async def wrap(*args: Any, **kwargs: Any) -> TLSStream:
+            in_handshake.set()
+            return await TLSStream.wrap(*args, **kwargs)
+
+    monkeypatch.setattr(ae_module, "TLSStream", Watched)
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    rec = Recorder()
+    with anyio.fail_after(GUARD):
+        async with running_server(handlers=rec.handlers, ssl_context=server_ctx) as server:
+            raw = await anyio.connect_tcp("127.0.0.1", server.port)
+            await in_handshake.wait()
+        with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError)):
+            try:
+                tls = await TLSStream.wrap(
+                    raw, hostname="127.0.0.1", ssl_context=client_ctx, standard_compatible=False
+                )
+            except BaseException:
+                await raw.aclose()
+                raise
+            try:
+                await tls.send(encode(verification_rq()))
+                await tls.receive()
+            finally:
+                await tls.aclose()
+    assert rec.names == []
 
 
 async def test_tls_client_to_plain_server_fails_cleanly(tmp_path: Path) -> None:
