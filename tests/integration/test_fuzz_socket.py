@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from aiodicom import evt, sop_class
@@ -383,6 +384,187 @@ async def test_mutated_answers_never_break_the_client() -> None:
                 raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
         if seed == 0:
             assert outcome == "completed"
+        assert not ae.active_associations, f"seed {seed}: an association is left"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert outcomes.get("completed", 0) < CLIENT_CASES + 1, outcomes  # damage was noticed
+    assert len(outcomes) > 2, outcomes
+
+
+def _get_answers(ac: bytes) -> Any:
+    """A C-GET SCP's valid answers, one segment per step (as :func:`_answers`):
+    the A-ASSOCIATE-AC; a C-STORE sub-operation; a pending C-GET-RSP and the
+    second sub-operation; the final C-GET-RSP; the A-RELEASE-RP."""
+    from aiodicom.dimse import NO_DATASET
+    from aiodicom.pdu import AReleaseRP
+
+    stores: list[tuple[str, bytes]] = []
+    for i in range(2):
+        ds = make_dataset()
+        ds.InstanceNumber = i + 1
+        stores.append((ds.SOPInstanceUID, encode_dataset(ds, ExplicitVRLittleEndian)))
+    get: dict[str, Any] = {}  # the C-GET-RQ: (context ID, command)
+
+    def sub_operation(i: int, store_cx: int) -> list[bytes]:
+        uid, data = stores[i]
+        rq = {
+            "CommandField": int(CommandField.C_STORE_RQ),
+            "MessageID": 100 + i,
+            "AffectedSOPClassUID": sop_class.CTImageStorage,
+            "AffectedSOPInstanceUID": uid,
+            "Priority": 0,
+            "CommandDataSetType": DATASET_PRESENT,
+            "MoveOriginatorApplicationEntityTitle": None,
+        }
+        return list(fragment(store_cx, encode_command(rq), data, MAX_PDU))
+
+    def get_rsp(status: int, remaining: int, completed: int) -> list[bytes]:
+        context_id, command = get["rq"]
+        rsp = {
+            "CommandField": 0x8010,
+            "MessageIDBeingRespondedTo": command["MessageID"],
+            "AffectedSOPClassUID": command["AffectedSOPClassUID"],
+            "CommandDataSetType": NO_DATASET,
+            "Status": status,
+            "NumberOfCompletedSuboperations": completed,
+            "NumberOfFailedSuboperations": 0,
+            "NumberOfWarningSuboperations": 0,
+        }
+        if remaining:
+            rsp["NumberOfRemainingSuboperations"] = remaining
+        return list(fragment(context_id, encode_command(rsp), None, MAX_PDU))
+
+    def respond(step: int, store_cx: int, got: tuple[int, dict[str, Any]] | None) -> bytes:
+        if step == 0:
+            return ac
+        if step == 1:
+            get["rq"] = got
+            return b"".join(sub_operation(0, store_cx))
+        if step == 2:
+            return b"".join(get_rsp(0xFF00, 1, 1) + sub_operation(1, store_cx))
+        if step == 3:
+            return b"".join(get_rsp(0x0000, 0, 2))
+        return encode(AReleaseRP())
+
+    return respond
+
+
+async def test_mutated_c_get_answers_never_break_the_client() -> None:
+    """An aiodicom C-GET SCU against a peer SCP whose answers (two C-STORE
+    sub-operations, pending and final C-GET-RSPs, the release) are damaged,
+    one step per case: the SCU completes or raises one of the package's
+    typed errors or TimeoutError, never anything else, never hangs, keeps no
+    association, and its EVT_C_STORE handler sees only what decoded as a
+    C-STORE-RQ with its data set."""
+    from aiodicom import AE, build_role
+    from aiodicom.errors import DicomNetworkError, LocalProtocolError
+    from aiodicom.pdu import AAssociateRQ, AReleaseRQ, PresentationContextAC
+    from aiodicom.pdu_primitives import (
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+        SCP_SCU_RoleSelectionNegotiation,
+    )
+
+    get_model = sop_class.StudyRootQueryRetrieveInformationModelGet
+    outcomes: dict[str, int] = {}
+    for seed in range(CLIENT_CASES + 1):  # seed 0: undamaged
+        rng = random.Random(seed)
+        target = rng.randrange(5) if seed else -1
+        damage: list[str] = []
+
+        async def scp(
+            peer: Any, rng: random.Random = rng, target: int = target, damage: list[str] = damage
+        ) -> None:
+            rq = await peer.read_pdu()
+            assert isinstance(rq, AAssociateRQ)
+            store_cx = next(
+                cx.context_id
+                for cx in rq.presentation_contexts
+                if cx.abstract_syntax == sop_class.CTImageStorage
+            )
+            ac = AAssociateAC(
+                called_ae_title=rq.called_ae_title,
+                calling_ae_title=rq.calling_ae_title,
+                presentation_contexts=tuple(
+                    PresentationContextAC(
+                        context_id=cx.context_id,
+                        result=0,
+                        transfer_syntax=cx.transfer_syntaxes[0],
+                    )
+                    for cx in rq.presentation_contexts
+                ),
+                user_information=(
+                    MaximumLengthNotification(maximum_length_received=MAX_PDU),
+                    ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+                    SCP_SCU_RoleSelectionNegotiation(
+                        sop_class_uid=sop_class.CTImageStorage, scu_role=False, scp_role=True
+                    ),
+                ),
+            )
+            respond = _get_answers(encode(ac))
+            got: tuple[int, dict[str, Any]] | None = None
+            for step in range(5):
+                if step in (1, 2, 3):  # the C-GET-RQ, then each C-STORE-RSP
+                    got = await _read_message(peer)
+                    if got is None:
+                        return
+                elif step == 4:
+                    try:
+                        if not isinstance(await peer.read_pdu(timeout=_PATIENCE), AReleaseRQ):
+                            return
+                    except TimeoutError:
+                        return
+                data = respond(step, store_cx, got)
+                if step == target:
+                    kind, data = _mutate(data, rng)
+                    damage.append(kind)
+                try:
+                    await peer.stream.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    return
+                if damage == ["cut"]:
+                    return  # and hang up
+
+        stored: list[str] = []
+
+        def on_store(event: evt.Event, stored: list[str] = stored) -> int:
+            stored.append(event.request.AffectedSOPInstanceUID)
+            event.encoded_dataset()  # (the data set itself may be damaged)
+            return 0x0000
+
+        ae = AE("FUZZ_SCU")
+        ae.add_requested_context(get_model, ImplicitVRLittleEndian)
+        ae.add_requested_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+        ae.acse_timeout = ae.dimse_timeout = 2.0
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = "1.2.3"
+        outcome = "completed"
+        statuses: list[int] = []
+        async with fake_scp(scp) as port:
+            try:
+                with anyio.fail_after(GUARD):
+                    async with (
+                        ae.associate(
+                            "127.0.0.1",
+                            port,
+                            ae_title="TEST_SCP",
+                            ext_neg=[build_role(sop_class.CTImageStorage, scp_role=True)],
+                            evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                        ) as assoc,
+                        assoc.send_c_get(query, get_model) as responses,
+                    ):
+                        async for status, _ in responses:
+                            statuses.append(int(status.Status))
+            except (DicomNetworkError, TimeoutError) as exc:
+                outcome = type(exc).__name__
+                assert not isinstance(exc, LocalProtocolError), f"seed {seed}: {exc!r}"
+            except Exception as exc:
+                raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
+        if seed == 0:
+            assert outcome == "completed"
+            assert statuses == [0xFF00, 0x0000]
+            assert len(stored) == 2
+        assert len(stored) <= 2, f"seed {seed}: {stored}"
         assert not ae.active_associations, f"seed {seed}: an association is left"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("completed", 0) < CLIENT_CASES + 1, outcomes  # damage was noticed
