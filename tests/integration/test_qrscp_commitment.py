@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,37 @@ class Reports:
         return 0x0000, None
 
 
+class ReportTask:
+    """Wakes the test each time the archive's report task is done with a request.
+
+    What that task does after the last thing the test sees (counting the
+    answer to its report, logging that it sent none) is awaited on this:
+    its ``_report`` is wrapped to signal each end.
+    """
+
+    def __init__(self, archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._changed: anyio.Event | None = None
+        report = archive._report
+
+        async def report_then_wake(job: Any) -> None:
+            try:
+                await report(job)
+            finally:
+                if self._changed is not None:
+                    self._changed.set()
+                    self._changed = None
+
+        monkeypatch.setattr(archive, "_report", report_then_wake)
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until `predicate` holds, re-checked each time a request is done."""
+        with anyio.fail_after(GUARD):
+            while not predicate():
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+
+
 def refs_of(ds: Dataset, keyword: str) -> list[tuple[str, ...]]:
     out = []
     for item in ds.get(keyword, []):
@@ -96,11 +127,14 @@ def refs_of(ds: Dataset, keyword: str) -> list[tuple[str, ...]]:
     return out
 
 
-async def test_report_on_the_same_association(tmp_path: Path) -> None:
+async def test_report_on_the_same_association(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stored = [make_dataset(), make_dataset()]
     missing = make_dataset()
     reports = Reports()
     async with qrscp(tmp_path) as (archive, srv):
+        report_task = ReportTask(archive, monkeypatch)
         with anyio.fail_after(GUARD):
             async with modality().associate(
                 "127.0.0.1",
@@ -118,7 +152,7 @@ async def test_report_on_the_same_association(tmp_path: Path) -> None:
                 assert status.Status == 0x0000 and status.ActionTypeID == 1
                 await reports.got.wait()
                 # Counted once the SCP has the answer to its report.
-                await _until(lambda: archive.commitments_reported == 1)
+                await report_task.until(lambda: archive.commitments_reported == 1)
     [report] = reports.events
     assert report.event_type == 2  # some instances failed
     assert report.request.AffectedSOPClassUID == COMMITMENT
@@ -152,6 +186,7 @@ async def test_report_after_release_comes_on_a_new_association(
     async with listener.start_server(("127.0.0.1", 0), evt_handlers=handlers) as modality_srv:
         destinations = {"MODALITY": ("127.0.0.1", modality_srv.port)}
         async with qrscp(tmp_path, destinations=destinations) as (archive, srv):
+            report_task = ReportTask(archive, monkeypatch)
             # The check of the instances (in a worker thread) waits for the release.
             lookup = archive._commit_lookup
 
@@ -172,7 +207,7 @@ async def test_report_after_release_comes_on_a_new_association(
                     assert status.Status == 0x0000
                 released.set()
                 await reports.got.wait()
-                await _until(lambda: archive.commitments_reported == 1)
+                await report_task.until(lambda: archive.commitments_reported == 1)
     [report] = reports.events
     assert report.assoc.requestor.ae_title == "QRSCP"  # an association the SCP requested
     assert [(r.scu_role, r.scp_role) for r in roles] == [(False, True)]
@@ -189,6 +224,7 @@ async def test_report_to_an_unknown_requestor_is_dropped(
     """Released before the report, and not a known destination: logged, nothing sent."""
     released = threading.Event()
     async with qrscp(tmp_path) as (archive, srv):
+        report_task = ReportTask(archive, monkeypatch)
         lookup = archive._commit_lookup
         done = anyio.Event()
 
@@ -208,16 +244,9 @@ async def test_report_to_an_unknown_requestor_is_dropped(
                 assert status.Status == 0x0000
             released.set()
             await done.wait()
-            await _until(lambda: "no report sent" in caplog.text)
+            await report_task.until(lambda: "no report sent" in caplog.text)
     assert "'STRANGER' is not a known destination" in caplog.text
     assert archive.commitments_reported == 0
-
-
-async def _until(predicate: Any) -> None:
-    """Wait for what the report task does after the last thing the test sees."""
-    with anyio.fail_after(GUARD):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 @pytest.mark.parametrize(

@@ -18,15 +18,45 @@ async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll `predicate` on the event loop until it is true; fail after `timeout` s.
+class Changes:
+    """Wakes whoever waits on state this process holds, each time it changes.
 
-    For state held by another process's handlers, which sends no event here.
+    The object recording what aiodicom's handlers saw calls :meth:`changed`
+    after every change; :meth:`wait_until` awaits the next change and
+    re-checks its predicate: no polling.
+    """
+
+    def __init__(self) -> None:
+        self._changed: anyio.Event | None = None  # made by a waiter
+
+    def changed(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_until(
+        self, predicate: Callable[[], bool], what: str, timeout: float = 10.0
+    ) -> None:
+        """Wait until `predicate` is true, re-checked on each change; fail after `timeout` s."""
+        with anyio.move_on_after(timeout):
+            while not predicate():
+                if self._changed is None:
+                    self._changed = anyio.Event()
+                await self._changed.wait()
+        assert predicate(), f"timed out after {timeout} s waiting for: {what}"
+
+
+async def wait_no_associations(server: Any, what: str, timeout: float = 10.0) -> None:
+    """Wait until the aiodicom ``server.active_associations`` is empty; fail after `timeout` s.
+
+    An association leaves that list after its EVT_CONN_CLOSE, so no handler
+    can signal it: this waits on the server's own event for it (the one
+    ``Server.shutdown()`` waits on, set when the last association is removed).
     """
     with anyio.move_on_after(timeout):
-        while not predicate():
-            await anyio.sleep(0.01)
-    assert predicate(), f"timed out after {timeout} s waiting for: {what}"
+        while server.active_associations:
+            await server._none_active.wait()
+    assert not server.active_associations, f"timed out after {timeout} s waiting for: {what}"
 
 
 @contextmanager

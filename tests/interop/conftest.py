@@ -539,6 +539,10 @@ class DcmtkStoreSCP:
         return sorted(p for p in self.output_dir.rglob("*") if p.is_file())
 
     def wait_for_files(self, count: int, *, timeout: float = 10.0) -> list[Path]:
+        """Wait until storescp wrote at least `count` files; return them all.
+
+        Polled: the files are another process's, which sends no event here.
+        """
         deadline = time.monotonic() + timeout
         while True:
             files = self.files()
@@ -809,7 +813,9 @@ class PynetdicomSCP:
         **match: Any,
     ) -> list[dict[str, Any]]:
         """Wait until at least `count` events named `name` (fields == match) were written;
-        return all of them. Fails the test on timeout or if the peer died."""
+        return all of them. Fails the test on timeout or if the peer died.
+
+        Polled: the events file is the peer process's, which sends no event here."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.events(name, **match)

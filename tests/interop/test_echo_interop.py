@@ -26,9 +26,8 @@ from typing import Any
 
 import anyio
 import pytest
+from _aio import Changes, in_thread, wait_no_associations
 from _aio import deadline as _deadline
-from _aio import in_thread
-from _aio import wait_until as _wait_until
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from aiodicom import AE, Association, build_role, evt, sop_class
@@ -54,8 +53,8 @@ def deadline(seconds: float = TEST_DEADLINE) -> Any:
     return _deadline(seconds)
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    await _wait_until(predicate, what, timeout)
+#: Bound on one wait for the SCP's side (a hang guard).
+WAIT = 5.0
 
 
 #: Bound on one peer subprocess run to completion.
@@ -89,21 +88,35 @@ class SCPLog:
     user_ids: list[dict[str, Any]] = field(default_factory=list)
     #: (result, source, reason) of every A-ASSOCIATE-RJ the SCP sent (EVT_PDU_SENT)
     rejections_sent: list[tuple[int, int, int]] = field(default_factory=list)
+    #: Signalled after each record: what wait_until() awaits.
+    changes: Changes = field(default_factory=Changes, repr=False, compare=False)
 
     def handlers(self) -> list[Any]:
         return [
-            (evt.EVT_REQUESTED, lambda e: self.requested.append(e.assoc)),
-            (evt.EVT_ACCEPTED, lambda e: self.accepted.append(e.assoc)),
-            (evt.EVT_REJECTED, lambda e: self.rejected.append(e.assoc)),
-            (evt.EVT_RELEASED, lambda e: self.released.append(e.assoc)),
-            (evt.EVT_ABORTED, lambda e: self.aborted.append(e.assoc)),
+            (evt.EVT_REQUESTED, self._recorder(self.requested)),
+            (evt.EVT_ACCEPTED, self._recorder(self.accepted)),
+            (evt.EVT_REJECTED, self._recorder(self.rejected)),
+            (evt.EVT_RELEASED, self._recorder(self.released)),
+            (evt.EVT_ABORTED, self._recorder(self.aborted)),
             (evt.EVT_PDU_SENT, self._on_pdu_sent),
         ]
+
+    def _recorder(self, into: list[Association]) -> Callable[[evt.Event], None]:
+        def record(event: evt.Event) -> None:
+            into.append(event.assoc)
+            self.changes.changed()
+
+        return record
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait until `predicate` holds, re-checked after each record (at most WAIT s)."""
+        await self.changes.wait_until(predicate, what, WAIT)
 
     def _on_pdu_sent(self, event: evt.Event) -> None:
         pdu = event.pdu
         if type(pdu).__name__ == "AAssociateRJ":
             self.rejections_sent.append((pdu.result, pdu.source, pdu.reason))
+            self.changes.changed()
 
     def record_echo(self, event: evt.Event) -> None:
         assert event.context is not None
@@ -116,6 +129,7 @@ class SCPLog:
                 "transfer_syntax": str(event.context.transfer_syntax),
             }
         )
+        self.changes.changed()
 
     def echo_handler(self, status: int = 0x0000) -> Any:
         def on_echo(event: evt.Event) -> int:
@@ -171,7 +185,7 @@ async def test_echoscu_to_aiodicom_scp_accepted(run_dcmtk, pdu_args, expected_ma
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
 
     out = cp.stdout + cp.stderr
     assert "Received Echo Response (Success)" in out, cp.describe()
@@ -211,7 +225,7 @@ async def test_echoscu_repeat_5_to_aiodicom_scp(run_dcmtk):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
 
     out = cp.stdout + cp.stderr
     # --repeat repeats the C-ECHO within one association
@@ -285,8 +299,8 @@ async def test_echoscu_abort_to_aiodicom_scp(run_dcmtk):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.aborted) == 1, "EVT_ABORTED on the SCP")
-            await wait_until(lambda: not server.active_associations, "association gone")
+            await log.wait_until(lambda: len(log.aborted) == 1, "EVT_ABORTED on the SCP")
+            await wait_no_associations(server, "association gone", WAIT)
     assert "Aborting Association" in cp.stdout + cp.stderr, cp.describe()
     assert len(log.echoes) == 1
     assert not log.released
@@ -334,8 +348,8 @@ async def test_echoscu_rejected_by_aiodicom_scp(
                 server.port,
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
-            await wait_until(lambda: not server.active_associations, "rejected conn closed")
+            await log.wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
+            await wait_no_associations(server, "rejected conn closed", WAIT)
 
     assert cp.returncode != 0, cp.describe()
     out = cp.stdout + cp.stderr
@@ -372,7 +386,7 @@ async def test_echoscu_allowed_calling_aet_is_accepted(run_dcmtk):
                 server.port,
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
     assert cp.returncode == 0, cp.describe()
     assert [e["calling_ae"] for e in log.echoes] == ["ONLY_ME"]
 
@@ -402,7 +416,7 @@ async def test_echoscu_many_contexts_and_syntaxes_to_aiodicom_scp(run_dcmtk):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
     (assoc,) = log.accepted
     assert [c.context_id for c in assoc.accepted_contexts] == [1, 3, 5]
     for cx in assoc.accepted_contexts:
@@ -433,7 +447,7 @@ async def test_echoscu_verification_not_supported_by_aiodicom_scp(run_dcmtk):
                 server.port,
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: not server.active_associations, "association gone")
+            await wait_no_associations(server, "association gone", WAIT)
     assert cp.returncode != 0, cp.describe()
     assert "No Acceptable Presentation Contexts" in cp.stdout + cp.stderr, cp.describe()
     assert not log.echoes
@@ -476,7 +490,7 @@ async def test_parallel_echoscu_to_aiodicom_scp(run_dcmtk):
             async with anyio.create_task_group() as tg:
                 for i in range(n):
                     tg.start_soon(one_echoscu, i)
-            await wait_until(lambda: len(log.released) == n, f"{n} x EVT_RELEASED")
+            await log.wait_until(lambda: len(log.released) == n, f"{n} x EVT_RELEASED")
     assert [cp.returncode for cp in results] == [0] * n, "\n".join(map(str, results))
     assert sorted(e["calling_ae"] for e in log.echoes) == sorted(
         f"ECHO{i}" for i in range(n) for _ in range(3)
@@ -581,7 +595,8 @@ async def test_aiodicom_scu_small_max_pdu_to_dcmtk_storescp(dcmtk_storescp_facto
 
 def _wait_text(process: Any, text: str, timeout: float, count: int = 1) -> None:
     """Wait until `text` appeared `count` times on the process's stdout + stderr
-    (blocking: run it in a thread). storescp --fork's children write late."""
+    (blocking: run it in a thread). storescp --fork's children write late.
+    Polled: that output is another process's, which sends no event here."""
     end = time.monotonic() + timeout
     while (process.stdout + process.stderr).count(text) < count:
         if time.monotonic() > end:
@@ -617,7 +632,7 @@ async def test_pynetdicom_scu_echo_to_aiodicom_scp(run_pynetdicom_scu):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
 
     assoc_ev = one(events, "association", status="accepted")
     assert assoc_ev["peer_implementation_class_uid"] == str(ae.implementation_class_uid)
@@ -708,7 +723,7 @@ async def test_pynetdicom_scu_user_identity_to_aiodicom_scp(
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
 
     assert len(log.user_ids) == 1, log.user_ids
     seen = log.user_ids[0]
@@ -747,7 +762,7 @@ async def test_pynetdicom_scu_user_identity_refused_by_aiodicom_scp(run_pynetdic
                 "password:mallory:hunter2",
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
+            await log.wait_until(lambda: len(log.rejected) == 1, "EVT_REJECTED on the SCP")
 
     assert cp.returncode == 1, cp.describe()
     rj = one(events, "association", status="rejected")
@@ -799,7 +814,7 @@ async def test_pynetdicom_scu_async_ops_window_to_aiodicom_scp(
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
     assoc_ev = one(events, "association", status="accepted")
     assert assoc_ev["async_ops"] == expected
     assert [e["status"] for e in events if e["event"] == "c_echo"] == [0, 0]
@@ -836,7 +851,7 @@ async def test_pynetdicom_scu_role_selection_to_aiodicom_scp(run_pynetdicom_scu)
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
+            await log.wait_until(lambda: len(log.released) == 1, "EVT_RELEASED on the SCP")
 
     assoc_ev = one(events, "association", status="accepted")
     # the role selection items we returned: none for SC (default roles)
@@ -891,8 +906,8 @@ async def test_pynetdicom_scu_aborted_by_aiodicom_scp_echo_handler(run_pynetdico
                 "5",
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: len(log.aborted) == 1, "EVT_ABORTED on the SCP")
-            await wait_until(lambda: not server.active_associations, "association gone")
+            await log.wait_until(lambda: len(log.aborted) == 1, "EVT_ABORTED on the SCP")
+            await wait_no_associations(server, "association gone", WAIT)
 
     assert cp.returncode == 2, cp.describe()
     assert calls == [1]

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _aio import deadline, in_thread
+from _aio import Changes, deadline, in_thread
 from _print import SHUTDOWN_SOP_CLASS, image_pixels, write_config, write_image
 from conftest import REPO_ROOT, read_jsonl, require_pynetdicom
 from pydicom import dcmread
@@ -227,6 +227,10 @@ async def test_storage_commitment_report_from_pynetdicom_on_the_same_association
 
 
 async def _wait_for_event(log: Path, name: str, timeout: float = 10.0) -> None:
+    """Wait until the pynetdicom peer wrote event `name` to its JSONL `log`.
+
+    Polled: that state is another process's, which sends no event here.
+    """
     with anyio.fail_after(timeout):
         while not any(e.get("event") == name for e in read_jsonl(log)):
             await anyio.sleep(0.02)
@@ -706,6 +710,17 @@ async def test_pynetdicom_scu_storage_commitment_with_aiodicom_qrscp(tmp_path):
         {"op": "wait_report", "timeout": 20},
     ]
     archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
+    # The report task counts a report once it has the answer: it signals each request done.
+    reports_done = Changes()
+    report = archive._report
+
+    async def report_then_signal(job: Any) -> None:
+        try:
+            await report(job)
+        finally:
+            reports_done.changed()
+
+    archive._report = report_then_signal
     with deadline(TEST_DEADLINE):
         async with archive, anyio.create_task_group() as tg:
             await tg.start(archive.serve_commitments)
@@ -717,9 +732,12 @@ async def test_pynetdicom_scu_storage_commitment_with_aiodicom_qrscp(tmp_path):
                     for ds in stored:
                         assert (await assoc.send_c_store(ds)).Status == 0x0000
                 cp, events = await in_thread(run_plan, server.port, plan, tmp_path, run_command)
-                with anyio.fail_after(10):  # counted once the report's answer is in
-                    while archive.commitments_reported < 1 and cp.returncode == 0:
-                        await anyio.sleep(0.01)
+                # counted once the report's answer is in
+                await reports_done.wait_until(
+                    lambda: archive.commitments_reported >= 1 or cp.returncode != 0,
+                    "the report's answer counted",
+                    10,
+                )
             tg.cancel_scope.cancel()
     assert cp.returncode == 0, cp.describe()
     assert one(events, "n_response", op="n_action")["status"]["Status"] == 0x0000

@@ -36,14 +36,15 @@ from __future__ import annotations
 import io
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from _aio import Changes, in_thread
 from _aio import deadline as _deadline
-from _aio import in_thread, wait_until
 from _qr_data import (
     LEVEL_KEYS,
     LEVELS,
@@ -318,6 +319,8 @@ class StoreRecorder:
 
     received: list[Stored] = field(default_factory=list)
     released: int = 0
+    #: Signalled after each record: what wait_until() awaits.
+    changes: Changes = field(default_factory=Changes, repr=False, compare=False)
 
     async def on_store(self, event: evt.Event) -> int:
         req = event.request
@@ -334,10 +337,16 @@ class StoreRecorder:
                 calling_ae=event.assoc.requestor.ae_title,
             )
         )
+        self.changes.changed()
         return 0x0000
 
     def on_released(self, event: evt.Event) -> None:
         self.released += 1
+        self.changes.changed()
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait until `predicate` holds, re-checked after each record (at most 10 s)."""
+        await self.changes.wait_until(predicate, what, 10.0)
 
     def handlers(self) -> list[Any]:
         return [(evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_released)]
@@ -959,7 +968,7 @@ async def test_aiodicom_move_from_dcmqrscp_to_aiodicom_scp(dcmqrscp_factory, tre
                     assoc.send_c_move(ident, "AIOSTORE", MODELS[model]["move"], msg_id=321)
                 )
             assert int(final.Status) == 0x0000, f"{final}\n{qr.process.describe()}"
-            await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+            await rec.wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
     check_retrieved(rec.by_uid(), expected)
     for stored in rec.received:
         assert stored.calling_ae == qr.ae_title
@@ -1014,7 +1023,7 @@ async def test_aiodicom_move_from_dcmqrscp_to_itself(dcmqrscp_factory, tree):
                     assoc.send_c_move(ident, "AIOSELF", MODELS[model]["move"], msg_id=12)
                 )
             assert int(first.Status) == 0x0000 and int(second.Status) == 0x0000
-            await wait_until(lambda: rec.released >= 2, "both C-MOVE associations released")
+            await rec.wait_until(lambda: rec.released >= 2, "both C-MOVE associations released")
     by_request: dict[int | None, dict[str, Stored]] = {}
     for stored in rec.received:
         assert stored.move_originator_ae == "AIOSELF"
@@ -1224,7 +1233,7 @@ async def test_aiodicom_move_cancel_to_pynetdicom_scp(pynetdicom_scp, qr_folders
                 echo = await assoc.send_c_echo()
                 assert int(echo.Status) == 0x0000
             (seen,) = await in_thread(scp.wait_for_event, "c_move")
-            await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+            await rec.wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
     assert seen["cancelled"] and seen["sent"] == 2, seen
     assert [c.get("MessageIDBeingRespondedTo") for c in watch.cancels] == [31]
     assert len(rec.received) == 2
@@ -1258,7 +1267,7 @@ async def test_aiodicom_move_from_pynetdicom_scp(pynetdicom_scp, qr_folders, dat
                 )
             assert int(final.Status) == 0x0000, final
             assert int(unknown.Status) == 0xA801, unknown
-            await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+            await rec.wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
     check_retrieved(rec.by_uid(), expected, same_bytes=False)
     for stored in rec.received:
         assert stored.move_originator_id == 77
@@ -1518,7 +1527,7 @@ async def test_aiodicom_retrieve_cancel_to_dcmqrscp(dcmqrscp_factory, tree, serv
                 assert final["Status"] in (0xFE00, 0x0000), final
                 assert int((await assoc.send_c_echo()).Status) == 0
             if service == "move":
-                await wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
+                await rec.wait_until(lambda: rec.released >= 1, "the C-MOVE association released")
     done = final.get("NumberOfCompletedSuboperations", 0) + final.get(
         "NumberOfWarningSuboperations", 0
     )

@@ -32,14 +32,14 @@ import shutil
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _aio import Changes, in_thread
 from _aio import deadline as _deadline
-from _aio import in_thread, wait_until
 from _storage_data import (
     ONE_PER_SYNTAX,
     OTHER_FILES,
@@ -157,6 +157,8 @@ class StoreSCP:
     #: association), else "inline" (the transport's read callback or the
     #: reader task: the SCP's inline answer on asyncio).
     served_by: list[str] = field(default_factory=list)
+    #: Signalled after each record: what wait_until() awaits.
+    changes: Changes = field(default_factory=Changes, repr=False, compare=False)
 
     async def on_store(self, event: evt.Event) -> int:
         if self.raise_error:
@@ -195,15 +197,27 @@ class StoreSCP:
                 calling_ae=event.assoc.requestor.ae_title,
             )
         )
+        self.changes.changed()
         return self.status
 
     def handlers(self) -> list[Any]:
         return [
             (evt.EVT_C_STORE, self.on_store_plain if self.plain else self.on_store),
-            (evt.EVT_ACCEPTED, lambda e: self.accepted.append(e.assoc)),
-            (evt.EVT_RELEASED, lambda e: self.released.append(e.assoc)),
-            (evt.EVT_ABORTED, lambda e: self.aborted.append(e.assoc)),
+            (evt.EVT_ACCEPTED, self._recorder(self.accepted)),
+            (evt.EVT_RELEASED, self._recorder(self.released)),
+            (evt.EVT_ABORTED, self._recorder(self.aborted)),
         ]
+
+    def _recorder(self, into: list[Any]) -> Callable[[evt.Event], None]:
+        def record(event: evt.Event) -> None:
+            into.append(event.assoc)
+            self.changes.changed()
+
+        return record
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        """Wait until `predicate` holds, re-checked after each record (at most 10 s)."""
+        await self.changes.wait_until(predicate, what, 10.0)
 
 
 def served_by() -> str:
@@ -376,7 +390,7 @@ async def test_storescu_to_aiodicom_scp(run_dcmtk, tmp_path, name):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     assert "Received Store Response (Success)" in cp.stdout + cp.stderr, cp.describe()
     (rec,) = scp.received
     assert rec.calling_ae == "STORESCU"
@@ -413,7 +427,7 @@ async def test_storescu_200_instances_one_association_to_aiodicom_scp(
                 env=NAGLE if nagle else None,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     if nagle:
         assert len(asked) >= N_SMALL  # a PDU of every store came in pieces
     assert len(scp.accepted) == 1, "one association"
@@ -516,7 +530,7 @@ async def test_pynetdicom_scu_to_aiodicom_scp(run_pynetdicom_scu, tmp_path, chun
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, f"{cp.describe()}\n{events}"
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     stores = [e for e in events if e["event"] == "c_store"]
     assert [e["status"] for e in stores] == [0] * len(sources), stores
     assert len(scp.received) == len(sources)
@@ -547,7 +561,7 @@ async def test_pynetdicom_scu_200_instances_one_association_to_aiodicom_scp(
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     assert len(scp.accepted) == 1
     assert [e["status"] for e in events if e["event"] == "c_store"] == [0] * N_SMALL
     assert len(scp.received) == N_SMALL
@@ -579,7 +593,7 @@ async def test_aiodicom_scp_handler_status_seen_by_pynetdicom(
                 bundled_file("MR_small.dcm"),
                 timeout=PEER_TIMEOUT,
             )
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     # a failure status does not end the association: both stores were answered
     stores = [e for e in events if e["event"] == "c_store"]
     assert [e["status"] for e in stores] == [expected, expected], f"{cp.describe()}\n{events}"
@@ -891,9 +905,15 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
         return 0x0000
 
     released: list[Any] = []
+    changes = Changes()
+
+    def on_released(event: evt.Event) -> None:
+        released.append(event)
+        changes.changed()
+
     ae = storage_scp_ae()
     ae.spool_threshold = 1 * MiB
-    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, released.append)]
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_released)]
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
             cp, _events = await in_thread(
@@ -905,7 +925,7 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
+            await changes.wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
     assert len(seen) == 2
     for info, inst in zip(seen, medium_instances, strict=True):
         assert info["path"] is not None, "a 6 MiB data set was not spooled (threshold 1 MiB)"
@@ -1188,7 +1208,7 @@ async def test_storescu_tls_to_aiodicom_scp(run_dcmtk, tmp_path, tls_files):
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
             plain = await in_thread(
                 run_dcmtk, "storescu", "-aec", "AIOSCP", HOST, server.port, source, timeout=30
             )
@@ -1205,7 +1225,7 @@ async def test_storescu_tls_to_aiodicom_scp(run_dcmtk, tmp_path, tls_files):
                 timeout=PEER_TIMEOUT,
             )
             assert echo.returncode == 0, echo.describe()
-            await wait_until(lambda: len(scp.released) == 2, "the second EVT_RELEASED")
+            await scp.wait_until(lambda: len(scp.released) == 2, "the second EVT_RELEASED")
     assert "Received Store Response (Success)" in cp.stdout + cp.stderr, cp.describe()
     assert "Received Echo Response (Success)" in echo.stdout + echo.stderr, echo.describe()
     (rec,) = scp.received  # the plain storescu stored nothing
@@ -1268,7 +1288,7 @@ async def test_pynetdicom_scu_tls_to_aiodicom_scp(run_pynetdicom_scu, tmp_path, 
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, f"{cp.describe()}\n{events}"
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     assert [e["status"] for e in events if e["event"] == "c_echo"] == [0], events
     assert [e["status"] for e in events if e["event"] == "c_store"] == [0, 0], events
     for rec, source in zip(scp.received, sources, strict=True):
@@ -1337,7 +1357,7 @@ async def test_storescu_sees_the_aiodicom_scp_status(run_dcmtk, tmp_path, status
                 run_dcmtk, "storescu", "-v", "-aec", "AIOSCP", HOST, server.port, source,
                 timeout=PEER_TIMEOUT,
             )  # fmt: skip
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     out = cp.stdout + cp.stderr
     assert f"Received Store Response ({text})" in out, cp.describe()
     assert len(scp.received) == 1
@@ -1382,7 +1402,7 @@ async def test_storescu_user_identity_to_aiodicom_scp(run_dcmtk, tmp_path, posit
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
+            await scp.wait_until(lambda: len(scp.released) == 1, "EVT_RELEASED on the SCP")
     assert seen == [(2, b"alice", b"s3cret", positive)]
     assert len(scp.received) == 1
     if positive:
