@@ -280,11 +280,22 @@ class _Protocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._flush_held()
+        # Nothing more arrives: the receive buffers go now (what was handed
+        # on keeps its own buffer alive through its views), and so does the
+        # consumer, a method of the association that holds this protocol:
+        # without that cycle the association is freed as soon as it ends,
+        # not by the cycle collector, which may come much later.
+        self.consumer = None
+        self.buf = bytearray(0)
+        self.start = self.end = 0
+        self.pool.clear()
+        self.pool_bytes = 0
         self.eof = self.lost = True
         self.exception = exc
         self._wake()
         if self.stream is not None:
             self.stream._wake_direct()
+            self.stream = None  # (it holds this protocol: no cycle left)
         drain = self.drain
         if drain is not None and not drain.done():
             drain.set_result(None)
@@ -662,6 +673,9 @@ class AsyncioStream(anyio.abc.ByteStream):
         self._closed = True
         self._hand_over()
         self._flush()
+        protocol = self._protocol
+        protocol.chunks.clear()  # (never read now)
+        protocol.buffered = 0
         transport = self._transport
         transport.close()  # unsent data (an A-ABORT, say) still goes out
         if transport.get_write_buffer_size():

@@ -425,7 +425,12 @@ class _AssociateContext:
         finally:
             if assoc in self._ae._client_associations:
                 self._ae._client_associations.remove(assoc)
-            tg.cancel_scope.cancel()
+            if not assoc._closed.is_set():
+                tg.cancel_scope.cancel()
+            # (else the reader is ending, its tasks with it: cancelled now, one
+            # that was just ending would end as cancelled, and asyncio keeps
+            # the frames of that CancelledError, with the association, in a
+            # reference cycle: the association would wait for the collector)
             await tg.__aexit__(None, None, None)
 
     async def __aexit__(

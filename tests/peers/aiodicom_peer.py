@@ -34,7 +34,10 @@ class, transfer syntax) of the ``--store`` files, sends each file by path
 (streamed from disk by aiodicom), releases. Events: ``start`` (before the
 association), ``association``, ``c_store`` (per file: status), ``released``,
 ``error``, ``exit``. Exit 0 if every store succeeded, 2 if the association
-failed, 3 if a store failed.
+failed, 3 if a store failed. With ``--associations K`` and/or ``--rounds R``:
+R rounds of K associations at once, each sending every file, with a
+``round`` event (instances sent so far) after each instead of the
+per-association and per-file events.
 """
 
 from __future__ import annotations
@@ -261,6 +264,8 @@ async def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
     if not files:
         ae.add_requested_context(sop_class.Verification)
     out.write("start", files=len(files), hwm_reset=reset_peak())
+    if args.associations > 1 or args.rounds > 1:
+        return await _run_scu_many(args, ae, [path for path, _, _ in files], out)
     failed = False
     async with ae.associate(
         args.host, args.port, ae_title=args.called, max_pdu=args.max_pdu
@@ -288,6 +293,33 @@ async def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
                 seconds=round(time.monotonic() - started, 3),
             )
     out.write("released")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _run_scu_many(
+    args: argparse.Namespace, ae: AE, paths: list[str], out: EventWriter
+) -> int:
+    """``--rounds`` times: ``--associations`` associations at once, each
+    sending every file and releasing; a ``round`` event after each (its
+    memory is the process's after that many instances)."""
+    failed = 0
+    sent = 0
+
+    async def one() -> None:
+        nonlocal failed, sent
+        async with ae.associate(
+            args.host, args.port, ae_title=args.called, max_pdu=args.max_pdu
+        ) as assoc:
+            for path in paths:
+                rsp = await assoc.send_c_store(path)
+                sent += 1
+                failed += int(rsp.Status) != 0
+
+    for index in range(args.rounds):
+        async with anyio.create_task_group() as tg:
+            for _ in range(args.associations):
+                tg.start_soon(one)
+        out.write("round", index=index, instances=sent, failed=failed)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -320,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     scu.add_argument(
         "--timeout", type=float, default=60.0, help="ACSE/DIMSE/network timeouts (x10 overall)"
     )
+    scu.add_argument(
+        "--associations", type=int, default=1, help="this many at once, each sending every file"
+    )
+    scu.add_argument("--rounds", type=int, default=1, help="of --associations, one after another")
     scu.add_argument("--out", metavar="FILE")
     return p
 
