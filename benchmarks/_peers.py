@@ -19,6 +19,11 @@ of DIR, in name order, on one association, reading each from disk.
     python benchmarks/_peers.py aiodicom-store-scu PORT --dir DIR [--uvloop] [--max-pdu N]
     python benchmarks/_peers.py pynetdicom-store-scp [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py pynetdicom-store-scu PORT --dir DIR [--max-pdu N] [--pyn-chunked]
+    python benchmarks/_peers.py aiodicom-store-many PORT --dir DIR --associations K
+
+``aiodicom-store-many`` (bench_many.py) opens K associations at once, each
+sending every file of DIR one store at a time; the store SCPs take up to
+1,000 associations at once.
 
 C-FIND and C-GET (bench_qr.py): the find SCPs answer any Study Root C-FIND
 with ``--matches N`` study-level matches made one at a time as they are sent
@@ -357,6 +362,7 @@ def aiodicom_store_scp(args: argparse.Namespace) -> None:
 
     def setup(ae: Any) -> None:
         ae.add_supported_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+        ae.maximum_associations = 1000  # (bench_many: up to 256 at once)
         if args.max_pdu:
             ae.maximum_pdu_size = args.max_pdu
         if args.od:
@@ -421,6 +427,39 @@ def aiodicom_store_scu(args: argparse.Namespace) -> None:
     _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
 
 
+def aiodicom_store_many(args: argparse.Namespace) -> None:
+    """``--associations K`` associations at once, each sending every file of
+    ``--dir`` one store at a time, then releasing (bench_many.py)."""
+    import anyio
+
+    from aiodicom import AE, sop_class
+
+    files = _store_files(args.dir)
+    k = max(1, args.associations)
+
+    async def main() -> dict[str, Any]:
+        ae = AE("BENCH_SCU")
+        ae.add_requested_context(sop_class.CTImageStorage, [EXPLICIT_VR_LE])
+        ae.acse_timeout = ae.dimse_timeout = 120
+        failed = 0
+
+        async def one() -> None:
+            nonlocal failed
+            async with ae.associate("127.0.0.1", args.port, ae_title="BENCH_SCP") as assoc:
+                for path in files:
+                    failed += (await assoc.send_c_store(path)).Status != 0
+
+        start, cpu = time.perf_counter(), time.process_time()
+        async with anyio.create_task_group() as tg:
+            for _ in range(k):
+                tg.start_soon(one)
+        seconds = time.perf_counter() - start
+        result = _store_result(files * k, seconds, cpu_seconds=time.process_time() - cpu)
+        return {**result, "associations": k, "failed": failed}
+
+    _emit(anyio.run(main, backend_options={"use_uvloop": args.uvloop}))
+
+
 def _pyn_chunked(args: argparse.Namespace) -> None:
     if args.pyn_chunked:
         from pynetdicom import _config
@@ -435,6 +474,7 @@ def pynetdicom_store_scp(args: argparse.Namespace) -> None:
     _pyn_chunked(args)
     ae = AE(ae_title="BENCH_SCP")
     ae.add_supported_context(CT_IMAGE_STORAGE, [EXPLICIT_VR_LE, IMPLICIT_VR_LE])
+    ae.maximum_associations = 1000  # (bench_many: up to 256 at once)
     if args.max_pdu:
         ae.maximum_pdu_size = args.max_pdu
     # Return success without touching event.dataset: nothing is decoded or written.
@@ -758,6 +798,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pyn-chunked", action="store_true", help="pynetdicom chunked store")
     parser.add_argument("--od", default="", help="aiodicom store SCP: write each instance here")
     parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
+    parser.add_argument("--associations", type=int, default=1, help="store-many: at once")
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     parser.add_argument("--ngets", type=int, default=0, help="N-GET SCUs: round trips")
     parser.add_argument("--called", default="BENCH_SCP", help="N-GET SCUs: called AE title")
@@ -769,6 +810,7 @@ def main(argv: list[str] | None = None) -> None:
         "pynetdicom-scu": pynetdicom_scu,
         "aiodicom-store-scp": aiodicom_store_scp,
         "aiodicom-store-scu": aiodicom_store_scu,
+        "aiodicom-store-many": aiodicom_store_many,
         "pynetdicom-store-scp": pynetdicom_store_scp,
         "pynetdicom-store-scu": pynetdicom_store_scu,
         "aiodicom-find-scp": aiodicom_find_scp,
