@@ -31,13 +31,14 @@ def bench(session: nox.Session) -> None:
     """The benchmarks, side by side with pynetdicom and dcmtk (needs dcmtk).
 
     ``nox -s bench -- --quick`` runs echo and store; ``nox -s bench -- store
-    --quick`` runs one (echo, store, qr, nservice, or instructions: the work
-    per store counted with valgrind and strace) with its own options.
+    --quick`` runs one (echo, store, qr, nservice, many: many associations at
+    once into one SCP, or instructions: the work per store counted with
+    valgrind and strace) with its own options.
     """
     session.install("-e", ".[bench]")
     scripts = ["echo", "store"]
     args = list(session.posargs)
-    if args and args[0] in (*scripts, "qr", "nservice", "instructions"):
+    if args and args[0] in (*scripts, "qr", "nservice", "many", "instructions"):
         scripts, args = [args[0]], args[1:]
     for name in scripts:
         session.run("python", f"benchmarks/bench_{name}.py", *args)
