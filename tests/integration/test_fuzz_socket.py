@@ -251,6 +251,74 @@ async def _read_message(peer: Any) -> tuple[int, dict[str, Any]] | None:
                 return pdv.context_id, command
 
 
+def _accept_all(rq: Any, *items: Any) -> bytes:
+    """An A-ASSOCIATE-AC accepting every context of ``rq`` in its first
+    transfer syntax, with our maximum PDU, implementation UID and ``items``."""
+    from aiodicom.pdu import PresentationContextAC
+    from aiodicom.pdu_primitives import (
+        ImplementationClassUIDNotification,
+        MaximumLengthNotification,
+    )
+
+    return encode(
+        AAssociateAC(
+            called_ae_title=rq.called_ae_title,
+            calling_ae_title=rq.calling_ae_title,
+            presentation_contexts=tuple(
+                PresentationContextAC(
+                    context_id=cx.context_id, result=0, transfer_syntax=cx.transfer_syntaxes[0]
+                )
+                for cx in rq.presentation_contexts
+            ),
+            user_information=(
+                MaximumLengthNotification(maximum_length_received=MAX_PDU),
+                ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
+                *items,
+            ),
+        )
+    )
+
+
+async def _answer_damaged(
+    peer: Any,
+    respond: Any,
+    reads: range,
+    rng: random.Random,
+    target: int,
+    damage: list[str],
+) -> None:
+    """A fake SCP's steps after the A-ASSOCIATE-RQ: step 0 answers it; each
+    step in ``reads`` first reads the client's next message, the last step
+    its A-RELEASE-RQ; ``respond(step, last message read)`` gives the bytes of
+    the step, damaged at step ``target``. A damage that cuts the answer
+    short hangs up after it; so does this peer when the client goes quiet."""
+    from aiodicom.pdu import AReleaseRQ
+
+    got: tuple[int, dict[str, Any]] | None = None
+    steps = reads.stop + 1
+    for step in range(steps):
+        if step in reads:
+            got = await _read_message(peer)
+            if got is None:
+                return
+        elif step == steps - 1:
+            try:
+                if not isinstance(await peer.read_pdu(timeout=_PATIENCE), AReleaseRQ):
+                    return
+            except TimeoutError:
+                return
+        data = respond(step, got)
+        if step == target:
+            kind, data = _mutate(data, rng)
+            damage.append(kind)
+        try:
+            await peer.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return
+        if damage == ["cut"]:
+            return  # and hang up
+
+
 def _answers(ac: bytes) -> Any:
     """The valid answers, one segment per step: given the A-ASSOCIATE-AC, a
     function of (step, context ID, command) giving the bytes of that step."""
@@ -259,11 +327,13 @@ def _answers(ac: bytes) -> Any:
     from aiodicom.dimse import NO_DATASET, fragment
     from aiodicom.pdu import AReleaseRP
 
-    def respond(step: int, context_id: int, command: dict[str, Any]) -> bytes:
+    def respond(step: int, got: tuple[int, dict[str, Any]] | None) -> bytes:
         if step == 0:
             return ac
         if step == 3:
             return encode(AReleaseRP())
+        assert got is not None
+        context_id, command = got
         mid = command["MessageID"]
         base = {
             "MessageIDBeingRespondedTo": mid,
@@ -299,11 +369,7 @@ async def test_mutated_answers_never_break_the_client() -> None:
 
     from aiodicom import AE
     from aiodicom.errors import DicomNetworkError, LocalProtocolError
-    from aiodicom.pdu import AAssociateAC, AAssociateRQ, AReleaseRQ, PresentationContextAC
-    from aiodicom.pdu_primitives import (
-        ImplementationClassUIDNotification,
-        MaximumLengthNotification,
-    )
+    from aiodicom.pdu import AAssociateRQ
 
     find = sop_class.StudyRootQueryRetrieveInformationModelFind
     outcomes: dict[str, int] = {}
@@ -317,46 +383,8 @@ async def test_mutated_answers_never_break_the_client() -> None:
         ) -> None:
             rq = await peer.read_pdu()
             assert isinstance(rq, AAssociateRQ)
-            ac = AAssociateAC(
-                called_ae_title=rq.called_ae_title,
-                calling_ae_title=rq.calling_ae_title,
-                presentation_contexts=tuple(
-                    PresentationContextAC(
-                        context_id=cx.context_id,
-                        result=0,
-                        transfer_syntax=cx.transfer_syntaxes[0],
-                    )
-                    for cx in rq.presentation_contexts
-                ),
-                user_information=(
-                    MaximumLengthNotification(maximum_length_received=MAX_PDU),
-                    ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
-                ),
-            )
-            respond = _answers(encode(ac))
-            context_id, command = 0, {}
-            for step in range(4):
-                if step in (1, 2):
-                    got = await _read_message(peer)
-                    if got is None:
-                        return
-                    context_id, command = got
-                elif step == 3:
-                    try:
-                        if not isinstance(await peer.read_pdu(timeout=_PATIENCE), AReleaseRQ):
-                            return
-                    except TimeoutError:
-                        return
-                data = respond(step, context_id, command)
-                if step == target:
-                    kind, data = _mutate(data, rng)
-                    damage.append(kind)
-                try:
-                    await peer.stream.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if damage == ["cut"]:
-                    return  # and hang up
+            respond = _answers(_accept_all(rq))
+            await _answer_damaged(peer, respond, range(1, 3), rng, target, damage)
 
         ae = AE("FUZZ_SCU")
         ae.add_requested_context(sop_class.Verification, ImplicitVRLittleEndian)
@@ -390,10 +418,11 @@ async def test_mutated_answers_never_break_the_client() -> None:
     assert len(outcomes) > 2, outcomes
 
 
-def _get_answers(ac: bytes) -> Any:
+def _get_answers(ac: bytes, store_cx: int) -> Any:
     """A C-GET SCP's valid answers, one segment per step (as :func:`_answers`):
-    the A-ASSOCIATE-AC; a C-STORE sub-operation; a pending C-GET-RSP and the
-    second sub-operation; the final C-GET-RSP; the A-RELEASE-RP."""
+    the A-ASSOCIATE-AC; a C-STORE sub-operation (on context ``store_cx``); a
+    pending C-GET-RSP and the second sub-operation; the final C-GET-RSP; the
+    A-RELEASE-RP."""
     from aiodicom.dimse import NO_DATASET
     from aiodicom.pdu import AReleaseRP
 
@@ -433,7 +462,7 @@ def _get_answers(ac: bytes) -> Any:
             rsp["NumberOfRemainingSuboperations"] = remaining
         return list(fragment(context_id, encode_command(rsp), None, MAX_PDU))
 
-    def respond(step: int, store_cx: int, got: tuple[int, dict[str, Any]] | None) -> bytes:
+    def respond(step: int, got: tuple[int, dict[str, Any]] | None) -> bytes:
         if step == 0:
             return ac
         if step == 1:
@@ -457,12 +486,8 @@ async def test_mutated_c_get_answers_never_break_the_client() -> None:
     C-STORE-RQ with its data set."""
     from aiodicom import AE, build_role
     from aiodicom.errors import DicomNetworkError, LocalProtocolError
-    from aiodicom.pdu import AAssociateRQ, AReleaseRQ, PresentationContextAC
-    from aiodicom.pdu_primitives import (
-        ImplementationClassUIDNotification,
-        MaximumLengthNotification,
-        SCP_SCU_RoleSelectionNegotiation,
-    )
+    from aiodicom.pdu import AAssociateRQ
+    from aiodicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
     get_model = sop_class.StudyRootQueryRetrieveInformationModelGet
     outcomes: dict[str, int] = {}
@@ -481,48 +506,12 @@ async def test_mutated_c_get_answers_never_break_the_client() -> None:
                 for cx in rq.presentation_contexts
                 if cx.abstract_syntax == sop_class.CTImageStorage
             )
-            ac = AAssociateAC(
-                called_ae_title=rq.called_ae_title,
-                calling_ae_title=rq.calling_ae_title,
-                presentation_contexts=tuple(
-                    PresentationContextAC(
-                        context_id=cx.context_id,
-                        result=0,
-                        transfer_syntax=cx.transfer_syntaxes[0],
-                    )
-                    for cx in rq.presentation_contexts
-                ),
-                user_information=(
-                    MaximumLengthNotification(maximum_length_received=MAX_PDU),
-                    ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
-                    SCP_SCU_RoleSelectionNegotiation(
-                        sop_class_uid=sop_class.CTImageStorage, scu_role=False, scp_role=True
-                    ),
-                ),
+            roles = SCP_SCU_RoleSelectionNegotiation(
+                sop_class_uid=sop_class.CTImageStorage, scu_role=False, scp_role=True
             )
-            respond = _get_answers(encode(ac))
-            got: tuple[int, dict[str, Any]] | None = None
-            for step in range(5):
-                if step in (1, 2, 3):  # the C-GET-RQ, then each C-STORE-RSP
-                    got = await _read_message(peer)
-                    if got is None:
-                        return
-                elif step == 4:
-                    try:
-                        if not isinstance(await peer.read_pdu(timeout=_PATIENCE), AReleaseRQ):
-                            return
-                    except TimeoutError:
-                        return
-                data = respond(step, store_cx, got)
-                if step == target:
-                    kind, data = _mutate(data, rng)
-                    damage.append(kind)
-                try:
-                    await peer.stream.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    return
-                if damage == ["cut"]:
-                    return  # and hang up
+            respond = _get_answers(_accept_all(rq, roles), store_cx)
+            # the C-GET-RQ, then each C-STORE-RSP
+            await _answer_damaged(peer, respond, range(1, 4), rng, target, damage)
 
         stored: list[str] = []
 
