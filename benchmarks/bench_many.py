@@ -22,7 +22,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_echo import PEERS, dcmtk_tool, free_port, server  # noqa: E402
-from bench_store import make_instances, process_cpu_seconds, run_client, warm  # noqa: E402
+from bench_store import (  # noqa: E402
+    HwmSampler,
+    make_instances,
+    process_cpu_seconds,
+    run_client,
+    warm,
+)
 
 SCPS = ("aiodicom", "pynetdicom", "dcmtk")
 LABELS = {
@@ -77,7 +82,10 @@ def _children(pid: int) -> list[int]:
 
 
 def tree_rss_mib(pid: int) -> float:
-    """Resident memory of a process and its descendants, summed, in MiB."""
+    """Resident memory of a process and its descendants, summed, in MiB (NaN
+    once the process is gone)."""
+    if _stat_fields(pid) is None:
+        return float("nan")
     total, todo, seen = 0, [pid], set()
     while todo:
         p = todo.pop()
@@ -89,20 +97,6 @@ def tree_rss_mib(pid: int) -> float:
             total += int(fields[21]) * _PAGE_KIB  # rss, in pages
         todo += _children(p)
     return total / 1024
-
-
-class TreeRssSampler(threading.Thread):
-    """The peak of :func:`tree_rss_mib` while it runs."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.peak = pid, interval, 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, tree_rss_mib(self.pid))
-            self.stop.wait(self.interval)
 
 
 @dataclass
@@ -125,7 +119,7 @@ def run_job(scp: str, k: int, files: Path, storescp: str | None) -> Result:
     argv, port = scp_argv(scp, storescp)
     warm(files)
     with server(argv, port=port) as srv:
-        sampler = TreeRssSampler(srv.proc.pid)
+        sampler = HwmSampler(srv.proc.pid, interval=0.01, measure=tree_rss_mib)
         sampler.start()
         cpu = tree_cpu_seconds(srv.proc.pid)
         client = [*PEERS, "aiodicom-store-many", str(srv.port), "--dir", str(files)]

@@ -133,16 +133,23 @@ class HwmSampler(threading.Thread):
 
     ``wait4``'s ru_maxrss is no use here: Linux folds the high-water mark of
     the memory map that exec replaced, the forking Python parent's, into it.
+    ``measure``: what is followed instead (NaN once the process is gone).
     """
 
-    def __init__(self, pid: int, interval: float = 0.005) -> None:
+    def __init__(
+        self,
+        pid: int,
+        interval: float = 0.005,
+        measure: Callable[[int], float] = vm_hwm_mib,
+    ) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval, self.peak = pid, interval, 0.0
+        self.measure = measure
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            value = vm_hwm_mib(self.pid)
+            value = self.measure(self.pid)
             if value != value:
                 if self.peak:
                     return
