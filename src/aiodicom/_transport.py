@@ -348,9 +348,10 @@ class AsyncioStream(anyio.abc.ByteStream):
         memoryview of a receive buffer: whole PDUs, with framing on) and
         returns what it did not consume, which :meth:`receive` then returns
         in order. It must not keep a view past the call unless it is content
-        to pin that buffer.
+        to pin that buffer. Once the connection is lost there is nothing more
+        to consume: the consumer is not kept (it would only hold its owner).
         """
-        self._protocol.consumer = consumer
+        self._protocol.consumer = None if self._protocol.lost else consumer
 
     def set_frame_limit(self, limit: int) -> None:
         """With framing on: PDUs up to ``limit`` bytes (header included) are

@@ -468,6 +468,11 @@ class Server:
         self._admitted: set[int] = set()
         self._none_active = anyio.Event()
         self._none_active.set()
+        #: Set (and replaced) when an association ends or a shutdown() starts.
+        self._change = anyio.Event()
+        #: Associations a shutdown() was called from (by one of their
+        #: handlers): shutdown() does not wait for those, which end after it.
+        self._exempt: set[int] = set()
         self.host, self.port = listener.address
 
     @property
@@ -489,19 +494,35 @@ class Server:
     async def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting now; give open associations ``grace`` seconds, then abort them.
 
-        Returns once every association has ended: its handlers returned and
-        its end events (EVT_ABORTED, EVT_CONN_CLOSE) notified.
+        Returns once every association has ended (its handlers returned, its
+        end events notified), but for the one whose handler calls this,
+        which is aborted and ends once that handler returns.
         """
         self._accepting = False
         self._accept_scope.cancel()
+        task = anyio.get_current_task().id
+        self._exempt.update(id(a) for a in self._associations if task in a._task_ids)
+        self._changed()  # (another shutdown() waiting need not wait for these)
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(grace):
-                await self._none_active.wait()
-            async with anyio.create_task_group() as tg:
-                for assoc in list(self._associations):
-                    tg.start_soon(assoc.abort)
-            await self._none_active.wait()
+                await self._until_only_exempt()
+            aborted: set[int] = set()
+            while todo := [a for a in self._associations if id(a) not in aborted]:
+                aborted.update(id(a) for a in todo)
+                async with anyio.create_task_group() as tg:
+                    for assoc in todo:
+                        tg.start_soon(assoc.abort)
+            await self._until_only_exempt()
         self._stopped.set()
+
+    def _changed(self) -> None:
+        change, self._change = self._change, anyio.Event()
+        change.set()
+
+    async def _until_only_exempt(self) -> None:
+        """Wait until every association left is one a shutdown() was called from."""
+        while any(id(a) not in self._exempt for a in self._associations):
+            await self._change.wait()
 
     async def _accept_loop(self, listener: Any) -> None:
         with self._accept_scope:
@@ -549,6 +570,10 @@ class Server:
                 with anyio.CancelScope(shield=True):
                     await raw.aclose()
                 raise
+        if not self._accepting:  # shut down meanwhile: nothing new is served
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return
         assoc = Association(
             self.ae,
             stream,
@@ -561,6 +586,7 @@ class Server:
         )
         self._associations.append(assoc)
         self._none_active = anyio.Event() if self._none_active.is_set() else self._none_active
+        assoc._task_ids.add(anyio.get_current_task().id)  # (its end events run here)
         try:
             await assoc._run_acceptor()
         except Exception:
@@ -568,6 +594,7 @@ class Server:
         finally:
             self._associations.remove(assoc)
             self._admitted.discard(id(assoc))
+            self._changed()
             if not self._associations:
                 self._none_active.set()
 

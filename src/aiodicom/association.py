@@ -190,7 +190,7 @@ _INLINE_READ = 1 << 20
 _CONNECTION_ERRORS: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError)
 _STREAM_ERRORS: Final = (*_CONNECTION_ERRORS, OSError)
 #: A file is sent by sendfile(2) only in PDVs of this many bytes or more (a
-#: peer's maximum PDU of 128 KB or more). sendfile costs two system calls a
+#: peer's maximum PDU of 128 KiB, 131,072 bytes, or more). sendfile costs two system calls a
 #: PDU, and leaves each PDU's bytes in the page cache's pages, several
 #: fragments a PDU, which the receiver then copies out of fragment by
 #: fragment. With 16 KB PDUs (dcmtk's and pynetdicom's usual 16,384 and
@@ -199,7 +199,7 @@ _STREAM_ERRORS: Final = (*_CONNECTION_ERRORS, OSError)
 #: against 780 MB/s with storescp's CPU 24% lower and ours lower too; with
 #: 64 KB PDUs 1,102 against 934 MB/s. With 128 KB PDUs the two are level,
 #: and sendfile halves our CPU.
-_SENDFILE_MIN_CHUNK = 100_000
+_SENDFILE_MIN_CHUNK = 131_000
 #: OSError numbers that mean "out of resources" (answered 0xA700 by C-STORE).
 _NO_RESOURCES = {errno.ENOSPC, errno.ENOMEM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -479,6 +479,9 @@ class Association:
         self._task_scopes: set[anyio.CancelScope] = set()
         #: Set when the last of those tasks ends, once the association has ended.
         self._tasks_ended: anyio.Event | None = None
+        #: anyio task IDs of the tasks serving this association (Server.shutdown
+        #: called from one of them does not wait for this association to end).
+        self._task_ids: set[int] = set()
         self._send_started: float | None = None
         self._send_timed_out = False
         self._last_rx = 0.0
@@ -911,9 +914,12 @@ class Association:
             if self._closed.is_set():
                 scope.cancel()  # started as the association ended
             self._task_scopes.add(scope)
+            task = anyio.get_current_task().id
+            self._task_ids.add(task)
             try:
                 await func(*args)
             finally:
+                self._task_ids.discard(task)
                 self._task_scopes.discard(scope)
                 if not self._task_scopes and self._tasks_ended is not None:
                     self._tasks_ended.set()

@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from aiodicom import Association, evt
+from aiodicom import Association, Server, evt
 from aiodicom.errors import AssociationAborted, DicomNetworkError
 from aiodicom.pdu import AAbort, AReleaseRP, AReleaseRQ, PDataTF
 
@@ -464,3 +464,38 @@ async def test_end_events_come_after_the_handlers_have_returned(end: str) -> Non
             await closed.wait()
     # (a connection lost is an A-P-ABORT: EVT_ABORTED too)
     assert order == ["handler ended", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+
+
+@pytest.mark.parametrize("where", [evt.EVT_C_ECHO, evt.EVT_CONN_CLOSE])
+async def test_a_handler_can_shut_its_server_down(where: evt.EventType) -> None:
+    """A handler (of a request, or of an association's end) calls
+    ``server.shutdown()``: it returns once every other association has
+    ended, without waiting for the handler's own (which ends after the
+    handler), and the server stops; the other association is aborted."""
+    servers: list[Server] = []
+    returned = anyio.Event()
+
+    async def stop(event: evt.Event) -> int:
+        if not returned.is_set():
+            await servers[0].shutdown(grace=0)
+            returned.set()
+        return 0x0000
+
+    other_aborted = anyio.Event()
+    async with running_server(handlers=[(where, stop)]) as server:
+        servers.append(server)
+        with anyio.fail_after(GUARD):
+            async with make_scu_ae().associate(
+                "127.0.0.1",
+                server.port,
+                evt_handlers=[(evt.EVT_ABORTED, lambda e: other_aborted.set())],
+            ) as other:
+                async with make_scu_ae().associate("127.0.0.1", server.port) as assoc:
+                    if where is evt.EVT_C_ECHO:
+                        with pytest.raises(DicomNetworkError):
+                            await assoc.send_c_echo()
+                await returned.wait()
+                await other_aborted.wait()
+                assert other.is_aborted
+            await server.serve_forever()  # (returns at once: it has stopped)
+    assert server.active_associations == []

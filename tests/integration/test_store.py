@@ -379,7 +379,7 @@ async def test_a_file_not_in_the_page_cache_is_read_in_a_worker_not_sent_by_send
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # sendfile: the asyncio stream's
 @pytest.mark.parametrize(
     ("max_pdu", "by_sendfile"),
-    [(16384, False), (65536, False), (131072, True), (None, True), (0, True)],
+    [(16384, False), (65536, False), (100_000, False), (131072, True), (None, True), (0, True)],
 )
 async def test_a_cached_file_goes_by_sendfile_only_in_pdus_of_128_kb_or_more(
     max_pdu: int | None, by_sendfile: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

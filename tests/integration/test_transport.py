@@ -610,3 +610,30 @@ def test_page_cached_tells_a_file_read_from_one_dropped(tmp_path: Any) -> None:
         assert _nowait.page_cached(fd, 4096, 10)
     finally:
         os.close(fd)
+
+
+async def test_a_lost_connection_lets_go_of_its_buffers_and_consumer() -> None:
+    """Once the connection is lost the protocol keeps none of its receive
+    buffers (what it handed on stays readable: its views hold their own),
+    nor the consumer, nor the stream; a consumer set after that (an
+    association that starts reading late) is not kept either: each would
+    hold the association in a reference cycle."""
+    from aiodicom._transport import _Protocol
+
+    protocol = _Protocol(pdu_framing=False)
+    stream = AsyncioStream(asyncio.Transport(), protocol)
+    stream.set_consumer(lambda view: view)
+    view = protocol.get_buffer(-1)
+    view[:5] = b"hello"
+    protocol.buffer_updated(5)  # handed on to the consumer, which gives it back
+    assert protocol.pool and len(protocol.buf)
+    protocol.connection_lost(None)
+    assert (protocol.consumer, protocol.stream, protocol.pool, len(protocol.buf)) == (
+        None,
+        None,
+        [],
+        0,
+    )
+    assert bytes(await stream.receive_view()) == b"hello"
+    stream.set_consumer(lambda view: view)
+    assert protocol.consumer is None
