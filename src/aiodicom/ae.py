@@ -466,8 +466,6 @@ class Server:
         self._accept_scope = anyio.CancelScope()
         self._associations: list[Association] = []
         self._admitted: set[int] = set()
-        self._none_active = anyio.Event()
-        self._none_active.set()
         #: Set (and replaced) when an association ends or a shutdown() starts.
         self._change = anyio.Event()
         #: Associations a shutdown() was called from (by one of their
@@ -505,23 +503,27 @@ class Server:
         self._changed()  # (another shutdown() waiting need not wait for these)
         with anyio.CancelScope(shield=True):
             with anyio.move_on_after(grace):
-                await self._until_only_exempt()
-            aborted: set[int] = set()
-            while todo := [a for a in self._associations if id(a) not in aborted]:
-                aborted.update(id(a) for a in todo)
-                async with anyio.create_task_group() as tg:
-                    for assoc in todo:
-                        tg.start_soon(assoc.abort)
-            await self._until_only_exempt()
+                await self._until(self._only_exempt_left)
+            # (none is added from now on: _handle serves nothing once not accepting)
+            async with anyio.create_task_group() as tg:
+                for assoc in list(self._associations):
+                    tg.start_soon(assoc.abort)
+            await self._until(self._only_exempt_left)
         self._stopped.set()
 
     def _changed(self) -> None:
         change, self._change = self._change, anyio.Event()
         change.set()
 
-    async def _until_only_exempt(self) -> None:
-        """Wait until every association left is one a shutdown() was called from."""
-        while any(id(a) not in self._exempt for a in self._associations):
+    def _only_exempt_left(self) -> bool:
+        """Every association left is one a shutdown() was called from."""
+        return all(id(a) in self._exempt for a in self._associations)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        """Wait until ``done()``, checked again each time an association ends
+        (or a shutdown() starts); ``_until(lambda: not server._associations)``
+        waits until none is served."""
+        while not done():
             await self._change.wait()
 
     async def _accept_loop(self, listener: Any) -> None:
@@ -585,7 +587,6 @@ class Server:
             server=self,
         )
         self._associations.append(assoc)
-        self._none_active = anyio.Event() if self._none_active.is_set() else self._none_active
         assoc._task_ids.add(anyio.get_current_task().id)  # (its end events run here)
         try:
             await assoc._run_acceptor()
@@ -595,8 +596,6 @@ class Server:
             self._associations.remove(assoc)
             self._admitted.discard(id(assoc))
             self._changed()
-            if not self._associations:
-                self._none_active.set()
 
     def __repr__(self) -> str:
         return f"<Server {self.ae_title!r} on {self.host}:{self.port}>"

@@ -178,10 +178,11 @@ def rq_with_contexts(
     called: str = "TEST_SCP",
     calling: str = "RAW_SCU",
     extra: Sequence[Any] = (),
+    max_pdu: int = 16384,
 ) -> AAssociateRQ:
     """:func:`verification_rq`'s request with these ``(context ID, abstract
     syntax, transfer syntax)`` contexts instead, and ``extra`` user items."""
-    rq = verification_rq(called, calling)
+    rq = verification_rq(called, calling, max_pdu=max_pdu)
     return AAssociateRQ(
         protocol_version=1,
         called_ae_title=rq.called_ae_title,

@@ -766,7 +766,7 @@ async def test_a_spooled_store_refused_for_its_context_leaves_no_file(tmp_path: 
             assert rsp["Status"] == 0x0122 and rsp["MessageIDBeingRespondedTo"] == 5
             await _echo_then_release(peer, msg_id=6)
         with anyio.fail_after(GUARD):
-            await server._none_active.wait()
+            await server._until(lambda: not server.active_associations)
     assert not stored
     assert not list(tmp_path.iterdir())
 
@@ -867,7 +867,7 @@ async def test_a_store_with_uids_that_do_not_encode_is_refused(tmp_path: Any) ->
             assert "Affected SOP Class UID" in rsp["ErrorComment"], rsp
             await _echo_then_release(peer, msg_id=4)
         with anyio.fail_after(GUARD):
-            await server._none_active.wait()
+            await server._until(lambda: not server.active_associations)
     assert not list(tmp_path.iterdir())
 
 

@@ -46,6 +46,7 @@ from .conftest import (
     fake_scp,
     make_scp_ae,
     raw_connection,
+    rq_with_contexts,
     running_server,
 )
 
@@ -59,32 +60,11 @@ MAX_PDU = 4096
 
 def _valid_stream() -> bytes:
     """The undamaged exchange, as the bytes a requestor sends."""
-    from aiodicom.pdu import AAssociateRQ
-    from aiodicom.pdu_primitives import (
-        ImplementationClassUIDNotification,
-        MaximumLengthNotification,
-    )
-
-    rq = AAssociateRQ(
-        protocol_version=1,
-        called_ae_title="TEST_SCP",
-        calling_ae_title="FUZZ",
-        presentation_contexts=(
-            PresentationContextRQ(
-                context_id=1,
-                abstract_syntax=sop_class.Verification,
-                transfer_syntaxes=(ImplicitVRLittleEndian,),
-            ),
-            PresentationContextRQ(
-                context_id=3,
-                abstract_syntax=sop_class.CTImageStorage,
-                transfer_syntaxes=(ExplicitVRLittleEndian,),
-            ),
-        ),
-        user_information=(
-            MaximumLengthNotification(maximum_length_received=MAX_PDU),
-            ImplementationClassUIDNotification(implementation_class_uid=RAW_IMPL_UID),
-        ),
+    rq = rq_with_contexts(
+        (1, sop_class.Verification, ImplicitVRLittleEndian),
+        (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
+        calling="FUZZ",
+        max_pdu=MAX_PDU,
     )
     ds = make_dataset()
     ds.PixelData = bytes(range(256)) * 48  # 12 KiB: over the spool threshold below
@@ -204,13 +184,13 @@ async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
             # may be left.
             await rec.wait_for("EVT_CONN_CLOSE", seed + 1)
             with anyio.fail_after(GUARD):
-                await server._none_active.wait()
+                await server._until(lambda: not server.active_associations)
             assert not list(spool.iterdir()), f"{where}: a spool file was left behind"
         assert await echo_once(server.port) == 0
         # Every connection ended, and its association with it.
         await rec.wait_for("EVT_CONN_CLOSE", CASES + 2)  # the valid case, the cases, the echo
         with anyio.fail_after(GUARD):
-            await server._none_active.wait()
+            await server._until(lambda: not server.active_associations)
         assert not server.active_associations
     assert not list(spool.iterdir()), "a spool file was left behind"
     assert set(kinds) == set(KINDS), kinds
@@ -319,6 +299,26 @@ async def _answer_damaged(
             return  # and hang up
 
 
+async def _client_outcome(scp: Any, run: Any, seed: int, damage: list[str], target: int) -> str:
+    """Run the client ``run(port)`` against the fake SCP ``scp``: "completed",
+    or the name of the typed error it raised (DicomNetworkError and its kinds,
+    TimeoutError), never LocalProtocolError: the client never misuses the API
+    here, so the peer's fault must not come out as the user's. Anything else
+    fails the case, named by its seed and damage."""
+    from aiodicom.errors import DicomNetworkError, LocalProtocolError
+
+    async with fake_scp(scp) as port:
+        try:
+            with anyio.fail_after(GUARD):
+                await run(port)
+        except (DicomNetworkError, TimeoutError) as exc:
+            assert not isinstance(exc, LocalProtocolError), f"seed {seed}: {exc!r}"
+            return type(exc).__name__
+        except Exception as exc:
+            raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
+    return "completed"
+
+
 def _answers(ac: bytes) -> Any:
     """The valid answers, one segment per step: given the A-ASSOCIATE-AC, a
     function of (step, context ID, command) giving the bytes of that step."""
@@ -368,7 +368,6 @@ async def test_mutated_answers_never_break_the_client() -> None:
     from pydicom.dataset import Dataset
 
     from aiodicom import AE
-    from aiodicom.errors import DicomNetworkError, LocalProtocolError
     from aiodicom.pdu import AAssociateRQ
 
     find = sop_class.StudyRootQueryRetrieveInformationModelFind
@@ -394,22 +393,15 @@ async def test_mutated_answers_never_break_the_client() -> None:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
-        outcome = "completed"
-        async with fake_scp(scp) as port:
-            try:
-                with anyio.fail_after(GUARD):
-                    async with ae.associate("127.0.0.1", port, ae_title="TEST_SCP") as assoc:
-                        await assoc.send_c_store(make_dataset())
-                        async with assoc.send_c_find(query, find) as responses:
-                            async for _ in responses:
-                                pass
-            except (DicomNetworkError, TimeoutError) as exc:
-                outcome = type(exc).__name__
-                # The client never misuses the API here: the peer's fault
-                # must not come out as the user's.
-                assert not isinstance(exc, LocalProtocolError), f"seed {seed}: {exc!r}"
-            except Exception as exc:
-                raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
+
+        async def run(port: int, ae: AE = ae, query: Dataset = query) -> None:
+            async with ae.associate("127.0.0.1", port, ae_title="TEST_SCP") as assoc:
+                await assoc.send_c_store(make_dataset())
+                async with assoc.send_c_find(query, find) as responses:
+                    async for _ in responses:
+                        pass
+
+        outcome = await _client_outcome(scp, run, seed, damage, target)
         if seed == 0:
             assert outcome == "completed"
         assert not ae.active_associations, f"seed {seed}: an association is left"
@@ -485,7 +477,6 @@ async def test_mutated_c_get_answers_never_break_the_client() -> None:
     association, and its EVT_C_STORE handler sees only what decoded as a
     C-STORE-RQ with its data set."""
     from aiodicom import AE, build_role
-    from aiodicom.errors import DicomNetworkError, LocalProtocolError
     from aiodicom.pdu import AAssociateRQ
     from aiodicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 
@@ -527,28 +518,29 @@ async def test_mutated_c_get_answers_never_break_the_client() -> None:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = "1.2.3"
-        outcome = "completed"
         statuses: list[int] = []
-        async with fake_scp(scp) as port:
-            try:
-                with anyio.fail_after(GUARD):
-                    async with (
-                        ae.associate(
-                            "127.0.0.1",
-                            port,
-                            ae_title="TEST_SCP",
-                            ext_neg=[build_role(sop_class.CTImageStorage, scp_role=True)],
-                            evt_handlers=[(evt.EVT_C_STORE, on_store)],
-                        ) as assoc,
-                        assoc.send_c_get(query, get_model) as responses,
-                    ):
-                        async for status, _ in responses:
-                            statuses.append(int(status.Status))
-            except (DicomNetworkError, TimeoutError) as exc:
-                outcome = type(exc).__name__
-                assert not isinstance(exc, LocalProtocolError), f"seed {seed}: {exc!r}"
-            except Exception as exc:
-                raise AssertionError(f"seed {seed} ({damage} at step {target}): {exc!r}") from exc
+
+        async def run(
+            port: int,
+            ae: AE = ae,
+            query: Dataset = query,
+            on_store: Any = on_store,
+            statuses: list[int] = statuses,
+        ) -> None:
+            async with (
+                ae.associate(
+                    "127.0.0.1",
+                    port,
+                    ae_title="TEST_SCP",
+                    ext_neg=[build_role(sop_class.CTImageStorage, scp_role=True)],
+                    evt_handlers=[(evt.EVT_C_STORE, on_store)],
+                ) as assoc,
+                assoc.send_c_get(query, get_model) as responses,
+            ):
+                async for status, _ in responses:
+                    statuses.append(int(status.Status))
+
+        outcome = await _client_outcome(scp, run, seed, damage, target)
         if seed == 0:
             assert outcome == "completed"
             assert statuses == [0xFF00, 0x0000]
@@ -724,6 +716,6 @@ async def test_mutated_streams_over_tls_never_break_the_server(tmp_path: Path) -
             _check_answer(pdus, where)
             await rec.wait_for("EVT_CONN_CLOSE", seed)
             with anyio.fail_after(GUARD):
-                await server._none_active.wait()
+                await server._until(lambda: not server.active_associations)
             assert not list(spool.iterdir()), f"{where}: a spool file was left behind"
     assert not list(spool.iterdir())

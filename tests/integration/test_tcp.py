@@ -796,6 +796,81 @@ async def test_shutdown_during_a_tls_handshake_closes_the_connection(
     assert rec.names == []
 
 
+async def test_a_tls_handshake_ending_during_shutdown_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection's TLS handshake ends while shutdown() is still waiting for
+    another association (its handler's clean-up): the connection is closed,
+    not served (its A-ASSOCIATE-RQ gets no answer), and shutdown() returns
+    once the other association has ended."""
+    from anyio.streams.tls import TLSStream
+
+    import aiodicom.ae as ae_module
+
+    in_handshake, proceed = anyio.Event(), anyio.Event()
+
+    class Held:
+        @staticmethod
+        async def wrap(*args: Any, **kwargs: Any) -> TLSStream:
+            if not in_handshake.is_set():  # the first connection goes at once
+                in_handshake.set()
+                return await TLSStream.wrap(*args, **kwargs)
+            await proceed.wait()
+            return await TLSStream.wrap(*args, **kwargs)
+
+    monkeypatch.setattr(ae_module, "TLSStream", Held)
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    running, aborting, late_done = anyio.Event(), anyio.Event(), anyio.Event()
+    answered: list[bytes] = []
+
+    async def on_echo(event: evt.Event) -> int:
+        running.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):  # shutdown() waits for this
+                aborting.set()
+                await late_done.wait()
+        return 0  # pragma: no cover - cancelled first
+
+    async def first(port: int) -> None:
+        with pytest.raises(DicomNetworkError):
+            async with make_scu_ae().associate("127.0.0.1", port, ssl_context=client_ctx) as assoc:
+                await assoc.send_c_echo()
+
+    async def late(raw: anyio.abc.ByteStream) -> None:
+        try:
+            await aborting.wait()  # shutdown() has begun
+            proceed.set()
+            tls = await TLSStream.wrap(
+                raw, hostname="127.0.0.1", ssl_context=client_ctx, standard_compatible=False
+            )
+            try:
+                await tls.send(encode(verification_rq()))
+                answered.append(await tls.receive())
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+            finally:
+                await tls.aclose()
+        finally:
+            late_done.set()
+
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(handlers=[(evt.EVT_C_ECHO, on_echo)], ssl_context=server_ctx) as server,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(first, server.port)
+            await running.wait()
+            raw = await anyio.connect_tcp("127.0.0.1", server.port)
+            tg.start_soon(late, raw)
+            await server.shutdown(grace=0)
+    assert answered == []
+
+
 async def test_tls_client_to_plain_server_fails_cleanly(tmp_path: Path) -> None:
     cert, _key = _self_signed(tmp_path)
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
@@ -1109,7 +1184,9 @@ async def test_an_ended_association_is_freed_without_the_cycle_collector(end: st
                     if end == "abort":
                         await assoc.abort()
                 del assoc
-                await server._none_active.wait()  # the server's association is gone
+                await server._until(
+                    lambda: not server.active_associations
+                )  # the server's association is gone
             assert len(refs) == 2
             assert [ref() for ref in refs] == [None, None]
     finally:

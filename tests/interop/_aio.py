@@ -50,12 +50,11 @@ async def wait_no_associations(server: Any, what: str, timeout: float = 10.0) ->
     """Wait until the aiodicom ``server.active_associations`` is empty; fail after `timeout` s.
 
     An association leaves that list after its EVT_CONN_CLOSE, so no handler
-    can signal it: this waits on the server's own event for it (the one
-    ``Server.shutdown()`` waits on, set when the last association is removed).
+    can signal it: this waits as ``Server.shutdown()`` does, on the server's
+    own signal that an association ended.
     """
     with anyio.move_on_after(timeout):
-        while server.active_associations:
-            await server._none_active.wait()
+        await server._until(lambda: not server.active_associations)
     assert not server.active_associations, f"timed out after {timeout} s waiting for: {what}"
 
 
