@@ -691,11 +691,17 @@ def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-async def test_tls_c_echo(tmp_path: Path) -> None:
+def _tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts: the server presents a self-signed
+    certificate, which the client trusts."""
     cert, key = _self_signed(tmp_path)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    return server_ctx, ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+
+
+async def test_tls_c_echo(tmp_path: Path) -> None:
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
     rec = Recorder()
     async with running_server(handlers=rec.handlers, ssl_context=server_ctx) as server:
         with anyio.fail_after(GUARD):
@@ -734,10 +740,7 @@ async def test_tls_streams_are_not_pdu_framed(
         real_init(self, pdu_framing)
 
     monkeypatch.setattr(_transport._Protocol, "__init__", init)
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
     async with running_server(ssl_context=server_ctx) as server:
         with anyio.fail_after(GUARD):
             async with make_scu_ae().associate(
@@ -771,10 +774,7 @@ async def test_shutdown_during_a_tls_handshake_closes_the_connection(
             return await TLSStream.wrap(*args, **kwargs)
 
     monkeypatch.setattr(ae_module, "TLSStream", Watched)
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
     rec = Recorder()
     with anyio.fail_after(GUARD):
         async with running_server(handlers=rec.handlers, ssl_context=server_ctx) as server:
@@ -819,10 +819,7 @@ async def test_a_tls_handshake_ending_during_shutdown_is_not_served(
             return await TLSStream.wrap(*args, **kwargs)
 
     monkeypatch.setattr(ae_module, "TLSStream", Held)
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    server_ctx, client_ctx = _tls_contexts(tmp_path)
     running, aborting, late_done = anyio.Event(), anyio.Event(), anyio.Event()
     answered: list[bytes] = []
 
