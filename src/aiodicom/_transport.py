@@ -70,6 +70,11 @@ _LARGE_FRAME = 64 << 10
 _LARGE_BUFFER = 1 << 20
 #: Receive buffers kept per connection for reuse, in bytes at most.
 _POOL_BYTES = 16 << 20
+#: A connection that has received nothing for this many seconds (up to
+#: twice as many) gives back its receive buffers: an idle association
+#: holds none, whatever it received before (a large data set leaves up to
+#: ``_POOL_BYTES``). The next read takes a new one.
+_IDLE_TRIM = 1.0
 _PDU_HEADER = 6
 #: Seconds a closed connection has to send what it still holds, before a reset.
 _CLOSE_GRACE = 1.0
@@ -165,6 +170,11 @@ class _Protocol(asyncio.BufferedProtocol):
         self.large = 0
         self.pool: list[bytearray] = []
         self.pool_bytes = 0
+        #: Reads so far, and as many when the idle timer last looked.
+        self.reads = 0
+        self.reads_seen = -1
+        #: The idle timer (see _IDLE_TRIM), while the connection holds buffers.
+        self.idle_timer: asyncio.TimerHandle | None = None
         #: The connection's socket (for TCP_QUICKACK), if it has one.
         self.sock: Any = None
 
@@ -172,6 +182,28 @@ class _Protocol(asyncio.BufferedProtocol):
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
         self.sock = transport.get_extra_info("socket")
+
+    def _check_idle(self) -> None:
+        """The idle timer: give the buffers back if nothing was read since
+        it last looked, else look again later."""
+        self.idle_timer = None
+        if self.lost:
+            return
+        if self.reads != self.reads_seen:
+            self.reads_seen = self.reads
+            self.idle_timer = asyncio.get_running_loop().call_later(_IDLE_TRIM, self._check_idle)
+            return
+        if self.end == self.start and not self.frame and not self.passthrough:
+            # Nothing is held back (the bytes handed on keep their own
+            # buffers alive through their views, as long as they need them).
+            self.buf = bytearray(0)
+            self.start = self.end = 0
+            self.large = 0
+        self.pool = [buf for buf in self.pool if buf is self.buf]
+        self.pool_bytes = sum(map(len, self.pool))
+        if self.pool_bytes:
+            self.reads_seen = -1  # (a PDU received in part: look again)
+            self.idle_timer = asyncio.get_running_loop().call_later(_IDLE_TRIM, self._check_idle)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -187,6 +219,10 @@ class _Protocol(asyncio.BufferedProtocol):
             if self.pool_bytes + size <= _POOL_BYTES:
                 self.pool.append(new)
                 self.pool_bytes += size
+            if self.idle_timer is None and not self.lost:
+                self.idle_timer = asyncio.get_running_loop().call_later(
+                    _IDLE_TRIM, self._check_idle
+                )
         held = self.end - self.start
         if held:
             new[:held] = memoryview(self.buf)[self.start : self.end]
@@ -211,6 +247,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return memoryview(self.buf)[self.end : stop]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.reads += 1
         stream = self.stream
         if stream is not None and not stream._corked:
             # What is written next answers what just arrived: it goes out at
@@ -290,6 +327,9 @@ class _Protocol(asyncio.BufferedProtocol):
         self.start = self.end = 0
         self.pool.clear()
         self.pool_bytes = 0
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
         self.eof = self.lost = True
         self.exception = exc
         self._wake()

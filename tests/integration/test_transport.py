@@ -254,6 +254,50 @@ async def test_receive_buffers_are_reused_only_once_no_view_is_left() -> None:
             assert protocol.pool_bytes <= 4 * (1 << 20) + (256 << 10)
 
 
+async def test_an_idle_connection_gives_its_receive_buffers_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection that has received nothing for a while holds no receive
+    buffer (after large PDUs it held up to _POOL_BYTES of them); what it
+    handed on stays readable, and it reads on into a new buffer. While data
+    keeps coming, nothing is given back."""
+    from aiodicom import _transport
+
+    monkeypatch.setattr(_transport, "_IDLE_TRIM", 0.05)
+    trimmed: list[tuple[int, int, int]] = []  # (pool bytes, buffer length, reads) after each look
+    looked = anyio.Event()
+    check = _transport._Protocol._check_idle
+
+    def spy(self: Any) -> None:
+        check(self)
+        trimmed.append((self.pool_bytes, len(self.buf), self.reads))
+        if not self.pool_bytes and not self.buf:
+            looked.set()
+
+    monkeypatch.setattr(_transport._Protocol, "_check_idle", spy)
+    size, count = 300_000, 12
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True, limit=6 + size) as (stream, _reader, writer):
+            views: list[memoryview] = []
+            for i in range(count):
+                writer.write(_pdu(size, i))
+            await writer.drain()
+            while sum(map(len, views)) < count * (6 + size):
+                views.append(await stream.receive_view(1 << 62))
+            protocol = stream._protocol
+            assert protocol.pool_bytes >= 1 << 20  # buffers of 1 MiB held for reuse
+            await looked.wait()
+            assert (protocol.pool, protocol.pool_bytes, len(protocol.buf)) == ([], 0, 0)
+            # a look that found reads since the one before gave nothing back
+            assert trimmed[0][0] and trimmed[0][1]
+            joined = b"".join(views)
+            assert joined == b"".join(_pdu(size, i) for i in range(count))
+            writer.write(_pdu(10, 3))
+            await writer.drain()
+            assert bytes(await stream.receive_view(1 << 62)) == _pdu(10, 3)
+            assert len(protocol.buf) == _transport._RECV_BUFFER
+
+
 async def test_a_pdu_over_the_limit_is_handed_on_in_pieces() -> None:
     header = b"\x04\x00" + (10 << 20).to_bytes(4, "big")
     with anyio.fail_after(GUARD):
