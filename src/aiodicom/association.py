@@ -444,6 +444,8 @@ class Association:
         self._rejected: list[PresentationContext] = []
         self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
         self._spool: Spool | None = None
+        #: The reader is handling a PDU (see _read_loop).
+        self._reader_busy = False
         self._serving: dict[int, evt.Event] = {}  # cancellable requests we serve, by ID
         self._serving_ids: set[int] = set()  # Message IDs of the requests being served
         self._stream_backlog = 0  # responses received, not yet consumed
@@ -998,7 +1000,12 @@ class Association:
             now = self._last_rx = self._clock()
             if self._debug or evt.EVT_PDU_RECV in self._bound:
                 await self._log_received(pdu_type, body)
+            # While the reader handles a PDU (it may await: a spool file
+            # written, a PDV of the same PDU still to feed), the fast path
+            # leaves what arrives to it, so messages are routed in order.
+            self._reader_busy = True
             await self._apply(self._ul.receive_pdu(pdu_type, body, now))
+            self._reader_busy = False
 
     def _consume(self, data: memoryview) -> bytes | memoryview:
         """The asyncio fast path: handle whole P-DATA-TF PDUs as they arrive.
@@ -1012,7 +1019,12 @@ class Association:
         reader, in order. Work that needs a task (starting a worker, answering
         a protocol error) goes to the watchdog.
         """
-        if self._rpos < len(self._rbuf) or self._ul.state is not State.STA6 or self._deferred_error:
+        if (
+            self._reader_busy
+            or self._rpos < len(self._rbuf)
+            or self._ul.state is not State.STA6
+            or self._deferred_error
+        ):
             return data
         pos, end = 0, len(data)
         now = -1.0

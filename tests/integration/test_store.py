@@ -1025,6 +1025,57 @@ async def test_peer_beyond_the_window_is_served_in_order() -> None:
     assert order == uids
 
 
+async def test_a_request_arriving_while_a_spool_file_is_finished_waits_its_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer that does not wait for answers: its second C-STORE arrives
+    while the first one's spool file is being finished (in a worker
+    thread). The second is handled after the first, not before it: the
+    asyncio fast path leaves what arrives to the reader while the reader is
+    busy with a PDU (it took the second ahead of the first before)."""
+    from aiodicom import _spool
+
+    scp = make_scp_ae()
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    scp.spool_threshold = 500
+    order: list[str] = []
+
+    async def on_store(event: evt.Event) -> int:
+        order.append(str(event.request.AffectedSOPInstanceUID))
+        return 0
+
+    finishing, go = anyio.Event(), anyio.Event()
+    finish = _spool.Spool.finish
+
+    async def slow_finish(self: _spool.Spool) -> None:
+        finishing.set()
+        await go.wait()
+        await finish(self)
+
+    monkeypatch.setattr(_spool.Spool, "finish", slow_finish)
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
+            raw_connection(server.port) as peer,
+        ):
+            await peer.send(store_rq_association())
+            await peer.read_pdu()
+            for pdu in fragment(1, store_rq_command(1, "1.2.3.1"), bytes(1000), 16384):
+                await peer.send(pdu)  # spooled: past the threshold
+            await finishing.wait()
+            for pdu in fragment(1, store_rq_command(2, "1.2.3.2"), bytes(100), 16384):
+                await peer.send(pdu)  # kept in memory: the fast path's kind
+            # The second request reaches the SCP while the first is held up
+            # (a pause to let it arrive, not a wait for a state).
+            await anyio.sleep(0.2)
+            go.set()
+            for _ in range(2):
+                pdu = await peer.read_pdu()
+                assert isinstance(pdu, PDataTF)
+                assert decode_command(pdu.pdvs[0].data)["Status"] == 0
+    assert order == ["1.2.3.1", "1.2.3.2"]
+
+
 # ---------------------------------------------------------------------------
 # Invalid command sets
 
