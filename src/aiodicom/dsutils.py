@@ -451,10 +451,10 @@ def _scan(
             return None
         known = vr_codes.get(code)
         if known is None:
-            # A VR this table does not know (a newer one): 2-byte length.
-            if not code.isalpha():
-                return None
-            known = (code.decode("ascii"), False)
+            # A VR this table does not know: pydicom reads it with a 2-byte
+            # length, or as an implicit VR header, by rules of its own
+            # (b"AA" <= code <= b"ZZ", and a setting). Let it.
+            return None
         if known[1]:
             if end - pos < 12:
                 return None

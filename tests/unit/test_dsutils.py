@@ -243,20 +243,20 @@ def test_fast_decoder_declines_sequences_and_garbage() -> None:
 
 
 def test_walk_explicit_vr_codes() -> None:
-    """Known VRs by the table (long ones with a 4-byte length); an unknown
-    alphabetic code as a short VR; anything else declined."""
+    """Known VRs by the table (long ones with a 4-byte length); any other code
+    declined: pydicom reads one with a 2-byte length or as an implicit VR
+    header, by rules of its own, so the probe leaves such a file to it."""
     import struct
 
     from aiodicom.dsutils import _walk
 
     short = struct.pack("<HH2sH", 0x0008, 0x0016, b"UI", 4) + b"1.2\x00"
     long = struct.pack("<HH2sHL", 0x0009, 0x0010, b"OB", 0, 2) + b"ab"
-    newer = struct.pack("<HH2sH", 0x0009, 0x0020, b"ZZ", 2) + b"xy"
-    assert _walk(short + long + newer, 0, implicit=False, little=True) == (
-        [(0x00080016, "UI", 8, 4), (0x00090010, "OB", 24, 2), (0x00090020, "ZZ", 34, 2)],
-        36,
+    assert _walk(short + long, 0, implicit=False, little=True) == (
+        [(0x00080016, "UI", 8, 4), (0x00090010, "OB", 24, 2)],
+        26,
     )
-    for bad in (b"\x00\x01", b"1A", b"  "):
+    for bad in (b"\x00\x01", b"1A", b"  ", b"ZZ", b"aA"):
         garbage = struct.pack("<HH2sH", 0x0008, 0x0016, bad, 4) + b"1.2\x00"
         assert _walk(garbage, 0, implicit=False, little=True) is None
     # Big endian uses the same table.
@@ -409,6 +409,33 @@ def test_probe_of_damaged_files(raw: bytes, data: st.DataObject) -> None:
                 probe_buffer(buf)
             return
         assert probe_buffer(buf) == expected
+
+
+def test_probe_of_a_meta_element_with_a_lowercase_vr() -> None:
+    """Found by test_probe_of_damaged_files: a meta element header whose VR
+    was overwritten with b"aA". pydicom reads that header as Implicit VR (a
+    4-byte length, which puts the data set past the file's end); the probe
+    took it as a short VR and answered a data set offset of its own. Now it
+    leaves the file to pydicom and gives pydicom's answer."""
+    from aiodicom.dsutils import probe_buffer
+
+    raw = bytearray(
+        bytes(128) + b"DICM\x02\x00\x00\x00UL\x04\x00\x8a\x00\x00\x00"
+        b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"
+        b"\x02\x00\x02\x00UI\x08\x001.1.1.1\x00"
+        b"\x02\x00\x03\x00UI&\x001.1.1.1.1.1.1.1.10000.1000000.1000000\x00"
+        b"\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+        b"\x02\x00\x12\x00UI\x04\x001.1\x00\x02\x00\x13\x00SH\x0e\x00PYDICOM 3.0.2 "
+        b"\x08\x00\x18\x00UI&\x001.1.1.1.1.1.1.1.10000.1000000.1000000\x00"
+        b"\x10\x00\x10\x00PN\x00\x00"
+    )
+    raw[262:266] = b"\x00\x00aA"  # (0002,0013) SH -> (0002,0000) "aA"
+    _forget_heads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = _probe_with_pydicom(io.BytesIO(bytes(raw)))
+        assert expected.offset > len(raw)  # pydicom's reading, as it is
+        assert probe_buffer(raw) == expected
 
 
 @given(st.from_regex(r" ?[0-9.]{0,64}[ \x00]?", fullmatch=True))
