@@ -169,8 +169,13 @@ MAX_ASYNC_WINDOW = 64
 _READ_SIZE = 65536
 #: What the reader asks of an AsyncioStream: whatever one received chunk holds.
 _WHOLE_CHUNKS = 1 << 62
-#: Bytes read from a file per worker-thread call when sending it.
-_FILE_BLOCK = 4 << 20
+#: Bytes read from a file per worker-thread call when sending it (three
+#: blocks in memory at most). 1 MiB, not 4: the block is still in the CPU's
+#: cache when it is written to the socket. A 64 MB file to storescp
+#: (16 KiB PDUs, read and copied), medians of 4 interleaved runs: 1,066
+#: against 864 MB/s; 512 KiB and 2 MiB fell between; by sendfile (PDUs of
+#: 128 KiB or more) the two sizes are level.
+_FILE_BLOCK = 1 << 20
 #: Statuses of a pending C-FIND/C-GET/C-MOVE response (PS3.4 C.4).
 _PENDING = frozenset((0xFF00, 0xFF01))
 #: A C-FIND SCP yields to the event loop after this many responses.

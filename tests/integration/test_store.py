@@ -412,10 +412,12 @@ async def test_a_file_sendfile_refuses_is_read_and_sent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """sendfile(2) refuses a file (EINVAL: a file system without it): its
-    bytes are read and sent instead, whole and in order."""
+    bytes are read and sent instead, whole and in order; sendfile is not
+    asked again for the rest of the block (here the whole file)."""
     import aiodicom.association as association_module
 
     monkeypatch.setattr(association_module, "_INLINE_READ", 0)
+    monkeypatch.setattr(association_module, "_FILE_BLOCK", 4 << 20)  # one block a file
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     body = bytes(range(251)) * 12_001  # odd: its pad byte too
     path = tmp_path / "x.dcm"
@@ -435,7 +437,7 @@ async def test_a_file_sendfile_refuses_is_read_and_sent(
             assert (await assoc.send_c_store(path)).Status == 0
             assert (await assoc.send_c_store(path)).Status == 0
     assert [d for _, _, d, _ in rec.stored] == [body + b"\x00"] * 2
-    assert len(refused) == 2  # asked once a file
+    assert len(refused) == 2  # asked once a block
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
