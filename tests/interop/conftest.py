@@ -895,6 +895,16 @@ def run_pynetdicom_scu(
 
 
 @pytest.fixture
+def run_pynetdicom_scu_many(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., tuple[PeerResult, list[dict[str, Any]]]]:
+    """run(*args, timeout=60.0, env=None) -> (PeerResult, events) of
+    ``pynetdicom_peer.py scu-many``: K associations at once (a thread each),
+    each storing every ``--store`` file, R rounds; one ``round`` event a round."""
+    return _pynetdicom_runner(tmp_path_factory, "scu-many")
+
+
+@pytest.fixture
 def run_pynetdicom_qrscu(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., tuple[PeerResult, list[dict[str, Any]]]]:

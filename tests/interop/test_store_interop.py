@@ -1220,6 +1220,76 @@ def test_many_storescu_at_once_to_aiodicom_scp_process(peer_process, tmp_path, s
     assert peak - first <= MANY_BUDGET_KIB, [max(r) for r in hwm]
 
 
+def test_aiodicom_scu_process_many_associations_at_once_to_pynetdicom_scp(
+    pynetdicom_scp, peer_process, tmp_path, small_instances
+):
+    """As with storescp, into pynetdicom's SCP (a thread an association): the
+    aiodicom SCU process opens 20 associations at once, each storing 25
+    instances, 8 rounds; every store succeeds and the process's peak RSS
+    after the first round stays within MANY_BUDGET_KIB."""
+    scp = pynetdicom_scp("--accept-all-storage", ae_title="PYSCP")
+    out = tmp_path / "scu.jsonl"
+    argv: list[Any] = [sys.executable, AIODICOM_PEER, "scu", "--port", scp.port]
+    argv += ["--called", scp.ae_title, "--out", out]
+    argv += ["--associations", MANY_ASSOCIATIONS, "--rounds", MANY_ROUNDS]
+    for path in small_instances[:MANY_FILES]:
+        argv += ["--store", path]
+    p = peer_process(argv, name="aiodicom-scu")
+    code = p.wait_exit(PEER_TIMEOUT * 6)
+    events = read_jsonl(out)
+    assert code == 0, f"{p.describe()}\n{events[-3:]}"
+    rounds = [e for e in events if e["event"] == "round"]
+    assert [r["instances"] for r in rounds] == [
+        MANY_ASSOCIATIONS * MANY_FILES * (i + 1) for i in range(MANY_ROUNDS)
+    ]
+    assert all(r["failed"] == 0 for r in rounds)
+    stored = [e for e in read_jsonl(scp.out_path) if e["event"] == "c_store"]
+    assert len(stored) == MANY_ASSOCIATIONS * MANY_FILES * MANY_ROUNDS
+    first, peak = peaks_after_first_round([[r["vm_hwm_kib"]] for r in rounds])
+    print(f"aiodicom SCU -> pynetdicom, {MANY_ASSOCIATIONS} associations at once: VmHWM")
+    print(f"  {first} KiB after round 1, {peak} KiB after round {MANY_ROUNDS}: +{peak - first} KiB")
+    assert peak - first <= MANY_BUDGET_KIB, [r["vm_hwm_kib"] for r in rounds]
+
+
+def test_pynetdicom_many_associations_at_once_to_aiodicom_scp_process(
+    peer_process, run_pynetdicom_scu_many, tmp_path, small_instances
+):
+    """pynetdicom opens 20 associations at once (a thread each), each storing
+    25 instances into the aiodicom SCP process (discarding them), 8 rounds:
+    all 4,000 received, and the SCP's peak RSS after the first round stays
+    within MANY_BUDGET_KIB."""
+    out = tmp_path / "scp.jsonl"
+    argv: list[Any] = [sys.executable, AIODICOM_PEER, "scp", "--port", "0"]
+    argv += ["--ae-title", "AIOSCP", "--out", out]
+    scp = peer_process(argv, name="aiodicom-scp", ready_line=r"^READY (\d+)$")
+    assert scp.ready_match is not None
+    args: list[Any] = ["--port", scp.ready_match.group(1), "--called", "AIOSCP"]
+    args += ["--associations", MANY_ASSOCIATIONS, "--rounds", MANY_ROUNDS]
+    for path in small_instances[:MANY_FILES]:
+        args += ["--store", path]
+    cp, events = run_pynetdicom_scu_many(
+        *args, timeout=PEER_TIMEOUT * 6, env={**os.environ, "TCP_NODELAY": "1"}
+    )
+    assert cp.returncode == 0, (cp, events[-3:])
+    rounds = [e for e in events if e["event"] == "round"]
+    per_round = MANY_ASSOCIATIONS * MANY_FILES
+    assert [(r["instances"], r["failed"]) for r in rounds] == [
+        (per_round * (i + 1), 0) for i in range(MANY_ROUNDS)
+    ]
+    assert scp.stop() == 0, scp.describe()
+    # The rounds follow one another: the SCP logs a round's stores before the next's.
+    hwm = [e["vm_hwm_kib"] for e in read_jsonl(out) if e["event"] == "c_store"]
+    assert len(hwm) == per_round * MANY_ROUNDS
+    first, peak = peaks_after_first_round(
+        [hwm[i : i + per_round] for i in range(0, len(hwm), per_round)]
+    )
+    print(f"pynetdicom -> aiodicom SCP, {MANY_ASSOCIATIONS} associations at once: VmHWM")
+    print(f"  {first} KiB after round 1, {peak} KiB after round {MANY_ROUNDS}: +{peak - first} KiB")
+    assert peak - first <= MANY_BUDGET_KIB, [
+        max(hwm[i : i + per_round]) for i in range(0, len(hwm), per_round)
+    ]
+
+
 # =========================================================================== 8.
 # TLS (PS3.15 B.1, the Secure Transport Connection Profile), both directions,
 # with each peer: mutual authentication, each side's certificate signed by the

@@ -5,6 +5,7 @@
     python tests/peers/pynetdicom_peer.py scu --port 11112 --echo 3 --out events.jsonl
     python tests/peers/pynetdicom_peer.py scp --accept-all-storage --output-dir DIR
     python tests/peers/pynetdicom_peer.py scu --port 11112 --store-dir DIR --chunked
+    python tests/peers/pynetdicom_peer.py scu-many --port 11112 --store F --associations 20
 
 Both modes write one JSON object per line for every event of interest (to
 ``--out``, or to stdout).  The ``scp`` mode prints ``READY <port>`` (flushed)
@@ -951,6 +952,59 @@ def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
     return EXIT_ABORTED
 
 
+# --------------------------------------------------------------------------- many SCU
+
+
+def run_scu_many(args: argparse.Namespace) -> int:
+    return run_logged(args, _run_scu_many)
+
+
+def _run_scu_many(args: argparse.Namespace, out: EventWriter) -> int:
+    """``--associations K`` threads at once, each storing every ``--store``
+    file (decoded, as pynetdicom's send_c_store does) on an association of
+    its own, then releasing it; ``--rounds R`` times. One ``round`` event a
+    round: the instances stored so far and how many stores failed."""
+    ae = AE(ae_title=args.calling)
+    ae.acse_timeout = args.acse_timeout
+    ae.dimse_timeout = args.dimse_timeout
+    ae.network_timeout = args.network_timeout
+    datasets = [dcmread(path) for path in args.store]
+    for uid, ts in sorted(
+        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
+    ):
+        ae.add_requested_context(uid, [ts])
+    handlers: list[Any] = []
+    if nodelay_wanted():
+        handlers.append((evt.EVT_CONN_OPEN, set_nodelay))
+    lock = threading.Lock()
+    counts = {"stored": 0, "failed": 0}
+
+    def one() -> None:
+        stored = 0
+        try:
+            assoc = ae.associate(args.host, args.port, ae_title=args.called, evt_handlers=handlers)
+            if assoc.is_established:
+                keep_reactor_off_responses(assoc)
+                for ds in datasets:
+                    status = assoc.send_c_store(ds)
+                    if "Status" in status and status.Status == 0x0000:
+                        stored += 1
+                assoc.release()
+        finally:
+            with lock:
+                counts["stored"] += stored
+                counts["failed"] += len(datasets) - stored  # refused, or never sent
+
+    for _round in range(args.rounds):
+        threads = [threading.Thread(target=one) for _ in range(args.associations)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        out.write("round", instances=counts["stored"], failed=counts["failed"])
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
 # --------------------------------------------------------------------------- Q/R SCU
 
 
@@ -1193,6 +1247,19 @@ def build_parser() -> argparse.ArgumentParser:
     qrscu = sub.add_parser("qrscu", help="associate, one C-FIND/C-GET/C-MOVE, release")
     qrscu.add_argument("--host", default="127.0.0.1")
     qrscu.add_argument("--port", type=int, required=True)
+    many = sub.add_parser(
+        "scu-many", help="K associations at once, each storing every file; R rounds"
+    )
+    many.add_argument("--host", default="127.0.0.1")
+    many.add_argument("--port", type=int, required=True)
+    many.add_argument("--called", default="ANY-SCP")
+    many.add_argument("--calling", default="PYNETDICOM_SCU")
+    many.add_argument("--store", action="append", default=[], metavar="FILE", required=True)
+    many.add_argument("--associations", type=int, default=1, metavar="K")
+    many.add_argument("--rounds", type=int, default=1, metavar="R")
+    many.add_argument("--out", metavar="FILE")
+    timeouts(many)
+
     qrscu.add_argument("--called", default="ANY-SCP")
     qrscu.add_argument("--calling", default="PYNETDICOM_QR")
     qrscu.add_argument("--service", choices=["find", "get", "move"], required=True)
@@ -1230,6 +1297,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_scp(args)
     if args.mode == "qrscu":
         return run_qrscu(args)
+    if args.mode == "scu-many":
+        return run_scu_many(args)
     return run_scu(args)
 
 
