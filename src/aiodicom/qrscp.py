@@ -62,6 +62,7 @@ destinations).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -87,7 +88,7 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from pydicom.valuerep import PersonName
+from pydicom.valuerep import IS, PersonName
 
 from . import evt, sop_class
 from ._spool import file_mode, move_into, write_new
@@ -793,7 +794,7 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
             value = []
         else:
             value = None
-        if vr in _STR_VRS:
+        if vr in _STR_VRS or (vr == "IS" and not isinstance(value, list)):
             elements[tag] = _text_element(tag, vr, value)
         else:
             elements[tag] = DataElement(tag, vr, value)
@@ -809,7 +810,13 @@ _STR_VRS = frozenset(
 )
 #: A UI's value as the index holds it, unchecked (pydicom's check, a regular
 #: expression a value, cost a fifth of a match's response, for a warning).
-_STR_TYPES: dict[str, Callable[[str], Any]] = {"PN": PersonName, "UI": _new_uid}
+#: An IS's value made as pydicom makes it, without its check (a regular
+#: expression too).
+_STR_TYPES: dict[str, Callable[[str], Any]] = {
+    "PN": PersonName,
+    "UI": _new_uid,
+    "IS": functools.partial(IS, validation_mode=config.IGNORE),
+}
 _CHARSET_TAG = BaseTag(_TAG_CHARSET)
 _LEVEL_TAG = BaseTag(_TAG_QR_LEVEL)
 

@@ -507,6 +507,9 @@ def test_load_destinations(tmp_path: Path) -> None:
         ("UI", "1.2.826.0.1.3680043.8.498.1"),
         ("AE", "QRSCP"),
         ("SH", "A00000001"),
+        ("IS", "12"),
+        ("IS", "0"),
+        ("IS", None),
     ],
 )
 def test_text_elements_are_those_add_new_makes(vr: str, value: Any) -> None:
