@@ -1147,17 +1147,15 @@ def peaks_after_first_round(hwm_kib: list[list[int]]) -> tuple[int, int]:
     return max(hwm_kib[0]), max(max(r) for r in hwm_kib)
 
 
-def test_aiodicom_scu_process_many_associations_at_once_to_storescp(
-    dcmtk_storescp_factory, peer_process, tmp_path, small_instances
-):
-    """The aiodicom SCU process opens 20 associations at once to storescp
-    (--fork), each storing 25 instances, 8 rounds: 4,000 stores, every one
-    successful, and the process's peak RSS after the first round stays
-    within MANY_BUDGET_KIB."""
-    storescp = dcmtk_storescp_factory("--ignore")
+def _aiodicom_scu_many_rounds(
+    port: int, called: str, peer_process: Any, tmp_path: Path, small_instances: list[Path]
+) -> list[dict[str, Any]]:
+    """Run the aiodicom SCU process: MANY_ASSOCIATIONS at once to ``port``,
+    each storing MANY_FILES instances, MANY_ROUNDS rounds; check that every
+    store succeeded and return its ``round`` events (with its VmHWM)."""
     out = tmp_path / "scu.jsonl"
-    argv: list[Any] = [sys.executable, AIODICOM_PEER, "scu", "--port", storescp.port]
-    argv += ["--called", storescp.ae_title, "--out", out]
+    argv: list[Any] = [sys.executable, AIODICOM_PEER, "scu", "--port", port]
+    argv += ["--called", called, "--out", out]
     argv += ["--associations", MANY_ASSOCIATIONS, "--rounds", MANY_ROUNDS]
     for path in small_instances[:MANY_FILES]:
         argv += ["--store", path]
@@ -1170,6 +1168,20 @@ def test_aiodicom_scu_process_many_associations_at_once_to_storescp(
         MANY_ASSOCIATIONS * MANY_FILES * (i + 1) for i in range(MANY_ROUNDS)
     ]
     assert all(r["failed"] == 0 for r in rounds)
+    return rounds
+
+
+def test_aiodicom_scu_process_many_associations_at_once_to_storescp(
+    dcmtk_storescp_factory, peer_process, tmp_path, small_instances
+):
+    """The aiodicom SCU process opens 20 associations at once to storescp
+    (--fork), each storing 25 instances, 8 rounds: 4,000 stores, every one
+    successful, and the process's peak RSS after the first round stays
+    within MANY_BUDGET_KIB."""
+    storescp = dcmtk_storescp_factory("--ignore")
+    rounds = _aiodicom_scu_many_rounds(
+        storescp.port, storescp.ae_title, peer_process, tmp_path, small_instances
+    )
     first, peak = peaks_after_first_round([[r["vm_hwm_kib"]] for r in rounds])
     print(f"aiodicom SCU, {MANY_ASSOCIATIONS} associations at once: VmHWM {first} KiB after")
     print(f"  round 1, {peak} KiB after round {MANY_ROUNDS}: +{peak - first} KiB")
@@ -1228,21 +1240,9 @@ def test_aiodicom_scu_process_many_associations_at_once_to_pynetdicom_scp(
     instances, 8 rounds; every store succeeds and the process's peak RSS
     after the first round stays within MANY_BUDGET_KIB."""
     scp = pynetdicom_scp("--accept-all-storage", ae_title="PYSCP")
-    out = tmp_path / "scu.jsonl"
-    argv: list[Any] = [sys.executable, AIODICOM_PEER, "scu", "--port", scp.port]
-    argv += ["--called", scp.ae_title, "--out", out]
-    argv += ["--associations", MANY_ASSOCIATIONS, "--rounds", MANY_ROUNDS]
-    for path in small_instances[:MANY_FILES]:
-        argv += ["--store", path]
-    p = peer_process(argv, name="aiodicom-scu")
-    code = p.wait_exit(PEER_TIMEOUT * 6)
-    events = read_jsonl(out)
-    assert code == 0, f"{p.describe()}\n{events[-3:]}"
-    rounds = [e for e in events if e["event"] == "round"]
-    assert [r["instances"] for r in rounds] == [
-        MANY_ASSOCIATIONS * MANY_FILES * (i + 1) for i in range(MANY_ROUNDS)
-    ]
-    assert all(r["failed"] == 0 for r in rounds)
+    rounds = _aiodicom_scu_many_rounds(
+        scp.port, scp.ae_title, peer_process, tmp_path, small_instances
+    )
     stored = [e for e in read_jsonl(scp.out_path) if e["event"] == "c_store"]
     assert len(stored) == MANY_ASSOCIATIONS * MANY_FILES * MANY_ROUNDS
     first, peak = peaks_after_first_round([[r["vm_hwm_kib"]] for r in rounds])
