@@ -170,9 +170,8 @@ class _Protocol(asyncio.BufferedProtocol):
         self.large = 0
         self.pool: list[bytearray] = []
         self.pool_bytes = 0
-        #: Reads so far, and as many when the idle timer last looked.
-        self.reads = 0
-        self.reads_seen = -1
+        #: Something was read since the idle timer last looked.
+        self.read_lately = False
         #: The idle timer (see _IDLE_TRIM), while the connection holds buffers.
         self.idle_timer: asyncio.TimerHandle | None = None
         #: The connection's socket (for TCP_QUICKACK), if it has one.
@@ -183,15 +182,18 @@ class _Protocol(asyncio.BufferedProtocol):
         self.transport = cast(asyncio.Transport, transport)
         self.sock = transport.get_extra_info("socket")
 
+    def _arm_idle_timer(self) -> None:
+        self.idle_timer = asyncio.get_running_loop().call_later(_IDLE_TRIM, self._check_idle)
+
     def _check_idle(self) -> None:
         """The idle timer: give the buffers back if nothing was read since
         it last looked, else look again later."""
         self.idle_timer = None
         if self.lost:
             return
-        if self.reads != self.reads_seen:
-            self.reads_seen = self.reads
-            self.idle_timer = asyncio.get_running_loop().call_later(_IDLE_TRIM, self._check_idle)
+        if self.read_lately:
+            self.read_lately = False
+            self._arm_idle_timer()
             return
         if self.end == self.start and not self.frame and not self.passthrough:
             # Nothing is held back (the bytes handed on keep their own
@@ -202,8 +204,7 @@ class _Protocol(asyncio.BufferedProtocol):
         self.pool = [buf for buf in self.pool if buf is self.buf]
         self.pool_bytes = sum(map(len, self.pool))
         if self.pool_bytes:
-            self.reads_seen = -1  # (a PDU received in part: look again)
-            self.idle_timer = asyncio.get_running_loop().call_later(_IDLE_TRIM, self._check_idle)
+            self._arm_idle_timer()  # (a PDU received in part: look again)
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -220,9 +221,7 @@ class _Protocol(asyncio.BufferedProtocol):
                 self.pool.append(new)
                 self.pool_bytes += size
             if self.idle_timer is None and not self.lost:
-                self.idle_timer = asyncio.get_running_loop().call_later(
-                    _IDLE_TRIM, self._check_idle
-                )
+                self._arm_idle_timer()
         held = self.end - self.start
         if held:
             new[:held] = memoryview(self.buf)[self.start : self.end]
@@ -247,7 +246,7 @@ class _Protocol(asyncio.BufferedProtocol):
         return memoryview(self.buf)[self.end : stop]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.reads += 1
+        self.read_lately = True
         stream = self.stream
         if stream is not None and not stream._corked:
             # What is written next answers what just arrived: it goes out at

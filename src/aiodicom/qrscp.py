@@ -794,7 +794,7 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
             value = []
         else:
             value = None
-        if vr in _STR_VRS or (vr == "IS" and not isinstance(value, list)):
+        if vr in _STR_VRS:
             elements[tag] = _text_element(tag, vr, value)
         else:
             elements[tag] = DataElement(tag, vr, value)
@@ -804,14 +804,15 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
     return _new_dataset(elements)
 
 
-#: VRs whose values pydicom keeps as ``str`` or as a type made of one (_STR_TYPES).
+#: VRs whose elements _text_element makes: pydicom keeps their values as
+#: ``str``, or as the type _STR_TYPES makes of one.
 _STR_VRS = frozenset(
-    ("AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
+    ("AE", "AS", "CS", "DA", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT")
 )
-#: A UI's value as the index holds it, unchecked (pydicom's check, a regular
-#: expression a value, cost a fifth of a match's response, for a warning).
-#: An IS's value made as pydicom makes it, without its check (a regular
-#: expression too).
+#: The value types made without pydicom's check of the text (a regular
+#: expression a value, a fifth of a match's response each for UI and IS,
+#: for a warning at most): a UI as the index holds it, an IS as pydicom
+#: makes it otherwise.
 _STR_TYPES: dict[str, Callable[[str], Any]] = {
     "PN": PersonName,
     "UI": _new_uid,

@@ -264,13 +264,13 @@ async def test_an_idle_connection_gives_its_receive_buffers_back(
     from aiodicom import _transport
 
     monkeypatch.setattr(_transport, "_IDLE_TRIM", 0.05)
-    trimmed: list[tuple[int, int, int]] = []  # (pool bytes, buffer length, reads) after each look
+    trimmed: list[tuple[int, int]] = []  # (pool bytes, buffer length) after each look
     looked = anyio.Event()
     check = _transport._Protocol._check_idle
 
     def spy(self: Any) -> None:
         check(self)
-        trimmed.append((self.pool_bytes, len(self.buf), self.reads))
+        trimmed.append((self.pool_bytes, len(self.buf)))
         if not self.pool_bytes and not self.buf:
             looked.set()
 

@@ -764,15 +764,21 @@ def run_logged(args: argparse.Namespace, body: Any) -> int:
     return code
 
 
+def requestor_ae(args: argparse.Namespace) -> AE:
+    """The AE of an SCU mode: ``--calling`` and the three timeouts."""
+    ae = AE(ae_title=args.calling)
+    ae.acse_timeout = args.acse_timeout
+    ae.dimse_timeout = args.dimse_timeout
+    ae.network_timeout = args.network_timeout
+    return ae
+
+
 def run_scu(args: argparse.Namespace) -> int:
     return run_logged(args, _run_scu)
 
 
 def _run_scu(args: argparse.Namespace, out: EventWriter) -> int:
-    ae = AE(ae_title=args.calling)
-    ae.acse_timeout = args.acse_timeout
-    ae.dimse_timeout = args.dimse_timeout
-    ae.network_timeout = args.network_timeout
+    ae = requestor_ae(args)
     if args.max_pdu is not None:
         ae.maximum_pdu_size = args.max_pdu
 
@@ -964,10 +970,7 @@ def _run_scu_many(args: argparse.Namespace, out: EventWriter) -> int:
     file (decoded, as pynetdicom's send_c_store does) on an association of
     its own, then releasing it; ``--rounds R`` times. One ``round`` event a
     round: the instances stored so far and how many stores failed."""
-    ae = AE(ae_title=args.calling)
-    ae.acse_timeout = args.acse_timeout
-    ae.dimse_timeout = args.dimse_timeout
-    ae.network_timeout = args.network_timeout
+    ae = requestor_ae(args)
     datasets = [dcmread(path) for path in args.store]
     for uid, ts in sorted(
         {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
@@ -1021,10 +1024,7 @@ def run_qrscu(args: argparse.Namespace) -> int:
 
 def _run_qrscu(args: argparse.Namespace, out: EventWriter) -> int:
     model = QR_MODELS[args.model][QR_SERVICE_INDEX[args.service]]
-    ae = AE(ae_title=args.calling)
-    ae.acse_timeout = args.acse_timeout
-    ae.dimse_timeout = args.dimse_timeout
-    ae.network_timeout = args.network_timeout
+    ae = requestor_ae(args)
     ae.add_requested_context(model)
     ae.add_requested_context(Verification)
     ext_neg: list[Any] = []
