@@ -53,7 +53,7 @@ from . import evt
 from ._nowait import NOT_CACHED, page_cached, read_cached
 from ._nservice import N_EVENTS as _N_EVENT_NAMES
 from ._nservice import reply_of, request_fields, response_for
-from ._spool import WRITE_BATCH, Spool, fill_p_data
+from ._spool import WRITE_BATCH, Spares, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _quickack, _take_free
 from .dimse import (
     DATASET_PRESENT,
@@ -449,6 +449,8 @@ class Association:
         self._rejected: list[PresentationContext] = []
         self._reassembler = Reassembler(self._contexts, ae.spool_threshold)
         self._spool: Spool | None = None
+        #: The spool file kept for the next spooled data set (see Spares).
+        self._spares = Spares()
         #: The reader is handling a PDU (see _read_loop).
         self._reader_busy = False
         self._serving: dict[int, evt.Event] = {}  # cancellable requests we serve, by ID
@@ -949,6 +951,7 @@ class Association:
                     self._error = AssociationAborted(2, 0, "the association ended")
                 self._fail_pending()
                 self._discard_spools()
+                await self._spares.close()
                 self._established.set()
                 self._released.set()
                 self._closed.set()
@@ -1579,7 +1582,7 @@ class Association:
                     command.get("AffectedSOPInstanceUID"),
                     cx.transfer_syntax[0],
                 )
-                await spool.open(header, self.ae.spool_directory)
+                await spool.open(header, self.ae.spool_directory, self._spares)
                 LOGGER.debug("Spooling %s data set to %s", current.name, spool.path)
         chunks = reassembler.spilled
         if spool.error is not None:
@@ -1739,7 +1742,7 @@ class Association:
             spool = msg.spool
             if not served and isinstance(spool, Spool):
                 with anyio.CancelScope(shield=True):
-                    await spool.delete()  # refused: its data set is not needed
+                    await spool.delete(self._spares)  # refused: its data set is not needed
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -2326,7 +2329,7 @@ class Association:
                 spool.discard()
             raise
         if spool is not None:
-            await spool.delete()  # once answered: the peer need not wait for it
+            await spool.delete(self._spares)  # once answered: the peer need not wait for it
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any

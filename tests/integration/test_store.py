@@ -525,29 +525,45 @@ async def test_a_spool_file_is_deleted_after_the_answer_off_the_event_loop(
     C-STORE-RSP first, and the event loop's thread does not wait for it."""
     import threading
 
+    from aiodicom import _spool
     from aiodicom._spool import Spool
 
     order: list[str] = []
-    real_discard = Spool.discard
+    real_discard, real_unlink, real_set_aside = Spool.discard, _spool._unlink, Spool._set_aside
+
+    def where() -> str:
+        on_loop = threading.current_thread() is threading.main_thread()
+        return "on the loop" if on_loop else "in a worker"
 
     def discard(self: Spool) -> None:
         if self.path is not None:  # the call that deletes the file
-            on_loop = threading.current_thread() is threading.main_thread()
-            order.append("deleted on the loop" if on_loop else "deleted in a worker")
+            order.append(f"deleted {where()}")
         real_discard(self)
+
+    def unlink(path: str) -> None:  # the file set aside, at the association's end
+        if os.path.exists(path):
+            order.append(f"deleted {where()}")
+        real_unlink(path)
+
+    def set_aside(self: Spool) -> Any:
+        order.append(f"set aside {where()}")
+        return real_set_aside(self)
 
     def on_sent(event: evt.Event) -> None:
         if event.message.command["CommandField"] == CommandField.C_STORE_RSP:
             order.append("answered")
 
     monkeypatch.setattr(Spool, "discard", discard)
+    monkeypatch.setattr(Spool, "_set_aside", set_aside)
+    monkeypatch.setattr(_spool, "_unlink", unlink)
     scu, scp = storage_pair(spool_threshold=10_000, maximum_pdu_size=4096)
     scp.spool_directory = str(tmp_path)
     handlers = [(evt.EVT_C_STORE, lambda event: 0), (evt.EVT_DIMSE_SENT, on_sent)]
     with anyio.fail_after(GUARD):
         async with store_pair(scu, scp, handlers, transport) as assoc:
             assert (await assoc.send_c_store(get_testdata_file("CT_small.dcm"))).Status == 0
-    assert order == ["answered", "deleted in a worker"]
+    # (kept for the association's next spooled data set until it ends)
+    assert order == ["answered", "set aside in a worker", "deleted in a worker"]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -626,6 +642,113 @@ async def test_spooled_file_moved_by_handler(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.dcm"]
 
 
+def _spooled_twice_source(tmp_path: Path) -> tuple[Path, Path]:
+    """Two Part 10 files past a 1,000-byte threshold, the second shorter."""
+    long, short = make_dataset(), make_dataset()
+    long.PixelData, short.PixelData = bytes(range(256)) * 64, b"\x07" * 4000
+    long["PixelData"].VR = short["PixelData"].VR = "OB"
+    return (
+        write_part10(tmp_path / "long.dcm", long, ExplicitVRLittleEndian),
+        write_part10(tmp_path / "short.dcm", short, ExplicitVRLittleEndian),
+    )
+
+
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_a_spool_file_left_by_the_handler_is_written_over_by_the_next(
+    transport: str, tmp_path: Path
+) -> None:
+    """The next spooled data set of the association goes into the file the
+    handler left (its pages reused), cut to its own length; the old name is
+    gone once the handler has returned, and nothing is left at the end."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    long, short = _spooled_twice_source(tmp_path)
+    seen: list[tuple[str, int, bytes]] = []
+    gone: list[bool] = []
+
+    def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None
+        if seen:
+            gone.append(not os.path.exists(seen[-1][0]))
+        seen.append(
+            (
+                event.dataset_path,
+                os.stat(event.dataset_path).st_ino,
+                Path(event.dataset_path).read_bytes(),
+            )
+        )
+        return 0
+
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(spool_dir)
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], transport) as assoc:
+            for source in (long, short, long):
+                assert (await assoc.send_c_store(source)).Status == 0
+    assert [data for _, _, data in seen] == [x.read_bytes() for x in (long, short, long)]
+    assert len({ino for _, ino, _ in seen}) == 1  # one file, written over twice
+    assert len({path for path, _, _ in seen}) == 3 and gone == [True, True]
+    assert list(spool_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["held open", "mapped", "hard link", "chmod", "moved"])
+async def test_a_spool_file_the_handler_keeps_is_never_written_over(
+    how: str, tmp_path: Path
+) -> None:
+    """A file the handler still holds (an open descriptor, a mapping, a
+    second link), made readable to others or moved is not reused: the next
+    data set goes to a new file and what the handler kept stays intact."""
+    import mmap
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    long, short = _spooled_twice_source(tmp_path)
+    kept: list[Any] = []
+    files: list[os.stat_result] = []
+
+    def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None
+        files.append(os.stat(event.dataset_path))
+        if kept:
+            return 0
+        if how == "held open":
+            kept.append(open(event.dataset_path, "rb"))  # noqa: SIM115 - read after return
+        elif how == "mapped":
+            with open(event.dataset_path, "rb") as f:
+                kept.append(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ))
+        elif how == "hard link":
+            os.link(event.dataset_path, tmp_path / "linked.dcm")
+            kept.append(tmp_path / "linked.dcm")
+        elif how == "chmod":
+            os.chmod(event.dataset_path, 0o644)
+            kept.append(event.dataset_path)
+        else:
+            os.replace(event.dataset_path, tmp_path / "moved.dcm")
+            kept.append(tmp_path / "moved.dcm")
+        return 0
+
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(spool_dir)
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            assert (await assoc.send_c_store(long)).Status == 0
+            assert (await assoc.send_c_store(short)).Status == 0
+            [what] = kept
+            if how == "held open":
+                assert what.read() == long.read_bytes()
+                what.close()
+            elif how == "mapped":
+                assert what[:] == long.read_bytes()
+                what.close()
+            elif how in ("hard link", "moved"):
+                assert what.read_bytes() == long.read_bytes()
+    if how == "chmod":  # (deleted: its inode number may come again; a reused one'd be 0o644)
+        assert files[1].st_mode & 0o777 == 0o600
+    else:
+        assert files[0].st_ino != files[1].st_ino
+    assert list(spool_dir.iterdir()) == []
+
+
 async def test_spool_failure_answers_out_of_resources(tmp_path: Path) -> None:
     rec = RecordingHandlers()
     scu, scp = storage_pair(spool_threshold=1000)
@@ -670,19 +793,24 @@ def store_rq_command(msg_id: int = 1, uid: str = "1.2.3.4") -> bytes:
     )
 
 
+@pytest.mark.parametrize("reused", [False, True], ids=["new file", "reused file"])
 @pytest.mark.parametrize("how", ["abort", "close"])
 async def test_abort_mid_transfer_leaves_no_spool_file(
-    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """``reused``: a first instance is spooled and answered, so the one cut
+    off is being written over the file it left (see Spares)."""
     from aiodicom._spool import Spool
 
-    spooling = anyio.Event()
+    spooling = [anyio.Event()]
+    written_over: list[bool] = []
     real_write = Spool.write
 
     async def write(self: Spool, chunks: list[Any]) -> None:
         await real_write(self, chunks)
         assert self.path is not None and os.path.exists(self.path)
-        spooling.set()
+        written_over.append(self._reused)
+        spooling[0].set()
 
     monkeypatch.setattr(Spool, "write", write)
     scp = make_scp_ae(spool_threshold=10_000)
@@ -691,9 +819,10 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
     ended = anyio.Event()
     calls: list[evt.Event] = []
     handlers = [
-        (evt.EVT_C_STORE, calls.append),
+        (evt.EVT_C_STORE, lambda event: calls.append(event) or 0),
         (evt.EVT_CONN_CLOSE, lambda event: ended.set()),
     ]
+    chunk = bytes(16378)
     with anyio.fail_after(GUARD):
         async with (
             running_server(scp, handlers) as server,
@@ -701,22 +830,27 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
         ):
             await peer.send(store_rq_association())
             await peer.read_pdu()
-            for pdu in fragment(1, store_rq_command(), None, 16384):
+            if reused:
+                for pdu in fragment(1, store_rq_command(), chunk * 2, 16384):
+                    await peer.send(pdu)
+                await peer.read_pdu()  # its C-STORE-RSP
+                spooling[0] = anyio.Event()
+            for pdu in fragment(1, store_rq_command(2), None, 16384):
                 await peer.send(pdu)
             # 16 KB fragments of a data set, none of them the last, until
             # the SCP has written some of it to its spool file
-            chunk = bytes(16378)
             with anyio.move_on_after(GUARD):
-                while not spooling.is_set():
+                while not spooling[0].is_set():
                     await peer.send(encode_p_data(1, 0x00, chunk))
                     await anyio.lowlevel.checkpoint()
-            assert spooling.is_set()
+            assert spooling[0].is_set()
+            assert written_over[-1] is reused
             if how == "abort":
                 await peer.send(AAbort(source=0, reason=0))
             else:
                 await peer.aclose()
             await ended.wait()
-    assert calls == []
+    assert len(calls) == reused
     assert list(tmp_path.iterdir()) == []
 
 
