@@ -92,7 +92,12 @@ class Spares:
     async def set_aside(self, spool: Spool) -> bool:
         """Keep ``spool``'s finished file for the next spool if it may be
         (see :class:`Spares`); True if it was (``spool`` no longer has it)."""
-        if self._closed or self._spare is not None or self._settling is not None:
+        if (
+            self._closed
+            or self._spare is not None
+            or self._settling is not None
+            or _SET_LEASE is None
+        ):
             return False
         settled = self._settling = anyio.Event()
         try:
@@ -129,18 +134,26 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _alone(fd: int) -> bool:
+#: F_SETLEASE (Linux); without it no spool file is kept.
+_SET_LEASE: int | None = getattr(fcntl, "F_SETLEASE", None) if fcntl is not None else None
+#: The devices (st_dev) whose file system refused a lease otherwise than
+#: for an open file (EINVAL: no leases there; EACCES): no file is kept there.
+_NO_LEASES: set[int] = set()
+
+
+def _alone(fd: int, device: int) -> bool:
     """True if no other descriptor or mapping of ``fd``'s file is open, in
     this process or any: a write lease is granted only then (Linux)."""
-    set_lease = getattr(fcntl, "F_SETLEASE", None) if fcntl is not None else None
-    if set_lease is None:
+    if _SET_LEASE is None:
         return False
     try:
-        fcntl.fcntl(fd, set_lease, fcntl.F_WRLCK)
-    except OSError:  # EAGAIN: open elsewhere; EINVAL, EACCES: no leases here
+        fcntl.fcntl(fd, _SET_LEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            _NO_LEASES.add(device)  # not "open elsewhere": no leases here
         return False
     with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, set_lease, fcntl.F_UNLCK)
+        fcntl.fcntl(fd, _SET_LEASE, fcntl.F_UNLCK)
     return True
 
 
@@ -209,7 +222,7 @@ class Spool:
                 not stat.S_ISREG(info.st_mode)
                 or info.st_nlink != 1
                 or not os.path.samefile(os.path.dirname(path), wanted)
-                or not _alone(fd)
+                or not _alone(fd, dev)
             ):
                 os.close(fd)
                 _unlink(path)
@@ -255,7 +268,13 @@ class Spool:
         if self.path is None and self._file is None:
             return
         try:
-            if spares is not None and self._identity is not None and await spares.set_aside(self):
+            identity = self._identity
+            if (
+                spares is not None
+                and identity is not None
+                and identity[0] not in _NO_LEASES
+                and await spares.set_aside(self)
+            ):
                 return
             await anyio.to_thread.run_sync(self.discard)
         finally:

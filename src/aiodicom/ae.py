@@ -102,6 +102,11 @@ class AE:
         #: operation with DIMSEError. With 0 there is no such limit either.
         self.spool_threshold = 16 * 1024 * 1024
         #: Where spool files go (``None``: the system's temporary directory).
+        #: The file at ``event.dataset_path`` is the handler's to move away
+        #: (``os.replace``) or read until it returns; then its name is gone.
+        #: One the handler left is reused for the association's next spooled
+        #: data set, unless it is linked, open or mapped anywhere, or its
+        #: mode was changed; it is deleted when the association ends.
         self.spool_directory: str | None = None
         self._requested: list[PresentationContext] = []
         self._supported: dict[UID, PresentationContext] = {}

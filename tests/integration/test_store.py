@@ -749,6 +749,62 @@ async def test_a_spool_file_the_handler_keeps_is_never_written_over(
     assert list(spool_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("leases", ["none", "refused"])
+async def test_without_leases_no_spool_file_is_reused(
+    leases: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where it cannot be checked that nobody holds a spool file (no
+    F_SETLEASE, or a file system refusing leases), none is reused: each data
+    set goes to a new file, deleted after its handler, as before."""
+    import errno
+    import fcntl
+
+    from aiodicom import _spool
+
+    monkeypatch.setattr(_spool, "_NO_LEASES", set())
+    if leases == "none":
+        monkeypatch.setattr(_spool, "_SET_LEASE", None)
+    else:
+        real_fcntl = fcntl.fcntl
+
+        def refuse(fd: int, cmd: int, arg: int = 0) -> Any:
+            if cmd == fcntl.F_SETLEASE:
+                raise OSError(errno.EINVAL, "no leases here")
+            return real_fcntl(fd, cmd, arg)
+
+        monkeypatch.setattr(fcntl, "fcntl", refuse)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    long, short = _spooled_twice_source(tmp_path)
+    seen: list[tuple[str, bytes]] = []
+
+    def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None
+        seen.append((event.dataset_path, Path(event.dataset_path).read_bytes()))
+        return 0
+
+    set_aside: list[bool] = []
+    real_set_aside = _spool.Spool._set_aside
+
+    def counting(self: _spool.Spool) -> Any:
+        spare = real_set_aside(self)
+        set_aside.append(spare is not None)
+        return spare
+
+    monkeypatch.setattr(_spool.Spool, "_set_aside", counting)
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(spool_dir)
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp, scp_handlers=[(evt.EVT_C_STORE, on_store)]) as assoc:
+            for source in (long, short, long, short):
+                assert (await assoc.send_c_store(source)).Status == 0
+    assert [data for _, data in seen] == [x.read_bytes() for x in (long, short, long, short)]
+    # refused: the first file is set aside, then found not reusable, and
+    # the file system is not tried again
+    assert set_aside == ([] if leases == "none" else [True])
+    assert list(spool_dir.iterdir()) == []
+
+
 async def test_spool_failure_answers_out_of_resources(tmp_path: Path) -> None:
     rec = RecordingHandlers()
     scu, scp = storage_pair(spool_threshold=1000)

@@ -943,6 +943,70 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
     assert not os.path.exists(seen[1]["path"]), "spool file left behind after the handler"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("peer", ["storescu", "pynetdicom"])
+async def test_spool_files_reused_on_one_association(peer, run_dcmtk, run_pynetdicom_scu, tmp_path):
+    """Three spooled instances from a real SCU on one association, the
+    handler leaving each file: the second and third are written over the
+    file the first left (one inode), each is byte for byte what was sent
+    (the shorter after the longer cut to its length), each name is gone
+    once its handler returned, and nothing is left when the peer releases."""
+    sizes = (6 * MiB, 2 * MiB, 4 * MiB)
+    instances = [
+        write_large_instance(tmp_path / f"reused{i}.dcm", size, seed=i)
+        for i, size in enumerate(sizes)
+    ]
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    seen: list[dict[str, Any]] = []
+
+    async def on_store(event: evt.Event) -> int:
+        path = event.dataset_path
+        assert path is not None, "not spooled (threshold 1 MiB)"
+        if seen:
+            seen[-1]["gone"] = not os.path.exists(seen[-1]["path"])
+        seen.append(
+            {
+                "path": path,
+                "inode": os.stat(path).st_ino,
+                "digest": await in_thread(dataset_digest, path),
+                "uid": event.request.AffectedSOPInstanceUID,
+            }
+        )
+        return 0x0000
+
+    released: list[Any] = []
+    changes = Changes()
+
+    def on_released(event: evt.Event) -> None:
+        released.append(event)
+        changes.changed()
+
+    ae = storage_scp_ae(syntaxes=[ExplicitVRLittleEndian])
+    ae.spool_threshold = 1 * MiB
+    ae.spool_directory = str(spool_dir)
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_released)]
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
+            if peer == "storescu":
+                files = [str(i.path) for i in instances]
+                args = ["-aec", "AIOSCP", HOST, server.port, *files]
+                cp = await in_thread(run_dcmtk, "storescu", *args, timeout=PEER_TIMEOUT)
+            else:
+                stores = [a for i in instances for a in ("--store", i.path)]
+                cp, _events = await in_thread(
+                    run_pynetdicom_scu, "--port", server.port, *stores, timeout=PEER_TIMEOUT
+                )
+            assert cp.returncode == 0, cp.describe()
+            await changes.wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
+    assert [info["uid"] for info in seen] == [i.sop_instance_uid for i in instances]
+    for info, inst in zip(seen, instances, strict=True):
+        assert info["digest"] == (inst.dataset_size, inst.dataset_sha256), inst.path.name
+    assert len({info["inode"] for info in seen}) == 1, seen
+    assert [info.get("gone") for info in seen] == [True, True, None]
+    assert list(spool_dir.iterdir()) == []
+
+
 # =========================================================================== 7.
 # One instance over 1 GiB; aiodicom in a process of its own, its RSS measured
 
