@@ -881,6 +881,21 @@ async def test_aiodicom_scu_no_context_in_the_files_own_syntax(pynetdicom_scp):
 # Spooling of large data sets (in-process SCP, 1 MiB threshold)
 
 
+class ReleaseSeen:
+    """An EVT_RELEASED handler recording each; :meth:`one` waits for the first."""
+
+    def __init__(self) -> None:
+        self.events: list[evt.Event] = []
+        self._changes = Changes()
+
+    def __call__(self, event: evt.Event) -> None:
+        self.events.append(event)
+        self._changes.changed()
+
+    async def one(self) -> None:
+        await self._changes.wait_until(lambda: len(self.events) == 1, "EVT_RELEASED on the SCP")
+
+
 @pytest.mark.anyio
 async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medium_instances):
     """Above ae.spool_threshold, event.dataset_path is a complete Part 10 file
@@ -906,13 +921,7 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
         seen.append(info)
         return 0x0000
 
-    released: list[Any] = []
-    changes = Changes()
-
-    def on_released(event: evt.Event) -> None:
-        released.append(event)
-        changes.changed()
-
+    on_released = ReleaseSeen()
     ae = storage_scp_ae()
     ae.spool_threshold = 1 * MiB
     handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_released)]
@@ -927,7 +936,7 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
                 timeout=PEER_TIMEOUT,
             )
             assert cp.returncode == 0, cp.describe()
-            await changes.wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
+            await on_released.one()
     assert len(seen) == 2
     for info, inst in zip(seen, medium_instances, strict=True):
         assert info["path"] is not None, "a 6 MiB data set was not spooled (threshold 1 MiB)"
@@ -975,13 +984,7 @@ async def test_spool_files_reused_on_one_association(peer, run_dcmtk, run_pynetd
         )
         return 0x0000
 
-    released: list[Any] = []
-    changes = Changes()
-
-    def on_released(event: evt.Event) -> None:
-        released.append(event)
-        changes.changed()
-
+    on_released = ReleaseSeen()
     ae = storage_scp_ae(syntaxes=[ExplicitVRLittleEndian])
     ae.spool_threshold = 1 * MiB
     ae.spool_directory = str(spool_dir)
@@ -998,7 +1001,7 @@ async def test_spool_files_reused_on_one_association(peer, run_dcmtk, run_pynetd
                     run_pynetdicom_scu, "--port", server.port, *stores, timeout=PEER_TIMEOUT
                 )
             assert cp.returncode == 0, cp.describe()
-            await changes.wait_until(lambda: len(released) == 1, "EVT_RELEASED on the SCP")
+            await on_released.one()
     assert [info["uid"] for info in seen] == [i.sop_instance_uid for i in instances]
     for info, inst in zip(seen, instances, strict=True):
         assert info["digest"] == (inst.dataset_size, inst.dataset_sha256), inst.path.name
