@@ -23,15 +23,15 @@ from typing import IO, Any, BinaryIO
 
 import anyio
 import anyio.to_thread
+from pydicom.dataset import FileMetaDataset
+
+from .dsutils import part10_header
+from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
-from pydicom.dataset import FileMetaDataset
-
-from .dsutils import part10_header
-from .pdu import P_DATA_HEADER_SIZE, pack_p_data_header
 
 __all__ = ("Spares", "Spool", "file_mode", "fill_p_data", "move_into", "write_new")
 
@@ -186,8 +186,11 @@ class Spool:
         if not isinstance(header, bytes):
             header = part10_header(header)
         spare = await spares.take() if spares is not None else None
+        begun = False
 
         def create() -> None:
+            nonlocal begun
+            begun = True
             if spare is None or not self._reuse(spare, directory):
                 fd, path = tempfile.mkstemp(prefix="aiodicom-", suffix=".dcm", dir=directory)
                 self.path = path
@@ -202,6 +205,9 @@ class Spool:
             await anyio.to_thread.run_sync(create)
         except OSError as exc:
             self.error = exc
+        finally:
+            if spare is not None and not begun:
+                _unlink(spare[0])  # cancelled before the worker ran: not left behind
         self.data_offset = len(header)
 
     def _reuse(self, spare: _Spare, directory: str | None) -> bool:
@@ -323,11 +329,13 @@ class Spool:
 def _close(file: IO[bytes], truncate: bool) -> None:
     """Close a finished spool file; ``truncate``: cut what an earlier, longer
     data set left beyond this one (a kept file written over)."""
-    if truncate:
-        file.flush()
-        fd = file.fileno()
-        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
-    file.close()
+    try:
+        if truncate:
+            file.flush()
+            fd = file.fileno()
+            os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
+    finally:
+        file.close()
 
 
 @functools.cache

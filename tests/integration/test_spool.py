@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from aiodicom._spool import file_mode, fill_p_data, move_into, write_new
@@ -115,8 +116,8 @@ def test_fill_p_data_reads_a_pipe_as_it_comes() -> None:
 # Spool.write
 
 
-async def _open_spool(tmp_path: Any) -> Any:
-    """A Spool for a CT instance, opened in ``tmp_path``."""
+async def _open_spool(tmp_path: Any, spares: Any = None) -> Any:
+    """A Spool for a CT instance, opened in ``tmp_path`` (with ``spares``, see Spares)."""
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     from aiodicom import sop_class
@@ -125,7 +126,7 @@ async def _open_spool(tmp_path: Any) -> Any:
 
     meta = file_meta_for(sop_class.CTImageStorage, generate_uid(), ExplicitVRLittleEndian)
     spool = Spool()
-    await spool.open(meta, str(tmp_path))
+    await spool.open(meta, str(tmp_path), spares)
     return spool
 
 
@@ -140,6 +141,26 @@ async def _spooled(tmp_path: Any, batches: list[list[Any]]) -> bytes:
     spool.discard()
     assert data[:128] == bytes(128) and data[128:132] == b"DICM"
     return data[spool.data_offset :]
+
+
+@pytest.mark.anyio
+async def test_a_kept_spool_file_taken_by_a_cancelled_open_is_deleted(tmp_path: Any) -> None:
+    """The file an association set aside is deleted, not lost, when the
+    open that took it is cancelled before its worker thread ran."""
+    from aiodicom._spool import Spares
+
+    spares = Spares()
+    first = await _open_spool(tmp_path, spares)
+    await first.write([b"data"])
+    await first.finish()
+    assert await spares.set_aside(first)
+    assert len(list(tmp_path.iterdir())) == 1
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await _open_spool(tmp_path, spares)
+    assert scope.cancelled_caught
+    assert list(tmp_path.iterdir()) == []
+    await spares.close()
 
 
 def _record_writev(
