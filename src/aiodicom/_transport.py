@@ -203,8 +203,10 @@ class _Protocol(asyncio.BufferedProtocol):
             self.large = 0
         self.pool = [buf for buf in self.pool if buf is self.buf]
         self.pool_bytes = sum(map(len, self.pool))
-        if self.pool_bytes:
-            self._arm_idle_timer()  # (a PDU received in part: look again)
+        if self.buf:
+            # A PDU received in part (in a pooled buffer or one the pool had
+            # no room for): look again, to give it back once it is handed on.
+            self._arm_idle_timer()
 
     def _wake(self) -> None:
         waiter = self.waiter

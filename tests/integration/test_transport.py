@@ -298,6 +298,47 @@ async def test_an_idle_connection_gives_its_receive_buffers_back(
             assert len(protocol.buf) == _transport._RECV_BUFFER
 
 
+async def test_a_buffer_outside_the_pool_is_given_back_after_a_partial_pdu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A buffer the pool has no room for, holding part of a PDU when the
+    idle timer looks, is still given back once the PDU is complete and the
+    connection idle (the timer looked no more once the pool was empty)."""
+    from aiodicom import _transport
+
+    monkeypatch.setattr(_transport, "_IDLE_TRIM", 0.05)
+    monkeypatch.setattr(_transport, "_POOL_BYTES", 0)  # no buffer is pooled
+    looks: list[tuple[int, int]] = []  # (bytes held back, buffer length) after each look
+    changed = anyio.Event()
+    check = _transport._Protocol._check_idle
+
+    def spy(self: Any) -> None:
+        check(self)
+        looks.append((self.end - self.start, len(self.buf)))
+        changed.set()
+
+    monkeypatch.setattr(_transport._Protocol, "_check_idle", spy)
+    pdu = _pdu(100_000, 7)
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True, limit=len(pdu)) as (stream, _reader, writer):
+            protocol = stream._protocol
+            writer.write(pdu[:50_000])
+            await writer.drain()
+            # two looks found the part held: the first saw the read, the
+            # second nothing read since
+            while [held for held, _ in looks].count(50_000) < 2:
+                changed = anyio.Event()
+                await changed.wait()
+            assert protocol.pool == [] and len(protocol.buf) >= 50_000
+            writer.write(pdu[50_000:])
+            await writer.drain()
+            assert bytes(await stream.receive_view(1 << 62)) == pdu
+            while looks[-1] != (0, 0):  # given back at a later look
+                changed = anyio.Event()
+                await changed.wait()
+            assert (protocol.pool, len(protocol.buf)) == ([], 0)
+
+
 async def test_a_pdu_over_the_limit_is_handed_on_in_pieces() -> None:
     header = b"\x04\x00" + (10 << 20).to_bytes(4, "big")
     with anyio.fail_after(GUARD):
