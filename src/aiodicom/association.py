@@ -77,6 +77,7 @@ from .dimse import (
 )
 from .dimse_messages import MESSAGE_SPECS, check_command, error_comment, is_us, status_elements
 from .dsutils import (
+    Encoded,
     Part10Info,
     decode_dataset,
     encode_dataset,
@@ -1971,6 +1972,7 @@ class Association:
         reader that would see a C-CANCEL, get their turn.
         """
         sent = 0
+        commands: dict[int, bytes] = {}  # the pending responses' command sets, by Status
         while True:
             if event.is_cancelled:
                 return {"Status": 0xFE00}
@@ -1998,12 +2000,17 @@ class Association:
             if event.is_cancelled:
                 return {"Status": 0xFE00}
             try:
-                data = encode_dataset(identifier, ts)
+                data = identifier if type(identifier) is Encoded else encode_dataset(identifier, ts)
             except (DIMSEError, AttributeError, TypeError) as exc:
                 LOGGER.error("C-FIND: the identifier cannot be encoded (%s)", exc)
                 return {"Status": 0xC312}
-            fields["CommandDataSetType"] = DATASET_PRESENT
-            await self._send_message(msg.context_id, encode_command({**base, **fields}), data)
+            command = commands.get(fields["Status"]) if len(fields) == 1 else None
+            if command is None:
+                fields["CommandDataSetType"] = DATASET_PRESENT
+                command = encode_command({**base, **fields})
+                if len(fields) == 2:  # Status alone: the same for every such response
+                    commands[fields["Status"]] = command
+            await self._send_message(msg.context_id, command, data)
 
     async def _serve_retrieve(self, msg: Message) -> None:
         """Query/Retrieve GET and MOVE SCP (PS3.4 C.4.3, C.4.2).

@@ -217,6 +217,17 @@ def encode_dataset(ds: Dataset, transfer_syntax: str | UID) -> bytes:
     return data
 
 
+class Encoded(bytes):
+    """A data set already encoded in the transfer syntax it goes out in.
+
+    Internal: the Q/R SCP yields its C-FIND identifiers so (built straight
+    from the index, see :class:`aiodicom.qrscp.IdentifierEncoder`), and the
+    C-FIND service sends them as they are instead of encoding a Dataset.
+    """
+
+    __slots__ = ()
+
+
 #: Text VRs encoded here directly (ASCII values only); padded with a space.
 _TEXT_VRS = frozenset(
     ("AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT")

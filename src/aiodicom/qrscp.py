@@ -68,6 +68,7 @@ import logging
 import os
 import re
 import sqlite3
+import struct
 import tempfile
 import threading
 import tomllib
@@ -95,6 +96,7 @@ from ._spool import file_mode, move_into, write_new
 from .ae import AE
 from .dimse import _new_dataset
 from .dsutils import (
+    Encoded,
     _new_uid,
     _scan,
     encoding_of,
@@ -804,6 +806,105 @@ def build_identifier(query: Query, row: Sequence[Any], ae_title: str) -> Dataset
     return _new_dataset(elements)
 
 
+class IdentifierEncoder:
+    """A query's response identifiers encoded straight from index rows.
+
+    What ``encode_dataset(build_identifier(query, row, ae_title), ts)``
+    gives, byte for byte, without a Dataset: every match of a query has the
+    same elements, VRs and order, only the values change, so the element
+    headers are made once. For a query with an element it does not encode (a
+    sequence, a VR other than the text ones and UI) or a transfer syntax
+    other than Implicit or Explicit VR Little Endian, :attr:`usable` is
+    False; for a row with a non-ASCII value (which goes with a Specific
+    Character Set) or a value too long for its length field, :meth:`encode`
+    returns None. The caller builds the Dataset then.
+    """
+
+    __slots__ = ("_explicit", "_parts", "usable")
+
+    def __init__(self, query: Query, ae_title: str, transfer_syntax: str) -> None:
+        implicit, little = encoding_of(transfer_syntax)
+        self.usable = little and transfer_syntax != DeflatedExplicitVRLittleEndian
+        self._explicit = not implicit
+        # By tag, as build_identifier's dict: a later element replaces an earlier.
+        parts: dict[int, _Part] = {}
+        column = 0
+        for elem in query.requested:
+            tag = int(elem.tag)
+            key = _KEYS_BY_TAG.get(tag)
+            if key is not None:
+                parts[tag] = self._part(tag, key.vr, column, key.kind)
+                column += 1
+            elif tag == _TAG_RETRIEVE_AET:
+                parts[tag] = self._part(tag, elem.VR, text=ae_title)
+            elif tag == _TAG_AVAILABILITY:
+                parts[tag] = self._part(tag, elem.VR, text="ONLINE")
+            else:
+                parts[tag] = self._part(tag, elem.VR)
+        if query.wants_charset:
+            parts[_TAG_CHARSET] = self._part(_TAG_CHARSET, "CS", text="ISO_IR 192")
+        parts[_TAG_QR_LEVEL] = self._part(_TAG_QR_LEVEL, "CS", text=query.level)
+        self._parts = [parts[tag] for tag in sorted(parts)]
+
+    def _part(self, tag: int, vr: str, column: int = -1, kind: str = "", text: str = "") -> _Part:
+        if vr not in _STR_VRS:
+            self.usable = False
+        head = _TAG_HEAD.pack(tag >> 16, tag & 0xFFFF)
+        long = not self._explicit or vr in ("UC", "UR", "UT")
+        if self._explicit:
+            head += vr.encode("ascii") + (b"\x00\x00" if long else b"")
+        if column >= 0 and vr == "IS" and kind not in (_COUNT, _MULTI):
+            kind = "IS"  # made as pydicom's IS makes it (see encode)
+        return _Part(head, b"\x00" if vr == "UI" else b" ", long, column, kind, text)
+
+    def encode(self, row: Sequence[Any]) -> Encoded | None:
+        """The identifier of the match ``row`` (see :func:`build_identifier`), or None."""
+        out: list[bytes] = []
+        for head, pad, long, column, kind, text in self._parts:
+            if column >= 0:
+                found = row[column]
+                if found is None or found == "":
+                    text = ""
+                elif kind == _COUNT:
+                    text = str(int(found))
+                elif kind == _MULTI:
+                    text = "\\".join(sorted(str(found).split(",")))
+                else:
+                    text = str(found)
+                    if kind == "IS" and not text.isdigit():
+                        # (whitespace stripped; a value that is no number raises, as there)
+                        text = str(IS(text, validation_mode=config.IGNORE))
+            if not text.isascii():
+                return None
+            raw = text.encode("ascii")
+            if len(raw) % 2:
+                raw += pad
+            if long:
+                out.append(head + _U32.pack(len(raw)))
+            elif len(raw) > 0xFFFF:
+                return None
+            else:
+                out.append(head + _U16.pack(len(raw)))
+            out.append(raw)
+        return Encoded(b"".join(out))
+
+
+class _Part(NamedTuple):
+    """An element of :class:`IdentifierEncoder`'s identifiers."""
+
+    head: bytes  # its tag (and, explicit, its VR)
+    pad: bytes
+    long: bool  # a 4-byte length
+    column: int  # of the row, or -1: the text given
+    kind: str
+    text: str
+
+
+_TAG_HEAD = struct.Struct("<HH")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<L")
+
+
 #: VRs whose elements _text_element makes: pydicom keeps their values as
 #: ``str``, or as the type _STR_TYPES makes of one.
 _STR_VRS = frozenset(
@@ -1511,13 +1612,25 @@ class Archive:
 
         return await anyio.to_thread.run_sync(run)
 
-    async def find(self, query: Query) -> AsyncGenerator[Dataset, None]:
-        """The response identifiers of a C-FIND query, streamed."""
+    async def find(
+        self, query: Query, transfer_syntax: str | None = None
+    ) -> AsyncGenerator[Dataset | Encoded, None]:
+        """The response identifiers of a C-FIND query, streamed: Datasets, or
+        with ``transfer_syntax``, what :class:`IdentifierEncoder` makes of
+        each match it can encode (already encoded in that transfer syntax)."""
         sql, params = query.find_sql()
+        encoder = None
+        if transfer_syntax is not None:
+            encoder = IdentifierEncoder(query, self.ae_title, transfer_syntax)
+            if not encoder.usable:
+                encoder = None
         rows = self.rows(sql, params)
         try:
             async for row in rows:
-                yield build_identifier(query, row, self.ae_title)
+                encoded = None if encoder is None else encoder.encode(row)
+                yield (
+                    encoded if encoded is not None else build_identifier(query, row, self.ae_title)
+                )
         finally:
             await rows.aclose()
 
@@ -1597,6 +1710,26 @@ class Archive:
 
     async def handle_find(self, event: evt.Event) -> AsyncIterator[tuple[Any, Dataset | None]]:
         """EVT_C_FIND: yield ``(0xFF00 or 0xFF01, identifier)`` per match."""
+        async with contextlib.aclosing(self._find_items(event, None)) as items:
+            async for status, identifier in items:
+                assert not isinstance(identifier, Encoded)
+                yield status, identifier
+
+    async def _handle_find_encoded(
+        self, event: evt.Event
+    ) -> AsyncIterator[tuple[Any, Dataset | Encoded | None]]:
+        """:meth:`handle_find`, each identifier already encoded in the
+        context's transfer syntax where :class:`IdentifierEncoder` can (the
+        C-FIND service sends it as it is): what :meth:`handlers` binds."""
+        assert event.context is not None
+        ts = str(event.context.transfer_syntax)
+        async with contextlib.aclosing(self._find_items(event, ts)) as items:
+            async for item in items:
+                yield item
+
+    async def _find_items(
+        self, event: evt.Event, transfer_syntax: str | None
+    ) -> AsyncGenerator[tuple[Any, Dataset | Encoded | None], None]:
         try:
             query = self._plan(event, "FIND")
         except QRError as exc:
@@ -1604,7 +1737,7 @@ class Archive:
             yield exc.as_status(), None
             return
         pending = 0xFF01 if query.unsupported else 0xFF00
-        matches = self.find(query)
+        matches = self.find(query, transfer_syntax)
         try:
             async for identifier in matches:
                 if event.is_cancelled:
@@ -1851,11 +1984,16 @@ class Archive:
 
     def handlers(self) -> list[evt.EventHandlerType]:
         """``evt_handlers`` answering C-ECHO, C-STORE, C-FIND, C-GET, C-MOVE and
-        Storage Commitment's N-ACTION."""
+        Storage Commitment's N-ACTION.
+
+        The C-FIND handler bound yields most identifiers already encoded, for
+        the C-FIND service only: a handler that looks at the identifiers (to
+        filter or change them) wraps :meth:`handle_find`, which yields Datasets.
+        """
         return [
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_C_FIND, self._handle_find_encoded),
             (evt.EVT_C_GET, self.handle_get),
             (evt.EVT_C_MOVE, self.handle_move),
             (evt.EVT_N_ACTION, self.handle_commitment),

@@ -531,3 +531,106 @@ def test_text_elements_are_those_add_new_makes(vr: str, value: Any) -> None:
         ds.SpecificCharacterSet = "ISO_IR 192"  # (for the non-ASCII values)
     for ts in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
         assert encode_dataset(ours, ts) == encode_dataset(ref, ts)
+
+
+def _all_keys_query(level: str, model: Any) -> Dataset:
+    """A C-FIND identifier asking for every key the archive knows, the derived
+    ones of ``level``, and a few it answers itself or leaves empty."""
+    patient = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex")
+    study = ("StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID")
+    study += ("StudyDescription", "ReferringPhysicianName")
+    answered = ("RetrieveAETitle", "InstanceAvailability")
+    unknown = ("PatientComments",)  # not a key the archive has: returned empty
+    keywords = patient + answered + unknown + (() if level == "PATIENT" else study)
+    keys: dict[str, Any] = dict.fromkeys(keywords, "")
+    if level == "STUDY":
+        keys["NumberOfStudyRelatedInstances"] = ""
+        keys["NumberOfStudyRelatedSeries"] = ""
+        keys["ModalitiesInStudy"] = ""
+    if level == "PATIENT":
+        keys["NumberOfPatientRelatedStudies"] = ""
+        keys["NumberOfPatientRelatedInstances"] = ""
+    if level in ("SERIES", "IMAGE"):
+        keys.update(StudyInstanceUID="1.2.100", SeriesInstanceUID="", Modality="")
+        keys.update(SeriesNumber="", SeriesDescription="", SeriesDate="", SeriesTime="")
+    if level == "IMAGE":
+        keys.update(SeriesInstanceUID="1.2.200", SOPInstanceUID="", SOPClassUID="")
+        keys.update(InstanceNumber="", ContentDate="", ContentTime="")
+    return ident(level, **keys)
+
+
+@pytest.mark.parametrize(
+    ("level", "charset"),
+    [("PATIENT", False), ("STUDY", False), ("STUDY", True), ("SERIES", False), ("IMAGE", True)],
+)
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+def test_identifiers_encoded_from_rows_are_those_of_the_datasets(
+    index: sqlite3.Connection, level: str, charset: bool, ts: str
+) -> None:
+    """IdentifierEncoder gives, byte for byte, what encoding build_identifier's
+    Dataset gives; it declines (None) only a row with a non-ASCII value."""
+    from aiodicom.dsutils import encode_dataset
+    from aiodicom.qrscp import IdentifierEncoder
+
+    for n, kw in enumerate(
+        [
+            {"instance_number": "+5", "series_number": " 7", "patient_id": "P12"},
+            {"instance_number": "0012", "study_description": "odd", "sex": "F"},
+            {"modality": "MR", "series_uid": "1.2.203", "accession_number": "A1"},
+        ],
+        start=10,
+    ):
+        qrscp._upsert(index, record(n, **kw))
+    # values as an index not written by this version might hold them
+    index.execute("UPDATE instance SET instance_number = ' 9 ' WHERE sop_instance_uid = '1.2.3.2'")
+    index.execute("UPDATE series SET series_number = '3 ' WHERE series_uid = '1.2.203'")
+    model = qrscp.PATIENT_ROOT if level == "PATIENT" else STUDY_ROOT
+    query_ds = _all_keys_query(level, model)
+    if charset:
+        query_ds.SpecificCharacterSet = "ISO_IR 192"
+    q = plan_query(query_ds, model, "FIND")
+    encoder = IdentifierEncoder(q, "QRSCP", ts)
+    assert encoder.usable
+    sql, params = q.find_sql()
+    rows = list(index.execute(sql, params))
+    encoded = 0
+    for row in rows:
+        ours = encoder.encode(row)
+        if ours is None:
+            assert not all(str(v).isascii() for v in row if v is not None), row
+            continue
+        encoded += 1
+        assert ours == encode_dataset(build_identifier(q, row, "QRSCP"), ts), row
+    assert encoded >= 1 and encoded >= len(rows) - 1
+
+
+def test_identifier_encoder_declines_what_it_does_not_encode() -> None:
+    """A sequence asked for, or a transfer syntax other than Implicit or
+    Explicit VR Little Endian: not usable (build_identifier's Dataset goes)."""
+    from aiodicom.qrscp import IdentifierEncoder
+
+    q = plan_query(ident("STUDY", StudyInstanceUID=""), STUDY_ROOT, "FIND")
+    assert IdentifierEncoder(q, "QRSCP", "1.2.840.10008.1.2.1").usable
+    assert not IdentifierEncoder(q, "QRSCP", "1.2.840.10008.1.2.2").usable  # big endian
+    assert not IdentifierEncoder(q, "QRSCP", "1.2.840.10008.1.2.1.99").usable  # deflated
+    with_sequence = ident("STUDY", StudyInstanceUID="", ReferencedStudySequence=[])
+    q = plan_query(with_sequence, STUDY_ROOT, "FIND")
+    assert not IdentifierEncoder(q, "QRSCP", "1.2.840.10008.1.2.1").usable
+
+
+def test_an_is_value_that_is_no_number_fails_alike(index: sqlite3.Connection) -> None:
+    """An InstanceNumber in the index that is no number fails the match with
+    the encoder as it does with build_identifier (the handler's error)."""
+    from aiodicom.qrscp import IdentifierEncoder
+
+    index.execute("UPDATE instance SET instance_number = 'abc' WHERE sop_instance_uid = '1.2.3.1'")
+    query = ident("IMAGE", StudyInstanceUID="1.2.100", SeriesInstanceUID="1.2.200")
+    query.SOPInstanceUID = "1.2.3.1"
+    query.InstanceNumber = ""
+    q = plan_query(query, STUDY_ROOT, "FIND")
+    sql, params = q.find_sql()
+    [row] = index.execute(sql, params)
+    with pytest.raises(ValueError):
+        build_identifier(q, row, "QRSCP")
+    with pytest.raises(ValueError):
+        IdentifierEncoder(q, "QRSCP", "1.2.840.10008.1.2.1").encode(row)
