@@ -1618,21 +1618,31 @@ class Archive:
         """The response identifiers of a C-FIND query, streamed: Datasets, or
         with ``transfer_syntax``, what :class:`IdentifierEncoder` makes of
         each match it can encode (already encoded in that transfer syntax)."""
-        sql, params = query.find_sql()
-        encoder = None
-        if transfer_syntax is not None:
-            encoder = IdentifierEncoder(query, self.ae_title, transfer_syntax)
-            if not encoder.usable:
-                encoder = None
-        rows = self.rows(sql, params)
+        identifier = self._identifiers(query, transfer_syntax)
+        rows = self.rows(*query.find_sql())
         try:
             async for row in rows:
-                encoded = None if encoder is None else encoder.encode(row)
-                yield (
-                    encoded if encoded is not None else build_identifier(query, row, self.ae_title)
-                )
+                yield identifier(row)
         finally:
             await rows.aclose()
+
+    def _identifiers(
+        self, query: Query, transfer_syntax: str | None
+    ) -> Callable[[Sequence[Any]], Dataset | Encoded]:
+        """What makes the identifier of a match of ``query`` from its row (see :meth:`find`)."""
+        ae_title = self.ae_title
+        encoder = None
+        if transfer_syntax is not None:
+            encoder = IdentifierEncoder(query, ae_title, transfer_syntax)
+        if encoder is None or not encoder.usable:
+            return lambda row: build_identifier(query, row, ae_title)
+        encode = encoder.encode
+
+        def identifier(row: Sequence[Any]) -> Dataset | Encoded:
+            encoded = encode(row)
+            return encoded if encoded is not None else build_identifier(query, row, ae_title)
+
+        return identifier
 
     async def retrieve(self, query: Query) -> tuple[int, AsyncGenerator[str, None]]:
         """The number of instances a C-GET/C-MOVE query selects, and their paths."""
@@ -1715,17 +1725,14 @@ class Archive:
                 assert not isinstance(identifier, Encoded)
                 yield status, identifier
 
-    async def _handle_find_encoded(
+    def _handle_find_encoded(
         self, event: evt.Event
-    ) -> AsyncIterator[tuple[Any, Dataset | Encoded | None]]:
+    ) -> AsyncGenerator[tuple[Any, Dataset | Encoded | None], None]:
         """:meth:`handle_find`, each identifier already encoded in the
         context's transfer syntax where :class:`IdentifierEncoder` can (the
         C-FIND service sends it as it is): what :meth:`handlers` binds."""
         assert event.context is not None
-        ts = str(event.context.transfer_syntax)
-        async with contextlib.aclosing(self._find_items(event, ts)) as items:
-            async for item in items:
-                yield item
+        return self._find_items(event, str(event.context.transfer_syntax))
 
     async def _find_items(
         self, event: evt.Event, transfer_syntax: str | None
@@ -1737,18 +1744,19 @@ class Archive:
             yield exc.as_status(), None
             return
         pending = 0xFF01 if query.unsupported else 0xFF00
-        matches = self.find(query, transfer_syntax)
+        identifier = self._identifiers(query, transfer_syntax)
+        rows = self.rows(*query.find_sql())
         try:
-            async for identifier in matches:
+            async for row in rows:
                 if event.is_cancelled:
                     yield 0xFE00, None
                     return
-                yield pending, identifier
+                yield pending, identifier(row)
         except sqlite3.Error as exc:
             LOGGER.error("C-FIND failed: %s", exc)
             yield QRError(INDEX_FAILURE, f"index failure: {exc}").as_status(), None
         finally:
-            await matches.aclose()
+            await rows.aclose()
 
     async def _contexts_for(self, query: Query) -> list[PresentationContext] | None:
         """One context per (SOP class, transfer syntax) of the selected instances.
