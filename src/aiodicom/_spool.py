@@ -44,6 +44,9 @@ WRITE_BATCH = 4 << 20
 #: VM with free page reporting, given back to the host) that costs 3 to 10
 #: times as much per byte. 64 KiB (order 4) still comes from the per-CPU lists.
 WRITE_CALL = 64 << 10
+#: ... or this many, over a spool file kept for reuse (see Spares): its
+#: pages are there already, none is allocated, and fewer calls cost less.
+REUSED_WRITE_CALL = 1 << 20
 
 
 #: A spool file the handler left is kept for the association's next one if
@@ -250,8 +253,9 @@ class Spool:
         if self.error is not None or self._file is None:
             return
         file = self._file
+        call = REUSED_WRITE_CALL if self._reused else WRITE_CALL
         try:
-            await anyio.to_thread.run_sync(_write_all, file, chunks)
+            await anyio.to_thread.run_sync(_write_all, file, chunks, call)
         except OSError as exc:
             self.error = exc
 
@@ -464,21 +468,21 @@ def _read_into(fp: BinaryIO, view: memoryview) -> int:
     return got
 
 
-def _write_all(file: IO[bytes], chunks: list[Any]) -> None:
+def _write_all(file: IO[bytes], chunks: list[Any], call: int = WRITE_CALL) -> None:
     """Append ``chunks`` to ``file`` (blocking: for a worker thread), each
-    system call writing at most :data:`WRITE_CALL` bytes (writev() gathers
-    smaller chunks up to that, :data:`_IOV_MAX` of them at most)."""
+    system call writing at most ``call`` bytes (writev() gathers smaller
+    chunks up to that, :data:`_IOV_MAX` of them at most)."""
     if not hasattr(os, "writev"):  # pragma: no cover - not on POSIX
         file.writelines(chunks)
         return
     file.flush()  # what went through the file object (the header) first
-    _write_fd(file.fileno(), chunks)
+    _write_fd(file.fileno(), chunks, call)
 
 
-def _write_fd(fd: int, chunks: Sequence[Any]) -> None:
+def _write_fd(fd: int, chunks: Sequence[Any], call: int = WRITE_CALL) -> None:
     """:func:`_write_all` on a file descriptor (POSIX)."""
     group: list[memoryview] = []
-    room = WRITE_CALL
+    room = call
     for chunk in chunks:
         view = memoryview(chunk).cast("B")
         while view:
@@ -487,7 +491,7 @@ def _write_fd(fd: int, chunks: Sequence[Any]) -> None:
             room -= len(piece)
             if not room or len(group) == _IOV_MAX:
                 _writev_all(fd, group)
-                group, room = [], WRITE_CALL
+                group, room = [], call
     if group:
         _writev_all(fd, group)
 

@@ -210,6 +210,37 @@ async def test_no_write_call_is_longer_than_write_call(
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_reused_spool_file_is_written_in_larger_calls(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over a kept file (its pages there already) the calls write up to
+    REUSED_WRITE_CALL bytes; a new file gets WRITE_CALL ones. Both read back
+    as written, the second cut to its length."""
+    import os
+
+    from aiodicom._spool import REUSED_WRITE_CALL, WRITE_CALL, Spares
+
+    spares = Spares()
+    sizes = _record_writev(monkeypatch, lambda buffers: sum(map(len, buffers)))
+    first, second = os.urandom(3 * REUSED_WRITE_CALL), os.urandom(REUSED_WRITE_CALL + 10)
+    written: list[bytes] = []
+    for data in (first, second):
+        spool = await _open_spool(tmp_path, spares)
+        await spool.write([data])
+        await spool.finish()
+        with open(spool.path, "rb") as f:
+            written.append(f.read()[spool.data_offset :])
+        await spool.delete(spares)
+    assert written == [first, second]
+    new_calls = len(first) // WRITE_CALL
+    assert sizes[:new_calls] == [WRITE_CALL] * new_calls
+    assert sizes[new_calls:] == [REUSED_WRITE_CALL, 10]
+    await spares.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_tiny_chunks_go_in_calls_of_at_most_iov_max_buffers(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
