@@ -50,8 +50,10 @@ REUSED_WRITE_CALL = 1 << 20
 
 
 #: A spool file the handler left is kept for the association's next one if
-#: it is at most this large (see :class:`Spares`).
+#: it is at most this large (see :class:`Spares`) ...
 SPARE_MAX = 256 << 20
+#: ... and for this many seconds at most: an idle association holds none.
+SPARE_IDLE = 2.0
 
 #: How a kept spool file is opened again: for writing, never through a link.
 _REOPEN = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -78,19 +80,23 @@ class Spares:
     checks that no descriptor or mapping of it is open anywhere (a handler
     that kept it open to read later); if one is, or leases are not available,
     it is deleted and a new file made. One file per association at most,
-    deleted when the association ends.
+    deleted when the association ends or has spooled nothing for
+    :data:`SPARE_IDLE` seconds (:attr:`expires`, which the association's
+    timers watch): on a tmpfs its pages are memory.
 
     Used on the event loop; the file work happens in :class:`Spool`'s
     worker-thread calls.
     """
 
-    __slots__ = ("_closed", "_settling", "_spare")
+    __slots__ = ("_closed", "_settling", "_spare", "expires")
 
     def __init__(self) -> None:
         self._spare: _Spare | None = None
         self._closed = False
         #: Set once the file being set aside is kept or deleted.
         self._settling: anyio.Event | None = None
+        #: When the file set aside is deleted if no spool took it (anyio's clock).
+        self.expires: float | None = None
 
     async def set_aside(self, spool: Spool) -> bool:
         """Keep ``spool``'s finished file for the next spool if it may be
@@ -111,6 +117,7 @@ class Spares:
         if spare is None or self._closed:
             return False
         self._spare, spool.path = spare, None
+        self.expires = anyio.current_time() + SPARE_IDLE
         return True
 
     async def take(self) -> _Spare | None:
@@ -118,18 +125,30 @@ class Spares:
         caller's to reuse or delete."""
         if self._settling is not None:
             await self._settling.wait()
-        spare, self._spare = self._spare, None
+        return self._take()
+
+    def _take(self) -> _Spare | None:
+        spare, self._spare, self.expires = self._spare, None, None
         return spare
+
+    async def expire(self) -> None:
+        """Delete the file set aside if it has waited past :attr:`expires`."""
+        if self.expires is not None and anyio.current_time() >= self.expires:
+            await _delete(self._take())
 
     async def close(self) -> None:
         """Delete the file set aside (in a worker thread) and keep none from now on."""
         self._closed = True
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            try:
-                await anyio.to_thread.run_sync(_unlink, spare[0])
-            finally:
-                _unlink(spare[0])  # (the worker's done it, unless cancelled first)
+        await _delete(self._take())
+
+
+async def _delete(spare: _Spare | None) -> None:
+    """Delete a file set aside, in a worker thread."""
+    if spare is not None:
+        try:
+            await anyio.to_thread.run_sync(_unlink, spare[0])
+        finally:
+            _unlink(spare[0])  # (the worker's done it, unless cancelled first)
 
 
 def _unlink(path: str) -> None:

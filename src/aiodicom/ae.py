@@ -106,7 +106,8 @@ class AE:
         #: (``os.replace``) or read until it returns; then its name is gone.
         #: One the handler left is reused for the association's next spooled
         #: data set, unless it is linked, open or mapped anywhere, or its
-        #: mode was changed; it is deleted when the association ends.
+        #: mode was changed; it is deleted when the association ends or has
+        #: spooled nothing for 2 s.
         self.spool_directory: str | None = None
         self._requested: list[PresentationContext] = []
         self._supported: dict[UID, PresentationContext] = {}

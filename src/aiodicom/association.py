@@ -817,7 +817,14 @@ class Association:
                 (p.sent_at for p in self._pending.values() if not p.finished), default=math.inf
             )
             deadline = min(deadline, oldest + self.dimse_timeout)
+        if self._spares.expires is not None:
+            deadline = min(deadline, self._spares.expires)
         return deadline
+
+    def _watch_spare(self) -> None:
+        """Have the timers delete the spool file just set aside, if it waits too long."""
+        if self._spares.expires is not None:
+            self._kick(self._spares.expires)
 
     def _kick(self, deadline: float) -> None:
         """Wake the watchdog if ``deadline`` is earlier than what it sleeps for."""
@@ -838,6 +845,8 @@ class Association:
     async def _check_timers(self, now: float) -> None:
         if self._need_workers:
             self._start_workers()
+        if self._spares.expires is not None and now >= self._spares.expires:
+            await self._spares.expire()  # an idle association keeps no spool file
         error, self._deferred_error = self._deferred_error, None
         if error is not None:
             LOGGER.error("DIMSE protocol violation: %s", error)
@@ -1744,6 +1753,7 @@ class Association:
             if not served and isinstance(spool, Spool):
                 with anyio.CancelScope(shield=True):
                     await spool.delete(self._spares)  # refused: its data set is not needed
+                self._watch_spare()
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -2337,6 +2347,7 @@ class Association:
             raise
         if spool is not None:
             await spool.delete(self._spares)  # once answered: the peer need not wait for it
+            self._watch_spare()
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any

@@ -691,6 +691,48 @@ async def test_a_spool_file_left_by_the_handler_is_written_over_by_the_next(
     assert list(spool_dir.iterdir()) == []
 
 
+@pytest.mark.parametrize("transport", ["memory", "tcp"])
+async def test_an_idle_association_keeps_no_spool_file(
+    transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file set aside is deleted once the association has spooled nothing
+    for SPARE_IDLE seconds, while it goes on (on a tmpfs its pages are
+    memory); the next spooled data set then goes to a new file."""
+    from aiodicom import _spool
+
+    monkeypatch.setattr(_spool, "SPARE_IDLE", 0.05)
+    deleted = anyio.Event()
+    real_expire = _spool.Spares.expire
+
+    async def expire(self: _spool.Spares) -> None:
+        had = self.expires is not None
+        await real_expire(self)
+        if had and self.expires is None:
+            deleted.set()
+
+    monkeypatch.setattr(_spool.Spares, "expire", expire)
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    long, short = _spooled_twice_source(tmp_path)
+    seen: list[bytes] = []
+
+    def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None
+        seen.append(Path(event.dataset_path).read_bytes())
+        return 0
+
+    scu, scp = storage_pair(spool_threshold=1000)
+    scp.spool_directory = str(spool_dir)
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], transport) as assoc:
+            assert (await assoc.send_c_store(long)).Status == 0
+            await deleted.wait()  # by the association's timers, not its end
+            assert list(spool_dir.iterdir()) == [] and assoc.is_established
+            assert (await assoc.send_c_store(short)).Status == 0
+    assert seen == [long.read_bytes(), short.read_bytes()]
+    assert list(spool_dir.iterdir()) == []
+
+
 @pytest.mark.parametrize("how", ["held open", "mapped", "hard link", "chmod", "moved"])
 async def test_a_spool_file_the_handler_keeps_is_never_written_over(
     how: str, tmp_path: Path
