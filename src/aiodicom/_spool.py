@@ -101,11 +101,14 @@ class Spares:
     async def set_aside(self, spool: Spool) -> bool:
         """Keep ``spool``'s finished file for the next spool if it may be
         (see :class:`Spares`); True if it was (``spool`` no longer has it)."""
+        identity = spool._identity
         if (
             self._closed
             or self._spare is not None
             or self._settling is not None
-            or _SET_LEASE is None
+            or identity is None
+            or _SET_LEASE is None  # no lease could show it unheld: not kept
+            or identity[0] in _NO_LEASES
         ):
             return False
         settled = self._settling = anyio.Event()
@@ -297,13 +300,7 @@ class Spool:
         if self.path is None and self._file is None:
             return
         try:
-            identity = self._identity
-            if (
-                spares is not None
-                and identity is not None
-                and identity[0] not in _NO_LEASES
-                and await spares.set_aside(self)
-            ):
+            if spares is not None and await spares.set_aside(self):
                 return
             await anyio.to_thread.run_sync(self.discard)
         finally:

@@ -821,8 +821,10 @@ class Association:
             deadline = min(deadline, self._spares.expires)
         return deadline
 
-    def _watch_spare(self) -> None:
-        """Have the timers delete the spool file just set aside, if it waits too long."""
+    async def _delete_spool(self, spool: Spool) -> None:
+        """Delete a served or refused request's spool file, or set it aside for
+        the next one (see Spares), the timers told when that expires."""
+        await spool.delete(self._spares)
         if self._spares.expires is not None:
             self._kick(self._spares.expires)
 
@@ -1752,8 +1754,7 @@ class Association:
             spool = msg.spool
             if not served and isinstance(spool, Spool):
                 with anyio.CancelScope(shield=True):
-                    await spool.delete(self._spares)  # refused: its data set is not needed
-                self._watch_spare()
+                    await self._delete_spool(spool)  # refused: its data set is not needed
             self._request_done()
 
     async def _serve_request(self, msg: Message) -> None:
@@ -2346,8 +2347,7 @@ class Association:
                 spool.discard()
             raise
         if spool is not None:
-            await spool.delete(self._spares)  # once answered: the peer need not wait for it
-            self._watch_spare()
+            await self._delete_spool(spool)  # once answered: the peer need not wait for it
 
     async def _serve_c_echo(self, msg: Message) -> None:
         status: Any

@@ -63,6 +63,7 @@ from aiodicom.testing import RecordingHandlers, make_dataset, memory_pair
 from .conftest import (
     GUARD,
     RAW_IMPL_UID,
+    RawPeer,
     can_evict,
     evict,
     make_scp_ae,
@@ -891,6 +892,22 @@ def store_rq_command(msg_id: int = 1, uid: str = "1.2.3.4") -> bytes:
     )
 
 
+@asynccontextmanager
+async def store_peer(scp: AE, handlers: list[Any]) -> AsyncIterator[RawPeer]:
+    """A raw peer associated with ``scp`` (serving ``handlers``) on the
+    context of store_rq_association()."""
+    async with running_server(scp, handlers) as server, raw_connection(server.port) as peer:
+        await peer.send(store_rq_association())
+        await peer.read_pdu()
+        yield peer
+
+
+async def send_request(peer: RawPeer, command: bytes, data: bytes | None) -> None:
+    """Send a message on context 1 in P-DATA-TF PDUs of at most 16 KiB."""
+    for pdu in fragment(1, command, data, 16384):
+        await peer.send(pdu)
+
+
 @pytest.mark.parametrize("reused", [False, True], ids=["new file", "reused file"])
 @pytest.mark.parametrize("how", ["abort", "close"])
 async def test_abort_mid_transfer_leaves_no_spool_file(
@@ -922,19 +939,12 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
     ]
     chunk = bytes(16378)
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, handlers) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await peer.send(store_rq_association())
-            await peer.read_pdu()
+        async with store_peer(scp, handlers) as peer:
             if reused:
-                for pdu in fragment(1, store_rq_command(), chunk * 2, 16384):
-                    await peer.send(pdu)
+                await send_request(peer, store_rq_command(), chunk * 2)
                 await peer.read_pdu()  # its C-STORE-RSP
                 spooling[0] = anyio.Event()
-            for pdu in fragment(1, store_rq_command(2), None, 16384):
-                await peer.send(pdu)
+            await send_request(peer, store_rq_command(2), None)
             # 16 KB fragments of a data set, none of them the last, until
             # the SCP has written some of it to its spool file
             with anyio.move_on_after(GUARD):
@@ -1020,14 +1030,8 @@ async def test_dataset_not_matching_the_command_answers_a900() -> None:
     ds = make_dataset(SOPClassUID=sop_class.MRImageStorage)
     data = encode_dataset(ds, ExplicitVRLittleEndian)
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, reads_dataset)]) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await peer.send(store_rq_association())
-            await peer.read_pdu()
-            for pdu in fragment(1, store_rq_command(5, ds.SOPInstanceUID), data, 16384):
-                await peer.send(pdu)
+        async with store_peer(scp, [(evt.EVT_C_STORE, reads_dataset)]) as peer:
+            await send_request(peer, store_rq_command(5, ds.SOPInstanceUID), data)
             rsp = await peer.read_pdu()
     assert isinstance(rsp, PDataTF)
     command = decode_command(rsp.pdvs[0].data)
@@ -1239,15 +1243,9 @@ async def test_peer_beyond_the_window_is_served_in_order() -> None:
 
     uids = [f"1.2.3.{i}" for i in range(6)]
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await peer.send(store_rq_association())
-            await peer.read_pdu()
+        async with store_peer(scp, [(evt.EVT_C_STORE, on_store)]) as peer:
             for i, uid in enumerate(uids):
-                for pdu in fragment(1, store_rq_command(i + 1, uid), bytes(1000), 16384):
-                    await peer.send(pdu)
+                await send_request(peer, store_rq_command(i + 1, uid), bytes(1000))
             release.set()
             answered = []
             while len(answered) < len(uids):
@@ -1288,17 +1286,12 @@ async def test_a_request_arriving_while_a_spool_file_is_finished_waits_its_turn(
 
     monkeypatch.setattr(_spool.Spool, "finish", slow_finish)
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await peer.send(store_rq_association())
-            await peer.read_pdu()
-            for pdu in fragment(1, store_rq_command(1, "1.2.3.1"), bytes(1000), 16384):
-                await peer.send(pdu)  # spooled: past the threshold
+        async with store_peer(scp, [(evt.EVT_C_STORE, on_store)]) as peer:
+            # spooled: past the threshold
+            await send_request(peer, store_rq_command(1, "1.2.3.1"), bytes(1000))
             await finishing.wait()
-            for pdu in fragment(1, store_rq_command(2, "1.2.3.2"), bytes(100), 16384):
-                await peer.send(pdu)  # kept in memory: the fast path's kind
+            # kept in memory: the fast path's kind
+            await send_request(peer, store_rq_command(2, "1.2.3.2"), bytes(100))
             # The second request reaches the SCP while the first is held up
             # (a pause to let it arrive, not a wait for a state).
             await anyio.sleep(0.2)
@@ -1321,14 +1314,8 @@ async def _answer_to(command: dict[str, Any], data: bytes | None) -> list[Any]:
     rec = RecordingHandlers()
     out: list[Any] = []
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, rec.handlers) as server,
-            raw_connection(server.port) as peer,
-        ):
-            await peer.send(store_rq_association())
-            await peer.read_pdu()
-            for pdu in fragment(1, encode_command(command), data, 16384):
-                await peer.send(pdu)
+        async with store_peer(scp, rec.handlers) as peer:
+            await send_request(peer, encode_command(command), data)
             pdu = await peer.read_pdu()
             out.append(pdu)
             if isinstance(pdu, PDataTF):
@@ -1550,8 +1537,7 @@ async def _store_over_raw(rq: AAssociateRQ, command: bytes, rec: RecordingHandle
         await peer.send(rq)
         ac = await peer.read_pdu()
         assert isinstance(ac, AAssociateAC) and ac.presentation_contexts[0].result == 0, ac
-        for pdu in fragment(1, command, data, 16384):
-            await peer.send(pdu)
+        await send_request(peer, command, data)
         rsp = await peer.read_pdu()
         assert isinstance(rsp, PDataTF)
         response = decode_command(rsp.pdvs[0].data)
