@@ -9,6 +9,8 @@ subprocesses on 127.0.0.1. Two data sets (``_qr_data``): a generated tree
 
 - dcmtk findscu/getscu/movescu -> aiodicom SCP (handlers over the tree, in
   memory) and -> the ``aiodicom qrscp`` application (filled by storescu)
+- pynetdicom's SCU -> the ``aiodicom qrscp`` application: filled by its
+  C-STORE, then C-FIND at every level, C-GET and C-MOVE
 - aiodicom SCU -> dcmtk dcmqrscp (filled by storescu): C-FIND at every level
   of Study Root and Patient Root, C-GET, C-MOVE to an aiodicom storage SCP, to
   dcmtk storescp and to the requesting AE itself, C-CANCEL
@@ -873,6 +875,63 @@ def test_dcmtk_tools_to_aiodicom_qrscp_get_move(aiodicom_qrscp, run_dcmtk, tmp_p
     )
     assert cp.returncode == 0, cp.describe()
     assert "Received Final Move Response (Success)" in cp.stdout + cp.stderr, cp.describe()
+    check_files(storescp.wait_for_files(len(expected)), expected)
+
+
+@pytest.fixture
+def pynetdicom_filled_qrscp(aiodicom_qrscp, run_pynetdicom_scu, tree):
+    """The ``aiodicom qrscp`` application filled with the generated tree by
+    pynetdicom's SCU (each file sent as it is: ``--chunked``); its port and
+    the C-MOVE destination."""
+    _proc, port, storescp = aiodicom_qrscp
+    stores = [arg for path in folder_of(tree) for arg in ("--store", path)]
+    cp, events = run_pynetdicom_scu("--port", port, "--called", "QRSCP", "--chunked", *stores)
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    statuses = [e["status"] for e in events if e["event"] == "c_store"]
+    assert statuses == [0x0000] * len(tree), events
+    return port, storescp
+
+
+@pytest.mark.parametrize("case", range(len(CASE_IDS)), ids=CASE_IDS)
+def test_pynetdicom_to_aiodicom_qrscp_find(
+    pynetdicom_filled_qrscp, run_pynetdicom_qrscu, tree, case
+):
+    port, _storescp = pynetdicom_filled_qrscp
+    model, ident = query_cases(tree)[case]
+    cp, events = run_pynetdicom_qrscu(
+        "--port", port, "--called", "QRSCP", "--service", "find", "--model", model,
+        *pyn_keys(ident),
+    )  # fmt: skip
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    rsps = [e for e in events if e["event"] == "find_rsp"]
+    assert rsps[-1]["status"] == 0x0000, rsps[-1]
+    assert {e["status"] for e in rsps[:-1]} <= {0xFF00, 0xFF01}, rsps
+    check_matches(tree, ident, [pyn_identifier(e["identifier"]) for e in rsps[:-1]])
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+def test_pynetdicom_to_aiodicom_qrscp_get_move(
+    pynetdicom_filled_qrscp, run_pynetdicom_qrscu, tmp_path, tree, level
+):
+    port, storescp = pynetdicom_filled_qrscp
+    model, ident = retrieve_cases(tree)[level]
+    expected = select_instances(tree, ident)
+    cp, events = run_pynetdicom_qrscu(
+        "--port", port, "--called", "QRSCP", "--service", "get", "--model", model,
+        "--store-dir", tmp_path, *pyn_keys(ident),
+    )  # fmt: skip
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    rsps = [e for e in events if e["event"] == "get_rsp"]
+    assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
+    assert [e["remaining"] for e in rsps[:-1]] == list(range(len(expected) - 1, -1, -1))
+    check_files(sorted(tmp_path.iterdir()), expected)
+    cp, events = run_pynetdicom_qrscu(
+        "--port", port, "--called", "QRSCP", "--service", "move", "--model", model,
+        "--move-dest", "STORESCP", *pyn_keys(ident),
+    )  # fmt: skip
+    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    rsps = [e for e in events if e["event"] == "move_rsp"]
+    assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
     check_files(storescp.wait_for_files(len(expected)), expected)
 
 
