@@ -221,6 +221,34 @@ class _FileSource:
 
 
 _Payload = bytes | memoryview | _FileSource | None
+
+
+class _PreparedStore:
+    """A C-STORE request ready to send (see ``Association._prepare_store``);
+    ``owned``: the file it streams from that it opened (closed by :meth:`close`)."""
+
+    __slots__ = ("command", "context_id", "owned", "payload")
+
+    def __init__(
+        self,
+        context_id: int,
+        command: dict[str, Any] | Callable[[int], bytes],
+        payload: _Payload,
+        owned: BinaryIO | None,
+    ) -> None:
+        self.context_id = context_id
+        self.command = command
+        self.payload = payload
+        self.owned = owned
+
+    async def close(self) -> None:
+        """Close the file opened to stream from, if any (in a worker, shielded)."""
+        owned, self.owned = self.owned, None
+        if owned is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(owned.close)
+
+
 #: A block of a file laid out as P-DATA-TF PDUs, and where each PDU ends.
 _Block = tuple[bytearray, list[int]]
 
@@ -2094,31 +2122,9 @@ class Association:
         if remaining is None:
             LOGGER.error("%s handler did not yield the number of sub-operations first", name)
             return {"Status": error_base + 0x13}
-        counts = _SubOperations(remaining)
-        if destination is None:
-            return await self._sub_operations(msg, event, items, base, counts, self)
-        host, port, options = destination
-        # The association to the destination is opened for the first instance
-        # to send, so a move of nothing (or a refusal) never needs it.
-        async with contextlib.AsyncExitStack() as stack:
-
-            async def open_destination() -> Association:
-                assoc: Association = await stack.enter_async_context(
-                    self._move_association(host, port, str(event.move_destination or ""), options)
-                )
-                return assoc
-
-            try:
-                return await self._sub_operations(
-                    msg, event, items, base, counts, None, open_destination
-                )
-            except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
-                LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
-                if counts.started:
-                    counts.failed += counts.remaining
-                    counts.remaining = 0
-                    return counts.final(0xA702)
-                return {"Status": 0xA801, "ErrorComment": "no association with the destination"}
+        return await self._sub_operations(
+            msg, event, items, base, _SubOperations(remaining), destination
+        )
 
     def _move_association(
         self, host: str, port: int, ae_title: str, options: dict[str, Any]
@@ -2136,72 +2142,215 @@ class Association:
         items: _HandlerItems,
         base: dict[str, Any],
         counts: _SubOperations,
-        store_to: Association | None,
+        destination: tuple[str, int, dict[str, Any]] | None,
+    ) -> dict[str, Any]:
+        """C-STORE each instance the handler yields (C-GET: on this
+        association; C-MOVE: on one opened to ``destination``), a pending
+        response after each; return the final response's fields.
+
+        Two tasks: this one takes each instance from the handler and makes
+        its request ready (the file opened, probed, a small one read whole),
+        and hands it over; a sender stores it and answers. So the next
+        instance is read while the peer stores the last one, and the handler
+        always runs in the task that started it. What was taken in advance
+        (an error included) is dealt with in turn, as if found then; no more
+        than one instance is taken ahead.
+        """
+        is_move = msg.command_field == CommandField.C_MOVE_RQ
+        target: list[Association | None] = [None if is_move else self]
+        send, receive = anyio.create_memory_object_stream[_SubStep](0)
+        outcome: list[Any] = []
+
+        async def sender() -> None:
+            try:
+                with receive:
+                    if destination is None:
+                        final = await self._store_sub_operations(msg, event, base, counts, receive)
+                    else:
+                        final = await self._move_sub_operations(
+                            msg, event, base, counts, receive, destination, target
+                        )
+                outcome.append(final)
+            except Exception as exc:
+                outcome.append(exc)
+            finally:
+                # Done: what the handler is still being asked for is not needed.
+                tg.cancel_scope.cancel()
+
+        step: _SubStep | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender)
+            try:
+                with send:
+                    while not event.is_cancelled:
+                        step = await self._pull_sub_operation(
+                            items,
+                            event.event.name,
+                            0xC500 if is_move else 0xC400,
+                            msg.command_field | 0x8000,
+                            # Composite Instance Retrieve Without Bulk Data (PS3.4
+                            # Z.1.2): the instances go out without their bulk data.
+                            msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA,
+                            target[0],
+                            originator=self._remote.ae_title if is_move else None,
+                            originator_id=msg.message_id if is_move else None,
+                        )
+                        await send.send(step)
+                        kind, step = step.kind, None  # the sender's now
+                        if kind == "end":
+                            break
+            except anyio.BrokenResourceError:
+                pass  # the sender has finished
+            finally:
+                if step is not None:
+                    await step.close()
+        (final,) = outcome
+        if isinstance(final, Exception):
+            raise final
+        assert isinstance(final, dict)
+        return final
+
+    async def _move_sub_operations(
+        self,
+        msg: Message,
+        event: evt.Event,
+        base: dict[str, Any],
+        counts: _SubOperations,
+        receive: MemoryObjectReceiveStream[_SubStep],
+        destination: tuple[str, int, dict[str, Any]],
+        target: list[Association | None],
+    ) -> dict[str, Any]:
+        """The C-MOVE sender: :meth:`_store_sub_operations` over an
+        association to the destination, opened for the first instance to
+        send, so a move of nothing (or a refusal) never needs it."""
+        host, port, options = destination
+        async with contextlib.AsyncExitStack() as stack:
+
+            async def open_destination() -> Association:
+                assoc: Association = await stack.enter_async_context(
+                    self._move_association(host, port, str(event.move_destination or ""), options)
+                )
+                target[0] = assoc
+                return assoc
+
+            try:
+                return await self._store_sub_operations(
+                    msg, event, base, counts, receive, open_destination
+                )
+            except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
+                LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
+                if counts.started:
+                    counts.failed += counts.remaining
+                    counts.remaining = 0
+                    return counts.final(0xA702)
+                return {"Status": 0xA801, "ErrorComment": "no association with the destination"}
+
+    async def _store_sub_operations(
+        self,
+        msg: Message,
+        event: evt.Event,
+        base: dict[str, Any],
+        counts: _SubOperations,
+        receive: MemoryObjectReceiveStream[_SubStep],
         open_destination: Callable[[], Awaitable[Association]] | None = None,
     ) -> dict[str, Any]:
-        """C-STORE each instance the handler yields; a pending response after each."""
-        is_move = msg.command_field == CommandField.C_MOVE_RQ
-        name = event.event.name
-        error_base = 0xC500 if is_move else 0xC400
-        originator = self._remote.ae_title if is_move else None
-        originator_id = msg.message_id if is_move else None
-        # Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2): the
-        # instances go out without their bulk data elements.
-        without_bulk_data = msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA
+        """The sender of :meth:`_sub_operations`: store each instance handed
+        over, a pending response after each; the final response's fields."""
+        store_to = None if open_destination is not None else self
         head = pending_counts_head({**base, "Status": 0xFF00})  # of each pending response
         while True:
             if event.is_cancelled:
                 return counts.final(0xFE00)
             try:
-                got, item = await items.next()
-            except Exception:
-                LOGGER.exception("Exception in the handler bound to %s", name)
-                return counts.final(error_base + 0x11)
-            if not got:
-                return counts.final(None)
-            try:
-                status, dataset = item
-            except (TypeError, ValueError):
-                LOGGER.error("%s handler yielded %r, not (status, dataset)", name, item)
-                return counts.final(error_base + 0x11)
-            fields = _status_fields(status, error_base + 0x11, msg.command_field | 0x8000)
-            if fields["Status"] not in _PENDING:
-                out = counts.final(fields["Status"])  # Remaining too, for a cancel
-                out.update(fields)
-                return out
-            if event.is_cancelled:
-                return counts.final(0xFE00)
-            counts.started = store_to is not None
-            if without_bulk_data:
+                step = receive.receive_nowait()  # usually ready: no wait, no checkpoint
+            except anyio.WouldBlock:
                 try:
-                    dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
-                except Exception as exc:
-                    LOGGER.error("%s: could not read an instance to send: %s", name, exc)
-                    counts.record(0xA702, await _instance_uid_of(dataset))
-                    continue
-            if store_to is None:
-                assert open_destination is not None
-                store_to = await open_destination()
-                counts.started = True
+                    step = await receive.receive()
+                except anyio.EndOfStream:
+                    return counts.final(0xFE00)  # the taker saw the cancel first
             try:
-                rsp = await store_to._store(
-                    dataset, originator_aet=originator, originator_id=originator_id
-                )
-                command = rsp.command
-                status = int(command["Status"])
-                uid = command.get("AffectedSOPInstanceUID")  # U(=): may be left out
-                if uid is None and status != 0x0000:
-                    uid = await _instance_uid_of(dataset)
-                counts.record(status, uid)
-            except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
-                LOGGER.error("%s sub-operation failed: %s", name, exc)
-                counts.record(0xA702, await _instance_uid_of(dataset))
+                if step.kind != "store":
+                    out = counts.final(step.status)  # Remaining too, for a cancel
+                    if step.fields is not None:
+                        out.update(step.fields)
+                    return out
+                if event.is_cancelled:
+                    return counts.final(0xFE00)
+                counts.started = store_to is not None
+                if step.unreadable:
+                    counts.record(0xA702, await _instance_uid_of(step.dataset))
+                    continue
+                if store_to is None:
+                    assert open_destination is not None
+                    store_to = await open_destination()
+                    counts.started = True
+                try:
+                    if step.prepared is None and step.error is None:
+                        await step.prepare(store_to)
+                    if step.error is not None:
+                        raise step.error
+                    assert step.prepared is not None
+                    rsp = await store_to._invoke(
+                        step.prepared.context_id, step.prepared.command, step.prepared.payload, None
+                    )
+                    command = rsp.command
+                    status = int(command["Status"])
+                    uid = command.get("AffectedSOPInstanceUID")  # U(=): may be left out
+                    if uid is None and status != 0x0000:
+                        uid = await _instance_uid_of(step.dataset)
+                    counts.record(status, uid)
+                except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
+                    LOGGER.error("%s sub-operation failed: %s", event.event.name, exc)
+                    counts.record(0xA702, await _instance_uid_of(step.dataset))
+            finally:
+                await step.close()
             pending = counts.pending_command(head)
             # C-GET: corked, it leaves with the next sub-operation's C-STORE
             # request on this association (one write, not two) or at the end
             # of this loop iteration. C-MOVE stores over another association.
             if not self._send_now(msg.context_id, pending, None, soon=store_to is self):
                 await self._send_message(msg.context_id, pending, None)
+
+    async def _pull_sub_operation(
+        self,
+        items: _HandlerItems,
+        name: str,
+        error_base: int,
+        response_field: int,
+        without_bulk_data: bool,
+        store_to: Association | None,
+        *,
+        originator: str | None,
+        originator_id: int | None,
+    ) -> _SubStep:
+        """The handler's next C-GET/C-MOVE item, made ready to send on
+        ``store_to`` (when known): see :class:`_SubStep`."""
+        try:
+            got, item = await items.next()
+        except Exception:
+            LOGGER.exception("Exception in the handler bound to %s", name)
+            return _SubStep("end", error_base + 0x11)
+        if not got:
+            return _SubStep("end", None)
+        try:
+            status, dataset = item
+        except (TypeError, ValueError):
+            LOGGER.error("%s handler yielded %r, not (status, dataset)", name, item)
+            return _SubStep("end", error_base + 0x11)
+        fields = _status_fields(status, error_base + 0x11, response_field)
+        if fields["Status"] not in _PENDING:
+            return _SubStep("end", fields["Status"], fields)
+        step = _SubStep("store", None, None, dataset, originator, originator_id)
+        if without_bulk_data:
+            try:
+                step.dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
+            except Exception as exc:
+                LOGGER.error("%s: could not read an instance to send: %s", name, exc)
+                step.unreadable = True
+                return step
+        if store_to is not None:
+            await step.prepare(store_to)
+        return step
 
     def _serve_inline(self, msg: Message) -> bool:
         """Answer a C-ECHO, an in-memory C-STORE or an N request at once, without a task.
@@ -2913,6 +3062,24 @@ class Association:
         originator_id: int | None = None,
     ) -> Message:
         """:meth:`send_c_store`, returning the response message itself."""
+        prepared = await self._prepare_store(dataset, priority, originator_aet, originator_id)
+        try:
+            return await self._invoke(
+                prepared.context_id, prepared.command, prepared.payload, msg_id
+            )
+        finally:
+            await prepared.close()
+
+    async def _prepare_store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> _PreparedStore:
+        """What a C-STORE request of ``dataset`` sends: its context, command
+        and data set (read, or the file to stream it from). Raises what
+        :meth:`send_c_store` raises before sending anything."""
         if priority not in (0, 1, 2):
             raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
         self._check_usable()
@@ -2984,11 +3151,12 @@ class Association:
                     "MoveOriginatorApplicationEntityTitle": originator_aet,
                     "MoveOriginatorMessageID": originator_id,
                 }
-            return await self._invoke(cx.context_id, command, payload, msg_id)
-        finally:
+        except BaseException:
             if owned is not None:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(owned.close)
+            raise
+        return _PreparedStore(cx.context_id, command, payload, owned)
 
     def send_c_find(
         self,
@@ -3488,6 +3656,61 @@ class _HandlerItems:
                     self._it.close()
             except Exception:
                 LOGGER.exception("Exception closing a handler's generator")
+
+
+class _SubStep:
+    """What a C-GET/C-MOVE handler gave next, taken in advance.
+
+    ``kind`` "end": the sub-operations end, the final status is ``status``
+    (None: by the counts) with the handler's ``fields``. "store": ``dataset``
+    to send, ``prepared`` for sending, or the ``error`` preparing it raised
+    (raised again when its turn comes), or ``unreadable`` (its bulk data
+    could not be stripped).
+    """
+
+    __slots__ = (
+        "dataset",
+        "error",
+        "fields",
+        "kind",
+        "originator",
+        "originator_id",
+        "prepared",
+        "status",
+        "unreadable",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        status: int | None,
+        fields: dict[str, Any] | None = None,
+        dataset: Any = None,
+        originator: str | None = None,
+        originator_id: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.status = status
+        self.fields = fields
+        self.dataset = dataset
+        self.originator = originator
+        self.originator_id = originator_id
+        self.prepared: _PreparedStore | None = None
+        self.error: Exception | None = None
+        self.unreadable = False
+
+    async def prepare(self, store_to: Association) -> None:
+        """Make the request on ``store_to``; an error is kept for its turn."""
+        try:
+            self.prepared = await store_to._prepare_store(
+                self.dataset, originator_aet=self.originator, originator_id=self.originator_id
+            )
+        except Exception as exc:
+            self.error = exc
+
+    async def close(self) -> None:
+        if self.prepared is not None:
+            await self.prepared.close()
 
 
 class _SubOperations:

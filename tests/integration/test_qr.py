@@ -413,6 +413,72 @@ async def test_get_failed_sub_operations_from_files_are_listed(tmp_path: Path) -
     assert listed == other.SOPInstanceUID
 
 
+async def test_get_takes_the_next_instance_while_the_last_is_stored() -> None:
+    """While the SCU stores sub-operation k, the SCP's handler has already been
+    asked for instance k+1, never yet for k+2. The SCU's C-STORE handler waits
+    for that request: without the overlap it would wait for ever (the test
+    fails on its guard)."""
+    instances = [make_dataset() for _ in range(4)]
+    uids = [ds.SOPInstanceUID for ds in instances]
+    asked = [anyio.Event() for _ in instances]
+    furthest: list[int] = []
+
+    async def on_get(event: evt.Event) -> AsyncIterator[Any]:
+        yield len(instances)
+        for i, ds in enumerate(instances):
+            asked[i].set()
+            yield 0xFF00, ds
+
+    async def on_store(event: evt.Event) -> int:
+        k = uids.index(event.dataset.SOPInstanceUID)
+        if k + 1 < len(instances):
+            await asked[k + 1].wait()
+        furthest.append(max(i for i, e in enumerate(asked) if e.is_set()))
+        return 0x0000
+
+    scu, scp = qr_pair()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=[(evt.EVT_C_GET, on_get)],
+            scu_handlers=[(evt.EVT_C_STORE, on_store)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            statuses = [int(s.Status) async for s, _ in assoc.send_c_get(query(), GET)]
+    assert statuses == [0xFF00] * 4 + [0x0000]
+    assert furthest == [1, 2, 3, 3]
+
+
+async def test_get_handler_failing_after_two_instances_counts_both() -> None:
+    """The handler raises when asked for its third instance (asked while the
+    second is stored): the second is still counted, its pending response
+    sent, then the final response is 0xC411."""
+    instances = [make_dataset() for _ in range(3)]
+
+    async def on_get(event: evt.Event) -> AsyncIterator[Any]:
+        yield len(instances)
+        for ds in instances[:2]:
+            yield 0xFF00, ds
+        raise RuntimeError("the archive went away")
+
+    scu, scp = qr_pair()
+    stored = Stored()
+    with anyio.fail_after(GUARD):
+        async with memory_pair(
+            scu,
+            scp,
+            scp_handlers=[(evt.EVT_C_GET, on_get)],
+            scu_handlers=[(evt.EVT_C_STORE, stored)],
+            ext_neg=[build_role(CT, scp_role=True)],
+        ) as assoc:
+            statuses = [s async for s, _ in assoc.send_c_get(query(), GET)]
+            assert (await assoc.send_c_echo()).Status == 0
+    assert [int(s.Status) for s in statuses] == [0xFF00, 0xFF00, 0xC411]
+    assert [s.NumberOfCompletedSuboperations for s in statuses] == [1, 2, 2]
+    assert stored.uids == [ds.SOPInstanceUID for ds in instances[:2]]
+
+
 async def test_get_warnings_give_b000() -> None:
     scu, scp = qr_pair()
     final = (await _get(scu, scp, Archive(), Stored(status=0xB000)))[-1]
@@ -484,8 +550,9 @@ def _messages(write: bytes) -> tuple[list[str], int]:
 async def test_get_pending_response_leaves_with_the_next_sub_operation(
     max_pdu: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each pending C-GET-RSP goes in one write with what follows it (the next
-    C-STORE-RQ, all of its PDUs, or the final response), not in one of its own."""
+    """Each pending C-GET-RSP goes in one write with the next C-STORE-RQ (all
+    of its PDUs), not in one of its own. The last one leaves alone: the final
+    response follows once the handler's task is done with it."""
     from asyncio.selector_events import _SelectorSocketTransport
 
     writes: list[tuple[Any, bytes]] = []
@@ -533,11 +600,12 @@ async def test_get_pending_response_leaves_with_the_next_sub_operation(
         ["C-STORE-RQ"],
         ["C-GET-RSP FF00", "C-STORE-RQ"],
         ["C-GET-RSP FF00", "C-STORE-RQ"],
-        ["C-GET-RSP FF00", "C-GET-RSP 0000"],
+        ["C-GET-RSP FF00"],
+        ["C-GET-RSP 0000"],
     ]
     # The data set (10 KB) fits one PDU, or takes three of 4,096 bytes.
     per_store = 4 if max_pdu else 1
-    assert [pdus for _, pdus in parsed] == [per_store, per_store + 1, per_store + 1, 2]
+    assert [pdus for _, pdus in parsed] == [per_store, per_store + 1, per_store + 1, 1, 1]
 
 
 async def test_get_handler_without_a_count() -> None:
