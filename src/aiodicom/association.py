@@ -2149,8 +2149,8 @@ class Association:
         response after each; return the final response's fields.
 
         Two tasks: this one takes each instance from the handler and makes
-        its request ready (the file opened, probed, a small one read whole),
-        and hands it over; a sender stores it and answers. So the next
+        its request ready (the file opened, probed, a small one read whole;
+        a Dataset is encoded in its turn), and hands it over; a sender stores it and answers. So the next
         instance is read while the peer stores the last one, and the handler
         always runs in the task that started it. What was taken in advance
         (an error included) is dealt with in turn, as if found then; no more
@@ -2348,7 +2348,10 @@ class Association:
                 LOGGER.error("%s: could not read an instance to send: %s", name, exc)
                 step.unreadable = True
                 return step
-        if store_to is not None:
+        if store_to is not None and not isinstance(step.dataset, Dataset):
+            # A path or file is opened and probed ahead, a small one read
+            # whole (up to _INLINE_READ more in memory). A Dataset is encoded
+            # in its turn: encoded ahead, a large one would be held twice.
             await step.prepare(store_to)
         return step
 
