@@ -413,17 +413,21 @@ async def test_get_failed_sub_operations_from_files_are_listed(tmp_path: Path) -
     assert listed == other.SOPInstanceUID
 
 
-async def test_get_takes_the_next_instance_while_the_last_is_stored() -> None:
-    """While the SCU stores sub-operation k, the SCP's handler has already been
-    asked for instance k+1, never yet for k+2. The SCU's C-STORE handler waits
-    for that request: without the overlap it would wait for ever (the test
-    fails on its guard)."""
+@pytest.mark.parametrize("service", ["get", "move"])
+async def test_the_next_instance_is_taken_while_the_last_is_stored(service: str) -> None:
+    """While the peer stores sub-operation k (C-GET: the SCU; C-MOVE: the
+    destination), the SCP's handler has already been asked for instance
+    k+1, never yet for k+2. The storing handler waits for that request:
+    without the overlap it would wait for ever (the test fails on its guard)."""
     instances = [make_dataset() for _ in range(4)]
     uids = [ds.SOPInstanceUID for ds in instances]
     asked = [anyio.Event() for _ in instances]
     furthest: list[int] = []
+    destination: list[Any] = []
 
-    async def on_get(event: evt.Event) -> AsyncIterator[Any]:
+    async def on_retrieve(event: evt.Event) -> AsyncIterator[Any]:
+        if destination:
+            yield destination[0]
         yield len(instances)
         for i, ds in enumerate(instances):
             asked[i].set()
@@ -437,15 +441,28 @@ async def test_get_takes_the_next_instance_while_the_last_is_stored() -> None:
         return 0x0000
 
     scu, scp = qr_pair()
+    scp.add_requested_context(CT, ExplicitVRLittleEndian)
+    dest_ae = make_scp_ae("DEST")
+    dest_ae.add_supported_context(CT, ExplicitVRLittleEndian)
     with anyio.fail_after(GUARD):
-        async with memory_pair(
-            scu,
-            scp,
-            scp_handlers=[(evt.EVT_C_GET, on_get)],
-            scu_handlers=[(evt.EVT_C_STORE, on_store)],
-            ext_neg=[build_role(CT, scp_role=True)],
-        ) as assoc:
-            statuses = [int(s.Status) async for s, _ in assoc.send_c_get(query(), GET)]
+        async with running_server(dest_ae, [(evt.EVT_C_STORE, on_store)]) as dest:
+            kind = evt.EVT_C_GET
+            if service == "move":
+                kind = evt.EVT_C_MOVE
+                destination.append(("127.0.0.1", dest.port))
+            async with memory_pair(
+                scu,
+                scp,
+                scp_handlers=[(kind, on_retrieve)],
+                scu_handlers=[(evt.EVT_C_STORE, on_store)],
+                ext_neg=[build_role(CT, scp_role=True)],
+            ) as assoc:
+                responses = (
+                    assoc.send_c_get(query(), GET)
+                    if service == "get"
+                    else assoc.send_c_move(query(), "DEST", MOVE)
+                )
+                statuses = [int(s.Status) async for s, _ in responses]
     assert statuses == [0xFF00] * 4 + [0x0000]
     assert furthest == [1, 2, 3, 3]
 
