@@ -25,7 +25,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from aiodicom import AE, Server, sop_class
+from aiodicom import AE, Server, association, sop_class
 from aiodicom.dimse import (
     DATASET_PRESENT,
     NO_DATASET,
@@ -35,7 +35,7 @@ from aiodicom.dimse import (
     fragment,
 )
 from aiodicom.dsutils import encode_dataset
-from aiodicom.pdu import AAssociateRQ, PDataTF
+from aiodicom.pdu import AAbort, AAssociateRQ, PDataTF
 from aiodicom.pdu_primitives import (
     SCP_SCU_RoleSelectionNegotiation,
 )
@@ -306,6 +306,206 @@ async def test_an_identifier_value_that_does_not_decode_is_refused_c000(tmp_path
         assert rsp["Status"] == 0xC000, rsp
         assert "does not decode" in rsp["ErrorComment"], rsp
         await raw_release(peer)
+
+
+# ---------------------------------------------------------------------------
+# C-GET with an SCU that misbehaves during the sub-operations
+
+#: How the raw SCU answers a C-STORE sub-operation (weights).
+_ANSWERS = {
+    "ok": 6,
+    "fail": 2,  # 0xA700
+    "warn": 1,  # 0xB000
+    "no-status": 1,  # a C-STORE-RSP without a Status: a failed sub-operation
+    "stray-then-ok": 1,  # a response for an unknown message ID, then the right one
+    "cancel": 1,  # C-CANCEL of the C-GET, then the right response
+    "abort": 1,  # A-ABORT
+    "close": 1,  # the connection dropped
+    "garbage": 1,  # a PDU of an unknown type: the SCP aborts
+}
+
+
+async def _misbehaving_get(
+    peer: RawPeer, mid: int, identifier: bytes, rng: random.Random
+) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """A C-GET whose C-STORE sub-operations are answered each a seeded way;
+    the answers given, and the final C-GET-RSP (None: the association ended)."""
+    await _send(
+        peer,
+        5,
+        {
+            "CommandField": CommandField.C_GET_RQ,
+            "MessageID": mid,
+            "Priority": 0,
+            "AffectedSOPClassUID": GET,
+            "CommandDataSetType": DATASET_PRESENT,
+        },
+        identifier,
+    )
+    given: dict[str, int] = {}
+    while True:
+        cx, rq, _ = await _message(peer)
+        if rq["CommandField"] != CommandField.C_STORE_RQ:
+            assert rq["MessageIDBeingRespondedTo"] == mid, rq
+            if rq["Status"] in (0xFF00, 0xFF01):
+                continue
+            return given, rq
+        answer = rng.choices(list(_ANSWERS), weights=list(_ANSWERS.values()))[0]
+        given[answer] = given.get(answer, 0) + 1
+        if answer == "abort":
+            await peer.send(AAbort(source=0, reason=0))
+            return given, None
+        if answer == "close":
+            return given, None
+        if answer == "garbage":
+            await peer.send(b"\x09\x00\x00\x00\x00\x02\x00\x00")
+            # AA-1: the SCP sends an A-ABORT, then waits (Sta13) for us to close.
+            while not isinstance(pdu := await peer.read_pdu(), AAbort):
+                assert isinstance(pdu, PDataTF), pdu
+            return given, None
+        rsp: dict[str, Any] = {
+            "CommandField": CommandField.C_STORE_RSP,
+            "MessageIDBeingRespondedTo": rq["MessageID"],
+            "AffectedSOPClassUID": rq["AffectedSOPClassUID"],
+            "AffectedSOPInstanceUID": rq["AffectedSOPInstanceUID"],
+            "CommandDataSetType": NO_DATASET,
+            "Status": {"fail": 0xA700, "warn": 0xB000}.get(answer, 0x0000),
+        }
+        if answer == "no-status":
+            del rsp["Status"]
+        elif answer == "stray-then-ok":
+            stray = {**rsp, "MessageIDBeingRespondedTo": (rq["MessageID"] + 1000) & 0xFFFF}
+            await _send(peer, cx, stray, None)
+        elif answer == "cancel":
+            cancel = {
+                "CommandField": CommandField.C_CANCEL_RQ,
+                "MessageIDBeingRespondedTo": mid,
+                "CommandDataSetType": NO_DATASET,
+            }
+            await _send(peer, 5, cancel, None)
+        await _send(peer, cx, rsp, None)
+
+
+def _open_files() -> list[str] | None:
+    """What this process's file descriptors refer to, but the SQLite index's
+    (SQLite holds a closed connection's descriptor while another connection
+    of the process has locks on the file, and closes it later)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None  # not Linux: the check is left out
+    out = []
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the descriptor listdir itself used
+        if "index.sqlite" not in target:
+            out.append(target)
+    return sorted(out)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["read-whole", "streamed"])
+async def test_a_misbehaving_c_get_scu_never_breaks_the_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Each case: a new association, a C-GET of 6 instances whose C-STORE
+    sub-operations the SCU answers a seeded way (success, failure, warning,
+    no Status, a stray response first, a C-CANCEL, an A-ABORT, a dropped
+    connection, a bad PDU). Where the association goes on, the final
+    response's counts are those of the answers given, then a C-ECHO works.
+    At the end every association has ended, no file or socket is left open
+    (``streamed`` makes every instance go out from an open file: each is
+    closed, one read ahead of its turn included), and a clean C-GET still brings all 6."""
+    opened: list[Any] = []  # every file opened to stream an instance from
+    if streamed:
+        monkeypatch.setattr(association, "_INLINE_READ", 0)
+        prepare = association._prepare_file
+
+        def tracked(source: Any) -> Any:
+            info, data, fp = prepare(source)
+            if fp is not None:
+                opened.append(fp)  # (held: its closing is not left to the collector)
+            return info, data, fp
+
+        monkeypatch.setattr(association, "_prepare_file", tracked)
+    archive = await Archive.open(tmp_path / "store", ae_title="QRSCP")
+    study_uid = "1.2.826.0.1.3680043.8.498.2"
+    for i in range(6):
+        ds = make_dataset(StudyInstanceUID=study_uid, InstanceNumber=i + 1, PatientID="P1")
+        path = tmp_path / f"in{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        await archive.store_file(path)
+    get = _query("STUDY", StudyInstanceUID=study_uid)
+    cases = max(CASES // 5, 20)
+    ae = setup_ae(AE("QRSCP"), archive)
+    ae.acse_timeout = ae.dimse_timeout = GUARD
+    outcomes: dict[str, int] = {}
+
+    async def all_ended(server: Server) -> None:
+        with anyio.fail_after(GUARD):
+            while server.active_associations:  # each leaves once it has ended
+                await server._change.wait()
+
+    async with (
+        archive,
+        ae.start_server(("127.0.0.1", 0), evt_handlers=archive.handlers()) as server,
+    ):
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer, _rq())
+            with anyio.fail_after(GUARD):
+                assert await _request(peer, 5, CommandField.C_GET_RQ, GET, 1, get) == (
+                    [0xFF00] * 6 + [0x0000],
+                    6,
+                )
+            await raw_release(peer)
+        await all_ended(server)
+        files = _open_files()
+        for seed in range(1, cases + 1):
+            rng = random.Random(seed)
+            where = f"seed {seed}"
+            async with raw_connection(server.port) as peer:
+                try:
+                    with anyio.fail_after(GUARD):
+                        await raw_associate(peer, _rq())
+                        given, final = await _misbehaving_get(peer, 1, get, rng)
+                        if final is not None:
+                            echo = await _echo(peer, 2)
+                            await raw_release(peer)
+                except Exception as exc:
+                    raise AssertionError(f"{where}: {exc!r}") from exc
+            if final is None:
+                outcomes["ended"] = outcomes.get("ended", 0) + 1
+                continue
+            assert echo == 0, where
+            status = int(final["Status"])
+            outcomes[f"0x{status:04X}"] = outcomes.get(f"0x{status:04X}", 0) + 1
+            completed = final["NumberOfCompletedSuboperations"]
+            failed = final["NumberOfFailedSuboperations"]
+            warning = final["NumberOfWarningSuboperations"]
+            if "cancel" in given:
+                assert status in (0xFE00, 0x0000, 0xB000, 0xA702), f"{where}: {final}"
+                remaining = final.get("NumberOfRemainingSuboperations") or 0
+                assert completed + failed + warning + remaining == 6, f"{where}: {final}"
+                continue
+            assert failed == given.get("fail", 0) + given.get("no-status", 0), f"{where}: {given}"
+            assert warning == given.get("warn", 0), f"{where}: {given}"
+            assert completed == given.get("ok", 0) + given.get("stray-then-ok", 0), where
+            expected = 0x0000 if failed + warning == 0 else 0xA702 if failed == 6 else 0xB000
+            assert status == expected, f"{where}: {final} after {given}"
+        async with raw_connection(server.port) as peer:
+            await raw_associate(peer, _rq())
+            with anyio.fail_after(GUARD):
+                again = await _request(peer, 5, CommandField.C_GET_RQ, GET, 1, get)
+            assert again == ([0xFF00] * 6 + [0x0000], 6)
+            await raw_release(peer)
+        await all_ended(server)
+        if files is not None:
+            assert _open_files() == files
+    if streamed:
+        assert len(opened) > cases and all(fp.closed for fp in opened)
+    # every kind of ending was met
+    assert {"ended", "0x0000", "0xB000", "0xFE00"} <= set(outcomes), outcomes
 
 
 # ---------------------------------------------------------------------------
