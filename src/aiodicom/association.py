@@ -2150,18 +2150,23 @@ class Association:
 
         Two tasks: this one takes each instance from the handler and makes
         its request ready (the file opened, probed, a small one read whole;
-        a Dataset is encoded in its turn), and hands it over; a sender stores it and answers. So the next
-        instance is read while the peer stores the last one, and the handler
-        always runs in the task that started it. What was taken in advance
+        a Dataset is encoded in its turn), and hands it over; a sender
+        stores it and answers. So the next instance is read while the peer
+        stores the last one, and the handler always runs in the task that
+        started it. What was taken in advance
         (an error included) is dealt with in turn, as if found then; no more
         than one instance is taken ahead.
         """
         is_move = msg.command_field == CommandField.C_MOVE_RQ
+        # Where the instances go, once known (the C-MOVE sender sets it when
+        # the destination's association is open): requests are made ready for it.
         target: list[Association | None] = [None if is_move else self]
         send, receive = anyio.create_memory_object_stream[_SubStep](0)
-        outcome: list[Any] = []
+        # The final response's fields, or what the sender raised (re-raised here).
+        outcome: dict[str, Any] | Exception | None = None
 
         async def sender() -> None:
+            nonlocal outcome
             try:
                 with receive:
                     if destination is None:
@@ -2170,9 +2175,9 @@ class Association:
                         final = await self._move_sub_operations(
                             msg, event, base, counts, receive, destination, target
                         )
-                outcome.append(final)
+                outcome = final
             except Exception as exc:
-                outcome.append(exc)
+                outcome = exc
             finally:
                 # Done: what the handler is still being asked for is not needed.
                 tg.cancel_scope.cancel()
@@ -2204,11 +2209,10 @@ class Association:
             finally:
                 if step is not None:
                     await step.close()
-        (final,) = outcome
-        if isinstance(final, Exception):
-            raise final
-        assert isinstance(final, dict)
-        return final
+        if isinstance(outcome, Exception):
+            raise outcome
+        assert outcome is not None
+        return outcome
 
     async def _move_sub_operations(
         self,
