@@ -11,6 +11,7 @@ backpressure. Interop with dcmtk and pynetdicom is in tests/interop.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from aiodicom import AE, build_role, evt, sop_class
+from aiodicom import AE, Association, build_role, evt, sop_class
 from aiodicom.dimse import COMMAND_NAMES, decode_command
 from aiodicom.errors import NoAcceptedContext
 from aiodicom.testing import make_dataset, memory_pair
@@ -350,6 +351,20 @@ async def _get(scu: AE, scp: AE, archive: Archive, stored: Stored, **kwargs: Any
     return statuses
 
 
+def _retrieve_pair(
+    scu: AE, scp: AE, kind: evt.EventType, on_retrieve: Any, on_store: Any
+) -> AbstractAsyncContextManager[Association]:
+    """An in-memory association whose C-GET/C-MOVE (``kind``) ``on_retrieve``
+    serves and whose C-STORE sub-operations (C-GET) ``on_store`` takes."""
+    return memory_pair(
+        scu,
+        scp,
+        scp_handlers=[(kind, on_retrieve)],
+        scu_handlers=[(evt.EVT_C_STORE, on_store)],
+        ext_neg=[build_role(CT, scp_role=True)],
+    )
+
+
 async def test_get_sub_operations_arrive_on_the_association() -> None:
     scu, scp = qr_pair()
     stored = Stored()
@@ -396,13 +411,7 @@ async def test_get_failed_sub_operations_from_files_are_listed(tmp_path: Path) -
     scu, scp = qr_pair()
     stored = Stored()
     with anyio.fail_after(GUARD):
-        async with memory_pair(
-            scu,
-            scp,
-            scp_handlers=[(evt.EVT_C_GET, get)],
-            scu_handlers=[(evt.EVT_C_STORE, stored)],
-            ext_neg=[build_role(CT, scp_role=True)],
-        ) as assoc:
+        async with _retrieve_pair(scu, scp, evt.EVT_C_GET, get, stored) as assoc:
             responses = [item async for item in assoc.send_c_get(query(), GET)]
     final, identifier = responses[-1]
     assert final.Status == 0xB000  # some failed
@@ -450,13 +459,7 @@ async def test_the_next_instance_is_taken_while_the_last_is_stored(service: str)
             if service == "move":
                 kind = evt.EVT_C_MOVE
                 destination.append(("127.0.0.1", dest.port))
-            async with memory_pair(
-                scu,
-                scp,
-                scp_handlers=[(kind, on_retrieve)],
-                scu_handlers=[(evt.EVT_C_STORE, on_store)],
-                ext_neg=[build_role(CT, scp_role=True)],
-            ) as assoc:
+            async with _retrieve_pair(scu, scp, kind, on_retrieve, on_store) as assoc:
                 responses = (
                     assoc.send_c_get(query(), GET)
                     if service == "get"
@@ -482,13 +485,7 @@ async def test_get_handler_failing_after_two_instances_counts_both() -> None:
     scu, scp = qr_pair()
     stored = Stored()
     with anyio.fail_after(GUARD):
-        async with memory_pair(
-            scu,
-            scp,
-            scp_handlers=[(evt.EVT_C_GET, on_get)],
-            scu_handlers=[(evt.EVT_C_STORE, stored)],
-            ext_neg=[build_role(CT, scp_role=True)],
-        ) as assoc:
+        async with _retrieve_pair(scu, scp, evt.EVT_C_GET, on_get, stored) as assoc:
             statuses = [s async for s, _ in assoc.send_c_get(query(), GET)]
             assert (await assoc.send_c_echo()).Status == 0
     assert [int(s.Status) for s in statuses] == [0xFF00, 0xFF00, 0xC411]
