@@ -223,23 +223,15 @@ class _FileSource:
 _Payload = bytes | memoryview | _FileSource | None
 
 
+@dataclass(slots=True)
 class _PreparedStore:
     """A C-STORE request ready to send (see ``Association._prepare_store``);
     ``owned``: the file it streams from that it opened (closed by :meth:`close`)."""
 
-    __slots__ = ("command", "context_id", "owned", "payload")
-
-    def __init__(
-        self,
-        context_id: int,
-        command: dict[str, Any] | Callable[[int], bytes],
-        payload: _Payload,
-        owned: BinaryIO | None,
-    ) -> None:
-        self.context_id = context_id
-        self.command = command
-        self.payload = payload
-        self.owned = owned
+    context_id: int
+    command: dict[str, Any] | Callable[[int], bytes]
+    payload: _Payload
+    owned: BinaryIO | None
 
     async def close(self) -> None:
         """Close the file opened to stream from, if any (in a worker, shielded)."""
@@ -3665,6 +3657,7 @@ class _HandlerItems:
                 LOGGER.exception("Exception closing a handler's generator")
 
 
+@dataclass(slots=True)
 class _SubStep:
     """What a C-GET/C-MOVE handler gave next, taken in advance.
 
@@ -3675,36 +3668,15 @@ class _SubStep:
     could not be stripped).
     """
 
-    __slots__ = (
-        "dataset",
-        "error",
-        "fields",
-        "kind",
-        "originator",
-        "originator_id",
-        "prepared",
-        "status",
-        "unreadable",
-    )
-
-    def __init__(
-        self,
-        kind: str,
-        status: int | None,
-        fields: dict[str, Any] | None = None,
-        dataset: Any = None,
-        originator: str | None = None,
-        originator_id: int | None = None,
-    ) -> None:
-        self.kind = kind
-        self.status = status
-        self.fields = fields
-        self.dataset = dataset
-        self.originator = originator
-        self.originator_id = originator_id
-        self.prepared: _PreparedStore | None = None
-        self.error: Exception | None = None
-        self.unreadable = False
+    kind: str
+    status: int | None
+    fields: dict[str, Any] | None = None
+    dataset: Any = None
+    originator: str | None = None
+    originator_id: int | None = None
+    prepared: _PreparedStore | None = None
+    error: Exception | None = None
+    unreadable: bool = False
 
     async def prepare(self, store_to: Association) -> None:
         """Make the request on ``store_to``; an error is kept for its turn."""
