@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         "--no-recurse", dest="recurse", action="store_false", help="do not descend into folders"
     )
     store.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    store.add_argument(
+        "-j",
+        "--associations",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="send over N associations at once, each taking the next file (default 1)",
+    )
     store.add_argument("host")
     store.add_argument("port", type=int)
     store.add_argument("paths", nargs="+", metavar="PATH", help="files and folders to send")
@@ -383,23 +391,45 @@ async def _store(args: argparse.Namespace) -> int:
     ae.requested_contexts = [build_context(UID(a), [UID(t)]) for a, t in pairs]
     failures = 0
     progress = _Progress(len(files), args.quiet)
-    async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
-        for path, _info, size in files:
-            try:
-                status = await assoc.send_c_store(path)
-            except DicomNetworkError as exc:  # e.g. NoAcceptedContext for this file
-                LOGGER.error("%s: %s", path, exc)
-                failures += 1
-                continue
-            code = int(status.Status)
-            if code != 0:
-                failures += 1
-                LOGGER.warning("%s: status 0x%04X", path, code)
-            elif args.verbose:
-                print(f"{path}: stored", flush=True)
-            progress.step(size)
+    queue = iter(files)  # shared: each association takes the next file when it is free
+
+    async def send_over_one() -> None:
+        nonlocal failures
+        async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
+            for path, _info, size in queue:
+                try:
+                    status = await assoc.send_c_store(path)
+                except DicomNetworkError as exc:  # e.g. NoAcceptedContext for this file
+                    LOGGER.error("%s: %s", path, exc)
+                    failures += 1
+                    continue
+                code = int(status.Status)
+                if code != 0:
+                    failures += 1
+                    LOGGER.warning("%s: status 0x%04X", path, code)
+                elif args.verbose:
+                    print(f"{path}: stored", flush=True)
+                progress.step(size)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(args.associations, len(files))):
+                tg.start_soon(send_over_one)
+    except BaseExceptionGroup as group:
+        # An association that fails ends the others: reported as with one.
+        error: BaseException = group
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
     print(f"sent {len(files) - failures} of {len(files)} instances", flush=True)
     return 1 if failures else 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def _identifier(keys: Sequence[str]) -> Dataset:

@@ -988,6 +988,42 @@ async def test_spooled_instances_into_place_across_file_systems(
                 assert retrieved.stat().st_mode & 0o777 == _open_mode(tmp_path)
 
 
+async def test_cli_store_over_several_associations(tmp_path: Path) -> None:
+    """``aiodicom store -j 3``: three associations at once, each taking the
+    next file; every instance arrives once. The SCP holds each store until
+    the three are open, so each one is used. A peer that is not there is an
+    error message, not a traceback; ``-j 0`` is refused."""
+    files = []
+    for i in range(9):
+        ds = make_dataset(InstanceNumber=i + 1)
+        ds.save_as(tmp_path / f"f{i}.dcm", enforce_file_format=True)
+        files.append(str(tmp_path / f"f{i}.dcm"))
+    expected = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    by_association: dict[int, list[str]] = {}
+    all_open = anyio.Event()
+
+    async def on_store(event: evt.Event) -> int:
+        by_association.setdefault(id(event.assoc), []).append(str(event.dataset.SOPInstanceUID))
+        if len(by_association) == 3:
+            all_open.set()
+        await all_open.wait()
+        return 0x0000
+
+    ae = AE("STORESCP")
+    ae.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    cli = [sys.executable, "-m", "aiodicom", "store", "-q"]
+    async with ae.start_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_C_STORE, on_store)]) as srv:
+        done = await run_tool(*cli, "-j", "3", "127.0.0.1", str(srv.port), *files)
+    assert done.returncode == 0, done.stderr
+    assert b"sent 9 of 9 instances" in done.stdout
+    assert len(by_association) == 3
+    assert sorted(uid for uids in by_association.values() for uid in uids) == expected
+    nobody = await run_tool(*cli, "-j", "3", "127.0.0.1", str(free_port()), *files)
+    assert nobody.returncode == 1 and nobody.stderr.startswith(b"error:"), nobody.stderr
+    refused = await run_tool(*cli, "-j", "0", "127.0.0.1", "11112", *files)
+    assert refused.returncode == 2 and b"not a positive number" in refused.stderr
+
+
 async def test_cli_find_get_move(tmp_path: Path) -> None:
     """``aiodicom find|get|move`` against the Q/R SCP, as a newcomer would run them."""
     files = [_testdata("CT_small.dcm"), _testdata("MR_small.dcm")]
