@@ -687,6 +687,40 @@ async def test_move_unknown_and_unreachable_destinations() -> None:
     assert gone == [0xA801]
 
 
+async def test_move_destination_aborting_midway() -> None:
+    """The destination aborts the sub-operations' association while storing
+    the second instance: the move ends with 0xA702, one completed and the
+    other two failed (the one cut off and the one never sent), and the
+    requestor's association goes on."""
+    stored: list[str] = []
+
+    async def on_store(event: evt.Event) -> int:
+        stored.append(str(event.dataset.SOPInstanceUID))
+        if len(stored) == 2:
+            await event.assoc.abort()
+        return 0x0000
+
+    dest_ae = make_scp_ae("DEST")
+    dest_ae.add_supported_context(CT, ExplicitVRLittleEndian)
+    scu, scp = qr_pair()
+    scp.add_requested_context(CT, ExplicitVRLittleEndian)
+    with anyio.fail_after(GUARD):
+        async with running_server(dest_ae, [(evt.EVT_C_STORE, on_store)]) as dest:
+            archive = Archive(destinations={"DEST": ("127.0.0.1", dest.port)})
+            async with memory_pair(scu, scp, scp_handlers=archive.handlers) as assoc:
+                statuses = [s async for s, _ in assoc.send_c_move(query(), "DEST", MOVE)]
+                assert (await assoc.send_c_echo()).Status == 0
+    assert [int(s.Status) for s in statuses] == [0xFF00, 0xA702]
+    final = statuses[-1]
+    counts = (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    )
+    assert counts == (1, 2, 0)
+    assert stored == [d.SOPInstanceUID for d in matches(query())][:2]
+
+
 async def test_get_without_bulk_data_strips_pixel_data() -> None:
     model = sop_class.CompositeInstanceRetrieveWithoutBulkDataGet
     scu, scp = qr_pair()
