@@ -1727,6 +1727,9 @@ class Association:
                 if drained is not None and len(jobs) <= self._max_workers:
                     self._drained = None
                     drained.set()
+                if self._ended():
+                    self._drop(msg)  # no answer could be sent: no handler is called
+                    continue
                 await self._serve(msg)
             ready = self._jobs_ready
             self._idle_workers += 1
@@ -1736,6 +1739,18 @@ class Association:
                 self._idle_workers -= 1
             if self._jobs_ready is ready:
                 self._jobs_ready = anyio.Event()
+
+    def _ended(self) -> bool:
+        """True once nothing more can be sent here (Sta1, or Sta13 after an A-ABORT)."""
+        state = self._ul.state
+        return state is State.STA1 or state is State.STA13
+
+    def _drop(self, msg: Message) -> None:
+        """Leave a received request unserved (the association has ended)."""
+        LOGGER.debug("Not serving %s %s: the association has ended", msg.name, msg.message_id)
+        if isinstance(msg.spool, Spool):
+            msg.spool.discard()
+        self._request_done()
 
     async def _serve(self, msg: Message) -> None:
         served = False
@@ -2410,6 +2425,11 @@ class Association:
 
     async def _finish_inline(self, msg: Message, kind: evt.EventType, status: Any) -> None:
         """Await what an inline handler returned, then answer (see :meth:`_serve_inline`)."""
+        if self._ended():  # started after the association ended: nothing to answer
+            if inspect.iscoroutine(status):
+                status.close()
+            self._drop(msg)
+            return
         try:
             if inspect.isawaitable(status):
                 try:

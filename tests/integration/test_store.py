@@ -962,6 +962,49 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
     assert list(tmp_path.iterdir()) == []
 
 
+async def test_a_request_queued_when_the_connection_drops_is_not_served() -> None:
+    """Two C-STOREs arrive, the second queued behind the first's handler; the
+    peer then drops the connection. The first handler finishes once the
+    Upper Layer is back in Sta1, while the association is still ending (an
+    EVT_FSM_TRANSITION handler holds the reader until then). The worker must
+    not go on to the second request: its answer could never be sent."""
+    seen: list[str] = []
+    first_started = anyio.Event()
+    closed = anyio.Event()
+    first_done = anyio.Event()
+
+    async def on_store(event: evt.Event) -> int:
+        seen.append(str(event.request.AffectedSOPInstanceUID))
+        if len(seen) == 1:
+            first_started.set()
+            await closed.wait()
+            first_done.set()
+        return 0x0000
+
+    async def on_transition(event: evt.Event) -> None:
+        if event.next_state == "Sta1":
+            closed.set()
+            await first_done.wait()
+
+    scp = make_scp_ae()
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    ended = anyio.Event()
+    handlers = [
+        (evt.EVT_C_STORE, on_store),
+        (evt.EVT_FSM_TRANSITION, on_transition),
+        (evt.EVT_CONN_CLOSE, lambda event: ended.set()),
+    ]
+    data = encode_dataset(make_dataset(), ExplicitVRLittleEndian)
+    with anyio.fail_after(GUARD):
+        async with store_peer(scp, handlers) as peer:
+            await send_request(peer, store_rq_command(1, "1.2.3.1"), data)
+            await send_request(peer, store_rq_command(2, "1.2.3.2"), data)
+            await first_started.wait()
+            await peer.aclose()
+            await ended.wait()
+    assert seen == ["1.2.3.1"]
+
+
 # ---------------------------------------------------------------------------
 # Statuses
 
