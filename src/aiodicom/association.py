@@ -1745,9 +1745,12 @@ class Association:
         state = self._ul.state
         return state is State.STA1 or state is State.STA13
 
-    def _drop(self, msg: Message) -> None:
-        """Leave a received request unserved (the association has ended)."""
+    def _drop(self, msg: Message, result: Any = None) -> None:
+        """Leave a received request unserved (the association has ended);
+        ``result``: what its plain handler returned, closed if a coroutine."""
         LOGGER.debug("Not serving %s %s: the association has ended", msg.name, msg.message_id)
+        if inspect.iscoroutine(result):
+            result.close()
         if isinstance(msg.spool, Spool):
             msg.spool.discard()
         self._request_done()
@@ -1978,6 +1981,9 @@ class Association:
         self._spawn(self._finish_n, msg, kind, (result, failed))
 
     async def _finish_n(self, msg: Message, kind: evt.EventType, called: tuple[Any, bool]) -> None:
+        if self._ended():  # started after the association ended: nothing to answer
+            self._drop(msg, called[0])
+            return
         try:
             await self._serve_n(msg, kind, called)
         except (DicomNetworkError, _TransportError, TimeoutError) as exc:
@@ -2426,9 +2432,7 @@ class Association:
     async def _finish_inline(self, msg: Message, kind: evt.EventType, status: Any) -> None:
         """Await what an inline handler returned, then answer (see :meth:`_serve_inline`)."""
         if self._ended():  # started after the association ended: nothing to answer
-            if inspect.iscoroutine(status):
-                status.close()
-            self._drop(msg)
+            self._drop(msg, status)
             return
         try:
             if inspect.isawaitable(status):

@@ -1005,6 +1005,39 @@ async def test_a_request_queued_when_the_connection_drops_is_not_served() -> Non
     assert seen == ["1.2.3.1"]
 
 
+@pytest.mark.parametrize("finish", ["_finish_inline", "_finish_n"])
+async def test_a_handler_finish_started_after_the_end_does_not_run_it(finish: str) -> None:
+    """What a plain handler returned (a coroutine) is finished by a task of
+    its own; a task that only starts once the association has ended closes
+    the coroutine unrun and counts the request done (white box: the race
+    needs the reader to end between the spawn and the task's first step)."""
+    import inspect
+    from types import SimpleNamespace
+
+    scu, scp = make_scu_ae(), make_scp_ae()
+    scu.add_requested_context(sop_class.Verification)
+    scp.add_supported_context(sop_class.Verification)
+    with anyio.fail_after(GUARD):
+        async with memory_pair(scu, scp) as assoc:
+            pass
+    assert assoc.state.value == 1  # Sta1: ended
+    ran: list[bool] = []
+
+    async def late() -> int:
+        ran.append(True)
+        return 0x0000
+
+    coro = late()
+    msg = SimpleNamespace(name="C-ECHO-RQ", message_id=1, spool=None)
+    assoc._inflight = 1
+    if finish == "_finish_inline":
+        await assoc._finish_inline(msg, evt.EVT_C_ECHO, coro)  # type: ignore[arg-type]
+    else:
+        await assoc._finish_n(msg, evt.EVT_N_GET, (coro, False))  # type: ignore[arg-type]
+    assert ran == [] and inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED
+    assert assoc._inflight == 0
+
+
 # ---------------------------------------------------------------------------
 # Statuses
 
