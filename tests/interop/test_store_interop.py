@@ -1195,6 +1195,50 @@ def test_large_instance_storescu_to_aiodicom_scp_process(
     check_large_received(scp, out, large_instance, "storescu")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(LARGE_TIMEOUT + 120)
+def test_large_instance_getscu_from_aiodicom_scp_process(
+    run_dcmtk, peer_process, tmp_path, large_instance
+):
+    """dcmtk getscu retrieves the 1 GiB instance twice (two C-STORE
+    sub-operations) from the aiodicom SCP process: the second file is
+    opened while the first streams out, and the SCP's RSS still grows
+    within its budget; what getscu wrote is the data set byte for byte."""
+    out = tmp_path / "scp.jsonl"
+    scp = peer_process(
+        [
+            sys.executable, AIODICOM_PEER, "scp", "--port", "0", "--ae-title", "AIOSCP",
+            "--get-file", large_instance.path, "--get-file", large_instance.path, "--out", out,
+        ],
+        name="aiodicom-scp",
+        ready_line=r"^READY (\d+)$",
+    )  # fmt: skip
+    assert scp.ready_match is not None
+    got = tmp_path / "got"
+    got.mkdir()
+    cp = run_dcmtk(
+        "getscu", "-v", "-S", "-aec", "AIOSCP", "-od", got,
+        "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID=1.2.3",
+        HOST, int(scp.ready_match.group(1)),
+        timeout=LARGE_TIMEOUT,
+    )  # fmt: skip
+    assert cp.returncode == 0, f"{cp.describe()}\n{scp.describe()}"
+    assert "Number of Completed Suboperations : 2" in cp.stdout + cp.stderr, cp.describe()
+    assert scp.stop() == 0, scp.describe()
+    events = read_jsonl(out)
+    (get,) = [e for e in events if e["event"] == "c_get"]
+    assert get["sent"] == 2 and not get["cancelled"], events
+    (copy,) = got.iterdir()  # the same instance twice: one file, written over
+    check_large_copy(
+        copy,
+        events,
+        "ready",
+        large_instance,
+        "getscu <- aiodicom SCP (C-GET, twice)",
+        "the data set getscu received differs from the file aiodicom sent",
+    )
+
+
 # =========================================================================== 7b.
 # Many associations at once, round after round; aiodicom in a process of its
 # own: its peak RSS after the first round is what all the rounds need (its

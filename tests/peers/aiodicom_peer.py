@@ -27,7 +27,9 @@ spooled one (``event.dataset_path``, the data set passed
 preamble + ``event.file_meta`` + ``event.encoded_dataset()``. The handler
 never decodes the data set, so memory stays independent of its size. Events:
 ``ready``, ``c_store`` (per instance: uids, transfer syntax, spooled, stored
-path, size), ``released`` / ``aborted``, ``shutdown``.
+path, size), ``released`` / ``aborted``, ``shutdown``. With ``--get-file FILE``
+(repeatable) it also answers any C-GET with those files, in order, sent by
+path (streamed from disk), and writes a ``c_get`` event after the last.
 
 ``scu``: associates with ``--host``:``--port`` proposing one context per (SOP
 class, transfer syntax) of the ``--store`` files, sends each file by path
@@ -176,8 +178,13 @@ async def run_scp(args: argparse.Namespace) -> int:
     syntaxes = args.transfer_syntax or ALL_SYNTAXES
     ae.add_supported_context(sop_class.Verification)
     classes = [str(cx.abstract_syntax) for cx in sop_class.AllStoragePresentationContexts]
+    # --get-file: the peer's C-STORE sub-operations need the SCP role on them.
+    roles = {"scu_role": True, "scp_role": True} if args.get_file else {}
     for uid in dict.fromkeys([*classes, *args.sop_class]):
-        ae.add_supported_context(uid, syntaxes)
+        ae.add_supported_context(uid, syntaxes, **roles)
+    if args.get_file:
+        ae.add_supported_context(sop_class.StudyRootQueryRetrieveInformationModelGet)
+        ae.add_supported_context(sop_class.PatientRootQueryRetrieveInformationModelGet)
     if args.output_dir:
         os.makedirs(args.output_dir, exist_ok=True)
 
@@ -212,8 +219,15 @@ async def run_scp(args: argparse.Namespace) -> int:
         )
         return 0x0000
 
+    async def on_get(event: evt.Event) -> Any:
+        yield len(args.get_file)
+        for path in args.get_file:
+            yield 0xFF00, path
+        out.write("c_get", sent=len(args.get_file), cancelled=event.is_cancelled)
+
     handlers = [
         (evt.EVT_C_STORE, on_store),
+        (evt.EVT_C_GET, on_get),
         (evt.EVT_RELEASED, lambda e: out.write("released")),
         (evt.EVT_ABORTED, lambda e: out.write("aborted")),
     ]
@@ -341,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     scp.add_argument("--max-pdu", type=int, default=None)
     scp.add_argument("--timeout", type=float, default=60.0, help="ACSE/DIMSE/network timeouts")
     scp.add_argument("--out", metavar="FILE", help="JSON lines (default stdout)")
+    scp.add_argument(
+        "--get-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="answer any C-GET (Study or Patient Root) with these files, in order",
+    )
 
     scu = sub.add_parser("scu", help="associate, store files, release")
     scu.add_argument("--host", default="127.0.0.1")
