@@ -7,6 +7,7 @@ Subcommands speak dcmtk's options where they overlap (``-aet``, ``-aec``,
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import logging
@@ -391,17 +392,20 @@ async def _store(args: argparse.Namespace) -> int:
     ae.requested_contexts = [build_context(UID(a), [UID(t)]) for a, t in pairs]
     failures = 0
     progress = _Progress(len(files), args.quiet)
-    queue = iter(files)  # shared: each association takes the next file when it is free
+    pending = collections.deque(files)  # each association takes the next file when free
 
     async def send_over_one() -> None:
         nonlocal failures
         async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
-            for path, _info, size in queue:
+            while pending:
+                path, _info, size = pending.popleft()
                 try:
                     status = await assoc.send_c_store(path)
                 except DicomNetworkError as exc:  # e.g. NoAcceptedContext for this file
                     LOGGER.error("%s: %s", path, exc)
                     failures += 1
+                    if not assoc.is_established:
+                        return  # this association has ended: the others take the rest
                     continue
                 code = int(status.Status)
                 if code != 0:
@@ -421,6 +425,7 @@ async def _store(args: argparse.Namespace) -> int:
         while isinstance(error, BaseExceptionGroup):
             error = error.exceptions[0]
         raise error from None
+    failures += len(pending)  # left over when every association had ended
     print(f"sent {len(files) - failures} of {len(files)} instances", flush=True)
     return 1 if failures else 0
 

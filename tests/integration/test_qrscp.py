@@ -1024,6 +1024,42 @@ async def test_cli_store_over_several_associations(tmp_path: Path) -> None:
     assert refused.returncode == 2 and b"not a positive number" in refused.stderr
 
 
+async def test_cli_store_goes_on_when_one_association_is_aborted(tmp_path: Path) -> None:
+    """``aiodicom store -j 2``: the SCP aborts the association that brought
+    the first instance; the other association sends every remaining file.
+    That one instance is reported failed (exit 1, ``sent 5 of 6``), and no
+    file is left unsent for want of an association."""
+    files = []
+    for i in range(6):
+        ds = make_dataset(InstanceNumber=i + 1)
+        ds.save_as(tmp_path / f"f{i}.dcm", enforce_file_format=True)
+        files.append(str(tmp_path / f"f{i}.dcm"))
+    seen: list[str] = []
+    associations: set[int] = set()
+    both_open = anyio.Event()
+
+    async def on_store(event: evt.Event) -> int:
+        seen.append(str(event.dataset.SOPInstanceUID))
+        associations.add(id(event.assoc))
+        if len(associations) == 2:
+            both_open.set()
+        first = len(seen) == 1
+        await both_open.wait()
+        if first:
+            await event.assoc.abort()
+        return 0x0000
+
+    ae = AE("STORESCP")
+    ae.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    cli = [sys.executable, "-m", "aiodicom", "store", "-q", "-j", "2"]
+    async with ae.start_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_C_STORE, on_store)]) as srv:
+        done = await run_tool(*cli, "127.0.0.1", str(srv.port), *files)
+    assert done.returncode == 1, done.stderr
+    assert b"sent 5 of 6 instances" in done.stdout, (done.stdout, done.stderr)
+    expected = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    assert sorted(seen) == expected  # each file reached the SCP once
+
+
 async def test_cli_find_get_move(tmp_path: Path) -> None:
     """``aiodicom find|get|move`` against the Q/R SCP, as a newcomer would run them."""
     files = [_testdata("CT_small.dcm"), _testdata("MR_small.dcm")]
