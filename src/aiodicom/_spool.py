@@ -148,10 +148,13 @@ class Spares:
 async def _delete(spare: _Spare | None) -> None:
     """Delete a file set aside, in a worker thread."""
     if spare is not None:
+        deleted = False
         try:
             await anyio.to_thread.run_sync(_unlink, spare[0])
+            deleted = True
         finally:
-            _unlink(spare[0])  # (the worker's done it, unless cancelled first)
+            if not deleted:
+                _unlink(spare[0])  # cancelled before the worker ran: not left behind
 
 
 def _unlink(path: str) -> None:

@@ -237,8 +237,13 @@ class _PreparedStore:
         """Close the file opened to stream from, if any (in a worker, shielded)."""
         owned, self.owned = self.owned, None
         if owned is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(owned.close)
+            await _close_in_worker(owned)
+
+
+async def _close_in_worker(file: BinaryIO) -> None:
+    """Close a file this package opened to send from (in a worker, shielded)."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(file.close)
 
 
 #: A block of a file laid out as P-DATA-TF PDUs, and where each PDU ends.
@@ -1522,7 +1527,7 @@ class Association:
         user leaves ``async with`` by an error and must get it back promptly.
         """
         with anyio.CancelScope(shield=True):
-            if not self._ul.is_closed and self._ul.state is not State.STA13:
+            if not self._ended():
                 self._was_aborted = True
                 if self._error is None:
                     self._error = AssociationAborted(0, 0, "the association was aborted locally")
@@ -2166,9 +2171,9 @@ class Association:
         a Dataset is encoded in its turn), and hands it over; a sender
         stores it and answers. So the next instance is read while the peer
         stores the last one, and the handler always runs in the task that
-        started it. What was taken in advance
-        (an error included) is dealt with in turn, as if found then; no more
-        than one instance is taken ahead.
+        started it. What was taken in advance (an error included) is dealt
+        with in turn, as if found then; no more than one instance is taken
+        ahead.
         """
         is_move = msg.command_field == CommandField.C_MOVE_RQ
         # Where the instances go, once known (the C-MOVE sender sets it when
@@ -2178,15 +2183,31 @@ class Association:
         # The final response's fields, or what the sender raised (re-raised here).
         outcome: dict[str, Any] | Exception | None = None
 
+        store = functools.partial(self._store_sub_operations, msg, event, base, counts, receive)
+        # The handler's next item, made ready for the target (what does not
+        # change from one item to the next bound once).
+        pull = functools.partial(
+            self._pull_sub_operation,
+            items,
+            event.event.name,
+            0xC500 if is_move else 0xC400,
+            msg.command_field | 0x8000,
+            # Composite Instance Retrieve Without Bulk Data (PS3.4 Z.1.2):
+            # the instances go out without their bulk data elements.
+            msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA,
+            originator=self._remote.ae_title if is_move else None,
+            originator_id=msg.message_id if is_move else None,
+        )
+
         async def sender() -> None:
             nonlocal outcome
             try:
                 with receive:
                     if destination is None:
-                        final = await self._store_sub_operations(msg, event, base, counts, receive)
+                        final = await store()
                     else:
                         final = await self._move_sub_operations(
-                            msg, event, base, counts, receive, destination, target
+                            store, event, counts, destination, target
                         )
                 outcome = final
             except Exception as exc:
@@ -2201,18 +2222,7 @@ class Association:
             try:
                 with send:
                     while not event.is_cancelled:
-                        step = await self._pull_sub_operation(
-                            items,
-                            event.event.name,
-                            0xC500 if is_move else 0xC400,
-                            msg.command_field | 0x8000,
-                            # Composite Instance Retrieve Without Bulk Data (PS3.4
-                            # Z.1.2): the instances go out without their bulk data.
-                            msg.command.get("AffectedSOPClassUID") == _WITHOUT_BULK_DATA,
-                            target[0],
-                            originator=self._remote.ae_title if is_move else None,
-                            originator_id=msg.message_id if is_move else None,
-                        )
+                        step = await pull(target[0])
                         await send.send(step)
                         kind, step = step.kind, None  # the sender's now
                         if kind == "end":
@@ -2229,17 +2239,16 @@ class Association:
 
     async def _move_sub_operations(
         self,
-        msg: Message,
+        store: Callable[[Callable[[], Awaitable[Association]]], Awaitable[dict[str, Any]]],
         event: evt.Event,
-        base: dict[str, Any],
         counts: _SubOperations,
-        receive: MemoryObjectReceiveStream[_SubStep],
         destination: tuple[str, int, dict[str, Any]],
         target: list[Association | None],
     ) -> dict[str, Any]:
-        """The C-MOVE sender: :meth:`_store_sub_operations` over an
-        association to the destination, opened for the first instance to
-        send, so a move of nothing (or a refusal) never needs it."""
+        """The C-MOVE sender: ``store`` (:meth:`_store_sub_operations` with
+        its other arguments bound) over an association to the destination,
+        opened for the first instance to send, so a move of nothing (or a
+        refusal) never needs it."""
         host, port, options = destination
         async with contextlib.AsyncExitStack() as stack:
 
@@ -2251,9 +2260,7 @@ class Association:
                 return assoc
 
             try:
-                return await self._store_sub_operations(
-                    msg, event, base, counts, receive, open_destination
-                )
+                return await store(open_destination)
             except (OSError, AssociationRejected, AssociationAborted, TimeoutError) as exc:
                 LOGGER.error("C-MOVE: association with %s:%s failed: %s", host, port, exc)
                 if counts.started:
@@ -2287,9 +2294,10 @@ class Association:
                     return counts.final(0xFE00)  # the taker saw the cancel first
             try:
                 if step.kind != "store":
-                    out = counts.final(step.status)  # Remaining too, for a cancel
-                    if step.fields is not None:
-                        out.update(step.fields)
+                    if step.fields is None:
+                        return counts.final(None)  # by the counts
+                    out = counts.final(step.fields["Status"])  # Remaining too, for a cancel
+                    out.update(step.fields)
                     return out
                 if event.is_cancelled:
                     return counts.final(0xFE00)
@@ -2346,18 +2354,18 @@ class Association:
             got, item = await items.next()
         except Exception:
             LOGGER.exception("Exception in the handler bound to %s", name)
-            return _SubStep("end", error_base + 0x11)
+            return _SubStep("end", {"Status": error_base + 0x11})
         if not got:
-            return _SubStep("end", None)
+            return _SubStep("end")
         try:
             status, dataset = item
         except (TypeError, ValueError):
             LOGGER.error("%s handler yielded %r, not (status, dataset)", name, item)
-            return _SubStep("end", error_base + 0x11)
+            return _SubStep("end", {"Status": error_base + 0x11})
         fields = _status_fields(status, error_base + 0x11, response_field)
         if fields["Status"] not in _PENDING:
-            return _SubStep("end", fields["Status"], fields)
-        step = _SubStep("store", None, None, dataset, originator, originator_id)
+            return _SubStep("end", fields)
+        step = _SubStep("store", None, dataset, originator, originator_id)
         if without_bulk_data:
             try:
                 step.dataset = await anyio.to_thread.run_sync(_strip_bulk_data, dataset)
@@ -3091,7 +3099,8 @@ class Association:
                 prepared.context_id, prepared.command, prepared.payload, msg_id
             )
         finally:
-            await prepared.close()
+            if prepared.owned is not None:  # (a small file read whole owns none)
+                await prepared.close()
 
     async def _prepare_store(
         self,
@@ -3176,8 +3185,7 @@ class Association:
                 }
         except BaseException:
             if owned is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(owned.close)
+                await _close_in_worker(owned)
             raise
         return _PreparedStore(cx.context_id, command, payload, owned)
 
@@ -3685,15 +3693,14 @@ class _HandlerItems:
 class _SubStep:
     """What a C-GET/C-MOVE handler gave next, taken in advance.
 
-    ``kind`` "end": the sub-operations end, the final status is ``status``
-    (None: by the counts) with the handler's ``fields``. "store": ``dataset``
-    to send, ``prepared`` for sending, or the ``error`` preparing it raised
-    (raised again when its turn comes), or ``unreadable`` (its bulk data
-    could not be stripped).
+    ``kind`` "end": the sub-operations end, the final response has
+    ``fields`` (its Status included; None: the status the counts call for).
+    "store": ``dataset`` to send, ``prepared`` for sending, or the ``error``
+    preparing it raised (raised again when its turn comes), or
+    ``unreadable`` (its bulk data could not be stripped).
     """
 
     kind: str
-    status: int | None
     fields: dict[str, Any] | None = None
     dataset: Any = None
     originator: str | None = None

@@ -444,8 +444,7 @@ async def test_a_misbehaving_c_get_scu_never_breaks_the_archive(
 
     async def all_ended(server: Server) -> None:
         with anyio.fail_after(GUARD):
-            while server.active_associations:  # each leaves once it has ended
-                await server._change.wait()
+            await server._until(lambda: not server.active_associations)
 
     async with (
         archive,

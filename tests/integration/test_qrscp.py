@@ -988,17 +988,31 @@ async def test_spooled_instances_into_place_across_file_systems(
                 assert retrieved.stat().st_mode & 0o777 == _open_mode(tmp_path)
 
 
+def _instance_files(directory: Path, count: int) -> tuple[list[str], list[str]]:
+    """``count`` small CT instances written to ``directory``: their paths,
+    and their SOP Instance UIDs sorted."""
+    files, uids = [], []
+    for i in range(count):
+        ds = make_dataset(InstanceNumber=i + 1)
+        ds.save_as(directory / f"f{i}.dcm", enforce_file_format=True)
+        files.append(str(directory / f"f{i}.dcm"))
+        uids.append(str(ds.SOPInstanceUID))
+    return files, sorted(uids)
+
+
+def _ct_storage_ae() -> AE:
+    """A storage SCP's AE for CT Image Storage, Explicit VR Little Endian."""
+    ae = AE("STORESCP")
+    ae.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    return ae
+
+
 async def test_cli_store_over_several_associations(tmp_path: Path) -> None:
     """``aiodicom store -j 3``: three associations at once, each taking the
     next file; every instance arrives once. The SCP holds each store until
     the three are open, so each one is used. A peer that is not there is an
     error message, not a traceback; ``-j 0`` is refused."""
-    files = []
-    for i in range(9):
-        ds = make_dataset(InstanceNumber=i + 1)
-        ds.save_as(tmp_path / f"f{i}.dcm", enforce_file_format=True)
-        files.append(str(tmp_path / f"f{i}.dcm"))
-    expected = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    files, expected = _instance_files(tmp_path, 9)
     by_association: dict[int, list[str]] = {}
     all_open = anyio.Event()
 
@@ -1009,8 +1023,7 @@ async def test_cli_store_over_several_associations(tmp_path: Path) -> None:
         await all_open.wait()
         return 0x0000
 
-    ae = AE("STORESCP")
-    ae.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    ae = _ct_storage_ae()
     cli = [sys.executable, "-m", "aiodicom", "store", "-q"]
     async with ae.start_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_C_STORE, on_store)]) as srv:
         done = await run_tool(*cli, "-j", "3", "127.0.0.1", str(srv.port), *files)
@@ -1029,11 +1042,7 @@ async def test_cli_store_goes_on_when_one_association_is_aborted(tmp_path: Path)
     the first instance; the other association sends every remaining file.
     That one instance is reported failed (exit 1, ``sent 5 of 6``), and no
     file is left unsent for want of an association."""
-    files = []
-    for i in range(6):
-        ds = make_dataset(InstanceNumber=i + 1)
-        ds.save_as(tmp_path / f"f{i}.dcm", enforce_file_format=True)
-        files.append(str(tmp_path / f"f{i}.dcm"))
+    files, expected = _instance_files(tmp_path, 6)
     seen: list[str] = []
     associations: set[int] = set()
     both_open = anyio.Event()
@@ -1049,14 +1058,12 @@ async def test_cli_store_goes_on_when_one_association_is_aborted(tmp_path: Path)
             await event.assoc.abort()
         return 0x0000
 
-    ae = AE("STORESCP")
-    ae.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    ae = _ct_storage_ae()
     cli = [sys.executable, "-m", "aiodicom", "store", "-q", "-j", "2"]
     async with ae.start_server(("127.0.0.1", 0), evt_handlers=[(evt.EVT_C_STORE, on_store)]) as srv:
         done = await run_tool(*cli, "127.0.0.1", str(srv.port), *files)
     assert done.returncode == 1, done.stderr
     assert b"sent 5 of 6 instances" in done.stdout, (done.stdout, done.stderr)
-    expected = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
     assert sorted(seen) == expected  # each file reached the SCP once
 
 
