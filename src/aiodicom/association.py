@@ -2304,37 +2304,45 @@ class Association:
                 counts.started = store_to is not None
                 if step.unreadable:
                     counts.record(0xA702, await _instance_uid_of(step.dataset))
-                    continue
-                if store_to is None:
-                    assert open_destination is not None
-                    store_to = await open_destination()
-                    counts.started = True
-                try:
-                    if step.prepared is None and step.error is None:
-                        await step.prepare(store_to)
-                    if step.error is not None:
-                        raise step.error
-                    assert step.prepared is not None
-                    rsp = await store_to._invoke(
-                        step.prepared.context_id, step.prepared.command, step.prepared.payload, None
-                    )
-                    command = rsp.command
-                    status = int(command["Status"])
-                    uid = command.get("AffectedSOPInstanceUID")  # U(=): may be left out
-                    if uid is None and status != 0x0000:
-                        uid = await _instance_uid_of(step.dataset)
-                    counts.record(status, uid)
-                except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
-                    LOGGER.error("%s sub-operation failed: %s", event.event.name, exc)
-                    counts.record(0xA702, await _instance_uid_of(step.dataset))
+                else:
+                    if store_to is None:
+                        assert open_destination is not None
+                        store_to = await open_destination()
+                        counts.started = True
+                    await self._store_sub_operation(event, counts, step, store_to)
             finally:
                 await step.close()
+            if step.unreadable:
+                continue  # (no pending response for it)
             pending = counts.pending_command(head)
             # C-GET: corked, it leaves with the next sub-operation's C-STORE
             # request on this association (one write, not two) or at the end
             # of this loop iteration. C-MOVE stores over another association.
             if not self._send_now(msg.context_id, pending, None, soon=store_to is self):
                 await self._send_message(msg.context_id, pending, None)
+
+    async def _store_sub_operation(
+        self, event: evt.Event, counts: _SubOperations, step: _SubStep, store_to: Association
+    ) -> None:
+        """Store one sub-operation's instance over ``store_to`` and count the outcome."""
+        try:
+            if step.prepared is None and step.error is None:
+                await step.prepare(store_to)
+            if step.error is not None:
+                raise step.error
+            assert step.prepared is not None
+            rsp = await store_to._invoke(
+                step.prepared.context_id, step.prepared.command, step.prepared.payload, None
+            )
+            command = rsp.command
+            status = int(command["Status"])
+            uid = command.get("AffectedSOPInstanceUID")  # U(=): may be left out
+            if uid is None and status != 0x0000:
+                uid = await _instance_uid_of(step.dataset)
+            counts.record(status, uid)
+        except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
+            LOGGER.error("%s sub-operation failed: %s", event.event.name, exc)
+            counts.record(0xA702, await _instance_uid_of(step.dataset))
 
     async def _pull_sub_operation(
         self,
