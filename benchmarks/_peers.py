@@ -789,6 +789,89 @@ def raw_echo_client(args: argparse.Namespace) -> None:
     _emit(asyncio.run(main()))
 
 
+# -- the bound for C-STORE: a bare asyncio request/answer sized like one ------
+
+
+#: The bare store pair's answer: about a C-STORE-RSP's P-DATA-TF PDU.
+RAW_ANSWER = 200
+
+
+def raw_store_scp(args: argparse.Namespace) -> None:
+    """Answer every length-prefixed message (a 6-byte header as a PDU's: type,
+    reserved, 4-byte length) with RAW_ANSWER bytes; no DICOM at all."""
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = bytearray()
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            buf = self.buf
+            buf += data
+            while len(buf) >= 6:
+                end = 6 + int.from_bytes(buf[2:6], "big")
+                if len(buf) < end:
+                    return
+                del buf[:end]
+                self.transport.write(bytes(RAW_ANSWER))
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Answer, "127.0.0.1", 0)
+        print(f"READY {server.sockets[0].getsockname()[1]}", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def raw_store_scu(args: argparse.Namespace) -> None:
+    """Send every file of ``--dir`` as one message to raw-store-scp, awaiting
+    each answer in a coroutine as ``await send_c_store(path)`` does: the file
+    opened, read whole and closed on the event loop (no page-cache check), then
+    written with its 6-byte header in one call. What an awaited store costs
+    asyncio here with nothing of DICOM in it."""
+    files = _store_files(args.dir)
+
+    class Client(asyncio.Protocol):
+        waiter: asyncio.Future[None] | None = None
+        got = 0
+
+        def connection_made(self, transport: Any) -> None:
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            self.got += len(data)
+            if self.got >= RAW_ANSWER and self.waiter is not None:
+                self.got -= RAW_ANSWER
+                self.waiter.set_result(None)
+                self.waiter = None
+
+    async def main() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        transport, client = await loop.create_connection(Client, "127.0.0.1", args.port)
+
+        async def store(path: str) -> None:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 24)
+            finally:
+                os.close(fd)
+            client.waiter = waiter = loop.create_future()
+            transport.write(b"\x04\x00" + len(data).to_bytes(4, "big") + data)
+            await waiter
+
+        start, cpu = time.perf_counter(), time.process_time()
+        for path in files:
+            await store(path)
+        seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        transport.close()
+        return _store_result(files, seconds, cpu_seconds=cpu)
+
+    _emit(asyncio.run(main()))
+
+
 def _exit_on_term(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
@@ -834,6 +917,8 @@ def main(argv: list[str] | None = None) -> None:
         "pynetdicom-nget-scu": pynetdicom_nget_scu,
         "raw-echo-server": raw_echo_server,
         "raw-echo-client": raw_echo_client,
+        "raw-store-scp": raw_store_scp,
+        "raw-store-scu": raw_store_scu,
     }
     if args.role.endswith(("-store-scp", "-find-scp", "-get-scp", "-nget-scp")):
         signal.signal(signal.SIGTERM, _exit_on_term)

@@ -52,6 +52,7 @@ WINDOW = 8
 WINDOWED = f"aiodicom <-> aiodicom (asyncio, {WINDOW} in flight)"
 DCMTK_WRITES = "dcmtk storescu -> dcmtk storescp -od +B (writes the files)"
 AIODICOM_WRITES = "aiodicom <-> aiodicom (asyncio), SCP writes the files as storescp -od"
+RAW_BOUND = "bare asyncio, no DICOM: each file awaited as one message (the bound)"
 
 
 # -- data -------------------------------------------------------------------------
@@ -414,6 +415,7 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> lis
         pairs.append(Pair("aiodicom <-> aiodicom (uvloop)", "aiodicom", "aiodicom", True))
     pairs.append(Pair(WINDOWED, "aiodicom", "aiodicom", window=WINDOW))
     pairs.append(Pair(PYN_REF, "pynetdicom", "pynetdicom"))
+    pairs.append(Pair(RAW_BOUND, "raw", "raw"))
     if have_dcmtk:
         pairs.append(Pair(DCMTK_REF, "dcmtk", "dcmtk"))
         pairs.append(Pair(DCMTK_WRITES, "dcmtk", "dcmtk", scp_writes=True))
@@ -477,6 +479,8 @@ def _cpu(samples: list[Sample]) -> str:
 
 def pdu_note(pair: Pair, max_pdu: int) -> str:
     """The SCP's maximum PDU, which bounds the P-DATA-TF PDUs of the stores."""
+    if pair.scp == "raw":
+        return "-"
     return f"{max_pdu or DEFAULT_PDU[pair.scp]:,}"
 
 
@@ -704,6 +708,14 @@ def main() -> None:
         f"association, which proposes an Asynchronous Operations Window of {WINDOW} invoked "
         "operations (PS3.7 D.3.3.3); the aiodicom SCP accepts it and answers in order. "
         "dcmtk and pynetdicom don't negotiate the window, so they have no such row.",
+        f"'{RAW_BOUND}': two Python processes on asyncio and nothing else (benchmarks/"
+        "_peers.py raw-store-scu/-scp): the SCU opens, reads and closes each file on the "
+        "event loop, writes it with a 6-byte header in one call and awaits a 200-byte "
+        "answer in a coroutine, as `await send_c_store(path)` waits for its response. No "
+        "DICOM is parsed or built on either side, so it is what any asyncio SCU/SCP pair "
+        "sending one instance at a time can reach here: its 'vs dcmtk' is the ceiling of "
+        "the aiodicom row's. A large file is read whole into memory (its RSS is not a "
+        "measure of anything).",
     ]
     if have_dcmtk:
         notes.append(
