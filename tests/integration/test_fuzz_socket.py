@@ -545,7 +545,12 @@ async def test_mutated_c_get_answers_never_break_the_client() -> None:
             assert outcome == "completed"
             assert statuses == [0xFF00, 0x0000]
             assert len(stored) == 2
-        assert len(stored) <= 2, f"seed {seed}: {stored}"
+        # Each damaged step holds one C-STORE-RQ at most, so a span repeated in
+        # place may make it two: two requests, served one after the other (the
+        # first has been answered when the second is taken up, so this is not
+        # a duplicate invocation either), and each one stored.
+        most = 3 if damage == ["repeat"] else 2
+        assert len(stored) <= most, f"seed {seed} ({damage} at step {target}): {stored}"
         assert not ae.active_associations, f"seed {seed}: an association is left"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     assert outcomes.get("completed", 0) < CLIENT_CASES + 1, outcomes  # damage was noticed
