@@ -750,6 +750,48 @@ async def test_get_without_bulk_data_strips_pixel_data() -> None:
     assert all("PixelData" in ds for ds in DATA)  # the SCP's own instances are untouched
 
 
+async def test_get_without_bulk_data_counts_an_unreadable_instance_failed(tmp_path: Path) -> None:
+    """A yielded file that cannot be read to strip its bulk data fails its
+    sub-operation (no C-STORE, no pending response for it) and the next one
+    goes on: two stored, one failed, final warning 0xB000."""
+    model = sop_class.CompositeInstanceRetrieveWithoutBulkDataGet
+    scu, scp = qr_pair()
+    scu.add_requested_context(model)
+    scp.add_supported_context(model)
+    garbage = tmp_path / "not-dicom.dcm"
+    garbage.write_bytes(b"\xff" * 300)
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.dataset)
+        return 0
+
+    def on_get(event: evt.Event) -> Iterator[Any]:
+        yield 3
+        yield 0xFF00, DATA[0]
+        yield 0xFF00, str(garbage)
+        yield 0xFF00, DATA[1]
+
+    q = Dataset()
+    q.QueryRetrieveLevel = "IMAGE"
+    with anyio.fail_after(GUARD):
+        async with _retrieve_pair(scu, scp, evt.EVT_C_GET, on_get, on_store) as assoc:
+            statuses = [s async for s, _ in assoc.send_c_get(q, model)]
+    assert [int(s.Status) for s in statuses] == [0xFF00, 0xFF00, 0xB000]
+    final = statuses[-1]
+    counts = (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    )
+    assert counts == (2, 1, 0)
+    assert [ds.SOPInstanceUID for ds in received] == [
+        DATA[0].SOPInstanceUID,
+        DATA[1].SOPInstanceUID,
+    ]
+    assert all("PixelData" not in ds for ds in received)
+
+
 FIND_MODELS = [
     sop_class.PatientRootQueryRetrieveInformationModelFind,
     sop_class.StudyRootQueryRetrieveInformationModelFind,
