@@ -854,9 +854,11 @@ def raw_store_scu(args: argparse.Namespace) -> None:
         async def store(path: str) -> None:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                data = os.read(fd, 1 << 24)
+                size = os.fstat(fd).st_size
+                data = os.read(fd, size)
             finally:
                 os.close(fd)
+            assert len(data) == size, path
             client.waiter = waiter = loop.create_future()
             transport.write(b"\x04\x00" + len(data).to_bytes(4, "big") + data)
             await waiter
