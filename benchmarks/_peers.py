@@ -800,11 +800,11 @@ def raw_store_scp(args: argparse.Namespace) -> None:
     """Answer every length-prefixed message (a 6-byte header as a PDU's: type,
     reserved, 4-byte length) with RAW_ANSWER bytes; no DICOM at all."""
 
+    # (asyncio sets TCP_NODELAY on every TCP transport itself)
     class Answer(asyncio.Protocol):
         def connection_made(self, transport: Any) -> None:
             self.transport = transport
             self.buf = bytearray()
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def data_received(self, data: bytes) -> None:
             buf = self.buf
@@ -836,9 +836,6 @@ def raw_store_scu(args: argparse.Namespace) -> None:
     class Client(asyncio.Protocol):
         waiter: asyncio.Future[None] | None = None
         got = 0
-
-        def connection_made(self, transport: Any) -> None:
-            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         def data_received(self, data: bytes) -> None:
             self.got += len(data)

@@ -351,6 +351,15 @@ async def _get(scu: AE, scp: AE, archive: Archive, stored: Stored, **kwargs: Any
     return statuses
 
 
+def _counts(final: Dataset) -> tuple[int, int, int]:
+    """A final C-GET/C-MOVE response's (completed, failed, warning) sub-operations."""
+    return (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    )
+
+
 def _retrieve_pair(
     scu: AE, scp: AE, kind: evt.EventType, on_retrieve: Any, on_store: Any
 ) -> AbstractAsyncContextManager[Association]:
@@ -711,13 +720,7 @@ async def test_move_destination_aborting_midway() -> None:
                 statuses = [s async for s, _ in assoc.send_c_move(query(), "DEST", MOVE)]
                 assert (await assoc.send_c_echo()).Status == 0
     assert [int(s.Status) for s in statuses] == [0xFF00, 0xA702]
-    final = statuses[-1]
-    counts = (
-        final.NumberOfCompletedSuboperations,
-        final.NumberOfFailedSuboperations,
-        final.NumberOfWarningSuboperations,
-    )
-    assert counts == (1, 2, 0)
+    assert _counts(statuses[-1]) == (1, 2, 0)
     assert stored == [d.SOPInstanceUID for d in matches(query())][:2]
 
 
@@ -778,13 +781,7 @@ async def test_get_without_bulk_data_counts_an_unreadable_instance_failed(tmp_pa
         async with _retrieve_pair(scu, scp, evt.EVT_C_GET, on_get, on_store) as assoc:
             statuses = [s async for s, _ in assoc.send_c_get(q, model)]
     assert [int(s.Status) for s in statuses] == [0xFF00, 0xFF00, 0xB000]
-    final = statuses[-1]
-    counts = (
-        final.NumberOfCompletedSuboperations,
-        final.NumberOfFailedSuboperations,
-        final.NumberOfWarningSuboperations,
-    )
-    assert counts == (2, 1, 0)
+    assert _counts(statuses[-1]) == (2, 1, 0)
     assert [ds.SOPInstanceUID for ds in received] == [
         DATA[0].SOPInstanceUID,
         DATA[1].SOPInstanceUID,
