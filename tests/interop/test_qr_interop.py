@@ -1364,15 +1364,20 @@ def pyn_identifier(d: dict[str, Any]) -> Dataset:
 
 
 async def pyn_qrscu_to_aiodicom(
-    run_pynetdicom_qrscu: Any, handlers: QRHandlers, *args: Any, ae: AE | None = None
+    run_pynetdicom_qrscu: Any,
+    handlers: QRHandlers,
+    *args: Any,
+    ae: AE | None = None,
+    returncode: int = 0,
 ) -> list[dict[str, Any]]:
     """Serve ``handlers`` on an aiodicom Q/R SCP (``qr_scp_ae()`` unless ``ae``
-    is given), run pynetdicom's Q/R SCU against it with ``args``; its events."""
+    is given), run pynetdicom's Q/R SCU against it with ``args``; its events.
+    ``returncode``: the peer's exit code expected (3: a final status not 0x0000)."""
     ae = ae or qr_scp_ae()
     with deadline():
         async with ae.start_server((HOST, 0), evt_handlers=handlers.handlers()) as server:
             cp, events = await in_thread(run_pynetdicom_qrscu, "--port", server.port, *args)
-    assert cp.returncode == 0, f"{cp.describe()}\n{events}"
+    assert cp.returncode == returncode, f"{cp.describe()}\n{events}"
     return events
 
 
@@ -1466,6 +1471,64 @@ async def test_pynetdicom_get_to_aiodicom_scp(run_pynetdicom_qrscu, tmp_path, da
     assert rsps[-1]["status"] == 0x0000 and rsps[-1]["completed"] == len(expected), rsps[-1]
     assert [e["remaining"] for e in rsps[:-1]] == list(range(len(expected) - 1, -1, -1))
     check_files(sorted(tmp_path.iterdir()), expected)
+
+
+@dataclass
+class _UnreadableAmid(QRHandlers):
+    """C-GET: the instances' files, with ``unreadable`` (not DICOM) after the first."""
+
+    unreadable: Path | None = None
+
+    async def on_get(self, event: evt.Event) -> Any:
+        self._record(event, "get")
+        yield len(self.instances) + 1
+        for i, inst in enumerate(self.instances):
+            if i == 1:
+                yield 0xFF00, self.unreadable
+            yield 0xFF00, inst.path
+
+
+@pytest.mark.anyio
+async def test_pynetdicom_get_without_bulk_data_to_aiodicom_scp(
+    run_pynetdicom_qrscu, tmp_path, tree
+):
+    """pynetdicom's C-GET in Composite Instance Retrieve Without Bulk Data: the
+    aiodicom SCP sends each instance without its pixel data, and a file it
+    cannot read between two instances fails that sub-operation alone (no
+    C-STORE, no pending response), the C-GET ending 0xB000."""
+    instances = [i for i in tree if "PixelData" in dcmread(i.path)][:2]
+    assert len(instances) == 2
+    unreadable = tmp_path / "not-dicom.dcm"
+    unreadable.write_bytes(b"\xff" * 300)
+    received = tmp_path / "received"
+    received.mkdir()
+    ae = qr_scp_ae()
+    ae.add_supported_context(sop_class.CompositeInstanceRetrieveWithoutBulkDataGet)
+    events = await pyn_qrscu_to_aiodicom(
+        run_pynetdicom_qrscu,
+        _UnreadableAmid(instances, unreadable=unreadable),
+        "--service",
+        "get",
+        "--model",
+        "nobulk",
+        "--level",
+        "IMAGE",
+        "--store-dir",
+        received,
+        ae=ae,
+        returncode=3,  # the peer's exit code for a final status other than success
+    )
+    rsps = [e for e in events if e["event"] == "get_rsp"]
+    assert [e["status"] for e in rsps] == [0xFF00, 0xFF00, 0xB000], rsps
+    assert [e["remaining"] for e in rsps[:-1]] == [2, 0]
+    assert (rsps[-1]["completed"], rsps[-1]["failed"], rsps[-1]["warning"]) == (2, 1, 0)
+    got = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, received.iterdir())}
+    assert sorted(got) == sorted(i.sop_instance_uid for i in instances)
+    for inst in instances:
+        source, stored = dcmread(inst.path), got[inst.sop_instance_uid]
+        assert "PixelData" not in stored
+        del source.PixelData
+        assert stored == source  # everything else, element by element
 
 
 @pytest.mark.anyio

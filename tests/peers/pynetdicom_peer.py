@@ -121,6 +121,8 @@ QR_MODELS = {
     ),
 }
 QR_SERVICE_INDEX = {"find": 0, "get": 1, "move": 2}
+#: --model nobulk: Composite Instance Retrieve Without Bulk Data, a C-GET model only.
+QR_MODELS["nobulk"] = ("", "1.2.840.10008.5.1.4.1.2.5.3", "")
 
 EXIT_OK = 0
 EXIT_REJECTED = 1
@@ -1263,7 +1265,7 @@ def build_parser() -> argparse.ArgumentParser:
     qrscu.add_argument("--called", default="ANY-SCP")
     qrscu.add_argument("--calling", default="PYNETDICOM_QR")
     qrscu.add_argument("--service", choices=["find", "get", "move"], required=True)
-    qrscu.add_argument("--model", choices=["study", "patient"], default="study")
+    qrscu.add_argument("--model", choices=sorted(QR_MODELS), default="study")
     qrscu.add_argument("--level", default="STUDY")
     qrscu.add_argument(
         "-k", "--key", type=parse_key, action="append", default=[], metavar="KEYWORD[=VALUE]"
