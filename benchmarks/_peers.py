@@ -20,10 +20,13 @@ of DIR, in name order, on one association, reading each from disk.
     python benchmarks/_peers.py pynetdicom-store-scp [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py pynetdicom-store-scu PORT --dir DIR [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py aiodicom-store-many PORT --dir DIR --associations K
+    python benchmarks/_peers.py raw-store-scp [--uvloop]
+    python benchmarks/_peers.py raw-store-scu PORT --dir DIR [--uvloop]
 
 ``aiodicom-store-many`` (bench_many.py) opens K associations at once, each
 sending every file of DIR one store at a time; the store SCPs take up to
-1,000 associations at once.
+1,000 associations at once. ``raw-store-scu``/``-scp`` are the bound: the
+same files, each sent as one message and answered, with nothing of DICOM.
 
 C-FIND and C-GET (bench_qr.py): the find SCPs answer any Study Root C-FIND
 with ``--matches N`` study-level matches made one at a time as they are sent
@@ -58,13 +61,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+_T = TypeVar("_T")
 
 
 def _rss_mib() -> float:
@@ -822,7 +827,7 @@ def raw_store_scp(args: argparse.Namespace) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    _run_raw(main(), args.uvloop)
 
 
 def raw_store_scu(args: argparse.Namespace) -> None:
@@ -868,7 +873,16 @@ def raw_store_scu(args: argparse.Namespace) -> None:
         transport.close()
         return _store_result(files, seconds, cpu_seconds=cpu)
 
-    _emit(asyncio.run(main()))
+    _emit(_run_raw(main(), args.uvloop))
+
+
+def _run_raw(main: Coroutine[Any, Any, _T], uvloop: bool) -> _T:
+    """Run a raw role's ``main`` under asyncio's own event loop, or uvloop's."""
+    if uvloop:
+        import uvloop as uv
+
+        return uv.run(main)
+    return asyncio.run(main)
 
 
 def _exit_on_term(signum: int, frame: Any) -> None:

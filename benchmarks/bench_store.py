@@ -53,6 +53,7 @@ WINDOWED = f"aiodicom <-> aiodicom (asyncio, {WINDOW} in flight)"
 DCMTK_WRITES = "dcmtk storescu -> dcmtk storescp -od +B (writes the files)"
 AIODICOM_WRITES = "aiodicom <-> aiodicom (asyncio), SCP writes the files as storescp -od"
 RAW_BOUND = "bare asyncio, no DICOM: each file awaited as one message (the bound)"
+RAW_BOUND_UVLOOP = "bare uvloop, no DICOM: as the bound, under uvloop (its bound)"
 
 
 # -- data -------------------------------------------------------------------------
@@ -284,7 +285,7 @@ class Bench:
 
     def python_args(self, pair: Pair, lib: str) -> list[str]:
         extra = self.pdu_args(lib)
-        if lib == "aiodicom" and pair.uvloop:
+        if lib in ("aiodicom", "raw") and pair.uvloop:
             extra.append("--uvloop")
         if lib == "pynetdicom" and self.args.pyn_chunked:
             extra.append("--pyn-chunked")
@@ -416,6 +417,8 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> lis
     pairs.append(Pair(WINDOWED, "aiodicom", "aiodicom", window=WINDOW))
     pairs.append(Pair(PYN_REF, "pynetdicom", "pynetdicom"))
     pairs.append(Pair(RAW_BOUND, "raw", "raw"))
+    if have_uvloop:
+        pairs.append(Pair(RAW_BOUND_UVLOOP, "raw", "raw", True))
     if have_dcmtk:
         pairs.append(Pair(DCMTK_REF, "dcmtk", "dcmtk"))
         pairs.append(Pair(DCMTK_WRITES, "dcmtk", "dcmtk", scp_writes=True))
@@ -716,7 +719,9 @@ def main() -> None:
         "DICOM is parsed or built on either side, so it is what any asyncio SCU/SCP pair "
         "sending one instance at a time can reach here: its 'vs dcmtk' is the ceiling of "
         "the aiodicom row's. Small instances only: a 64 MB file read whole and sent as "
-        "one message measures Python's buffer copies, not what asyncio allows.",
+        "one message measures Python's buffer copies, not what asyncio allows. "
+        f"'{RAW_BOUND_UVLOOP}': the same two programs on uvloop's event loop, the ceiling "
+        "of the aiodicom (uvloop) row.",
     ]
     if have_dcmtk:
         notes.append(
