@@ -50,6 +50,7 @@ PYN_REF = "pynetdicom <-> pynetdicom"
 DCMTK_REF = "dcmtk storescu -> dcmtk storescp"
 WINDOW = 8
 WINDOWED = f"aiodicom <-> aiodicom (asyncio, {WINDOW} in flight)"
+READ_AHEAD = "aiodicom <-> aiodicom ({loop}), send_c_stores: one in flight, the next read ahead"
 DCMTK_WRITES = "dcmtk storescu -> dcmtk storescp -od +B (writes the files)"
 AIODICOM_WRITES = "aiodicom <-> aiodicom (asyncio), SCP writes the files as storescp -od"
 RAW_BOUND = "bare asyncio, no DICOM: each file awaited as one message (the bound)"
@@ -242,6 +243,7 @@ class Pair:
     scp: str
     uvloop: bool = False
     window: int = 1  # aiodicom SCU: tasks sharing the association / async ops window
+    read_ahead: bool = False  # aiodicom SCU: one send_c_stores, not send_c_store each
     #: The SCP writes each instance to a file (dcmtk: storescp -od DIR +B instead of
     #: --ignore; aiodicom: what `aiodicom storescp -od DIR` does) instead of discarding it.
     scp_writes: bool = False
@@ -390,6 +392,8 @@ class Bench:
                 role = f"{pair.scu}-store-scu"
                 argv = [*self.peers(role), str(srv.port), "--dir", str(directory)]
                 window = ["--window", str(pair.window)] if pair.window > 1 else []
+                if pair.read_ahead:
+                    window.append("--read-ahead")
                 done = run_client([*argv, *self.python_args(pair, pair.scu), *window], cpu=cpu)
                 res = json.loads(done.stdout.strip().splitlines()[-1])
                 sample = Sample(
@@ -414,6 +418,9 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> lis
     pairs = [Pair("aiodicom <-> aiodicom (asyncio)", "aiodicom", "aiodicom")]
     if have_uvloop:
         pairs.append(Pair("aiodicom <-> aiodicom (uvloop)", "aiodicom", "aiodicom", True))
+    for uvloop in (False, True) if have_uvloop else (False,):
+        name = READ_AHEAD.format(loop="uvloop" if uvloop else "asyncio")
+        pairs.append(Pair(name, "aiodicom", "aiodicom", uvloop, read_ahead=True))
     pairs.append(Pair(WINDOWED, "aiodicom", "aiodicom", window=WINDOW))
     pairs.append(Pair(PYN_REF, "pynetdicom", "pynetdicom"))
     pairs.append(Pair(RAW_BOUND, "raw", "raw"))
@@ -712,6 +719,12 @@ def main() -> None:
         f"association, which proposes an Asynchronous Operations Window of {WINDOW} invoked "
         "operations (PS3.7 D.3.3.3); the aiodicom SCP accepts it and answers in order. "
         "dcmtk and pynetdicom don't negotiate the window, so they have no such row.",
+        f"'{READ_AHEAD.format(loop='asyncio')}' (and uvloop): the same files on the wire "
+        "exactly as the plain rows, one C-STORE at a time, each sent once the previous "
+        "response is in, but given to one `async for result in assoc.send_c_stores(paths)`, "
+        "which reads and probes the next file while the SCP handles the one just sent; the "
+        "plain rows await send_c_store(path) for each file, so that work is on the round "
+        "trip. storescu +sd reads every file's header before it sends the first.",
         f"'{RAW_BOUND}': two Python processes on asyncio and nothing else (benchmarks/"
         "_peers.py raw-store-scu/-scp): the SCU opens, reads and closes each file on the "
         "event loop, writes it with a 6-byte header in one call and awaits a 200-byte "

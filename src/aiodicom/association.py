@@ -34,9 +34,17 @@ import stat
 import sys
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NamedTuple, cast
 
 import anyio
 import anyio.abc
@@ -154,7 +162,7 @@ if TYPE_CHECKING:
 
     from .ae import AE
 
-__all__ = ("Association", "Responses", "ServiceUser")
+__all__ = ("Association", "Responses", "ServiceUser", "StoreResult", "StoreSource")
 
 LOGGER = logging.getLogger("aiodicom")
 
@@ -238,6 +246,54 @@ class _PreparedStore:
         owned, self.owned = self.owned, None
         if owned is not None:
             await _close_in_worker(owned)
+
+
+#: What :meth:`Association.send_c_store` sends: a data set, a file's path or a binary file.
+StoreSource = Dataset | str | os.PathLike[str] | BinaryIO
+
+
+class StoreResult(NamedTuple):
+    """What became of one instance given to :meth:`Association.send_c_stores`."""
+
+    #: The instance, as it was given.
+    source: StoreSource
+    #: The C-STORE response's command set (``.Status``), as
+    #: :meth:`Association.send_c_store` returns it; None if it was not sent.
+    status: Dataset | None
+    #: Why it was not sent (nothing was sent for it), else None.
+    error: Exception | None
+
+
+#: Errors that keep one instance from being sent and leave the association
+#: as it was: what send_c_store raises before it sends anything (a file that
+#: can't be read or is not DICOM, no accepted context, a data set that does
+#: not encode, a wrong type).
+_NOT_SENT: Final = (OSError, ValueError, TypeError, DIMSEError)
+
+#: The end of the instances given to send_c_stores.
+_NO_MORE: Final = object()
+
+
+def _taker(
+    sources: Iterable[StoreSource] | AsyncIterable[StoreSource],
+) -> Callable[[], Awaitable[object]]:
+    """A coroutine function giving the next of ``sources``, or ``_NO_MORE``."""
+    if isinstance(sources, AsyncIterable):
+        items = aiter(sources)
+
+        async def take_async() -> object:
+            try:
+                return await anext(items)
+            except StopAsyncIteration:
+                return _NO_MORE
+
+        return take_async
+    plain = iter(sources)
+
+    async def take() -> object:
+        return next(plain, _NO_MORE)
+
+    return take
 
 
 async def _close_in_worker(file: BinaryIO) -> None:
@@ -3013,11 +3069,14 @@ class Association:
         command: dict[str, Any] | Callable[[int], bytes],
         dataset: _Payload,
         msg_id: int | None,
+        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> Message:
         """Send a request and wait (``dimse_timeout``) for its single response.
 
         ``command``: the command set's fields without its Message ID, or a
-        function of the Message ID that encodes the command set.
+        function of the Message ID that encodes the command set. ``meanwhile``
+        is awaited once the request is sent, before waiting for the response
+        (the work it does overlaps the peer's); it must not raise.
         """
         if self._abandoned:
             await self._reap_abandoned()
@@ -3039,6 +3098,8 @@ class Association:
                 pending.sent_at = now = self._clock()
                 if self.dimse_timeout is not None:
                     self._kick(now + self.dimse_timeout)
+                if meanwhile is not None:
+                    await meanwhile()
                 await pending.done.wait(self._loop)
             finally:
                 del self._pending[mid]
@@ -3091,6 +3152,85 @@ class Association:
         """
         rsp = await self._store(dataset, msg_id, priority, originator_aet, originator_id)
         return command_dataset(rsp.raw_command, rsp.layout)
+
+    async def send_c_stores(
+        self,
+        datasets: Iterable[StoreSource] | AsyncIterable[StoreSource],
+        priority: int = 2,
+    ) -> AsyncIterator[StoreResult]:
+        """Send C-STORE requests for many instances, one after the other, and
+        yield a :class:`StoreResult` for each, in order.
+
+        ``datasets`` (an iterable or async iterable) gives what
+        :meth:`send_c_store` takes: Datasets, paths or binary files. On the
+        wire this is what awaiting ``send_c_store`` for each one in turn
+        does: one request at a time, each sent once the previous one's
+        response is in. The difference is read-ahead: the next instance is
+        taken from ``datasets``, read (or opened) and probed while the peer
+        handles the one just sent, so that work is off the round trip. One
+        instance at most is held ahead.
+
+        An instance that cannot be sent (its file cannot be read or is not
+        DICOM, no context was accepted for it, a Dataset that does not encode)
+        is yielded with ``error`` set and nothing sent for it; the next one
+        follows. Anything else ends the iteration by raising, as
+        :meth:`send_c_store` would: the association aborted, a response timed
+        out, an error raised by ``datasets`` itself. A plain iterable is read
+        on the event loop: it must not block (list a large directory tree in
+        a worker thread first, or give an async iterable).
+
+        Leaving the loop early is safe between results (no request is
+        outstanding then); close the generator, e.g. with
+        ``contextlib.aclosing``, to close at once a file opened ahead.
+        """
+        if priority not in (0, 1, 2):
+            raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
+        take = _taker(datasets)
+        # The instance read ahead: (source, prepared request or why not); at most one.
+        ahead: list[tuple[object, _PreparedStore | Exception]] = []
+
+        async def read_ahead() -> None:
+            # Raises nothing: an error is kept for its turn (see _invoke's ``meanwhile``).
+            try:
+                source = await take()
+            except Exception as exc:
+                ahead.append((_NO_MORE, exc))
+                return
+            if source is _NO_MORE:
+                return
+            try:
+                item = cast(StoreSource, source)
+                ahead.append((source, await self._prepare_store(item, priority)))
+            except Exception as exc:
+                ahead.append((source, exc))
+
+        try:
+            await read_ahead()
+            while ahead:
+                source, prepared = ahead.pop()
+                if isinstance(prepared, Exception):
+                    if source is _NO_MORE or not isinstance(prepared, _NOT_SENT):
+                        raise prepared
+                    yield StoreResult(cast(StoreSource, source), None, prepared)
+                    await read_ahead()
+                else:
+                    try:
+                        rsp = await self._invoke(
+                            prepared.context_id,
+                            prepared.command,
+                            prepared.payload,
+                            None,
+                            read_ahead,
+                        )
+                    finally:
+                        if prepared.owned is not None:
+                            await prepared.close()
+                    status = command_dataset(rsp.raw_command, rsp.layout)
+                    yield StoreResult(cast(StoreSource, source), status, None)
+        finally:
+            for _, left in ahead:
+                if isinstance(left, _PreparedStore) and left.owned is not None:
+                    await left.close()
 
     async def _store(
         self,

@@ -1,0 +1,223 @@
+"""Association.send_c_stores: many instances, one on the wire at a time, the next read ahead.
+
+aiodicom on both sides over loopback TCP; against dcmtk and pynetdicom in
+tests/interop/test_store_interop.py.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from aiodicom import evt, sop_class
+from aiodicom.association import StoreResult
+from aiodicom.dsutils import encode_dataset
+from aiodicom.errors import AssociationAborted, DIMSEError, NoAcceptedContext
+from aiodicom.testing import RecordingHandlers, make_dataset
+
+from .conftest import GUARD, running_server, write_part10
+from .test_store import storage_pair
+
+pytestmark = pytest.mark.anyio
+
+
+def _open_paths() -> set[str]:
+    """What this process has open, by path (Linux)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
+def _large(tmp_path: Path, name: str) -> tuple[Path, bytes]:
+    """A Part 10 file over 1 MiB (send_c_store opens and streams it), and its data set."""
+    ds = make_dataset()
+    ds.PixelData = os.urandom(3 << 19)
+    path = write_part10(tmp_path / name, ds, ExplicitVRLittleEndian)
+    return path, encode_dataset(ds, ExplicitVRLittleEndian)
+
+
+async def test_each_instance_in_order_and_what_cannot_be_sent_reported(tmp_path: Path) -> None:
+    first = make_dataset()
+    in_file = make_dataset()
+    path = write_part10(tmp_path / "a.dcm", in_file, ExplicitVRLittleEndian)
+    as_object = make_dataset()
+    file_object = io.BytesIO(
+        write_part10(tmp_path / "b.dcm", as_object, ExplicitVRLittleEndian).read_bytes()
+    )
+    not_dicom = tmp_path / "not.dcm"
+    not_dicom.write_bytes(b"not a DICOM file" * 64)
+    unaccepted = make_dataset()
+    unaccepted.SOPClassUID = sop_class.UltrasoundImageStorage
+    no_uid = make_dataset()
+    del no_uid.SOPInstanceUID
+    last = make_dataset()
+    sources: list[object] = [
+        first,
+        not_dicom,
+        path,
+        tmp_path / "missing.dcm",
+        unaccepted,
+        file_object,
+        no_uid,
+        42,
+        last,
+    ]
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    results: list[StoreResult] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            async for result in assoc.send_c_stores(sources):  # type: ignore[arg-type]
+                results.append(result)
+            assert (await assoc.send_c_echo()).Status == 0  # the association went on
+    assert [r.source for r in results] == sources
+    sent = [r.status is not None for r in results]
+    assert sent == [True, False, True, False, False, True, False, False, True]
+    assert all(r.status.Status == 0 for r in results if r.status is not None)
+    assert all((r.status is None) == (r.error is not None) for r in results)
+    assert isinstance(results[1].error, DIMSEError)
+    assert isinstance(results[3].error, FileNotFoundError)
+    assert isinstance(results[4].error, NoAcceptedContext)
+    assert isinstance(results[6].error, ValueError)
+    assert isinstance(results[7].error, TypeError)
+    stored = [(uid, data) for uid, _, data, _ in rec.stored]
+    assert stored == [
+        (ds.SOPInstanceUID, encode_dataset(ds, ExplicitVRLittleEndian))
+        for ds in (first, in_file, as_object, last)
+    ]
+
+
+async def test_the_next_instance_is_read_while_the_peer_handles_the_last() -> None:
+    """The SCP's handler for each instance waits until the SCU has taken the
+    next one from its source: without read-ahead that never happens (the next
+    is taken once the response is in) and the guard ends the test."""
+    datasets = [make_dataset() for _ in range(6)]
+    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(datasets)}
+    taken = [anyio.Event() for _ in datasets]
+    handled: list[int] = []
+
+    async def source() -> AsyncIterator[Dataset]:
+        for i, ds in enumerate(datasets):
+            taken[i].set()
+            yield ds
+
+    async def on_store(event: evt.Event) -> int:
+        i = index[str(event.request.AffectedSOPInstanceUID)]
+        if i + 1 < len(datasets):
+            await taken[i + 1].wait()
+        handled.append(i)
+        return 0x0000
+
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            results = [r async for r in assoc.send_c_stores(source())]
+    statuses = [int(r.status.Status) for r in results if r.status is not None]
+    assert statuses == [0] * len(datasets)
+    assert handled == list(range(len(datasets)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="lists open files in /proc/self/fd")
+async def test_leaving_early_closes_the_file_read_ahead(tmp_path: Path) -> None:
+    (one, data), (two, _) = _large(tmp_path, "1.dcm"), _large(tmp_path, "2.dcm")
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            async with aclosing(assoc.send_c_stores([one, two])) as results:
+                async for result in results:
+                    assert result.source == one and result.status is not None
+                    assert str(two) in _open_paths()  # read ahead: opened, not sent
+                    break
+            assert str(two) not in _open_paths()
+            assert (await assoc.send_c_echo()).Status == 0  # nothing was left in flight
+    assert [d for _, _, d, _ in rec.stored] == [data]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="lists open files in /proc/self/fd")
+async def test_an_abort_ends_the_iteration_and_closes_the_file_read_ahead(
+    tmp_path: Path,
+) -> None:
+    (one, _), (two, _) = _large(tmp_path, "1.dcm"), _large(tmp_path, "2.dcm")
+
+    async def on_store(event: evt.Event) -> int:
+        await event.assoc.abort()
+        return 0x0000
+
+    scu, scp = storage_pair()
+    results: list[StoreResult] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            with pytest.raises(AssociationAborted):
+                async for result in assoc.send_c_stores([one, two]):
+                    results.append(result)
+            assert str(one) not in _open_paths()
+            assert str(two) not in _open_paths()
+    assert results == []
+
+
+async def test_an_error_of_the_source_is_raised_after_the_instance_before_it() -> None:
+    ds = make_dataset()
+
+    async def source() -> AsyncIterator[Dataset]:
+        yield ds
+        raise RuntimeError("the listing failed")
+
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    results: list[StoreResult] = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, rec.handlers) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            with pytest.raises(RuntimeError, match="the listing failed"):
+                async for result in assoc.send_c_stores(source()):
+                    results.append(result)
+            assert (await assoc.send_c_echo()).Status == 0
+    assert [(r.source, int(r.status.Status)) for r in results if r.status] == [(ds, 0)]
+    assert [uid for uid, _, _, _ in rec.stored] == [ds.SOPInstanceUID]
+
+
+async def test_a_wrong_priority_is_refused_before_anything_is_taken() -> None:
+    taken: list[int] = []
+
+    def source() -> Iterator[Dataset]:
+        taken.append(1)
+        yield make_dataset()
+
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            with pytest.raises(ValueError, match="priority"):
+                async for _ in assoc.send_c_stores(source(), priority=3):
+                    pass
+    assert taken == []
