@@ -35,8 +35,8 @@ import sys
 import weakref
 from collections import deque
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
-    AsyncIterator,
     Awaitable,
     Callable,
     Coroutine,
@@ -3157,7 +3157,7 @@ class Association:
         self,
         datasets: Iterable[StoreSource] | AsyncIterable[StoreSource],
         priority: int = 2,
-    ) -> AsyncIterator[StoreResult]:
+    ) -> AsyncGenerator[StoreResult, None]:
         """Send C-STORE requests for many instances, one after the other, and
         yield a :class:`StoreResult` for each, in order.
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -396,24 +396,41 @@ async def _store(args: argparse.Namespace) -> int:
 
     async def send_over_one() -> None:
         nonlocal failures
+        # What this association took from the queue and has not reported yet:
+        # the file in flight, then the one send_c_stores read ahead.
+        taken: collections.deque[tuple[Path, Part10Info, int]] = collections.deque()
+
+        def take() -> Iterator[Path]:
+            while pending:
+                entry = pending.popleft()
+                taken.append(entry)
+                yield entry[0]
+
         async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
             while pending:
-                path, _info, size = pending.popleft()
                 try:
-                    status = await assoc.send_c_store(path)
-                except DicomNetworkError as exc:  # e.g. NoAcceptedContext for this file
-                    LOGGER.error("%s: %s", path, exc)
-                    failures += 1
+                    async with contextlib.aclosing(assoc.send_c_stores(take())) as results:
+                        async for result in results:
+                            path, _info, size = taken.popleft()
+                            if result.status is None:  # e.g. NoAcceptedContext for this file
+                                LOGGER.error("%s: %s", path, result.error)
+                                failures += 1
+                                continue
+                            code = int(result.status.Status)
+                            if code != 0:
+                                failures += 1
+                                LOGGER.warning("%s: status 0x%04X", path, code)
+                            elif args.verbose:
+                                print(f"{path}: stored", flush=True)
+                            progress.step(size)
+                except DicomNetworkError as exc:
+                    if taken:  # the file in flight failed; the one read ahead goes back
+                        LOGGER.error("%s: %s", taken.popleft()[0], exc)
+                        failures += 1
+                        pending.extendleft(reversed(taken))
+                        taken.clear()
                     if not assoc.is_established:
                         return  # this association has ended: the others take the rest
-                    continue
-                code = int(status.Status)
-                if code != 0:
-                    failures += 1
-                    LOGGER.warning("%s: status 0x%04X", path, code)
-                elif args.verbose:
-                    print(f"{path}: stored", flush=True)
-                progress.step(size)
 
     try:
         async with anyio.create_task_group() as tg:

@@ -1041,7 +1041,8 @@ async def test_cli_store_goes_on_when_one_association_is_aborted(tmp_path: Path)
     """``aiodicom store -j 2``: the SCP aborts the association that brought
     the first instance; the other association sends every remaining file.
     That one instance is reported failed (exit 1, ``sent 5 of 6``), and no
-    file is left unsent for want of an association."""
+    file is left unsent for want of an association: the one the aborted
+    association had read ahead (send_c_stores) goes back to the others."""
     files, expected = _instance_files(tmp_path, 6)
     seen: list[str] = []
     associations: set[int] = set()
