@@ -72,7 +72,7 @@ from pydicom.uid import (
 )
 
 from aiodicom import AE, evt, sop_class
-from aiodicom.errors import DicomNetworkError, NoAcceptedContext
+from aiodicom.errors import DicomNetworkError, DIMSEError, NoAcceptedContext
 
 HOST = "127.0.0.1"
 AIODICOM_PEER = Path(__file__).resolve().parents[1] / "peers" / "aiodicom_peer.py"
@@ -654,6 +654,77 @@ async def test_aiodicom_scu_200_instances_one_association_to_pynetdicom_scp(
     assert [e["message_id"] for e in events] == list(range(1, N_SMALL + 1))
     for event, source in zip(events, small_instances, strict=True):
         assert dataset_bytes(event["stored"]) == dataset_bytes(source), source.name
+
+
+def _with_a_bad_file(tmp_path: Path) -> tuple[list[Path], Path]:
+    """Every bundled file (each transfer syntax) with a file that is not DICOM among them."""
+    bad = tmp_path / "not-dicom.dcm"
+    bad.write_bytes(b"not DICOM at all" * 64)
+    sources = [bundled_file(n) for n in ALL_FILES]
+    return [*sources[:2], bad, *sources[2:]], bad
+
+
+async def _send_many(ae: AE, port: int, title: str, sources: list[Path]) -> list[Any]:
+    """send_c_stores over one association: each source's (source, status or error)."""
+    with deadline():
+        async with ae.associate(HOST, port, ae_title=title) as assoc:
+            results = [r async for r in assoc.send_c_stores(sources)]
+            assert status_of(await assoc.send_c_echo()) == 0x0000  # the association went on
+    return results
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_send_c_stores_to_storescp(dcmtk_storescp_factory, tmp_path):
+    """Every transfer syntax on one association by send_c_stores (one request
+    at a time, the next file read ahead): storescp writes each exactly as
+    sent; the file that is not DICOM is reported and nothing is sent for it."""
+    # +uf: files of their own for the bundled files that share a SOP Instance UID
+    storescp = dcmtk_storescp_factory("+B", "+uf", fork=False)
+    sources, bad = _with_a_bad_file(tmp_path)
+    good = [s for s in sources if s != bad]
+    ae = storage_scu_ae(good)
+    ae.add_requested_context(sop_class.Verification)
+    results = await _send_many(ae, storescp.port, storescp.ae_title, sources)
+    assert [r.source for r in results] == sources
+    assert {r.source: r.status is None for r in results} == {s: s == bad for s in sources}
+    assert [status_of(r.status) for r in results if r.status is not None] == [0] * len(good)
+    assert isinstance(next(r.error for r in results if r.source == bad), DIMSEError)
+    received = await in_thread(storescp.wait_for_files, len(good))
+    by_key = {file_info(p)[1:]: p for p in received}  # (SOP Instance UID, transfer syntax)
+    assert sorted(by_key) == sorted(file_info(s)[1:] for s in good)
+    for source in good:
+        got = by_key[file_info(source)[1:]]
+        assert_same_instance(source, got, transfer_syntax=file_info(source)[2])
+        assert_same_bytes(got, source)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_scu_send_c_stores_to_pynetdicom_scp(pynetdicom_scp, tmp_path):
+    """As the storescp test, into pynetdicom's SCP: the requests arrive one
+    after the other, message IDs 1, 2, ...; the file that is not DICOM takes none."""
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--accept-all-storage", "--output-dir", out, ae_title="PYSCP")
+    sources, bad = _with_a_bad_file(tmp_path)
+    good = [s for s in sources if s != bad]
+    ae = storage_scu_ae(good)
+    ae.add_requested_context(sop_class.Verification)
+    results = await _send_many(ae, scp.port, "PYSCP", sources)
+    events = await in_thread(scp.wait_for_event, "c_store", count=len(good))
+    await in_thread(scp.wait_for_event, "released")
+    assert [r.source for r in results] == sources
+    assert [status_of(r.status) for r in results if r.status is not None] == [0] * len(good)
+    assert isinstance(next(r.error for r in results if r.source == bad), DIMSEError)
+    assert [e["message_id"] for e in events] == list(range(1, len(good) + 1))
+    for event, source in zip(events, good, strict=True):
+        cls, uid, ts = file_info(source)
+        assert (event["sop_class_uid"], event["sop_instance_uid"], event["transfer_syntax"]) == (
+            cls,
+            uid,
+            ts,
+        )
+        assert_same_instance(source, event["stored"], transfer_syntax=ts)
+        assert_same_bytes(event["stored"], source)
 
 
 @pytest.mark.anyio
