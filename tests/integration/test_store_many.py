@@ -24,8 +24,8 @@ from aiodicom.dsutils import encode_dataset
 from aiodicom.errors import AssociationAborted, DIMSEError, NoAcceptedContext
 from aiodicom.testing import RecordingHandlers, make_dataset
 
-from .conftest import GUARD, running_server, write_part10
-from .test_store import storage_pair
+from .conftest import GUARD, write_part10
+from .test_store import storage_pair, store_pair
 
 pytestmark = pytest.mark.anyio
 
@@ -79,10 +79,7 @@ async def test_each_instance_in_order_and_what_cannot_be_sent_reported(tmp_path:
     scu, scp = storage_pair()
     results: list[StoreResult] = []
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, rec.handlers) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
             async for result in assoc.send_c_stores(sources):  # type: ignore[arg-type]
                 results.append(result)
             assert (await assoc.send_c_echo()).Status == 0  # the association went on
@@ -126,10 +123,7 @@ async def test_the_next_instance_is_read_while_the_peer_handles_the_last() -> No
 
     scu, scp = storage_pair()
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
             results = [r async for r in assoc.send_c_stores(source())]
     statuses = [int(r.status.Status) for r in results if r.status is not None]
     assert statuses == [0] * len(datasets)
@@ -142,10 +136,7 @@ async def test_leaving_early_closes_the_file_read_ahead(tmp_path: Path) -> None:
     rec = RecordingHandlers()
     scu, scp = storage_pair()
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, rec.handlers) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
             async with aclosing(assoc.send_c_stores([one, two])) as results:
                 async for result in results:
                     assert result.source == one and result.status is not None
@@ -169,10 +160,7 @@ async def test_an_abort_ends_the_iteration_and_closes_the_file_read_ahead(
     scu, scp = storage_pair()
     results: list[StoreResult] = []
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
             with pytest.raises(AssociationAborted):
                 async for result in assoc.send_c_stores([one, two]):
                     results.append(result)
@@ -192,10 +180,7 @@ async def test_an_error_of_the_source_is_raised_after_the_instance_before_it() -
     scu, scp = storage_pair()
     results: list[StoreResult] = []
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, rec.handlers) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
             with pytest.raises(RuntimeError, match="the listing failed"):
                 async for result in assoc.send_c_stores(source()):
                     results.append(result)
@@ -213,10 +198,7 @@ async def test_a_wrong_priority_is_refused_before_anything_is_taken() -> None:
 
     scu, scp = storage_pair()
     with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
+        async with store_pair(scu, scp, [], "tcp") as assoc:
             with pytest.raises(ValueError, match="priority"):
                 async for _ in assoc.send_c_stores(source(), priority=3):
                     pass
