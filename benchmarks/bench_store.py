@@ -391,10 +391,10 @@ class Bench:
             else:
                 role = f"{pair.scu}-store-scu"
                 argv = [*self.peers(role), str(srv.port), "--dir", str(directory)]
-                window = ["--window", str(pair.window)] if pair.window > 1 else []
+                how = ["--window", str(pair.window)] if pair.window > 1 else []
                 if pair.read_ahead:
-                    window.append("--read-ahead")
-                done = run_client([*argv, *self.python_args(pair, pair.scu), *window], cpu=cpu)
+                    how.append("--read-ahead")
+                done = run_client([*argv, *self.python_args(pair, pair.scu), *how], cpu=cpu)
                 res = json.loads(done.stdout.strip().splitlines()[-1])
                 sample = Sample(
                     res["seconds"],

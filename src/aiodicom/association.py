@@ -266,8 +266,9 @@ class StoreResult(NamedTuple):
 
 #: Errors that keep one instance from being sent and leave the association
 #: as it was: what send_c_store raises before it sends anything (a file that
-#: can't be read or is not DICOM, no accepted context, a data set that does
-#: not encode, a wrong type).
+#: can't be read or is not DICOM, no accepted context (a ValueError), a data
+#: set that does not encode, a wrong type). A C-GET/C-MOVE sub-operation
+#: failing so counts as failed, the others going on.
 _NOT_SENT: Final = (OSError, ValueError, TypeError, DIMSEError)
 
 #: The end of the instances given to send_c_stores.
@@ -2396,7 +2397,7 @@ class Association:
             if uid is None and status != 0x0000:
                 uid = await _instance_uid_of(step.dataset)
             counts.record(status, uid)
-        except (NoAcceptedContext, DIMSEError, ValueError, TypeError, OSError) as exc:
+        except _NOT_SENT as exc:
             LOGGER.error("%s sub-operation failed: %s", event.event.name, exc)
             counts.record(0xA702, await _instance_uid_of(step.dataset))
 
@@ -3126,7 +3127,7 @@ class Association:
 
     async def send_c_store(
         self,
-        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        dataset: StoreSource,
         msg_id: int | None = None,
         priority: int = 2,
         originator_aet: str | None = None,
@@ -3193,7 +3194,7 @@ class Association:
             # Raises nothing: an error is kept for its turn (see _invoke's ``meanwhile``).
             try:
                 source = await take()
-            except Exception as exc:
+            except Exception as exc:  # no instance: ``datasets`` itself failed
                 ahead.append((_NO_MORE, exc))
                 return
             if source is _NO_MORE:
@@ -3234,7 +3235,7 @@ class Association:
 
     async def _store(
         self,
-        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        dataset: StoreSource,
         msg_id: int | None = None,
         priority: int = 2,
         originator_aet: str | None = None,
@@ -3252,7 +3253,7 @@ class Association:
 
     async def _prepare_store(
         self,
-        dataset: Dataset | str | os.PathLike[str] | BinaryIO,
+        dataset: StoreSource,
         priority: int = 2,
         originator_aet: str | None = None,
         originator_id: int | None = None,
