@@ -727,6 +727,44 @@ async def test_aiodicom_scu_send_c_stores_to_pynetdicom_scp(pynetdicom_scp, tmp_
         assert_same_bytes(event["stored"], source)
 
 
+def _cli_store(port: int, ae_title: str, folder: Path) -> subprocess.CompletedProcess[bytes]:
+    """``aiodicom store -q -j 2`` of ``folder`` (each association by send_c_stores)."""
+    argv = [sys.executable, "-m", "aiodicom", "store", "-q", "-j", "2", "-aec", ae_title]
+    return subprocess.run([*argv, HOST, str(port), str(folder)], capture_output=True, timeout=120)
+
+
+@pytest.mark.anyio
+async def test_aiodicom_store_tool_to_storescp(dcmtk_storescp_factory, small_instances):
+    """The `aiodicom store` tool over two associations into storescp --fork:
+    every file once, as the file holds it."""
+    storescp = dcmtk_storescp_factory("+B")
+    done = await in_thread(_cli_store, storescp.port, storescp.ae_title, small_instances[0].parent)
+    assert done.returncode == 0, done.stderr
+    assert f"sent {N_SMALL} of {N_SMALL} instances".encode() in done.stdout
+    received = await in_thread(storescp.wait_for_files, N_SMALL)
+    by_uid = {file_info(p)[1]: p for p in received}
+    assert sorted(by_uid) == sorted(file_info(p)[1] for p in small_instances)
+    for source in small_instances:
+        assert dataset_bytes(by_uid[file_info(source)[1]]) == dataset_bytes(source), source.name
+
+
+@pytest.mark.anyio
+async def test_aiodicom_store_tool_to_pynetdicom_scp(pynetdicom_scp, tmp_path, small_instances):
+    """As into storescp, into pynetdicom's SCP: two associations, every file once."""
+    out = tmp_path / "received"
+    out.mkdir()
+    scp = pynetdicom_scp("--output-dir", out)
+    done = await in_thread(_cli_store, scp.port, scp.ae_title, small_instances[0].parent)
+    assert done.returncode == 0, done.stderr
+    assert f"sent {N_SMALL} of {N_SMALL} instances".encode() in done.stdout
+    events = await in_thread(scp.wait_for_event, "c_store", count=N_SMALL)
+    assert len(scp.events("accepted")) == 2
+    by_uid = {e["sop_instance_uid"]: e["stored"] for e in events}
+    assert sorted(by_uid) == sorted(file_info(p)[1] for p in small_instances)
+    for source in small_instances:
+        assert dataset_bytes(by_uid[file_info(source)[1]]) == dataset_bytes(source), source.name
+
+
 @pytest.mark.anyio
 async def test_aiodicom_scu_store_parameters_to_pynetdicom_scp(pynetdicom_scp):
     """msg_id, priority and the Move Originator reach the peer's C-STORE-RQ."""
