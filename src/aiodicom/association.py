@@ -582,6 +582,8 @@ class Association:
         self._last_tx = 0.0
         self._watch_target = math.inf
         self._watch_kick = anyio.Event()
+        #: When the latest request went out (see _deadlines: the standing check).
+        self._last_invoked = -math.inf
         self._debug = LOGGER.isEnabledFor(logging.DEBUG)
 
     # ------------------------------------------------------------------
@@ -894,11 +896,20 @@ class Association:
             deadline = min(deadline, self._send_started + net)
         elif net is not None and artim is None and not self._ul.is_closed:
             deadline = min(deadline, max(self._last_rx, self._last_tx) + net)
-        if self.dimse_timeout is not None and self._pending:
+        dimse = self.dimse_timeout
+        if dimse is not None:
             oldest = min(
                 (p.sent_at for p in self._pending.values() if not p.finished), default=math.inf
             )
-            deadline = min(deadline, oldest + self.dimse_timeout)
+            if oldest == math.inf and self._last_invoked + dimse > now:
+                # The standing check: with no request waiting, the watchdog
+                # still wakes one DIMSE timeout after the latest request went
+                # out. A request sent after it has a later deadline, so it
+                # needs no wake-up to arm its timer (one each would cost a
+                # loop iteration per request). An association that stops
+                # making requests is left alone after that one wake-up.
+                oldest = self._last_invoked
+            deadline = min(deadline, oldest + dimse)
         if self._spares.expires is not None:
             deadline = min(deadline, self._spares.expires)
         return deadline
@@ -3096,7 +3107,7 @@ class Association:
             self._pending[mid] = pending
             try:
                 await self._send_message(context_id, encoded, dataset)
-                pending.sent_at = now = self._clock()
+                pending.sent_at = self._last_invoked = now = self._clock()
                 if self.dimse_timeout is not None:
                     self._kick(now + self.dimse_timeout)
                 if meanwhile is not None:
@@ -3618,7 +3629,7 @@ class Association:
         except BaseException:
             self._invoke_window.release()
             raise
-        pending.sent_at = now = self._clock()
+        pending.sent_at = self._last_invoked = now = self._clock()
         if self.dimse_timeout is not None:
             self._kick(now + self.dimse_timeout)
         return pending

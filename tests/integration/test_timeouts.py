@@ -81,6 +81,61 @@ async def test_dimse_timeout_aborts_association() -> None:
         assert await echo_once(srv.port) == 0  # the server is fine
 
 
+@pytest.mark.parametrize("idle", [0.0, 0.5])
+async def test_dimse_timeout_after_a_request_answered_in_time(idle: float) -> None:
+    """The timer of a request that follows another: at once (the watchdog
+    is still armed by the first) and after more than dimse_timeout idle (it
+    has stood down and the new request arms it)."""
+    calls = 0
+
+    async def second_is_slow(event: evt.Event) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            await anyio.sleep(GUARD)
+        return 0
+
+    scu = make_scu_ae(dimse_timeout=0.3)
+    async with running_server(handlers=[(evt.EVT_C_ECHO, second_is_slow)]) as srv:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", srv.port) as assoc:
+                assert (await assoc.send_c_echo()).Status == 0
+                await anyio.sleep(idle)
+                started = anyio.current_time()
+                with pytest.raises(TimeoutError):
+                    await assoc.send_c_echo()
+                assert anyio.current_time() - started >= 0.3
+                assert assoc.is_aborted
+
+
+async def test_requests_do_not_wake_the_timers() -> None:
+    """A request arms the DIMSE timeout without waking the association's
+    timer task (a loop iteration each): between requests the timers stand
+    ready for the next one, and the task runs about once per dimse_timeout
+    while requests come, not once per request."""
+    scu = make_scu_ae(dimse_timeout=30, network_timeout=60)
+    async with running_server() as srv:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", srv.port) as assoc:
+                checks = 0
+                check_timers = assoc._check_timers
+
+                async def counted(now: float) -> None:
+                    nonlocal checks
+                    checks += 1
+                    await check_timers(now)
+
+                assoc._check_timers = counted  # type: ignore[method-assign]
+                for _ in range(50):
+                    assert (await assoc.send_c_echo()).Status == 0
+                    # What the timer task sleeps until is no later than the
+                    # deadline of a request sent now: that one needs no kick.
+                    now = anyio.current_time()
+                    assert assoc._deadlines(now) <= now + 30
+                    assert assoc._watch_target <= now + 30
+    assert checks <= 2, checks
+
+
 async def test_network_timeout_idle_association_is_aborted() -> None:
     server_rec, client_rec = Recorder(), Recorder()
     scu = make_scu_ae(network_timeout=0.3)
