@@ -17,7 +17,7 @@ of DIR, in name order, on one association, reading each from disk.
 
     python benchmarks/_peers.py aiodicom-store-scp [--uvloop] [--max-pdu N]
     python benchmarks/_peers.py aiodicom-store-scu PORT --dir DIR [--uvloop] [--max-pdu N]
-        [--read-ahead]
+        [--read-ahead [--eager]]
     python benchmarks/_peers.py pynetdicom-store-scp [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py pynetdicom-store-scu PORT --dir DIR [--max-pdu N] [--pyn-chunked]
     python benchmarks/_peers.py aiodicom-store-many PORT --dir DIR --associations K
@@ -391,10 +391,10 @@ def aiodicom_store_scp(args: argparse.Namespace) -> None:
 
 def aiodicom_store_scu(args: argparse.Namespace) -> None:
     """Send every file, awaiting send_c_store for each; ``--read-ahead``: by
-    one send_c_stores over them all instead; ``--window N`` (N > 1): N tasks
-    share the association, with an Asynchronous Operations Window of N
-    invoked operations proposed (PS3.7 D.3.3.3), so up to N C-STOREs are in
-    flight at once."""
+    one send_c_stores over them all instead (``--eager``: with eager=True);
+    ``--window N`` (N > 1): N tasks share the association, with an
+    Asynchronous Operations Window of N invoked operations proposed (PS3.7
+    D.3.3.3), so up to N C-STOREs are in flight at once."""
     import anyio
 
     from aiodicom import AE, sop_class
@@ -425,7 +425,7 @@ def aiodicom_store_scu(args: argparse.Namespace) -> None:
                     assert status.Status == 0, status
 
             async def read_ahead() -> None:
-                async for result in assoc.send_c_stores(files):
+                async for result in assoc.send_c_stores(files, eager=args.eager):
                     assert result.status is not None and result.status.Status == 0, result
 
             start, cpu = time.perf_counter(), time.process_time()
@@ -912,6 +912,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--od", default="", help="aiodicom store SCP: write each instance here")
     parser.add_argument("--window", type=int, default=1, help="aiodicom store SCU: tasks/window")
     parser.add_argument("--read-ahead", action="store_true", help="store SCU: send_c_stores")
+    parser.add_argument("--eager", action="store_true", help="store SCU: send_c_stores(eager=True)")
     parser.add_argument("--associations", type=int, default=1, help="store-many: at once")
     parser.add_argument("--matches", type=int, default=0, help="find SCPs: matches per C-FIND")
     parser.add_argument("--ngets", type=int, default=0, help="N-GET SCUs: round trips")

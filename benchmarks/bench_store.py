@@ -52,6 +52,9 @@ DCMTK_REF = "dcmtk storescu -> dcmtk storescp"
 WINDOW = 8
 WINDOWED = f"aiodicom <-> aiodicom (asyncio, {WINDOW} in flight)"
 READ_AHEAD = "aiodicom <-> aiodicom ({loop}), send_c_stores: one in flight, the next read ahead"
+EAGER = (
+    "aiodicom <-> aiodicom ({loop}), send_c_stores(eager=True): the next sent as a response arrives"
+)
 DCMTK_WRITES = "dcmtk storescu -> dcmtk storescp -od +B (writes the files)"
 AIODICOM_WRITES = "aiodicom <-> aiodicom (asyncio), SCP writes the files as storescp -od"
 RAW_BOUND = "bare asyncio, no DICOM: each file awaited as one message (the bound)"
@@ -247,6 +250,7 @@ class Pair:
     uvloop: bool = False
     window: int = 1  # aiodicom SCU: tasks sharing the association / async ops window
     read_ahead: bool = False  # aiodicom SCU: one send_c_stores, not send_c_store each
+    eager: bool = False  # aiodicom SCU: send_c_stores(eager=True)
     #: The SCP writes each instance to a file (dcmtk: storescp -od DIR +B instead of
     #: --ignore; aiodicom: what `aiodicom storescp -od DIR` does) instead of discarding it.
     scp_writes: bool = False
@@ -397,6 +401,8 @@ class Bench:
                 how = ["--window", str(pair.window)] if pair.window > 1 else []
                 if pair.read_ahead:
                     how.append("--read-ahead")
+                if pair.eager:
+                    how.append("--eager")
                 done = run_client([*argv, *self.python_args(pair, pair.scu), *how], cpu=cpu)
                 res = json.loads(done.stdout.strip().splitlines()[-1])
                 sample = Sample(
@@ -424,6 +430,9 @@ def make_pairs(have_dcmtk: bool, have_uvloop: bool, pinned: bool = False) -> lis
     for uvloop in (False, True) if have_uvloop else (False,):
         name = READ_AHEAD.format(loop="uvloop" if uvloop else "asyncio")
         pairs.append(Pair(name, "aiodicom", "aiodicom", uvloop, read_ahead=True))
+    for uvloop in (False, True) if have_uvloop else (False,):
+        name = EAGER.format(loop="uvloop" if uvloop else "asyncio")
+        pairs.append(Pair(name, "aiodicom", "aiodicom", uvloop, read_ahead=True, eager=True))
     pairs.append(Pair(WINDOWED, "aiodicom", "aiodicom", window=WINDOW))
     pairs.append(Pair(PYN_REF, "pynetdicom", "pynetdicom"))
     pairs.append(Pair(RAW_BOUND, "raw", "raw"))
@@ -783,6 +792,11 @@ def main() -> None:
         "which reads and probes the next file while the SCP handles the one just sent; the "
         "plain rows await send_c_store(path) for each file, so that work is on the round "
         "trip. storescu +sd reads every file's header before it sends the first.",
+        f"'{EAGER.format(loop='asyncio')}' (and uvloop): send_c_stores(paths, eager=True): "
+        "still one C-STORE at a time on the wire, but the next request is written from "
+        "the transport's callback the moment the previous response is routed, before "
+        "the loop over the results is woken for it (results come one behind), as "
+        "storescu sends its next request as soon as it has read a response.",
         f"'{RAW_BOUND}': two Python processes on asyncio and nothing else (benchmarks/"
         "_peers.py raw-store-scu/-scp): the SCU opens, reads and closes each file on the "
         "event loop, writes it with a 6-byte header in one call and awaits a 200-byte "

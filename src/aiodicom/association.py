@@ -406,10 +406,12 @@ class _Pending:
     """
 
     __slots__ = (
+        "chain",
         "context_id",
         "done",
         "error",
         "finished",
+        "holds_place",
         "in_next",
         "message_id",
         "owner",
@@ -434,6 +436,11 @@ class _Pending:
         self.owner: int | None = None  # the task that started a stream
         self.in_next = False  # a task is waiting in the stream's __anext__
         self.released = False  # the stream gave its window slot back
+        #: Called as the response is routed, before ``done`` is set (it must not raise).
+        self.chain: Callable[[], None] | None = None
+        #: It holds a place in the invocation window, given back as the
+        #: response is routed, or by the waiter if none comes (single-response).
+        self.holds_place = False
 
 
 class _NoLimit:
@@ -1751,6 +1758,15 @@ class Association:
             if queue is None:
                 pending.response = msg
                 pending.finished = True
+                chain = pending.chain
+                if chain is not None:
+                    pending.chain = None
+                    chain()
+                if pending.holds_place:
+                    # The operation is over: its place goes now, not when its
+                    # waiter next runs (which may be late: see send_c_stores).
+                    pending.holds_place = False
+                    self._invoke_window.release()
                 pending.done.set()
                 return
             queue.append(msg)
@@ -3081,14 +3097,27 @@ class Association:
         command: dict[str, Any] | Callable[[int], bytes],
         dataset: _Payload,
         msg_id: int | None,
-        meanwhile: Callable[[], Awaitable[None]] | None = None,
     ) -> Message:
         """Send a request and wait (``dimse_timeout``) for its single response.
 
         ``command``: the command set's fields without its Message ID, or a
-        function of the Message ID that encodes the command set. ``meanwhile``
-        is awaited once the request is sent, before waiting for the response
-        (the work it does overlaps the peer's); it must not raise.
+        function of the Message ID that encodes the command set.
+        """
+        mid, pending = await self._send_request(context_id, command, dataset, msg_id)
+        return await self._await_response(mid, pending)
+
+    async def _send_request(
+        self,
+        context_id: int,
+        command: dict[str, Any] | Callable[[int], bytes],
+        dataset: _Payload,
+        msg_id: int | None,
+    ) -> tuple[int, _Pending]:
+        """Take a place in the invocation window and send a single-response
+        request; return its Message ID and the slot its response comes to.
+
+        The place is held until :meth:`_await_response` for the slot returns
+        (or raises); on an error here it is given back and nothing is left.
         """
         if self._abandoned:
             await self._reap_abandoned()
@@ -3107,20 +3136,68 @@ class Association:
             self._pending[mid] = pending
             try:
                 await self._send_message(context_id, encoded, dataset)
-                pending.sent_at = self._last_invoked = now = self._clock()
-                if self.dimse_timeout is not None:
-                    self._kick(now + self.dimse_timeout)
-                if meanwhile is not None:
-                    await meanwhile()
-                await pending.done.wait(self._loop)
-            finally:
+            except BaseException:
                 del self._pending[mid]
-        finally:
+                raise
+        except BaseException:
             self._invoke_window.release()
+            raise
+        pending.holds_place = True
+        pending.sent_at = self._last_invoked = now = self._clock()
+        if self.dimse_timeout is not None:
+            self._kick(now + self.dimse_timeout)
+        return mid, pending
+
+    async def _await_response(self, mid: int, pending: _Pending) -> Message:
+        """Wait for the response to the request :meth:`_send_request` sent;
+        the slot goes, and the window place if the response did not take it
+        (or a chained request, see :meth:`_chain_store`), however this ends."""
+        try:
+            await pending.done.wait(self._loop)
+        finally:
+            if self._pending.get(mid) is pending:
+                del self._pending[mid]
+            if pending.holds_place:
+                pending.holds_place = False
+                self._invoke_window.release()
         if pending.error is not None:
             raise pending.error
         assert pending.response is not None
         return pending.response
+
+    def _chain_store(
+        self, current: _Pending, prepared: _PreparedStore, sent: list[tuple[int, _Pending]]
+    ) -> None:
+        """Send ``prepared`` now, where the response to ``current`` has just
+        been routed, before anyone is woken for it (send_c_stores with
+        ``eager``); append its Message ID and slot to ``sent``.
+
+        The request takes over ``current``'s window place. It goes only if it
+        can go without awaiting (a small data set, nothing in the way);
+        otherwise nothing happens and the caller sends it as usual. Never raises.
+        """
+        if isinstance(prepared.payload, _FileSource) or not self._can_send_now():
+            return
+        try:
+            mid = self._allocate_id(None)
+            command = prepared.command
+            if callable(command):
+                encoded = command(mid)
+            else:
+                command["MessageID"] = mid
+                encoded = encode_command(command)
+        except Exception:  # (the caller meets it again, where it can be reported)
+            return
+        pending = _Pending()
+        self._pending[mid] = pending
+        if not self._send_now(prepared.context_id, encoded, prepared.payload, checked=True):
+            del self._pending[mid]
+            return
+        pending.sent_at = self._last_invoked = now = self._clock()
+        if self.dimse_timeout is not None:
+            self._kick(now + self.dimse_timeout)
+        pending.holds_place, current.holds_place = current.holds_place, False
+        sent.append((mid, pending))
 
     async def send_c_echo(self, msg_id: int | None = None) -> Dataset:
         """Send a C-ECHO request (Verification, PS3.4 Annex A) and return the status.
@@ -3169,6 +3246,8 @@ class Association:
         self,
         datasets: Iterable[StoreSource] | AsyncIterable[StoreSource],
         priority: int = 2,
+        *,
+        eager: bool = False,
     ) -> AsyncGenerator[StoreResult, None]:
         """Send C-STORE requests for many instances, one after the other, and
         yield a :class:`StoreResult` for each, in order.
@@ -3182,6 +3261,17 @@ class Association:
         handles the one just sent, so that work is off the round trip. One
         instance at most is held ahead.
 
+        ``eager``: send the next instance the moment a response arrives,
+        before its result is yielded (still one request at a time on the
+        wire, as ``storescu`` sends). That takes the wake-up of this
+        generator, and whatever the loop over it does with each result, off
+        the round trip; the results then come one behind: when a result is
+        yielded, the next instance is usually on its way already, and is sent
+        (and stored) even if the loop stops there. Instances that must be
+        streamed from their file (over about 1 MiB) go as without ``eager``,
+        and so does everything on a backend other than asyncio (the request
+        is written from the transport's callback, which trio does not have).
+
         An instance that cannot be sent (its file cannot be read or is not
         DICOM, no context was accepted for it, a Dataset that does not encode)
         is yielded with ``error`` set and nothing sent for it; the next one
@@ -3191,18 +3281,23 @@ class Association:
         on the event loop: it must not block (list a large directory tree in
         a worker thread first, or give an async iterable).
 
-        Leaving the loop early is safe between results (no request is
-        outstanding then); close the generator, e.g. with
-        ``contextlib.aclosing``, to close at once a file opened ahead.
+        Leaving the loop early is safe between results: without ``eager`` no
+        request is outstanding then; with it, closing the generator waits for
+        the response to the one in flight. Close it, e.g. with
+        ``contextlib.aclosing``, to have that (and the closing of a file
+        opened ahead) happen at once.
         """
         if priority not in (0, 1, 2):
             raise ValueError("priority must be 0 (medium), 1 (high) or 2 (low)")
         take = _taker(datasets)
         # The instance read ahead: (source, prepared request or why not); at most one.
         ahead: list[tuple[object, _PreparedStore | Exception]] = []
+        # The request sent whose result is still to be yielded: source,
+        # request, Message ID and slot.
+        flight: tuple[object, _PreparedStore, int, _Pending] | None = None
 
         async def read_ahead() -> None:
-            # Raises nothing: an error is kept for its turn (see _invoke's ``meanwhile``).
+            # Raises nothing: an error is kept for its turn.
             try:
                 source = await take()
             except Exception as exc:  # no instance: ``datasets`` itself failed
@@ -3218,30 +3313,57 @@ class Association:
 
         try:
             await read_ahead()
-            while ahead:
-                source, prepared = ahead.pop()
-                if isinstance(prepared, Exception):
-                    if source is _NO_MORE or not isinstance(prepared, _NOT_SENT):
-                        raise prepared
-                    yield StoreResult(cast(StoreSource, source), None, prepared)
-                    await read_ahead()
-                else:
+            while ahead or flight is not None:
+                if flight is None:
+                    source, prepared = ahead.pop()
+                    if isinstance(prepared, Exception):
+                        if source is _NO_MORE or not isinstance(prepared, _NOT_SENT):
+                            raise prepared
+                        yield StoreResult(cast(StoreSource, source), None, prepared)
+                        await read_ahead()
+                        continue
                     try:
-                        rsp = await self._invoke(
-                            prepared.context_id,
-                            prepared.command,
-                            prepared.payload,
-                            None,
-                            read_ahead,
+                        mid, pending = await self._send_request(
+                            prepared.context_id, prepared.command, prepared.payload, None
                         )
-                    finally:
-                        if prepared.owned is not None:
-                            await prepared.close()
-                    status = command_dataset(rsp.raw_command, rsp.layout)
-                    yield StoreResult(cast(StoreSource, source), status, None)
+                    except BaseException:
+                        await prepared.close()
+                        raise
+                    flight = (source, prepared, mid, pending)
+                    await read_ahead()  # while the peer handles the request
+                source, prepared, mid, pending = flight
+                chained: list[tuple[int, _Pending]] = []
+                if eager and ahead and isinstance(ahead[-1][1], _PreparedStore):
+                    pending.chain = functools.partial(
+                        self._chain_store, pending, ahead[-1][1], chained
+                    )
+                try:
+                    rsp = await self._await_response(mid, pending)
+                finally:
+                    pending.chain = None
+                    flight = None
+                    if chained:  # the next one is on its way: it is in flight now
+                        next_source, next_prepared = ahead.pop()
+                        flight = (next_source, cast(_PreparedStore, next_prepared), *chained[0])
+                    if prepared.owned is not None:
+                        await prepared.close()
+                status = command_dataset(rsp.raw_command, rsp.layout)
+                yield StoreResult(cast(StoreSource, source), status, None)
+                if chained:
+                    await read_ahead()  # while the peer handles the one in flight
         finally:
+            if flight is not None:
+                # Left with a request in flight (eager): its response is
+                # awaited, so that its place and slot go. Cancelled, they go
+                # at once and the response, when it comes, is dropped.
+                _, prepared, mid, pending = flight
+                try:
+                    with contextlib.suppress(Exception):
+                        await self._await_response(mid, pending)
+                finally:
+                    await prepared.close()
             for _, left in ahead:
-                if isinstance(left, _PreparedStore) and left.owned is not None:
+                if isinstance(left, _PreparedStore):
                     await left.close()
 
     async def _store(

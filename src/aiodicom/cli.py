@@ -397,7 +397,8 @@ async def _store(args: argparse.Namespace) -> int:
     async def send_over_one() -> None:
         nonlocal failures
         # What this association took from the queue and has not reported yet:
-        # the file in flight, then the one send_c_stores read ahead.
+        # the file whose result comes next, the one sent on its response
+        # (eager), then the one send_c_stores read ahead.
         taken: collections.deque[tuple[Path, Part10Info, int]] = collections.deque()
 
         def take() -> Iterator[Path]:
@@ -409,7 +410,8 @@ async def _store(args: argparse.Namespace) -> int:
         async with ae.associate(args.host, args.port, ae_title=args.call) as assoc:
             while pending:
                 try:
-                    async with contextlib.aclosing(assoc.send_c_stores(take())) as results:
+                    stores = assoc.send_c_stores(take(), eager=True)
+                    async with contextlib.aclosing(stores) as results:
                         async for result in results:
                             path, _info, size = taken.popleft()
                             if result.status is None:  # e.g. NoAcceptedContext for this file
@@ -425,6 +427,7 @@ async def _store(args: argparse.Namespace) -> int:
                             progress.step(size)
                 except DicomNetworkError as exc:
                     if taken:  # the file in flight failed; the one read ahead goes back
+                        # (with eager, the first one taken is the one in flight)
                         LOGGER.error("%s: %s", taken.popleft()[0], exc)
                         failures += 1
                         pending.extendleft(reversed(taken))

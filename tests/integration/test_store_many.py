@@ -49,7 +49,10 @@ def _large(tmp_path: Path, name: str) -> tuple[Path, bytes]:
     return path, encode_dataset(ds, ExplicitVRLittleEndian)
 
 
-async def test_each_instance_in_order_and_what_cannot_be_sent_reported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("eager", [False, True])
+async def test_each_instance_in_order_and_what_cannot_be_sent_reported(
+    tmp_path: Path, eager: bool
+) -> None:
     first = make_dataset()
     in_file = make_dataset()
     path = write_part10(tmp_path / "a.dcm", in_file, ExplicitVRLittleEndian)
@@ -80,7 +83,7 @@ async def test_each_instance_in_order_and_what_cannot_be_sent_reported(tmp_path:
     results: list[StoreResult] = []
     with anyio.fail_after(GUARD):
         async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
-            async for result in assoc.send_c_stores(sources):  # type: ignore[arg-type]
+            async for result in assoc.send_c_stores(sources, eager=eager):  # type: ignore[arg-type]
                 results.append(result)
             assert (await assoc.send_c_echo()).Status == 0  # the association went on
     assert [r.source for r in results] == sources
@@ -100,7 +103,8 @@ async def test_each_instance_in_order_and_what_cannot_be_sent_reported(tmp_path:
     ]
 
 
-async def test_the_next_instance_is_read_while_the_peer_handles_the_last() -> None:
+@pytest.mark.parametrize("eager", [False, True])
+async def test_the_next_instance_is_read_while_the_peer_handles_the_last(eager: bool) -> None:
     """The SCP's handler for each instance waits until the SCU has taken the
     next one from its source: without read-ahead that never happens (the next
     is taken once the response is in) and the guard ends the test."""
@@ -124,7 +128,7 @@ async def test_the_next_instance_is_read_while_the_peer_handles_the_last() -> No
     scu, scp = storage_pair()
     with anyio.fail_after(GUARD):
         async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
-            results = [r async for r in assoc.send_c_stores(source())]
+            results = [r async for r in assoc.send_c_stores(source(), eager=eager)]
     statuses = [int(r.status.Status) for r in results if r.status is not None]
     assert statuses == [0] * len(datasets)
     assert handled == list(range(len(datasets)))
@@ -203,3 +207,113 @@ async def test_a_wrong_priority_is_refused_before_anything_is_taken() -> None:
                 async for _ in assoc.send_c_stores(source(), priority=3):
                     pass
     assert taken == []
+
+
+def _wire_log() -> tuple[list[str], list[evt.EventHandlerType]]:
+    """The C-STORE requests an SCP received and the responses it sent, in
+    order ("RQ", "RSP"), and the handlers that record them."""
+    log: list[str] = []
+
+    def received(event: evt.Event) -> None:
+        if event.message.command_field == 0x0001:
+            log.append("RQ")
+
+    def sent(event: evt.Event) -> None:
+        if event.message.command_field == 0x8001:
+            log.append("RSP")
+
+    return log, [(evt.EVT_DIMSE_RECV, received), (evt.EVT_DIMSE_SENT, sent)]
+
+
+async def test_eager_sends_the_next_before_the_result_is_yielded(anyio_backend: str) -> None:
+    """With ``eager`` (on asyncio), the next request goes out as the response
+    arrives: the loop sees result i only once instance i+1 has reached the
+    SCP. Still one request at a time: the SCP receives each only after it
+    answered the one before (its handler takes a moment, so an early request
+    would be received first). On trio the next is sent as without ``eager``."""
+    datasets = [make_dataset() for _ in range(5)]
+    index = {str(ds.SOPInstanceUID): i for i, ds in enumerate(datasets)}
+    arrived = [anyio.Event() for _ in datasets]
+    log, log_handlers = _wire_log()
+
+    async def on_store(event: evt.Event) -> int:
+        arrived[index[str(event.request.AffectedSOPInstanceUID)]].set()
+        await anyio.sleep(0.02)
+        return 0x0000
+
+    scu, scp = storage_pair()
+    handlers = [(evt.EVT_C_STORE, on_store), *log_handlers]
+    results: list[StoreResult] = []
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, handlers, "tcp") as assoc:
+            async for result in assoc.send_c_stores(datasets, eager=True):
+                i = len(results)
+                results.append(result)
+                if anyio_backend == "asyncio" and i + 1 < len(datasets):
+                    await arrived[i + 1].wait()  # sent before this result came
+    assert [r.source for r in results] == datasets
+    assert all(r.status is not None and r.status.Status == 0 for r in results)
+    assert log == ["RQ", "RSP"] * len(datasets)
+
+
+async def test_eager_leaving_early_waits_for_the_one_in_flight() -> None:
+    datasets = [make_dataset() for _ in range(4)]
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            async with aclosing(assoc.send_c_stores(datasets, eager=True)) as results:
+                async for result in results:
+                    assert result.source is datasets[0]
+                    break
+            # Closing waited for the response to the one in flight (if any):
+            # nothing is outstanding, the window's one place is free.
+            assert not assoc._pending
+            assert (await assoc.send_c_echo()).Status == 0
+    stored = [uid for uid, _, _, _ in rec.stored]
+    assert stored[0] == datasets[0].SOPInstanceUID
+    assert stored in (
+        [datasets[0].SOPInstanceUID],
+        [datasets[0].SOPInstanceUID, datasets[1].SOPInstanceUID],
+    )
+
+
+async def test_eager_other_requests_from_the_loop_body() -> None:
+    """A request made between results while the next store is in flight
+    waits for the window's one place, which the response gives back as it
+    arrives: no deadlock with the generator, suspended at its yield."""
+    datasets = [make_dataset() for _ in range(5)]
+    rec = RecordingHandlers()
+    scu, scp = storage_pair()
+    echoes = []
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, rec.handlers, "tcp") as assoc:
+            assert assoc.max_async_invoked == 1
+            async for result in assoc.send_c_stores(datasets, eager=True):
+                assert result.status is not None and result.status.Status == 0
+                echoes.append(int((await assoc.send_c_echo()).Status))
+    assert echoes == [0] * len(datasets)
+    assert [uid for uid, _, _, _ in rec.stored] == [ds.SOPInstanceUID for ds in datasets]
+
+
+async def test_eager_an_abort_ends_the_iteration() -> None:
+    datasets = [make_dataset() for _ in range(4)]
+    seen = 0
+
+    async def on_store(event: evt.Event) -> int:
+        nonlocal seen
+        seen += 1
+        if seen == 2:
+            await event.assoc.abort()
+        return 0x0000
+
+    scu, scp = storage_pair()
+    results: list[StoreResult] = []
+    with anyio.fail_after(GUARD):
+        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
+            with pytest.raises(AssociationAborted):
+                async for result in assoc.send_c_stores(datasets, eager=True):
+                    results.append(result)
+            assert not assoc._pending
+    assert [r.source for r in results] == datasets[:1]
+    assert seen == 2

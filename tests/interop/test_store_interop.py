@@ -664,27 +664,29 @@ def _with_a_bad_file(tmp_path: Path) -> tuple[list[Path], Path]:
     return [*sources[:2], bad, *sources[2:]], bad
 
 
-async def _send_many(ae: AE, port: int, title: str, sources: list[Path]) -> list[Any]:
+async def _send_many(ae: AE, port: int, title: str, sources: list[Path], eager: bool) -> list[Any]:
     """send_c_stores over one association: each source's (source, status or error)."""
     with deadline():
         async with ae.associate(HOST, port, ae_title=title) as assoc:
-            results = [r async for r in assoc.send_c_stores(sources)]
+            results = [r async for r in assoc.send_c_stores(sources, eager=eager)]
             assert status_of(await assoc.send_c_echo()) == 0x0000  # the association went on
     return results
 
 
 @pytest.mark.anyio
-async def test_aiodicom_scu_send_c_stores_to_storescp(dcmtk_storescp_factory, tmp_path):
+@pytest.mark.parametrize("eager", [False, True])
+async def test_aiodicom_scu_send_c_stores_to_storescp(dcmtk_storescp_factory, tmp_path, eager):
     """Every transfer syntax on one association by send_c_stores (one request
-    at a time, the next file read ahead): storescp writes each exactly as
-    sent; the file that is not DICOM is reported and nothing is sent for it."""
+    at a time, the next file read ahead; eager: each sent as the response
+    before it arrives): storescp writes each exactly as sent; the file that
+    is not DICOM is reported and nothing is sent for it."""
     # +uf: files of their own for the bundled files that share a SOP Instance UID
     storescp = dcmtk_storescp_factory("+B", "+uf", fork=False)
     sources, bad = _with_a_bad_file(tmp_path)
     good = [s for s in sources if s != bad]
     ae = storage_scu_ae(good)
     ae.add_requested_context(sop_class.Verification)
-    results = await _send_many(ae, storescp.port, storescp.ae_title, sources)
+    results = await _send_many(ae, storescp.port, storescp.ae_title, sources, eager)
     assert [r.source for r in results] == sources
     assert {r.source: r.status is None for r in results} == {s: s == bad for s in sources}
     assert [status_of(r.status) for r in results if r.status is not None] == [0] * len(good)
@@ -699,7 +701,8 @@ async def test_aiodicom_scu_send_c_stores_to_storescp(dcmtk_storescp_factory, tm
 
 
 @pytest.mark.anyio
-async def test_aiodicom_scu_send_c_stores_to_pynetdicom_scp(pynetdicom_scp, tmp_path):
+@pytest.mark.parametrize("eager", [False, True])
+async def test_aiodicom_scu_send_c_stores_to_pynetdicom_scp(pynetdicom_scp, tmp_path, eager):
     """As the storescp test, into pynetdicom's SCP: the requests arrive one
     after the other, message IDs 1, 2, ...; the file that is not DICOM takes none."""
     out = tmp_path / "received"
@@ -709,7 +712,7 @@ async def test_aiodicom_scu_send_c_stores_to_pynetdicom_scp(pynetdicom_scp, tmp_
     good = [s for s in sources if s != bad]
     ae = storage_scu_ae(good)
     ae.add_requested_context(sop_class.Verification)
-    results = await _send_many(ae, scp.port, "PYSCP", sources)
+    results = await _send_many(ae, scp.port, "PYSCP", sources, eager)
     events = await in_thread(scp.wait_for_event, "c_store", count=len(good))
     await in_thread(scp.wait_for_event, "released")
     assert [r.source for r in results] == sources
