@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from aiodicom import evt, sop_class
-from aiodicom.association import StoreResult
+from aiodicom.association import Association, StoreResult
 from aiodicom.dsutils import encode_dataset
 from aiodicom.errors import AssociationAborted, DIMSEError, NoAcceptedContext
 from aiodicom.testing import RecordingHandlers, make_dataset
@@ -151,14 +152,20 @@ async def test_leaving_early_closes_the_file_read_ahead(tmp_path: Path) -> None:
     assert [d for _, _, d, _ in rec.stored] == [data]
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="lists open files in /proc/self/fd")
-async def test_an_abort_ends_the_iteration_and_closes_the_file_read_ahead(
-    tmp_path: Path,
-) -> None:
-    (one, _), (two, _) = _large(tmp_path, "1.dcm"), _large(tmp_path, "2.dcm")
+async def _stores_until_abort(
+    sources: list[Any], abort_at: int, eager: bool, check: Callable[[Association], None]
+) -> tuple[list[StoreResult], int]:
+    """send_c_stores of ``sources`` into an SCP that aborts the association
+    in the handler of instance ``abort_at`` (1-based): the results before
+    the AssociationAborted raised, and how many instances the SCP saw;
+    ``check`` looks at the SCU's association after the raise."""
+    seen = 0
 
     async def on_store(event: evt.Event) -> int:
-        await event.assoc.abort()
+        nonlocal seen
+        seen += 1
+        if seen == abort_at:
+            await event.assoc.abort()
         return 0x0000
 
     scu, scp = storage_pair()
@@ -166,10 +173,23 @@ async def test_an_abort_ends_the_iteration_and_closes_the_file_read_ahead(
     with anyio.fail_after(GUARD):
         async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
             with pytest.raises(AssociationAborted):
-                async for result in assoc.send_c_stores([one, two]):
+                async for result in assoc.send_c_stores(sources, eager=eager):
                     results.append(result)
-            assert str(one) not in _open_paths()
-            assert str(two) not in _open_paths()
+            check(assoc)
+    return results, seen
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="lists open files in /proc/self/fd")
+async def test_an_abort_ends_the_iteration_and_closes_the_file_read_ahead(
+    tmp_path: Path,
+) -> None:
+    (one, _), (two, _) = _large(tmp_path, "1.dcm"), _large(tmp_path, "2.dcm")
+
+    def closed(assoc: Association) -> None:
+        assert str(one) not in _open_paths()
+        assert str(two) not in _open_paths()
+
+    results, _ = await _stores_until_abort([one, two], 1, False, closed)
     assert results == []
 
 
@@ -298,22 +318,10 @@ async def test_eager_other_requests_from_the_loop_body() -> None:
 
 async def test_eager_an_abort_ends_the_iteration() -> None:
     datasets = [make_dataset() for _ in range(4)]
-    seen = 0
 
-    async def on_store(event: evt.Event) -> int:
-        nonlocal seen
-        seen += 1
-        if seen == 2:
-            await event.assoc.abort()
-        return 0x0000
+    def nothing_pending(assoc: Association) -> None:
+        assert not assoc._pending
 
-    scu, scp = storage_pair()
-    results: list[StoreResult] = []
-    with anyio.fail_after(GUARD):
-        async with store_pair(scu, scp, [(evt.EVT_C_STORE, on_store)], "tcp") as assoc:
-            with pytest.raises(AssociationAborted):
-                async for result in assoc.send_c_stores(datasets, eager=True):
-                    results.append(result)
-            assert not assoc._pending
+    results, seen = await _stores_until_abort(datasets, 2, True, nothing_pending)
     assert [r.source for r in results] == datasets[:1]
     assert seen == 2
