@@ -589,7 +589,7 @@ def round_table(pairs: list[Pair]) -> str:
         small = _paired(p.small, ref.small, small_rate)
         large = _paired(p.large, ref.large, large_rate)
         lines.append(
-            f"| {p.name} | {len(small)} "
+            f"| {p.name} | {max(len(small), len(large))} "
             f"| {_spread([small_rate(s) for s in p.small], ',.0f')} "
             f"| {_spread(small, '.2f', 'x')} "
             f"| {_spread([large_rate(s) for s in p.large], ',.0f')} "
