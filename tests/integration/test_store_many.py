@@ -21,11 +21,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from aiodicom import evt, sop_class
 from aiodicom.association import Association, StoreResult
+from aiodicom.dimse import encode_status_response
 from aiodicom.dsutils import encode_dataset
 from aiodicom.errors import AssociationAborted, DIMSEError, NoAcceptedContext
+from aiodicom.pdu import encode_p_data
 from aiodicom.testing import RecordingHandlers, make_dataset
 
-from .conftest import GUARD, write_part10
+from .conftest import GUARD, fake_scp, write_part10
+from .test_fuzz_socket import _accept_all, _read_message
 from .test_store import storage_pair, store_pair
 
 pytestmark = pytest.mark.anyio
@@ -325,3 +328,43 @@ async def test_eager_an_abort_ends_the_iteration() -> None:
     results, seen = await _stores_until_abort(datasets, 2, True, nothing_pending)
     assert [r.source for r in results] == datasets[:1]
     assert seen == 2
+
+
+async def test_eager_a_response_with_a_wrong_message_id_times_out_cleanly() -> None:
+    """A peer that answers the second request (sent eagerly, as the first
+    response arrived) with a Message ID it was never sent: that response is
+    dropped, the DIMSE timeout aborts, and the iteration raises TimeoutError
+    after the first instance's result, with nothing left pending."""
+    datasets = [make_dataset() for _ in range(3)]
+    message_ids: list[int] = []
+
+    async def scp(peer: Any) -> None:
+        await peer.send(_accept_all(await peer.read_pdu()))
+        for wrong in (False, True):
+            got = await _read_message(peer)
+            assert got is not None
+            context_id, command = got
+            message_ids.append(command["MessageID"])
+            rsp = encode_status_response(
+                0x8001,
+                999 if wrong else command["MessageID"],
+                command["AffectedSOPClassUID"],
+                0x0000,
+                command["AffectedSOPInstanceUID"],
+            )
+            await peer.send(encode_p_data(context_id, 0x03, rsp))
+        await peer.read_until_eof()
+
+    scu, _ = storage_pair()
+    scu.dimse_timeout = 0.5
+    results: list[StoreResult] = []
+    async with fake_scp(scp) as port:
+        with anyio.fail_after(GUARD):
+            async with scu.associate("127.0.0.1", port, ae_title="ANY_SCP") as assoc:
+                with pytest.raises(TimeoutError):
+                    async for result in assoc.send_c_stores(datasets, eager=True):
+                        results.append(result)
+                assert assoc.is_aborted
+                assert not assoc._pending
+    assert [r.source for r in results] == datasets[:1]
+    assert message_ids == [1, 2]
