@@ -218,6 +218,15 @@ _SENDFILE_MIN_CHUNK = 131_000
 _NO_RESOURCES = {errno.ENOSPC, errno.ENOMEM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def _encode_request(command: dict[str, Any] | Callable[[int], bytes], mid: int) -> bytes:
+    """A request's command set with Message ID ``mid``: ``command`` is its
+    fields without the ID, or a function of the ID that encodes it."""
+    if callable(command):
+        return command(mid)
+    command["MessageID"] = mid
+    return encode_command(command)
+
+
 class _FileSource:
     """A data set to send from an open binary file, from ``offset`` to its end."""
 
@@ -1762,11 +1771,9 @@ class Association:
                 if chain is not None:
                     pending.chain = None
                     chain()
-                if pending.holds_place:
-                    # The operation is over: its place goes now, not when its
-                    # waiter next runs (which may be late: see send_c_stores).
-                    pending.holds_place = False
-                    self._invoke_window.release()
+                # The operation is over: its place goes now, not when its
+                # waiter next runs (which may be late: see send_c_stores).
+                self._give_back_place(pending)
                 pending.done.set()
                 return
             queue.append(msg)
@@ -3127,11 +3134,7 @@ class Association:
             if waited:
                 self._check_usable()  # it may have ended meanwhile
             mid = self._allocate_id(msg_id)
-            if callable(command):
-                encoded = command(mid)
-            else:
-                command["MessageID"] = mid
-                encoded = encode_command(command)
+            encoded = _encode_request(command, mid)
             pending = _Pending()
             self._pending[mid] = pending
             try:
@@ -3143,9 +3146,7 @@ class Association:
             self._invoke_window.release()
             raise
         pending.holds_place = True
-        pending.sent_at = self._last_invoked = now = self._clock()
-        if self.dimse_timeout is not None:
-            self._kick(now + self.dimse_timeout)
+        self._mark_sent(pending)
         return mid, pending
 
     async def _await_response(self, mid: int, pending: _Pending) -> Message:
@@ -3157,13 +3158,23 @@ class Association:
         finally:
             if self._pending.get(mid) is pending:
                 del self._pending[mid]
-            if pending.holds_place:
-                pending.holds_place = False
-                self._invoke_window.release()
+            self._give_back_place(pending)
         if pending.error is not None:
             raise pending.error
         assert pending.response is not None
         return pending.response
+
+    def _mark_sent(self, pending: _Pending) -> None:
+        """A request's last PDU went out: its DIMSE timeout starts now."""
+        pending.sent_at = self._last_invoked = now = self._clock()
+        if self.dimse_timeout is not None:
+            self._kick(now + self.dimse_timeout)
+
+    def _give_back_place(self, pending: _Pending) -> None:
+        """Give back the window place a single-response request holds, if it still does."""
+        if pending.holds_place:
+            pending.holds_place = False
+            self._invoke_window.release()
 
     def _chain_store(
         self, current: _Pending, prepared: _PreparedStore, sent: list[tuple[int, _Pending]]
@@ -3180,12 +3191,7 @@ class Association:
             return
         try:
             mid = self._allocate_id(None)
-            command = prepared.command
-            if callable(command):
-                encoded = command(mid)
-            else:
-                command["MessageID"] = mid
-                encoded = encode_command(command)
+            encoded = _encode_request(prepared.command, mid)
         except Exception:  # (the caller meets it again, where it can be reported)
             return
         pending = _Pending()
@@ -3193,9 +3199,7 @@ class Association:
         if not self._send_now(prepared.context_id, encoded, prepared.payload, checked=True):
             del self._pending[mid]
             return
-        pending.sent_at = self._last_invoked = now = self._clock()
-        if self.dimse_timeout is not None:
-            self._kick(now + self.dimse_timeout)
+        self._mark_sent(pending)
         pending.holds_place, current.holds_place = current.holds_place, False
         sent.append((mid, pending))
 
@@ -3751,9 +3755,7 @@ class Association:
         except BaseException:
             self._invoke_window.release()
             raise
-        pending.sent_at = self._last_invoked = now = self._clock()
-        if self.dimse_timeout is not None:
-            self._kick(now + self.dimse_timeout)
+        self._mark_sent(pending)
         return pending
 
     async def _acquire_window(self) -> bool:
