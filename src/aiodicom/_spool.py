@@ -228,6 +228,7 @@ class Spool:
                     self._identity = (info.st_dev, info.st_ino)
             assert self._file is not None
             self._file.write(header)
+            self._file.flush()  # (the data set may go in through the descriptor: see fd)
 
         try:
             await anyio.to_thread.run_sync(create)
@@ -270,6 +271,20 @@ class Spool:
         self._identity = (dev, ino)
         self._reused = True
         return True
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor of the file being written (its position where the
+        data set goes on), for writing to it directly; None if nothing is to
+        be written (refused, failed, finished)."""
+        if self.error is not None or self._file is None:
+            return None
+        return self._file.fileno()
+
+    @property
+    def reused(self) -> bool:
+        """True if this is a kept file written over (see :class:`Spares`)."""
+        return self._reused
 
     async def write(self, chunks: list[Any]) -> None:
         """Append ``chunks`` (bytes-like); remember the first failure instead of raising."""

@@ -381,6 +381,8 @@ class AsyncioStream(anyio.abc.ByteStream):
         #: (of the item, or of the file segment under way).
         self._direct_rest: Callable[[], bytes | memoryview] | None = None
         self._direct_waiter: asyncio.Future[None] | None = None
+        #: While another reader has the connection (see detach_reading).
+        self._on_close: Callable[[], None] | None = None
 
     def set_consumer(self, consumer: Callable[[memoryview], bytes | memoryview] | None) -> None:
         """Give arriving bytes to ``consumer`` first, while nothing is buffered.
@@ -402,6 +404,50 @@ class AsyncioStream(anyio.abc.ByteStream):
         what the reader accepts (its maximum PDU length, plus the header).
         """
         self._protocol.limit = max(limit, _RECV_BUFFER)
+
+    def detach_reading(self, on_close: Callable[[], None]) -> tuple[int, bytes] | None:
+        """Stop reading the connection and give it to someone else for a while.
+
+        Returns the socket's descriptor and every byte received but not yet
+        returned by :meth:`receive` (in order: whole PDUs first, then the
+        start of one, with framing on), which the new reader takes first;
+        None (nothing changed) if the connection is closed or at its end.
+        ``on_close`` is called if the stream is closed meanwhile (the other
+        reader must let go of the socket). :meth:`attach_reading` gives it back.
+        """
+        protocol = self._protocol
+        sock = self._transport.get_extra_info("socket")
+        if self._closed or protocol.eof or protocol.lost or sock is None:
+            return None
+        if not protocol.reading_paused:
+            protocol.reading_paused = True
+            self._transport.pause_reading()
+        held = [*protocol.chunks, memoryview(protocol.buf)[protocol.start : protocol.end]]
+        protocol.chunks.clear()
+        protocol.buffered = 0
+        protocol.start = protocol.end
+        protocol.frame = protocol.passthrough = protocol.large = 0
+        self._on_close = on_close
+        return sock.fileno(), b"".join(held)
+
+    def attach_reading(self, data: bytes | memoryview) -> None:
+        """Read the connection again after :meth:`detach_reading`, ``data``
+        first (bytes the other reader took and did not use: they are framed
+        and handed on as if they had just arrived)."""
+        self._on_close = None
+        protocol = self._protocol
+        if self._closed or protocol.lost:
+            return
+        view = memoryview(data).cast("B")
+        while view:
+            room = protocol.get_buffer(len(view))
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            view = view[n:]
+            protocol.buffer_updated(n)
+        if protocol.reading_paused and protocol.buffered < _HIGH_WATER:
+            protocol.reading_paused = False
+            self._transport.resume_reading()
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         return bytes(await self.receive_view(max_bytes))
@@ -713,6 +759,9 @@ class AsyncioStream(anyio.abc.ByteStream):
         if self._closed:
             return
         self._closed = True
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()  # (the other reader lets go of the socket)
         self._hand_over()
         self._flush()
         protocol = self._protocol

@@ -61,6 +61,8 @@ from . import evt
 from ._nowait import NOT_CACHED, page_cached, read_cached
 from ._nservice import N_EVENTS as _N_EVENT_NAMES
 from ._nservice import reply_of, request_fields, response_for
+from ._splice import AVAILABLE as _SPLICE_AVAILABLE
+from ._splice import FILE_CALL, REUSED_FILE_CALL, Outcome, SpliceJob
 from ._spool import WRITE_BATCH, Spares, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _quickack, _take_free
 from .dimse import (
@@ -193,6 +195,26 @@ _YIELD_EVERY = 16
 _FLOWING = frozenset((State.STA6, State.STA7))
 #: Responses received but not consumed past which the reader waits.
 _STREAM_BACKLOG = 256
+#: Associations that may splice a data set into its spool file at once, per
+#: event loop (see Association._splice_rest). Each holds a worker thread
+#: while its peer sends; past this many, data sets are read the usual way,
+#: so peers that send slowly (or stall) never take the threads that file
+#: work (anyio's default limiter) needs, nor more threads than this.
+_SPLICE_THREADS = 16
+_splice_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _splice_limiter() -> anyio.CapacityLimiter:
+    """The running event loop's limiter of splice threads."""
+    loop = asyncio.get_running_loop()
+    limiter = _splice_limiters.get(loop)
+    if limiter is None:
+        limiter = _splice_limiters[loop] = anyio.CapacityLimiter(_SPLICE_THREADS)
+    return limiter
+
+
 #: A message with a data set up to this size is written in one call.
 _COALESCE = 1 << 20
 #: How long an A-ABORT may wait to go out before the connection is just closed.
@@ -550,6 +572,17 @@ class Association:
         self._spool: Spool | None = None
         #: The spool file kept for the next spooled data set (see Spares).
         self._spares = Spares()
+        #: The rest of a spooled data set may be spliced (see _splice_rest) ...
+        self._splice_ok = False
+        #: ... but not this one's (it came otherwise once).
+        self._no_splice_for: Message | None = None
+        #: The worker thread's job that has the connection, if one has (the
+        #: network timeout is its to watch; it is stopped once data can no
+        #: longer flow).
+        self._splicing: SpliceJob | None = None
+        #: The byte stream cannot be parsed any more (a framing error, or a
+        #: PDU cut off): what comes is read and dropped until the end.
+        self._stream_broken = False
         #: The reader is handling a PDU (see _read_loop).
         self._reader_busy = False
         self._serving: dict[int, evt.Event] = {}  # cancellable requests we serve, by ID
@@ -774,6 +807,10 @@ class Association:
 
     async def _apply(self, effects: tuple[Effect, ...]) -> None:
         """Carry out the Upper Layer's effects, in order."""
+        if self._ul.state not in _FLOWING:
+            # Aborting or closing: the rest of a data set being spliced will
+            # not be wanted. (Before an A-ABORT goes: the thread stops first.)
+            self._stop_splice()
         for effect in effects:
             if isinstance(effect, Indicate) and isinstance(effect.primitive, AbortIndication):
                 # The association is over from now on (the Upper Layer's state
@@ -910,7 +947,12 @@ class Association:
         if net is not None and self._send_started is not None:
             # a write in progress: its own timer stands for the idle one
             deadline = min(deadline, self._send_started + net)
-        elif net is not None and artim is None and not self._ul.is_closed:
+        elif (
+            net is not None
+            and artim is None
+            and not self._ul.is_closed
+            and self._splicing is None  # (else the splicing thread watches it)
+        ):
             deadline = min(deadline, max(self._last_rx, self._last_tx) + net)
         dimse = self.dimse_timeout
         if dimse is not None:
@@ -993,6 +1035,7 @@ class Association:
             and artim is None
             and started is None
             and not self._ul.is_closed
+            and self._splicing is None  # (the splicing thread watches it)
             and now >= max(self._last_rx, self._last_tx) + net
         ):
             LOGGER.error("Network timeout: nothing received or sent for %s s, aborting", net)
@@ -1090,9 +1133,18 @@ class Association:
                 await self._notify(evt.EVT_CONN_CLOSE)
 
     async def _read_loop(self) -> None:
-        broken = False  # after a framing error the byte stream cannot be parsed
         self._last_rx = self._clock()
         self._spawn(self._watchdog)
+        # A data set being spooled may go from the socket into its file
+        # without the reader (see _splice_rest): not while every PDU is to
+        # be logged or notified.
+        self._splice_ok = (
+            _SPLICE_AVAILABLE
+            and type(self._stream) is AsyncioStream
+            and not self._debug
+            and evt.EVT_PDU_RECV not in self._bound
+            and evt.EVT_FSM_TRANSITION not in self._bound
+        )
         if isinstance(self._stream, AsyncioStream) and not (
             self._debug
             or evt.EVT_PDU_RECV in self._bound
@@ -1106,13 +1158,13 @@ class Association:
             self._stream.set_frame_limit(6 + self._max_pdu)
         while not self._ul.is_closed:
             try:
-                if broken:
+                if self._stream_broken:
                     await self._stream.receive()
                     continue
                 pdu_type, body = await self._read_pdu()
             except PDUError as exc:
                 LOGGER.error("Invalid PDU received: %s", exc)
-                broken = True
+                self._stream_broken = True
                 await self._apply(self._ul.receive_invalid(exc, anyio.current_time()))
                 continue
             except (
@@ -1663,18 +1715,136 @@ class Association:
             if reassembler.spilled:
                 await self._spill(msg)
             if msg is not None:
-                await self._on_message(msg)
-                # Backpressure: a peer that sends more requests than the
-                # window lets us perform waits (TCP) until workers catch up.
-                # Only while DIMSE messages flow: once aborting, the reader
-                # must go on to see the connection close.
-                while len(self._jobs) > self._max_workers and self._ul.state in _FLOWING:
-                    drained = self._drained = anyio.Event()
-                    await drained.wait()
-                # ... and so does one whose responses nobody consumes yet.
-                while self._stream_backlog > _STREAM_BACKLOG and self._ul.state in _FLOWING:
-                    drained = self._backlog_drained = anyio.Event()
-                    await drained.wait()
+                await self._take_message(msg)
+        if (
+            reassembler.spilling
+            and self._splice_ok
+            and self._spool is not None
+            and self._spool.fd is not None
+            and self._ul.state is State.STA6
+            and reassembler.current is not self._no_splice_for
+        ):
+            # Between two PDUs of a data set being spooled: the rest of it
+            # can go from the socket straight into the file (see _splice).
+            msg = await self._splice_rest(self._spool)
+            if msg is not None:
+                await self._take_message(msg)
+
+    async def _take_message(self, msg: Message) -> None:
+        """Act on a message received whole; wait while the workers are behind."""
+        await self._on_message(msg)
+        # Backpressure: a peer that sends more requests than the
+        # window lets us perform waits (TCP) until workers catch up.
+        # Only while DIMSE messages flow: once aborting, the reader
+        # must go on to see the connection close.
+        while len(self._jobs) > self._max_workers and self._ul.state in _FLOWING:
+            drained = self._drained = anyio.Event()
+            await drained.wait()
+        # ... and so does one whose responses nobody consumes yet.
+        while self._stream_backlog > _STREAM_BACKLOG and self._ul.state in _FLOWING:
+            drained = self._backlog_drained = anyio.Event()
+            await drained.wait()
+
+    def _stop_splice(self) -> None:
+        """Stop the splice job that has the connection, if one has."""
+        if self._splicing is not None:
+            self._splicing.stop()
+
+    async def _splice_rest(self, spool: Spool) -> Message | None:
+        """Receive the rest of the data set being spooled in a worker thread,
+        from the socket straight into ``spool``'s file (see :mod:`._splice`);
+        the message if its last fragment came that way.
+
+        The thread has the connection until then, or until a PDU it does not
+        take (handed back to this reader, which parses it as always). The
+        network timeout is its own to watch meanwhile. A close or an abort
+        stops it; so does a cancellation (the thread then lets go of its
+        copies of the descriptors on its own, at once).
+        """
+        stream = self._stream
+        reassembler = self._reassembler
+        current = reassembler.current
+        fd = spool.fd
+        assert isinstance(stream, AsyncioStream) and current is not None and fd is not None
+        limiter = _splice_limiter()
+        if limiter.available_tokens < 1:
+            return None  # as many splice as may: this one is read the usual way
+        unread = memoryview(self._rbuf)[self._rpos :]
+        detached = stream.detach_reading(self._stop_splice)
+        if detached is None:
+            return None  # the connection is closing: the reader finds out
+        sock_fd, held = detached
+        self._rbuf, self._rpos = b"", 0
+        first, reassembler.spilled = reassembler.spilled, []
+        try:
+            job = SpliceJob(
+                sock_fd,
+                fd,
+                first=first,
+                prefix=bytes(unread) + held if unread else held,
+                context_id=current.context_id,
+                max_pdu=self._max_pdu,
+                timeout=self.network_timeout,
+                call=REUSED_FILE_CALL if spool.reused else FILE_CALL,
+            )
+        except OSError as exc:  # out of descriptors, say: read on as usual
+            LOGGER.debug("Not splicing the data set: %s", exc)
+            stream.attach_reading(bytes(unread) + held)
+            self._splice_ok = False
+            return None
+        self._splicing = job
+        try:
+            await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True, limiter=limiter)
+        except BaseException:
+            job.stop()
+            job.close()
+            raise
+        finally:
+            self._splicing = None
+        now = self._last_rx = self._clock()
+        received = job.received + sum(map(len, first))
+        spool.size += received
+        if job.file_error is not None and spool.error is None:
+            spool.error = job.file_error
+        outcome = job.outcome
+        LOGGER.debug(
+            "Spliced %d bytes of %s's data set into %s (%s)",
+            received,
+            current.name,
+            spool.path,
+            outcome.value,
+        )
+        if outcome is Outcome.STOPPED:
+            # Closed or aborted meanwhile: what comes now (until the peer
+            # closes, in Sta13) is not parsed; the reader drains it.
+            self._stream_broken = True
+            stream.attach_reading(b"")
+            return None
+        if outcome is Outcome.TIMED_OUT:
+            LOGGER.error(
+                "Network timeout: nothing received for %s s, aborting", self.network_timeout
+            )
+            self._timed_out(TimeoutError(f"no data from the peer for {self.network_timeout} s"))
+            self._stream_broken = True  # (mid-PDU: nothing more is parsed)
+            stream.attach_reading(b"")
+            await self._abort_from_timer(now)
+            return None
+        if outcome is Outcome.CLOSED and job.socket_error is not None:
+            LOGGER.debug("Connection failed while splicing: %s", job.socket_error)
+        if not job.aligned:
+            self._stream_broken = True  # the connection ended mid-PDU
+        stream.attach_reading(job.leftover)
+        msg = reassembler.received_elsewhere(job.received, outcome is Outcome.LAST)
+        if outcome is Outcome.HANDED_BACK and msg is None:
+            # Whatever came (it may be a protocol violation, or a sender that
+            # packs PDUs otherwise), the rest of this data set is read the
+            # usual way.
+            self._no_splice_for = current
+        if msg is not None:
+            await spool.finish()
+            msg.spool = spool
+            self._spool = None
+        return msg
 
     async def _spill(self, msg: Message | None) -> None:
         """Write the fragments the reassembler spilled to the message's spool file."""

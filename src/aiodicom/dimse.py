@@ -1148,6 +1148,21 @@ class Reassembler:
             self._data_parts.append(data)
         if not is_last:
             return None
+        return self._complete(msg)
+
+    def received_elsewhere(self, size: int, last: bool) -> Message | None:
+        """Fragments of the data set being spilled, ``size`` bytes in all,
+        were received (and written) by the caller itself, checked as
+        :meth:`feed_item` would (context, order, no command fragment);
+        ``last``: the last one among them. Returns the message if it is complete."""
+        msg = self._current
+        if not self.spilling or msg is None:
+            raise RuntimeError("no data set is being spilled")
+        self._data_size += size
+        return self._complete(msg) if last else None
+
+    def _complete(self, msg: Message) -> Message:
+        """The last fragment of ``msg``'s data set is in: the message, and on to the next."""
         if self.spilling:
             msg.spooled = True
             self.spilling = False

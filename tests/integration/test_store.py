@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -914,20 +915,31 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
     how: str, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``reused``: a first instance is spooled and answered, so the one cut
-    off is being written over the file it left (see Spares)."""
+    off is being written over the file it left (see Spares). The data set
+    goes into the file by Spool.write or (asyncio, Linux) by a splice job."""
+    from aiodicom._splice import SpliceJob
     from aiodicom._spool import Spool
 
     spooling = [anyio.Event()]
     written_over: list[bool] = []
-    real_write = Spool.write
+    real_open, real_write, real_run = Spool.open, Spool.write, SpliceJob.run
+
+    async def open_(self: Spool, *args: Any) -> None:
+        await real_open(self, *args)
+        assert self.path is not None and os.path.exists(self.path)
+        written_over.append(self._reused)
 
     async def write(self: Spool, chunks: list[Any]) -> None:
         await real_write(self, chunks)
-        assert self.path is not None and os.path.exists(self.path)
-        written_over.append(self._reused)
         spooling[0].set()
 
+    def run(job: SpliceJob) -> None:
+        anyio.from_thread.run_sync(spooling[0].set)
+        real_run(job)
+
+    monkeypatch.setattr(Spool, "open", open_)
     monkeypatch.setattr(Spool, "write", write)
+    monkeypatch.setattr(SpliceJob, "run", run)
     scp = make_scp_ae(spool_threshold=10_000)
     scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
     scp.spool_directory = str(tmp_path)

@@ -1,0 +1,357 @@
+"""Receiving the rest of a spooled data set straight from the socket into its file.
+
+A data set past ``ae.spool_threshold`` arrives as a run of P-DATA-TF PDUs,
+each (from nearly every sender) one PDV holding the next fragment. Read the
+usual way, every byte is copied out of the socket into a receive buffer and
+then into the spool file's page cache, and every PDU costs the event loop a
+few steps. Here a worker thread takes the connection over for the rest of
+the data set: it reads each PDU's 12 bytes of headers, checks them, and
+moves the fragment from the socket through a pipe into the file with
+``splice(2)`` (Linux), which copies it once, in the kernel.
+
+The job hands the connection back, at a PDU boundary, as soon as anything
+else comes: another kind of PDU (an A-ABORT, say), a PDU with more than one
+PDV, one longer than our maximum, a command fragment or a fragment on
+another presentation context. What it read of that PDU is given back
+(:attr:`SpliceJob.leftover`) for the reader to parse and judge as always.
+
+Blocking, and no asyncio here: :meth:`SpliceJob.run` is for a worker thread,
+and is tested over socket pairs byte for byte. :meth:`SpliceJob.stop` may be
+called from any thread; :meth:`SpliceJob.close` releases a job that may
+never have run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import os
+import select
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ("AVAILABLE", "Outcome", "SpliceJob")
+
+#: splice(2) exists here (Linux, Python 3.10+). ``AIODICOM_SPLICE=0`` in the
+#: environment turns the whole path off (the data set is then read as any other).
+AVAILABLE = hasattr(os, "splice") and os.environ.get("AIODICOM_SPLICE", "1") != "0"
+
+#: The pipe a job moves the bytes through (it asks for this much room; the
+#: kernel's default, 64 KiB, if it may not have it).
+PIPE_SIZE = 1 << 20
+#: Bytes per splice() from the pipe into the file, as WRITE_CALL in _spool
+#: (see there: a larger write makes the kernel allocate high-order pages).
+FILE_CALL = 64 << 10
+#: ... or, over a spool file being reused (its pages are there already):
+REUSED_FILE_CALL = 1 << 20
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+#: What splice() into a file fails with where the file system cannot take it.
+_NO_FILE_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
+_POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+
+_SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+
+_P_DATA_TF = 0x04
+_PDU_HEADER = 6
+_PDV_HEADER = 6
+
+
+class Outcome(enum.Enum):
+    """How a job ended."""
+
+    #: The last fragment is in the file; the connection is at a PDU boundary.
+    LAST = "last"
+    #: A PDU it does not take came next; the connection is at its start,
+    #: with what was read of it in :attr:`SpliceJob.leftover`.
+    HANDED_BACK = "handed back"
+    #: The peer closed the connection (or it failed, :attr:`SpliceJob.socket_error`).
+    CLOSED = "closed"
+    #: Nothing arrived for the timeout.
+    TIMED_OUT = "timed out"
+    #: :meth:`SpliceJob.stop` was called.
+    STOPPED = "stopped"
+
+
+class _End(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+class SpliceJob:
+    """Receive data set fragments from a socket into a file (see the module docstring).
+
+    ``sock_fd`` and ``file_fd`` are duplicated here, so the job never uses a
+    descriptor number its owner closed (and the system gave to something
+    else) while it ran; the file's position is shared with the owner's
+    descriptor, and the fragments go at it. ``first`` is written before
+    anything else (fragments received already, not yet written), then
+    ``prefix``: bytes received from the connection already, from a PDU
+    boundary, which are parsed before the socket is read. ``context_id``
+    is the presentation context of the data set; ``max_pdu`` our maximum PDU
+    length (0: none); ``timeout`` the seconds to wait for data at most
+    (None: no limit). ``call``: bytes per write into the file.
+
+    After :meth:`run`: :attr:`outcome`; :attr:`received` (fragment bytes
+    taken off the connection, written or not); :attr:`leftover` (bytes read
+    that the reader must parse, when the connection is at a PDU boundary);
+    :attr:`aligned` (the connection is at a PDU boundary, after the
+    leftover); :attr:`file_error` (the first write failure: the fragments
+    after it are received and dropped, so the stream stays in step).
+    """
+
+    def __init__(
+        self,
+        sock_fd: int,
+        file_fd: int,
+        *,
+        first: Sequence[Any] = (),
+        prefix: bytes = b"",
+        context_id: int,
+        max_pdu: int = 0,
+        timeout: float | None = None,
+        call: int = FILE_CALL,
+    ) -> None:
+        self._first = list(first)
+        self._prefix = prefix
+        self._context_id = context_id
+        self._max_pdu = max_pdu
+        self._timeout_ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        self._call = call
+        #: False once the file system refused splice(): the pipe is read and written.
+        self._file_splice = True
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._stopped = False
+        self._fds: list[int] = []
+        try:
+            self._sock = self._keep(os.dup(sock_fd))
+            self._file = self._keep(os.dup(file_fd))
+            self._stop_r, self._stop_w = (self._keep(fd) for fd in os.pipe())
+            os.set_blocking(self._stop_r, False)
+        except BaseException:
+            self._release()
+            raise
+        self.outcome = Outcome.STOPPED
+        self.received = 0
+        self.leftover = b""
+        self.aligned = False
+        self.file_error: OSError | None = None
+        self.socket_error: OSError | None = None
+
+    def _keep(self, fd: int) -> int:
+        self._fds.append(fd)
+        return fd
+
+    def _release(self) -> None:
+        fds, self._fds = self._fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- the owner's side (any thread) --------------------------------
+
+    def stop(self) -> None:
+        """Make :meth:`run` return (:attr:`Outcome.STOPPED`) as soon as it can."""
+        with self._lock:
+            self._stopped = True
+            if self._started and not self._closed:
+                with contextlib.suppress(OSError):
+                    os.write(self._stop_w, b"\0")
+
+    def close(self) -> None:
+        """Release the descriptors of a job that has not started (it never will);
+        a running one releases them itself as it returns."""
+        with self._lock:
+            self._stopped = True
+            if self._started or self._closed:
+                return
+            self._closed = True
+        self._release()
+
+    # -- the worker's side ----------------------------------------------
+
+    def run(self) -> None:
+        """Receive fragments until the data set's last one or a reason to stop (blocking)."""
+        with self._lock:
+            if self._closed or self._stopped:
+                self._closed = True
+                release = True
+            else:
+                self._started = True
+                release = False
+        if release:
+            self._release()
+            return
+        pipe: tuple[int, int] | None = None
+        try:
+            self._poll = select.poll()
+            self._poll.register(self._sock, _POLL_IN)
+            self._poll.register(self._stop_r, select.POLLIN)
+            self._write_views(self._first)
+            self._first = []
+            pipe = _new_pipe()
+            self._receive(pipe)
+        except _End as end:
+            self.outcome = end.outcome
+        finally:
+            if pipe is not None:
+                for fd in pipe:
+                    os.close(fd)
+            with self._lock:
+                self._closed = True
+            self._release()
+
+    def _receive(self, pipe: tuple[int, int]) -> None:
+        prefix = memoryview(self._prefix)
+        self._prefix = b""
+        while True:
+            # The PDU header first, alone: a short PDU (an A-RELEASE-RQ, an
+            # A-ABORT) has fewer bytes than the PDV header would need.
+            head, prefix = self._take(prefix, _PDU_HEADER)
+            length = int.from_bytes(head[2:6], "big")
+            if (
+                head[0] != _P_DATA_TF
+                or length < _PDV_HEADER
+                or (self._max_pdu and length > self._max_pdu)
+            ):
+                self._hand_back(head, prefix)
+            pdv, prefix = self._take(prefix, _PDV_HEADER, head)
+            pdv_length = int.from_bytes(pdv[0:4], "big")
+            control = pdv[5]
+            if (
+                pdv_length != length - 4  # (one PDV, filling the PDU)
+                or pdv[4] != self._context_id
+                or control & 0xFD  # a command fragment, or reserved bits set
+            ):
+                self._hand_back(head + pdv, prefix)
+            size = pdv_length - 2
+            inline = min(size, len(prefix))
+            if inline:
+                self._write_views([prefix[:inline]])
+                prefix = prefix[inline:]
+            self._splice_in(pipe, size - inline)
+            self.received += size
+            if control & 0x02:
+                self.outcome = Outcome.LAST
+                self.leftover = bytes(prefix)
+                self.aligned = True
+                return
+
+    def _hand_back(self, read: bytes, prefix: memoryview) -> None:
+        self.leftover = read + bytes(prefix)
+        self.aligned = True
+        raise _End(Outcome.HANDED_BACK)
+
+    def _take(self, prefix: memoryview, n: int, before: bytes = b"") -> tuple[bytes, memoryview]:
+        """``n`` bytes: from ``prefix`` as far as it goes, then from the socket."""
+        got = bytes(prefix[:n])
+        prefix = prefix[len(got) :]
+        while len(got) < n:
+            self._check_stop()
+            try:
+                data = os.read(self._sock, n - len(got))
+            except (BlockingIOError, InterruptedError):
+                self._wait()
+                continue
+            except OSError as exc:
+                self._closed_by(exc, before + got)
+            if not data:
+                self._closed_by(None, before + got)
+            got += data
+        return got, prefix
+
+    def _closed_by(self, exc: OSError | None, read: bytes) -> None:
+        """The connection ended: ``read`` is what was read of the PDU under way."""
+        self.socket_error = exc
+        self.leftover = read
+        self.aligned = True  # (the PDU's bytes so far, for the reader to find short)
+        raise _End(Outcome.CLOSED)
+
+    def _splice_in(self, pipe: tuple[int, int], size: int) -> None:
+        """Move ``size`` bytes from the socket into the file, through ``pipe``."""
+        pipe_r, pipe_w = pipe
+        while size:
+            self._check_stop()
+            try:
+                n = os.splice(self._sock, pipe_w, min(size, PIPE_SIZE), flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                self._wait()
+                continue
+            except OSError as exc:
+                self._lost_mid_pdu(exc)
+            if not n:
+                self._lost_mid_pdu(None)
+            size -= n
+            self._drain(pipe_r, n)
+
+    def _lost_mid_pdu(self, exc: OSError | None) -> None:
+        self.socket_error = exc
+        self.aligned = False
+        raise _End(Outcome.CLOSED)
+
+    def _drain(self, pipe_r: int, n: int) -> None:
+        """Move the ``n`` bytes in the pipe into the file (or drop them, after a write error)."""
+        while n and self._file_splice and self.file_error is None:
+            try:
+                moved = os.splice(pipe_r, self._file, min(n, self._call))
+            except OSError as exc:
+                if exc.errno in _NO_FILE_SPLICE:
+                    self._file_splice = False  # a file system without it: written below
+                else:
+                    self.file_error = exc
+                break
+            if not moved:
+                self.file_error = OSError(errno.EIO, "the spool file took none of a write")
+                break
+            n -= moved
+        while n:  # read out of the pipe: written, or dropped after a write error
+            data = os.read(pipe_r, min(n, PIPE_SIZE))
+            n -= len(data)
+            self._write_views([data])
+
+    def _write_views(self, views: Sequence[Any]) -> None:
+        """Write ``views`` at the file's position (nothing after a write error)."""
+        for chunk in views:
+            view = memoryview(chunk).cast("B")
+            while view and self.file_error is None:
+                try:
+                    written = os.write(self._file, view[: self._call])
+                except OSError as exc:
+                    self.file_error = exc
+                    break
+                if not written:
+                    self.file_error = OSError(errno.EIO, "the spool file took none of a write")
+                    break
+                view = view[written:]
+
+    def _check_stop(self) -> None:
+        if self._stopped:
+            self.aligned = False
+            raise _End(Outcome.STOPPED)
+
+    def _wait(self) -> None:
+        """Wait until the socket has something (or the timeout, or stop())."""
+        ready = self._poll.poll(self._timeout_ms)
+        if not ready:
+            self.aligned = False
+            raise _End(Outcome.TIMED_OUT)
+        if any(fd == self._stop_r for fd, _ in ready):
+            self._check_stop()
+
+
+def _new_pipe() -> tuple[int, int]:
+    """A pipe of :data:`PIPE_SIZE` bytes if the system lets us have one."""
+    pipe_r, pipe_w = os.pipe2(os.O_CLOEXEC) if hasattr(os, "pipe2") else os.pipe()
+    if _SET_PIPE_SIZE is not None:
+        with contextlib.suppress(OSError):  # (past /proc/sys/fs/pipe-max-size)
+            fcntl.fcntl(pipe_w, _SET_PIPE_SIZE, PIPE_SIZE)
+    return pipe_r, pipe_w
