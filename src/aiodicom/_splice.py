@@ -32,6 +32,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ._spool import WRITE_CALL, _write_fd
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
@@ -46,12 +48,6 @@ AVAILABLE = hasattr(os, "splice") and os.environ.get("AIODICOM_SPLICE", "1") != 
 #: The pipe a job moves the bytes through (it asks for this much room; the
 #: kernel's default, 64 KiB, if it may not have it).
 PIPE_SIZE = 1 << 20
-#: Bytes per splice() from the pipe into the file, as WRITE_CALL in _spool
-#: (see there: a larger write makes the kernel allocate high-order pages).
-FILE_CALL = 64 << 10
-#: ... or, over a spool file being reused (its pages are there already):
-REUSED_FILE_CALL = 1 << 20
-
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 #: What splice() into a file fails with where the file system cannot take it.
 _NO_FILE_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
@@ -93,11 +89,14 @@ class SpliceJob:
     else) while it ran; the file's position is shared with the owner's
     descriptor, and the fragments go at it. ``first`` is written before
     anything else (fragments received already, not yet written), then
-    ``prefix``: bytes received from the connection already, from a PDU
-    boundary, which are parsed before the socket is read. ``context_id``
+    ``prefix``: what was received from the connection already, from a PDU
+    boundary (bytes-like pieces, in order, used where they are: fragments
+    are written from them), which is parsed before the socket is read.
+    ``context_id``
     is the presentation context of the data set; ``max_pdu`` our maximum PDU
     length (0: none); ``timeout`` the seconds to wait for data at most
-    (None: no limit). ``call``: bytes per write into the file.
+    (None: no limit). ``call``: bytes per write into the file at most
+    (see :data:`aiodicom._spool.WRITE_CALL`).
 
     After :meth:`run`: :attr:`outcome`; :attr:`received` (fragment bytes
     taken off the connection, written or not); :attr:`leftover` (bytes read
@@ -113,14 +112,14 @@ class SpliceJob:
         file_fd: int,
         *,
         first: Sequence[Any] = (),
-        prefix: bytes = b"",
+        prefix: Sequence[Any] = (),
         context_id: int,
         max_pdu: int = 0,
         timeout: float | None = None,
-        call: int = FILE_CALL,
+        call: int = WRITE_CALL,
     ) -> None:
         self._first = list(first)
-        self._prefix = prefix
+        self._prefix = list(prefix)
         self._context_id = context_id
         self._max_pdu = max_pdu
         self._timeout_ms = -1 if timeout is None else max(0, int(timeout * 1000))
@@ -211,20 +210,20 @@ class SpliceJob:
             self._release()
 
     def _receive(self, pipe: tuple[int, int]) -> None:
-        prefix = memoryview(self._prefix)
-        self._prefix = b""
+        held = _Held(self._prefix)
+        self._prefix = []
         while True:
             # The PDU header first, alone: a short PDU (an A-RELEASE-RQ, an
             # A-ABORT) has fewer bytes than the PDV header would need.
-            head, prefix = self._take(prefix, _PDU_HEADER)
+            head = self._take(held, _PDU_HEADER)
             length = int.from_bytes(head[2:6], "big")
             if (
                 head[0] != _P_DATA_TF
                 or length < _PDV_HEADER
                 or (self._max_pdu and length > self._max_pdu)
             ):
-                self._hand_back(head, prefix)
-            pdv, prefix = self._take(prefix, _PDV_HEADER, head)
+                self._hand_back(head, held)
+            pdv = self._take(held, _PDV_HEADER, head)
             pdv_length = int.from_bytes(pdv[0:4], "big")
             control = pdv[5]
             if (
@@ -232,29 +231,27 @@ class SpliceJob:
                 or pdv[4] != self._context_id
                 or control & 0xFD  # a command fragment, or reserved bits set
             ):
-                self._hand_back(head + pdv, prefix)
+                self._hand_back(head + pdv, held)
             size = pdv_length - 2
-            inline = min(size, len(prefix))
-            if inline:
-                self._write_views([prefix[:inline]])
-                prefix = prefix[inline:]
-            self._splice_in(pipe, size - inline)
+            inline = held.views(size)
+            self._write_views(inline)
+            self._splice_in(pipe, size - sum(map(len, inline)))
             self.received += size
             if control & 0x02:
                 self.outcome = Outcome.LAST
-                self.leftover = bytes(prefix)
+                self.leftover = held.rest()
                 self.aligned = True
                 return
 
-    def _hand_back(self, read: bytes, prefix: memoryview) -> None:
-        self.leftover = read + bytes(prefix)
+    def _hand_back(self, read: bytes, held: _Held) -> None:
+        self.leftover = read + held.rest()
         self.aligned = True
         raise _End(Outcome.HANDED_BACK)
 
-    def _take(self, prefix: memoryview, n: int, before: bytes = b"") -> tuple[bytes, memoryview]:
-        """``n`` bytes: from ``prefix`` as far as it goes, then from the socket."""
-        got = bytes(prefix[:n])
-        prefix = prefix[len(got) :]
+    def _take(self, held: _Held, n: int, before: bytes = b"") -> bytes:
+        """``n`` bytes: from what was received already as far as it goes,
+        then from the socket."""
+        got = held.take(n)
         while len(got) < n:
             self._check_stop()
             try:
@@ -267,7 +264,7 @@ class SpliceJob:
             if not data:
                 self._closed_by(None, before + got)
             got += data
-        return got, prefix
+        return got
 
     def _closed_by(self, exc: OSError | None, read: bytes) -> None:
         """The connection ended: ``read`` is what was read of the PDU under way."""
@@ -320,18 +317,11 @@ class SpliceJob:
 
     def _write_views(self, views: Sequence[Any]) -> None:
         """Write ``views`` at the file's position (nothing after a write error)."""
-        for chunk in views:
-            view = memoryview(chunk).cast("B")
-            while view and self.file_error is None:
-                try:
-                    written = os.write(self._file, view[: self._call])
-                except OSError as exc:
-                    self.file_error = exc
-                    break
-                if not written:
-                    self.file_error = OSError(errno.EIO, "the spool file took none of a write")
-                    break
-                view = view[written:]
+        if self.file_error is None and views:
+            try:
+                _write_fd(self._file, views, self._call)
+            except OSError as exc:
+                self.file_error = exc
 
     def _check_stop(self) -> None:
         if self._stopped:
@@ -346,6 +336,40 @@ class SpliceJob:
             raise _End(Outcome.TIMED_OUT)
         if any(fd == self._stop_r for fd, _ in ready):
             self._check_stop()
+
+
+class _Held:
+    """Bytes received already (bytes-like pieces, in order), taken from the front."""
+
+    __slots__ = ("_pieces",)
+
+    def __init__(self, pieces: Sequence[Any]) -> None:
+        self._pieces = [memoryview(p).cast("B") for p in reversed(pieces) if len(p)]
+
+    def take(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer if that is all there is)."""
+        return b"".join(self.views(n))
+
+    def views(self, n: int) -> list[memoryview]:
+        """Up to ``n`` bytes, as views of the pieces."""
+        out: list[memoryview] = []
+        pieces = self._pieces
+        while n and pieces:
+            piece = pieces[-1]
+            if len(piece) <= n:
+                out.append(pieces.pop())
+                n -= len(piece)
+            else:
+                out.append(piece[:n])
+                pieces[-1] = piece[n:]
+                n = 0
+        return out
+
+    def rest(self) -> bytes:
+        """All that is left."""
+        rest = b"".join(reversed(self._pieces))
+        self._pieces = []
+        return rest
 
 
 def _new_pipe() -> tuple[int, int]:

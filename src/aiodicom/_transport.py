@@ -405,12 +405,13 @@ class AsyncioStream(anyio.abc.ByteStream):
         """
         self._protocol.limit = max(limit, _RECV_BUFFER)
 
-    def detach_reading(self, on_close: Callable[[], None]) -> tuple[int, bytes] | None:
+    def detach_reading(self, on_close: Callable[[], None]) -> tuple[int, list[memoryview]] | None:
         """Stop reading the connection and give it to someone else for a while.
 
         Returns the socket's descriptor and every byte received but not yet
-        returned by :meth:`receive` (in order: whole PDUs first, then the
-        start of one, with framing on), which the new reader takes first;
+        returned by :meth:`receive`, as views of the receive buffers (in
+        order: whole PDUs first, then the start of one, with framing on),
+        which the new reader takes first;
         None (nothing changed) if the connection is closed or at its end.
         ``on_close`` is called if the stream is closed meanwhile (the other
         reader must let go of the socket). :meth:`attach_reading` gives it back.
@@ -422,13 +423,14 @@ class AsyncioStream(anyio.abc.ByteStream):
         if not protocol.reading_paused:
             protocol.reading_paused = True
             self._transport.pause_reading()
+        # (Views of the receive buffers: none is reused while a view of it lives.)
         held = [*protocol.chunks, memoryview(protocol.buf)[protocol.start : protocol.end]]
         protocol.chunks.clear()
         protocol.buffered = 0
         protocol.start = protocol.end
         protocol.frame = protocol.passthrough = protocol.large = 0
         self._on_close = on_close
-        return sock.fileno(), b"".join(held)
+        return sock.fileno(), held
 
     def attach_reading(self, data: bytes | memoryview) -> None:
         """Read the connection again after :meth:`detach_reading`, ``data``

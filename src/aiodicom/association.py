@@ -62,8 +62,8 @@ from ._nowait import NOT_CACHED, page_cached, read_cached
 from ._nservice import N_EVENTS as _N_EVENT_NAMES
 from ._nservice import reply_of, request_fields, response_for
 from ._splice import AVAILABLE as _SPLICE_AVAILABLE
-from ._splice import FILE_CALL, REUSED_FILE_CALL, Outcome, SpliceJob
-from ._spool import WRITE_BATCH, Spares, Spool, fill_p_data
+from ._splice import Outcome, SpliceJob
+from ._spool import REUSED_WRITE_CALL, WRITE_BATCH, WRITE_CALL, Spares, Spool, fill_p_data
 from ._transport import _FREE_REFS, AsyncioStream, _quickack, _take_free
 from .dimse import (
     DATASET_PRESENT,
@@ -1781,15 +1781,15 @@ class Association:
                 sock_fd,
                 fd,
                 first=first,
-                prefix=bytes(unread) + held if unread else held,
+                prefix=[unread, *held],
                 context_id=current.context_id,
                 max_pdu=self._max_pdu,
                 timeout=self.network_timeout,
-                call=REUSED_FILE_CALL if spool.reused else FILE_CALL,
+                call=REUSED_WRITE_CALL if spool.reused else WRITE_CALL,
             )
         except OSError as exc:  # out of descriptors, say: read on as usual
             LOGGER.debug("Not splicing the data set: %s", exc)
-            stream.attach_reading(bytes(unread) + held)
+            stream.attach_reading(b"".join([unread, *held]))
             self._splice_ok = False
             return None
         self._splicing = job

@@ -78,19 +78,30 @@ def run(job: SpliceJob) -> SpliceJob:
     return job
 
 
+def pieces(data: bytes, size: int) -> list[bytes | memoryview]:
+    """``data`` cut every ``size`` bytes, as bytes and memoryviews by turns."""
+    out: list[bytes | memoryview] = []
+    for i in range(0, len(data), size):
+        piece = data[i : i + size]
+        out.append(piece if i // size % 2 else memoryview(piece))
+    return out
+
+
+@pytest.mark.parametrize("piece", [1, 5, 7, 4096, 1 << 20])
 @pytest.mark.parametrize("split", [0, 1, 5, 6, 11, 12, 13, 4000, 10_000])
 def test_fragments_go_into_the_file_from_the_prefix_then_the_socket(
-    pair: tuple[socket.socket, socket.socket], spool: int, split: int
+    pair: tuple[socket.socket, socket.socket], spool: int, split: int, piece: int
 ) -> None:
     """Whatever part of the stream was received already (cut anywhere: in a
-    header, in a fragment), the file gets the fragments in order after what
-    it held, and the job leaves the bytes after the last PDU on the socket."""
+    header, in a fragment; given in pieces of any size), the file gets the
+    fragments in order after what it held, and the job leaves the bytes
+    after the last PDU on the socket."""
     a, b = pair
     parts = fragments(300_000, 4096 * 3 + 5)
     data = stream_of(parts)
     after = pdu(b"next command", mch=0x03)
     sender = feed(a, data[split:] + after)
-    job = run(SpliceJob(b.fileno(), spool, prefix=data[:split], context_id=CTX))
+    job = run(SpliceJob(b.fileno(), spool, prefix=pieces(data[:split], piece), context_id=CTX))
     sender.join()
     assert job.outcome is Outcome.LAST
     assert job.aligned and job.leftover == b""
@@ -106,7 +117,8 @@ def test_what_follows_the_last_pdu_in_the_prefix_is_left_over(
     _, b = pair
     parts = fragments(50_000, 10_000)
     after = pdu(b"next", mch=0x03) + b"\x07\x00"
-    job = run(SpliceJob(b.fileno(), spool, prefix=stream_of(parts) + after, context_id=CTX))
+    prefix = pieces(stream_of(parts) + after, 999)
+    job = run(SpliceJob(b.fileno(), spool, prefix=prefix, context_id=CTX))
     assert (job.outcome, job.leftover, job.aligned) == (Outcome.LAST, after, True)
     assert contents(spool) == b"HEADER" + b"".join(parts)
 
@@ -172,7 +184,7 @@ def test_a_pdu_it_does_not_take_is_handed_back_unread(
     odd = SHORT_PDUS.get(name) or ODD_PDUS[name]
     head = pdu(b"fragment one")
     if in_prefix:
-        job = run(SpliceJob(b.fileno(), spool, prefix=head + odd, context_id=CTX))
+        job = run(SpliceJob(b.fileno(), spool, prefix=pieces(head + odd, 5), context_id=CTX))
         assert job.leftover == odd
     else:
         a.sendall(head + odd)
