@@ -1802,6 +1802,9 @@ class Association:
         finally:
             self._splicing = None
         now = self._last_rx = self._clock()
+        if self.network_timeout is not None:
+            # The watchdog left the network timeout to the thread: armed again.
+            self._kick(now + self.network_timeout)
         received = job.received + sum(map(len, first))
         spool.size += received
         if job.file_error is not None and spool.error is None:

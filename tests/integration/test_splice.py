@@ -365,3 +365,39 @@ async def test_a_write_error_while_spliced_answers_out_of_resources(
         assert job.file_error is not None and job.file_error.errno == errno.EFBIG
         assert [j.file_error for j in splices.jobs[1:]] == [None]
     assert list(spool_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("then", ["answered", "handed back"])
+async def test_the_network_timeout_is_armed_again_after_a_splice(
+    anyio_backend: str, splices: Splices, tmp_path: Path, then: str
+) -> None:
+    """While a thread splices, the network timeout is its own; once it has
+    given the connection back, the association's timer watches again: a peer
+    that goes silent after its spliced data set is answered, or in the
+    middle of its data set once the thread handed back a PDU of two PDVs
+    (nothing written then to arm the timer), is aborted; one that sends
+    slowly but within the timeout is not."""
+    scp = make_scp_ae(spool_threshold=THRESHOLD)
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    scp.spool_directory = str(tmp_path)
+    scp.network_timeout = 0.5
+    pdv = PDV(context_id=1, is_command=False, is_last=False, data=bytes(100))
+    with anyio.fail_after(GUARD):
+        async with store_peer(scp, [(evt.EVT_C_STORE, lambda event: 0)]) as peer:
+            await _start_data_set(peer, splices, anyio_backend)
+            # A slow sender: the splice outlasts the timeout (which it keeps
+            # from firing, each fragment coming within it).
+            for _ in range(4):
+                await anyio.sleep(0.2)
+                await peer.send(encode_p_data(1, 0x00, bytes(CHUNK)))
+            if then == "answered":
+                await peer.send(encode_p_data(1, 0x02, bytes(CHUNK)))
+                assert isinstance(await peer.read_pdu(), PDataTF)  # the C-STORE-RSP
+            else:
+                await peer.send(PDataTF(pdvs=(pdv, pdv)))
+            # silence from here on
+            assert isinstance(await peer.read_pdu(), AAbort)
+    if splices.expected(anyio_backend):
+        expected = Outcome.LAST if then == "answered" else Outcome.HANDED_BACK
+        assert [job.outcome for job in splices.jobs] == [expected]
+    assert list(tmp_path.iterdir()) == []

@@ -71,7 +71,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from aiodicom import AE, evt, sop_class
+from aiodicom import AE, _splice, evt, sop_class
+from aiodicom._splice import Outcome, SpliceJob
 from aiodicom.errors import DicomNetworkError, DIMSEError, NoAcceptedContext
 
 HOST = "127.0.0.1"
@@ -1066,12 +1067,25 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("peer", ["storescu", "pynetdicom"])
-async def test_spool_files_reused_on_one_association(peer, run_dcmtk, run_pynetdicom_scu, tmp_path):
+async def test_spool_files_reused_on_one_association(
+    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, monkeypatch
+):
     """Three spooled instances from a real SCU on one association, the
     handler leaving each file: the second and third are written over the
     file the first left (one inode), each is byte for byte what was sent
     (the shorter after the longer cut to its length), each name is gone
-    once its handler returned, and nothing is left when the peer releases."""
+    once its handler returned, and nothing is left when the peer releases.
+    On Linux the rest of each data set past the threshold is spliced from
+    the socket into the file (aiodicom._splice): each job ran to the last
+    fragment, none handed back (the peer's PDUs are one PDV each)."""
+    jobs: list[SpliceJob] = []
+    real_run = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        jobs.append(job)
+        real_run(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
     sizes = (6 * MiB, 2 * MiB, 4 * MiB)
     instances = [
         write_large_instance(tmp_path / f"reused{i}.dcm", size, seed=i)
@@ -1120,6 +1134,10 @@ async def test_spool_files_reused_on_one_association(peer, run_dcmtk, run_pynetd
     assert len({info["inode"] for info in seen}) == 1, seen
     assert [info.get("gone") for info in seen] == [True, True, None]
     assert list(spool_dir.iterdir()) == []
+    if _splice.AVAILABLE:  # (this process runs asyncio: the SCP splices)
+        assert [job.outcome for job in jobs] == [Outcome.LAST] * 3
+        for job, size in zip(jobs, sizes, strict=True):
+            assert size - 2 * MiB < job.received < size  # all but the first MiB or so
 
 
 # =========================================================================== 7.
