@@ -23,7 +23,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from aiodicom import evt, sop_class
+from aiodicom import association, evt, sop_class
+from aiodicom._splice import Outcome, SpliceJob
 from aiodicom.dimse import DATASET_PRESENT, CommandField, encode_command, fragment
 from aiodicom.dsutils import encode_dataset
 from aiodicom.pdu import (
@@ -145,7 +146,19 @@ async def _send_and_drain(port: int, data: bytes, rng: random.Random) -> list[ob
         return list(await peer.read_until_eof())  # every one must decode
 
 
-async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
+async def test_mutated_streams_never_break_the_server(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On asyncio the data set's PDUs past the spool threshold are spliced
+    (aiodicom._splice): the damage reaches the splicing thread too."""
+    spliced: list[SpliceJob] = []
+    real_run = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        spliced.append(job)
+        real_run(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
     spool = tmp_path / "spool"
     spool.mkdir()
     stored: list[int] = []
@@ -171,6 +184,8 @@ async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
                 names = [type(await peer.read_pdu()).__name__ for _ in range(4)]
         assert names == ["AAssociateAC", "PDataTF", "PDataTF", "AReleaseRP"]
         assert stored == [1], "the valid store was not spooled and stored"
+        if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE:
+            assert [job.outcome for job in spliced] == [Outcome.LAST]
         for seed in range(1, CASES + 1):
             rng = random.Random(seed)
             kind, damaged = _mutate(valid, rng)
@@ -195,6 +210,10 @@ async def test_mutated_streams_never_break_the_server(tmp_path: Path) -> None:
     assert not list(spool.iterdir()), "a spool file was left behind"
     assert set(kinds) == set(KINDS), kinds
     assert answered > CASES // 2, answered  # a cut inside the A-ASSOCIATE-RQ gets none
+    outcomes = {job.outcome for job in spliced}
+    if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE and CASES >= 100:
+        # damage in the spliced PDUs: handed back, cut off, and taken whole
+        assert {Outcome.LAST, Outcome.HANDED_BACK, Outcome.CLOSED} <= outcomes, outcomes
 
 
 # ---------------------------------------------------------------------------
@@ -724,3 +743,127 @@ async def test_mutated_streams_over_tls_never_break_the_server(tmp_path: Path) -
                 await server._until(lambda: not server.active_associations)
             assert not list(spool.iterdir()), f"{where}: a spool file was left behind"
     assert not list(spool.iterdir())
+
+
+# ---------------------------------------------------------------------------
+# Damage where the spool file's splice takes the stream (aiodicom._splice)
+
+SPLICE_CASES = int(os.environ.get("FUZZ_SPLICE_CASES", "200"))
+
+
+def _large_store_stream() -> tuple[bytes, int, int]:
+    """An association, a C-STORE of a 40 KiB data set in 4 KiB PDUs, a
+    C-ECHO, a release; and where the data set's PDUs past the spool
+    threshold (those a splice takes) begin and end."""
+    rq = rq_with_contexts(
+        (1, sop_class.Verification, ImplicitVRLittleEndian),
+        (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
+        calling="FUZZ",
+        max_pdu=MAX_PDU,
+    )
+    ds = make_dataset()
+    ds.PixelData = bytes(range(256)) * 160
+    store = encode_command(
+        {
+            "CommandField": CommandField.C_STORE_RQ,
+            "MessageID": 1,
+            "Priority": 0,
+            "AffectedSOPClassUID": sop_class.CTImageStorage,
+            "AffectedSOPInstanceUID": str(ds.SOPInstanceUID),
+            "CommandDataSetType": DATASET_PRESENT,
+        }
+    )
+    echo = encode_command(
+        {
+            "CommandField": CommandField.C_ECHO_RQ,
+            "MessageID": 2,
+            "AffectedSOPClassUID": sop_class.Verification,
+            "CommandDataSetType": 0x0101,
+        }
+    )
+    head = encode(rq)
+    pdus = [*fragment(3, store, encode_dataset(ds, ExplicitVRLittleEndian), MAX_PDU)]
+    # (the command, then two data PDUs: past 4,096 bytes the data set spills)
+    start = len(head) + sum(map(len, pdus[:3]))
+    end = len(head) + sum(map(len, pdus))
+    stream = b"".join([head, *pdus, *fragment(1, echo, None, MAX_PDU), encode(AReleaseRQ())])
+    return stream, start, end
+
+
+async def test_mutated_spliced_data_sets_never_break_the_server(
+    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The damage falls in the data set's PDUs past the spool threshold,
+    which on asyncio a worker thread splices into the spool file, and the
+    peer keeps its side open a moment after sending (a splice needs an open
+    connection). As for any damage: only decodable PDUs come back, every
+    connection ends, no spool file, association or descriptor is left, and
+    the server serves on. The splice takes some whole, hands some back and
+    sees some cut off."""
+    spliced: list[SpliceJob] = []
+    real_run = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        spliced.append(job)
+        real_run(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ae = make_scp_ae(acse_timeout=0.5, dimse_timeout=2.0)
+    ae.add_supported_context(sop_class.CTImageStorage, [ExplicitVRLittleEndian])
+    ae.spool_threshold = 4096
+    ae.spool_directory = str(spool)
+    ae.network_timeout = 2.0
+    valid, start, end = _large_store_stream()
+    rec = Recorder()
+    fds = {int(n) for n in os.listdir("/proc/self/fd")}
+    async with running_server(ae, [(evt.EVT_C_STORE, lambda event: 0), *rec.handlers]) as server:
+        for seed in range(1, SPLICE_CASES + 1):
+            rng = random.Random(seed)
+            kind, damaged = damage(
+                valid[start:end], rng, length_fields=_pdu_length_fields, byteorder="big"
+            )
+            stream = valid[:start] + damaged + valid[end:]
+            where = f"seed {seed} ({kind})"
+            try:
+                with anyio.fail_after(GUARD):
+                    pdus = await _send_wait_and_drain(server.port, stream, rng)
+            except Exception as exc:
+                raise AssertionError(f"{where}: {exc!r}") from exc
+            _check_answer(pdus, f"{where}: {pdus!r}")
+            await rec.wait_for("EVT_CONN_CLOSE", seed)
+            with anyio.fail_after(GUARD):
+                await server._until(lambda: not server.active_associations)
+            assert not list(spool.iterdir()), f"{where}: a spool file was left behind"
+        assert await echo_once(server.port) == 0
+    assert not list(spool.iterdir())
+    with anyio.fail_after(GUARD):  # (a thread stopped by a close lets go as it returns)
+        while {int(n) for n in os.listdir("/proc/self/fd")} - fds:
+            await anyio.sleep(0.01)
+    if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE and SPLICE_CASES >= 100:
+        outcomes = {job.outcome for job in spliced}
+        assert {Outcome.LAST, Outcome.HANDED_BACK, Outcome.CLOSED} <= outcomes, outcomes
+
+
+async def _send_wait_and_drain(port: int, data: bytes, rng: random.Random) -> list[object]:
+    """Send ``data`` in random pieces; wait a moment for the server's answer
+    to what follows the association (its side of the exchange goes on
+    meanwhile), then close our side and read every PDU until EOF."""
+    async with raw_connection(port) as peer:
+        try:
+            pos = 0
+            while pos < len(data):
+                step = rng.choice([1, 7, 100, 1500, 65536])
+                await peer.stream.send(data[pos : pos + step])
+                pos += step
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        first: list[object] = []
+        with anyio.move_on_after(0.05):
+            # (the A-ASSOCIATE-AC, undamaged; then the store's answer, or an abort)
+            while len(first) < 2 and (pdu := await peer.read_pdu()) is not None:
+                first.append(pdu)
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await peer.stream.send_eof()  # type: ignore[attr-defined]
+        return first + list(await peer.read_until_eof())
