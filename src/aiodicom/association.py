@@ -1789,6 +1789,7 @@ class Association:
             )
         except OSError as exc:  # out of descriptors, say: read on as usual
             LOGGER.debug("Not splicing the data set: %s", exc)
+            reassembler.spilled = first
             stream.attach_reading(b"".join([unread, *held]))
             self._splice_ok = False
             return None

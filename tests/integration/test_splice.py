@@ -401,3 +401,36 @@ async def test_the_network_timeout_is_armed_again_after_a_splice(
         expected = Outcome.LAST if then == "answered" else Outcome.HANDED_BACK
         assert [job.outcome for job in splices.jobs] == [expected]
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_no_descriptor_for_a_splice_reads_the_usual_way(
+    anyio_backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job cannot be made (EMFILE duplicating a descriptor): the data
+    set is read by the reader, the fragments held for the spool file kept,
+    byte for byte; the association splices no more."""
+    made: list[int] = []
+
+    def no_descriptors(*args: Any, **kwargs: Any) -> SpliceJob:
+        made.append(1)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(association, "SpliceJob", no_descriptors)
+    source = pixel_source(tmp_path, 300_001)
+    got: list[bytes] = []
+
+    def on_store(event: evt.Event) -> int:
+        got.append(event.encoded_dataset())
+        return 0
+
+    scu, scp = storage_pair(spool_threshold=THRESHOLD, maximum_pdu_size=4096)
+    scp.spool_directory = str(tmp_path)
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            for _ in range(2):
+                assert (await assoc.send_c_store(source)).Status == 0
+    assert got == [file_dataset_bytes(source)] * 2
+    assert made == ([1] if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE else [])
