@@ -433,3 +433,46 @@ def write_part10(path: Path, ds: Dataset, transfer_syntax: str) -> Path:
     meta = file_meta_for(ds.SOPClassUID, ds.SOPInstanceUID, transfer_syntax)
     path.write_bytes(part10_header(meta) + encode_dataset(ds, transfer_syntax))
     return path
+
+
+# ---------------------------------------------------------------------------
+# The splice of spooled data sets (aiodicom._splice)
+
+
+class Splices:
+    """The splice jobs run in this test (a spy on SpliceJob.run); ``started``,
+    if a test sets one, is set as each job starts."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+        self.started: anyio.Event | None = None
+
+    @staticmethod
+    def expected(backend: str) -> bool:
+        """True if an SCP on ``backend`` splices (asyncio, where splice(2) exists)."""
+        from aiodicom import association
+
+        return backend == "asyncio" and association._SPLICE_AVAILABLE
+
+    @property
+    def outcomes(self) -> list[Any]:
+        return [job.outcome for job in self.jobs]
+
+
+@pytest.fixture
+def splices(monkeypatch: pytest.MonkeyPatch) -> Splices:
+    import anyio.from_thread
+
+    from aiodicom._splice import SpliceJob
+
+    spy = Splices()
+    real = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        spy.jobs.append(job)
+        if spy.started is not None:
+            anyio.from_thread.run_sync(spy.started.set)
+        real(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
+    return spy

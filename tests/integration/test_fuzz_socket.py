@@ -23,8 +23,8 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from aiodicom import association, evt, sop_class
-from aiodicom._splice import Outcome, SpliceJob
+from aiodicom import evt, sop_class
+from aiodicom._splice import Outcome
 from aiodicom.dimse import DATASET_PRESENT, CommandField, encode_command, fragment
 from aiodicom.dsutils import encode_dataset
 from aiodicom.pdu import (
@@ -43,6 +43,7 @@ from .conftest import (
     RAW_IMPL_UID,
     RawPeer,
     Recorder,
+    Splices,
     echo_once,
     fake_scp,
     make_scp_ae,
@@ -59,8 +60,11 @@ CLIENT_CASES = int(os.environ.get("FUZZ_CLIENT_CASES", "500"))
 MAX_PDU = 4096
 
 
-def _valid_stream() -> bytes:
-    """The undamaged exchange, as the bytes a requestor sends."""
+def _store_stream(pixel_data: bytes) -> tuple[bytes, int, int]:
+    """An association (4 KiB PDUs), a C-STORE of a data set with
+    ``pixel_data``, a C-ECHO and a release, as the bytes a requestor sends;
+    and where the data set's PDUs from its third one on begin and end (past
+    the 4,096-byte spool threshold of the tests below: those a splice takes)."""
     rq = rq_with_contexts(
         (1, sop_class.Verification, ImplicitVRLittleEndian),
         (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
@@ -68,7 +72,7 @@ def _valid_stream() -> bytes:
         max_pdu=MAX_PDU,
     )
     ds = make_dataset()
-    ds.PixelData = bytes(range(256)) * 48  # 12 KiB: over the spool threshold below
+    ds.PixelData = pixel_data
     data = encode_dataset(ds, ExplicitVRLittleEndian)
     store = encode_command(
         {
@@ -88,14 +92,17 @@ def _valid_stream() -> bytes:
             "CommandDataSetType": 0x0101,
         }
     )
-    return b"".join(
-        [
-            encode(rq),
-            *fragment(3, store, data, MAX_PDU),
-            *fragment(1, echo, None, MAX_PDU),
-            encode(AReleaseRQ()),
-        ]
-    )
+    head = encode(rq)
+    pdus = [*fragment(3, store, data, MAX_PDU)]
+    start = len(head) + sum(map(len, pdus[:3]))  # (the command, two data PDUs)
+    end = len(head) + sum(map(len, pdus))
+    stream = b"".join([head, *pdus, *fragment(1, echo, None, MAX_PDU), encode(AReleaseRQ())])
+    return stream, start, end
+
+
+def _valid_stream() -> bytes:
+    """The undamaged exchange of the main test (a 12 KiB data set, spooled)."""
+    return _store_stream(bytes(range(256)) * 48)[0]
 
 
 def _pdu_length_fields(stream: bytes) -> list[int]:
@@ -131,34 +138,37 @@ def _check_answer(pdus: list[object], where: str) -> None:
     assert all(isinstance(p, AAbort) for p in pdus[first:]), where
 
 
-async def _send_and_drain(port: int, data: bytes, rng: random.Random) -> list[object]:
-    """Send ``data`` in random pieces, close our side, read every PDU until EOF."""
+async def _send_and_drain(
+    port: int, data: bytes, rng: random.Random, *, wait: bool = False
+) -> list[object]:
+    """Send ``data`` in random pieces, close our side, read every PDU until
+    EOF. ``wait``: before closing, wait a moment for the server's answer to
+    what follows the association (its side of the exchange goes on
+    meanwhile: a splice needs the connection open)."""
     async with raw_connection(port) as peer:
+        first: list[object] = []
         try:
             pos = 0
             while pos < len(data):
                 step = rng.choice([1, 7, 100, 1500, 65536])
                 await peer.stream.send(data[pos : pos + step])
                 pos += step
+            if wait:
+                with anyio.move_on_after(0.05):
+                    # (the A-ASSOCIATE-AC, undamaged; then the store's answer, or an abort)
+                    while len(first) < 2 and (pdu := await peer.read_pdu()) is not None:
+                        first.append(pdu)
             await peer.stream.send_eof()  # type: ignore[attr-defined]
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass  # the server aborted and closed while we sent: read what it said
-        return list(await peer.read_until_eof())  # every one must decode
+        return first + list(await peer.read_until_eof())  # every one must decode
 
 
 async def test_mutated_streams_never_break_the_server(
-    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, anyio_backend: str, splices: Splices
 ) -> None:
     """On asyncio the data set's PDUs past the spool threshold are spliced
     (aiodicom._splice): the damage reaches the splicing thread too."""
-    spliced: list[SpliceJob] = []
-    real_run = SpliceJob.run
-
-    def run(job: SpliceJob) -> None:
-        spliced.append(job)
-        real_run(job)
-
-    monkeypatch.setattr(SpliceJob, "run", run)
     spool = tmp_path / "spool"
     spool.mkdir()
     stored: list[int] = []
@@ -184,8 +194,8 @@ async def test_mutated_streams_never_break_the_server(
                 names = [type(await peer.read_pdu()).__name__ for _ in range(4)]
         assert names == ["AAssociateAC", "PDataTF", "PDataTF", "AReleaseRP"]
         assert stored == [1], "the valid store was not spooled and stored"
-        if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE:
-            assert [job.outcome for job in spliced] == [Outcome.LAST]
+        if splices.expected(anyio_backend):
+            assert splices.outcomes == [Outcome.LAST]
         for seed in range(1, CASES + 1):
             rng = random.Random(seed)
             kind, damaged = _mutate(valid, rng)
@@ -210,10 +220,6 @@ async def test_mutated_streams_never_break_the_server(
     assert not list(spool.iterdir()), "a spool file was left behind"
     assert set(kinds) == set(KINDS), kinds
     assert answered > CASES // 2, answered  # a cut inside the A-ASSOCIATE-RQ gets none
-    outcomes = {job.outcome for job in spliced}
-    if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE and CASES >= 100:
-        # damage in the spliced PDUs: handed back, cut off, and taken whole
-        assert {Outcome.LAST, Outcome.HANDED_BACK, Outcome.CLOSED} <= outcomes, outcomes
 
 
 # ---------------------------------------------------------------------------
@@ -751,47 +757,8 @@ async def test_mutated_streams_over_tls_never_break_the_server(tmp_path: Path) -
 SPLICE_CASES = int(os.environ.get("FUZZ_SPLICE_CASES", "200"))
 
 
-def _large_store_stream() -> tuple[bytes, int, int]:
-    """An association, a C-STORE of a 40 KiB data set in 4 KiB PDUs, a
-    C-ECHO, a release; and where the data set's PDUs past the spool
-    threshold (those a splice takes) begin and end."""
-    rq = rq_with_contexts(
-        (1, sop_class.Verification, ImplicitVRLittleEndian),
-        (3, sop_class.CTImageStorage, ExplicitVRLittleEndian),
-        calling="FUZZ",
-        max_pdu=MAX_PDU,
-    )
-    ds = make_dataset()
-    ds.PixelData = bytes(range(256)) * 160
-    store = encode_command(
-        {
-            "CommandField": CommandField.C_STORE_RQ,
-            "MessageID": 1,
-            "Priority": 0,
-            "AffectedSOPClassUID": sop_class.CTImageStorage,
-            "AffectedSOPInstanceUID": str(ds.SOPInstanceUID),
-            "CommandDataSetType": DATASET_PRESENT,
-        }
-    )
-    echo = encode_command(
-        {
-            "CommandField": CommandField.C_ECHO_RQ,
-            "MessageID": 2,
-            "AffectedSOPClassUID": sop_class.Verification,
-            "CommandDataSetType": 0x0101,
-        }
-    )
-    head = encode(rq)
-    pdus = [*fragment(3, store, encode_dataset(ds, ExplicitVRLittleEndian), MAX_PDU)]
-    # (the command, then two data PDUs: past 4,096 bytes the data set spills)
-    start = len(head) + sum(map(len, pdus[:3]))
-    end = len(head) + sum(map(len, pdus))
-    stream = b"".join([head, *pdus, *fragment(1, echo, None, MAX_PDU), encode(AReleaseRQ())])
-    return stream, start, end
-
-
 async def test_mutated_spliced_data_sets_never_break_the_server(
-    tmp_path: Path, anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, anyio_backend: str, splices: Splices
 ) -> None:
     """The damage falls in the data set's PDUs past the spool threshold,
     which on asyncio a worker thread splices into the spool file, and the
@@ -800,14 +767,6 @@ async def test_mutated_spliced_data_sets_never_break_the_server(
     connection ends, no spool file, association or descriptor is left, and
     the server serves on. The splice takes some whole, hands some back and
     sees some cut off."""
-    spliced: list[SpliceJob] = []
-    real_run = SpliceJob.run
-
-    def run(job: SpliceJob) -> None:
-        spliced.append(job)
-        real_run(job)
-
-    monkeypatch.setattr(SpliceJob, "run", run)
     spool = tmp_path / "spool"
     spool.mkdir()
     ae = make_scp_ae(acse_timeout=0.5, dimse_timeout=2.0)
@@ -815,7 +774,7 @@ async def test_mutated_spliced_data_sets_never_break_the_server(
     ae.spool_threshold = 4096
     ae.spool_directory = str(spool)
     ae.network_timeout = 2.0
-    valid, start, end = _large_store_stream()
+    valid, start, end = _store_stream(bytes(range(256)) * 160)  # 40 KiB
     rec = Recorder()
     fds = {int(n) for n in os.listdir("/proc/self/fd")}
     async with running_server(ae, [(evt.EVT_C_STORE, lambda event: 0), *rec.handlers]) as server:
@@ -828,7 +787,7 @@ async def test_mutated_spliced_data_sets_never_break_the_server(
             where = f"seed {seed} ({kind})"
             try:
                 with anyio.fail_after(GUARD):
-                    pdus = await _send_wait_and_drain(server.port, stream, rng)
+                    pdus = await _send_and_drain(server.port, stream, rng, wait=True)
             except Exception as exc:
                 raise AssertionError(f"{where}: {exc!r}") from exc
             _check_answer(pdus, f"{where}: {pdus!r}")
@@ -841,29 +800,6 @@ async def test_mutated_spliced_data_sets_never_break_the_server(
     with anyio.fail_after(GUARD):  # (a thread stopped by a close lets go as it returns)
         while {int(n) for n in os.listdir("/proc/self/fd")} - fds:
             await anyio.sleep(0.01)
-    if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE and SPLICE_CASES >= 100:
-        outcomes = {job.outcome for job in spliced}
+    if splices.expected(anyio_backend) and SPLICE_CASES >= 100:
+        outcomes = set(splices.outcomes)
         assert {Outcome.LAST, Outcome.HANDED_BACK, Outcome.CLOSED} <= outcomes, outcomes
-
-
-async def _send_wait_and_drain(port: int, data: bytes, rng: random.Random) -> list[object]:
-    """Send ``data`` in random pieces; wait a moment for the server's answer
-    to what follows the association (its side of the exchange goes on
-    meanwhile), then close our side and read every PDU until EOF."""
-    async with raw_connection(port) as peer:
-        try:
-            pos = 0
-            while pos < len(data):
-                step = rng.choice([1, 7, 100, 1500, 65536])
-                await peer.stream.send(data[pos : pos + step])
-                pos += step
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
-        first: list[object] = []
-        with anyio.move_on_after(0.05):
-            # (the A-ASSOCIATE-AC, undamaged; then the store's answer, or an abort)
-            while len(first) < 2 and (pdu := await peer.read_pdu()) is not None:
-                first.append(pdu)
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await peer.stream.send_eof()  # type: ignore[attr-defined]
-        return first + list(await peer.read_until_eof())

@@ -13,7 +13,6 @@ import functools
 import os
 import resource
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,15 @@ from aiodicom.dimse import decode_command
 from aiodicom.pdu import PDV, AAbort, PDataTF, encode_p_data
 from aiodicom.testing import make_dataset
 
-from .conftest import GUARD, RawPeer, echo_once, make_scp_ae, running_server, write_part10
+from .conftest import (
+    GUARD,
+    RawPeer,
+    Splices,
+    echo_once,
+    make_scp_ae,
+    running_server,
+    write_part10,
+)
 from .test_store import (
     file_dataset_bytes,
     send_request,
@@ -43,32 +50,6 @@ CHUNK = 16378  # a 16 KiB PDU's fragment
 THRESHOLD = 10_000
 
 
-class Splices:
-    """The splice jobs an SCP ran (a spy on SpliceJob.run)."""
-
-    def __init__(self) -> None:
-        self.jobs: list[SpliceJob] = []
-        self.started: anyio.Event | None = None
-
-    def expected(self, backend: str) -> bool:
-        return backend == "asyncio" and association._SPLICE_AVAILABLE
-
-
-@pytest.fixture
-def splices(monkeypatch: pytest.MonkeyPatch) -> Iterator[Splices]:
-    spy = Splices()
-    real = SpliceJob.run
-
-    def run(job: SpliceJob) -> None:
-        spy.jobs.append(job)
-        if spy.started is not None:
-            anyio.from_thread.run_sync(spy.started.set)
-        real(job)
-
-    monkeypatch.setattr(SpliceJob, "run", run)
-    yield spy
-
-
 def fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
@@ -78,6 +59,28 @@ def pixel_source(tmp_path: Path, size: int) -> Path:
     ds.PixelData = bytes((i * 13 + 5) % 256 for i in range(size))
     ds["PixelData"].VR = "OB"
     return write_part10(tmp_path / "big.dcm", ds, ExplicitVRLittleEndian)
+
+
+def ct_scp(spool_directory: Path) -> Any:
+    """A CT Image Storage SCP (Explicit VR LE) spooling past THRESHOLD into ``spool_directory``."""
+    scp = make_scp_ae(spool_threshold=THRESHOLD)
+    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
+    scp.spool_directory = str(spool_directory)
+    return scp
+
+
+async def store_times(scu: Any, scp: Any, source: Path, times: int, handler: Any) -> list[int]:
+    """Send ``source`` ``times`` times on one association over TCP to ``scp``
+    serving ``handler``; the statuses."""
+    statuses = []
+    with anyio.fail_after(GUARD):
+        async with (
+            running_server(scp, [(evt.EVT_C_STORE, handler)]) as server,
+            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
+        ):
+            for _ in range(times):
+                statuses.append(int((await assoc.send_c_store(source)).Status))
+    return statuses
 
 
 @pytest.mark.parametrize("enabled", [True, False], ids=["splice", "AIODICOM_SPLICE=0"])
@@ -107,13 +110,7 @@ async def test_a_spooled_data_set_is_spliced_byte_for_byte(
 
     scu, scp = storage_pair(spool_threshold=THRESHOLD, maximum_pdu_size=max_pdu)
     scp.spool_directory = str(spool_dir)
-    with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
-            for _ in range(3):
-                assert (await assoc.send_c_store(source)).Status == 0
+    assert await store_times(scu, scp, source, 3, on_store) == [0] * 3
     assert len(got) == 3
     for encoded, part10 in got:
         assert encoded == file_dataset_bytes(source)
@@ -144,9 +141,7 @@ async def test_a_pdu_of_another_shape_is_read_the_usual_way(
 ) -> None:
     """A sender that puts two fragments in one PDU: the splice hands the
     connection back at it, and the data set is complete and exact."""
-    scp = make_scp_ae(spool_threshold=THRESHOLD)
-    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
-    scp.spool_directory = str(tmp_path)
+    scp = ct_scp(tmp_path)
     got: list[bytes] = []
 
     def on_store(event: evt.Event) -> int:
@@ -191,9 +186,7 @@ async def test_a_transfer_cut_off_while_spliced_leaves_nothing_behind(
     the server goes on serving. A fragment on another context or a command
     fragment inside a data set is the usual violation: the SCP aborts
     (source 2, reason 5 or 6); a stall past network_timeout aborts too."""
-    scp = make_scp_ae(spool_threshold=THRESHOLD)
-    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
-    scp.spool_directory = str(tmp_path)
+    scp = ct_scp(tmp_path)
     scp.network_timeout = 0.5 if how == "stall" else 30
     ended = anyio.Event()
     stored: list[Any] = []
@@ -252,9 +245,7 @@ async def test_a_server_closed_while_a_data_set_is_spliced_stops_the_splice(
     shut down (its associations aborted) or its task group cancelled: the
     association ends at once with an A-ABORT, the thread lets go, and no
     spool file or descriptor is left."""
-    scp = make_scp_ae(spool_threshold=THRESHOLD)
-    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
-    scp.spool_directory = str(tmp_path)
+    scp = ct_scp(tmp_path)
     scp.network_timeout = None
     before = fds()
     with anyio.fail_after(GUARD):
@@ -291,9 +282,7 @@ async def test_past_the_thread_limit_data_sets_are_read_the_usual_way(
     peer pauses mid data set), a second association's data set is read by its
     reader and stored; then the first completes through its thread."""
     monkeypatch.setattr(association, "_SPLICE_THREADS", 1)
-    scp = make_scp_ae(spool_threshold=THRESHOLD)
-    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
-    scp.spool_directory = str(tmp_path)
+    scp = ct_scp(tmp_path)
     got: list[bytes] = []
 
     def on_store(event: evt.Event) -> int:
@@ -377,9 +366,7 @@ async def test_the_network_timeout_is_armed_again_after_a_splice(
     middle of its data set once the thread handed back a PDU of two PDVs
     (nothing written then to arm the timer), is aborted; one that sends
     slowly but within the timeout is not."""
-    scp = make_scp_ae(spool_threshold=THRESHOLD)
-    scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
-    scp.spool_directory = str(tmp_path)
+    scp = ct_scp(tmp_path)
     scp.network_timeout = 0.5
     pdv = PDV(context_id=1, is_command=False, is_last=False, data=bytes(100))
     with anyio.fail_after(GUARD):
@@ -425,12 +412,6 @@ async def test_no_descriptor_for_a_splice_reads_the_usual_way(
 
     scu, scp = storage_pair(spool_threshold=THRESHOLD, maximum_pdu_size=4096)
     scp.spool_directory = str(tmp_path)
-    with anyio.fail_after(GUARD):
-        async with (
-            running_server(scp, [(evt.EVT_C_STORE, on_store)]) as server,
-            scu.associate("127.0.0.1", server.port, ae_title="TEST_SCP") as assoc,
-        ):
-            for _ in range(2):
-                assert (await assoc.send_c_store(source)).Status == 0
+    assert await store_times(scu, scp, source, 2, on_store) == [0] * 2
     assert got == [file_dataset_bytes(source)] * 2
     assert made == ([1] if anyio_backend == "asyncio" and association._SPLICE_AVAILABLE else [])
