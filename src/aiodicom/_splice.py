@@ -51,7 +51,10 @@ PIPE_SIZE = 1 << 20
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 #: What splice() into a file fails with where the file system cannot take it.
 _NO_FILE_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
-_POLL_IN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+#: (Not POLLPRI: urgent data a peer sent would wake every poll, a spin.)
+_POLL_IN = select.POLLIN | select.POLLERR | select.POLLHUP
+#: poll() takes a C int of milliseconds.
+_POLL_MAX_MS = (1 << 31) - 1
 
 _SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
 
@@ -122,7 +125,11 @@ class SpliceJob:
         self._prefix = list(prefix)
         self._context_id = context_id
         self._max_pdu = max_pdu
-        self._timeout_ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        self._timeout_ms = (
+            -1
+            if timeout is None or not timeout * 1000 < _POLL_MAX_MS  # (inf, or past 24 days)
+            else max(0, int(timeout * 1000))
+        )
         self._call = call
         #: False once the file system refused splice(): the pipe is read and written.
         self._file_splice = True

@@ -315,3 +315,14 @@ def test_the_pipe_asks_for_its_size() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+@pytest.mark.parametrize("timeout", [float("inf"), 1e12])
+def test_a_timeout_past_what_poll_takes_waits_without_one(
+    pair: tuple[socket.socket, socket.socket], spool: int, timeout: float
+) -> None:
+    a, b = pair
+    a.sendall(pdu(b"w" * 10, mch=0x02))
+    assert (
+        run(SpliceJob(b.fileno(), spool, context_id=CTX, timeout=timeout)).outcome is Outcome.LAST
+    )
