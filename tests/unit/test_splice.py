@@ -317,7 +317,7 @@ def test_the_pipe_asks_for_its_size() -> None:
         os.close(w)
 
 
-@pytest.mark.parametrize("timeout", [float("inf"), 1e12])
+@pytest.mark.parametrize("timeout", [float("inf")])
 def test_a_timeout_past_what_poll_takes_waits_without_one(
     pair: tuple[socket.socket, socket.socket], spool: int, timeout: float
 ) -> None:
