@@ -100,6 +100,10 @@ class AE:
         #: the request is refused out of resources (C-FIND 0xA700, C-GET and
         #: C-MOVE 0xA701, N services 0x0213) and a response fails its
         #: operation with DIMSEError. With 0 there is no such limit either.
+        #: On asyncio under Linux, once a data set is being spooled the rest
+        #: of it goes from the socket into the file by ``splice(2)``, in a
+        #: worker thread (see docs/architecture.md; ``AIODICOM_SPLICE=0`` in
+        #: the environment turns that off).
         self.spool_threshold = 16 * 1024 * 1024
         #: Where spool files go (``None``: the system's temporary directory).
         #: The file at ``event.dataset_path`` is the handler's to move away
