@@ -448,11 +448,13 @@ class Splices:
         self.started: anyio.Event | None = None
 
     @staticmethod
-    def expected(backend: str) -> bool:
-        """True if an SCP on ``backend`` splices (asyncio, where splice(2) exists)."""
+    def expected(backend: Any) -> bool:
+        """True if an SCP on ``backend`` (an ``anyio_backend`` value) splices:
+        asyncio (uvloop's loop too), where splice(2) exists."""
         from aiodicom import association
 
-        return backend == "asyncio" and association._SPLICE_AVAILABLE
+        name = backend if isinstance(backend, str) else backend[0]
+        return name == "asyncio" and association._SPLICE_AVAILABLE
 
     @property
     def outcomes(self) -> list[Any]:
