@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -728,3 +729,112 @@ async def test_a_lost_connection_lets_go_of_its_buffers_and_consumer() -> None:
     assert bytes(await stream.receive_view()) == b"hello"
     stream.set_consumer(lambda view: view)
     assert protocol.consumer is None
+
+
+# ---------------------------------------------------------------------------
+# Lending the connection to another reader (detach_reading / attach_reading),
+# on asyncio's loop and on uvloop's (whose transport pauses reading otherwise)
+
+_LOOPS = pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")],
+)
+
+
+async def _until_buffered(stream: AsyncioStream, size: int) -> None:
+    """Wait until the stream holds ``size`` bytes received and not yet returned
+    (handed on, or a PDU begun)."""
+    protocol = stream._protocol
+    while protocol.buffered + protocol.end - protocol.start < size:
+        await anyio.sleep(0.001)
+
+
+@_LOOPS
+async def test_detach_hands_over_what_arrived_and_stops_reading() -> None:
+    """What arrived and was not returned (whole PDUs, and the start of one)
+    is handed over in order; what comes after stays in the socket for the
+    other reader; given back, bytes are framed as if they had just arrived,
+    and reading goes on."""
+    one, two, three = _pdu(100, 1), _pdu(5000, 2), _pdu(300, 3)
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True) as (stream, _reader, writer):
+            writer.write(one + two + three[:50])
+            await writer.drain()
+            assert bytes(await stream.receive_view(len(one))) == one
+            await _until_buffered(stream, len(two) + 50)
+            closed: list[bool] = []
+            detached = stream.detach_reading(lambda: closed.append(True))
+            assert detached is not None
+            fd, held = detached
+            assert b"".join(held) == two + three[:50]
+            writer.write(three[50:])
+            await writer.drain()
+            await anyio.sleep(0.05)  # (the loop's turns, in which a reading transport reads)
+            protocol = stream._protocol
+            assert (protocol.buffered, protocol.end - protocol.start) == (0, 0)
+            rest = b""
+            while len(rest) < len(three) - 50:  # (the other reader's socket reads)
+                with contextlib.suppress(BlockingIOError):
+                    rest += os.read(fd, 1 << 16)
+                await anyio.sleep(0.001)
+            assert rest == three[50:]
+            # given back: the middle of PDU two onwards, then more arrives
+            stream.attach_reading(two[3000:] + three[:10])
+            writer.write(three[10:] + one)
+            await writer.drain()
+            got = b""
+            while len(got) < len(two) - 3000 + len(three) + len(one):
+                got += bytes(await stream.receive_view(1 << 62))
+            assert got == two[3000:] + three + one
+            assert closed == []
+
+
+@_LOOPS
+async def test_detach_takes_all_past_the_high_water_and_attach_keeps_the_pause() -> None:
+    """A peer sent more than 4 MiB, and reading paused (flow control): all of
+    it is handed over. Given back whole, it stays paused until the stream is
+    read below the low water, and then everything else arrives, in order."""
+    pdus = [_pdu(65_000, i % 251) for i in range(100)]  # 6.5 MB
+    data = b"".join(pdus)
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True) as (stream, _reader, writer):
+            writer.write(data)
+            protocol = stream._protocol
+            while not protocol.reading_paused:
+                await anyio.sleep(0.001)
+            detached = stream.detach_reading(lambda: None)
+            assert detached is not None
+            _fd, held = detached
+            taken = b"".join(held)
+            assert len(taken) > 4 << 20 and data.startswith(taken)
+            stream.attach_reading(taken)
+            assert protocol.reading_paused
+            got = b""
+            while len(got) < len(data):
+                got += bytes(await stream.receive_view(1 << 62))
+            assert got == data
+            assert not protocol.reading_paused
+
+
+@_LOOPS
+async def test_closing_a_detached_stream_tells_the_other_reader() -> None:
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True) as (stream, _reader, _writer):
+            closed: list[bool] = []
+            assert stream.detach_reading(lambda: closed.append(True)) is not None
+            await stream.aclose()
+            assert closed == [True]
+            stream.attach_reading(b"late")  # (a closed stream takes nothing back)
+            assert stream._protocol.buffered == 0
+            assert stream.detach_reading(lambda: None) is None
+
+
+@_LOOPS
+async def test_given_back_empty_a_stream_reads_again() -> None:
+    with anyio.fail_after(GUARD):
+        async with pair(pdu_framing=True) as (stream, _reader, writer):
+            assert stream.detach_reading(lambda: None) is not None
+            stream.attach_reading(b"")
+            writer.write(_pdu(10))
+            await writer.drain()
+            assert bytes(await stream.receive_view(1 << 62)) == _pdu(10)
