@@ -7,12 +7,15 @@ then into the spool file's page cache, and every PDU costs the event loop a
 few steps. Here a worker thread takes the connection over for the rest of
 the data set: it reads each PDU's 12 bytes of headers, checks them, and
 moves the fragment from the socket through a pipe into the file with
-``splice(2)`` (Linux), which copies it once, in the kernel.
+``splice(2)`` (Linux), which copies it once, in the kernel. Small PDUs
+(fragments under :data:`SPLICE_MIN`) are read several at a time into a
+buffer instead, and their fragments written together.
 
-The job hands the connection back, at a PDU boundary, as soon as anything
-else comes: another kind of PDU (an A-ABORT, say), a PDU with more than one
-PDV, one longer than our maximum, a command fragment or a fragment on
-another presentation context. What it read of that PDU is given back
+The job hands the connection back after the data set's last fragment, and
+as soon as anything else comes: another kind of PDU (an A-ABORT, say), a
+PDU with more than one PDV, one longer than our maximum, a command fragment
+or a fragment on another presentation context. What it read and did not
+take, from the start of that PDU on, is given back
 (:attr:`SpliceJob.leftover`) for the reader to parse and judge as always.
 
 Blocking, and no asyncio here: :meth:`SpliceJob.run` is for a worker thread,
@@ -48,6 +51,15 @@ AVAILABLE = hasattr(os, "splice") and os.environ.get("AIODICOM_SPLICE", "1") != 
 #: The pipe a job moves the bytes through (it asks for this much room; the
 #: kernel's default, 64 KiB, if it may not have it).
 PIPE_SIZE = 1 << 20
+#: A fragment this long or longer is spliced; shorter ones (a sender's
+#: small PDUs) are read into a buffer, several PDUs a read, and written
+#: together with one writev: per PDU, splice costs four system calls
+#: (two header reads, two splices), which past a few tens of KiB is less
+#: than the second copy, and below it more (at 16 KiB PDUs, 31 to 34 ms
+#: of CPU per 64 MB against 21; at 256 KiB, 16.6 against 21.3).
+SPLICE_MIN = 64 << 10
+#: The buffer small PDUs are read into.
+READ_BUFFER = 1 << 20
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 #: What splice() into a file fails with where the file system cannot take it.
 _NO_FILE_SPLICE = frozenset((errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP))
@@ -102,10 +114,10 @@ class SpliceJob:
     (see :data:`aiodicom._spool.WRITE_CALL`).
 
     After :meth:`run`: :attr:`outcome`; :attr:`received` (fragment bytes
-    taken off the connection, written or not); :attr:`leftover` (bytes read
-    that the reader must parse, when the connection is at a PDU boundary);
-    :attr:`aligned` (the connection is at a PDU boundary, after the
-    leftover); :attr:`file_error` (the first write failure: the fragments
+    taken off the connection, written or not); :attr:`leftover` (bytes read,
+    from a PDU boundary on, that the reader must parse first); :attr:`aligned`
+    (the leftover starts at a PDU boundary, and the connection's next byte
+    follows it); :attr:`file_error` (the first write failure: the fragments
     after it are received and dropped, so the stream stays in step).
     """
 
@@ -133,6 +145,11 @@ class SpliceJob:
         self._call = call
         #: False once the file system refused splice(): the pipe is read and written.
         self._file_splice = True
+        #: The last PDU was small: the next bytes are read into the buffer.
+        self._small = False
+        self._buffer: bytearray | None = None
+        #: Fragments taken, to write together before the buffer is read into again.
+        self._pending: list[Any] = []
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -209,6 +226,8 @@ class SpliceJob:
         except _End as end:
             self.outcome = end.outcome
         finally:
+            if self.outcome is not Outcome.STOPPED:
+                self._flush()  # (fragments read into the buffer, not yet written)
             if pipe is not None:
                 for fd in pipe:
                     os.close(fd)
@@ -240,9 +259,14 @@ class SpliceJob:
             ):
                 self._hand_back(head + pdv, held)
             size = pdv_length - 2
-            inline = held.views(size)
-            self._write_views(inline)
-            self._splice_in(pipe, size - sum(map(len, inline)))
+            self._small = size < SPLICE_MIN
+            left = self._take_views(held, size)
+            while left and self._small:
+                self._fill(held, mid_pdu=True)
+                left = self._take_views(held, left)
+            if left:
+                self._flush()
+                self._splice_in(pipe, left)
             self.received += size
             if control & 0x02:
                 self.outcome = Outcome.LAST
@@ -259,6 +283,9 @@ class SpliceJob:
         """``n`` bytes: from what was received already as far as it goes,
         then from the socket."""
         got = held.take(n)
+        while len(got) < n and self._small:
+            self._fill(held, read=before + got)
+            got += held.take(n - len(got))
         while len(got) < n:
             self._check_stop()
             try:
@@ -272,6 +299,46 @@ class SpliceJob:
                 self._closed_by(None, before + got)
             got += data
         return got
+
+    def _take_views(self, held: _Held, size: int) -> int:
+        """Take up to ``size`` fragment bytes from ``held`` (written later, by
+        :meth:`_flush`); how many are still to come."""
+        views = held.views(size)
+        self._pending.extend(views)
+        return size - sum(map(len, views))
+
+    def _flush(self) -> None:
+        """Write the fragments taken so far."""
+        pending, self._pending = self._pending, []
+        self._write_views(pending)
+
+    def _fill(self, held: _Held, read: bytes = b"", mid_pdu: bool = False) -> None:
+        """Read what the socket has (waiting until it has something) into the
+        buffer, after what ``held`` still holds. ``read``: what was read of the
+        PDU under way (for :attr:`leftover`, if the connection ends);
+        ``mid_pdu``: it ends inside a fragment."""
+        self._flush()  # (views of the buffer among them: it is read into again)
+        tail = held.rest()  # (less than a PDU's headers, or nothing)
+        if self._buffer is None:
+            self._buffer = bytearray(READ_BUFFER)
+        view = memoryview(self._buffer)
+        while True:
+            self._check_stop()
+            try:
+                n = os.readv(self._sock, [view])
+            except (BlockingIOError, InterruptedError):
+                self._wait()
+                continue
+            except OSError as exc:
+                if mid_pdu:
+                    self._lost_mid_pdu(exc)
+                self._closed_by(exc, read + tail)
+            if not n:
+                if mid_pdu:
+                    self._lost_mid_pdu(None)
+                self._closed_by(None, read + tail)
+            held.reset([tail, view[:n]])
+            return
 
     def _closed_by(self, exc: OSError | None, read: bytes) -> None:
         """The connection ended: ``read`` is what was read of the PDU under way."""
@@ -351,7 +418,8 @@ class _Held:
     __slots__ = ("_pieces",)
 
     def __init__(self, pieces: Sequence[Any]) -> None:
-        self._pieces = [memoryview(p).cast("B") for p in reversed(pieces) if len(p)]
+        self._pieces: list[memoryview] = []
+        self.reset(pieces)
 
     def take(self, n: int) -> bytes:
         """Up to ``n`` bytes (fewer if that is all there is)."""
@@ -371,6 +439,10 @@ class _Held:
                 pieces[-1] = piece[n:]
                 n = 0
         return out
+
+    def reset(self, pieces: Sequence[Any]) -> None:
+        """Hold ``pieces`` (in order) instead."""
+        self._pieces = [memoryview(p).cast("B") for p in reversed(pieces) if len(p)]
 
     def rest(self) -> bytes:
         """All that is left."""
