@@ -32,8 +32,8 @@ import errno
 import os
 import select
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TypeVar
 
 from ._spool import WRITE_CALL, _write_fd
 
@@ -69,6 +69,8 @@ _POLL_IN = select.POLLIN | select.POLLERR | select.POLLHUP
 _POLL_MAX_MS = (1 << 31) - 1
 
 _SET_PIPE_SIZE: int | None = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+
+_T = TypeVar("_T")
 
 _P_DATA_TF = 0x04
 _PDU_HEADER = 6
@@ -262,7 +264,7 @@ class SpliceJob:
             self._small = size < SPLICE_MIN
             left = self._take_views(held, size)
             while left and self._small:
-                self._fill(held, mid_pdu=True)
+                self._fill(held, None)  # (inside a fragment)
                 left = self._take_views(held, left)
             if left:
                 self._flush()
@@ -281,22 +283,18 @@ class SpliceJob:
 
     def _take(self, held: _Held, n: int, before: bytes = b"") -> bytes:
         """``n`` bytes: from what was received already as far as it goes,
-        then from the socket."""
+        then from the socket. ``before``: what was read of the PDU already."""
         got = held.take(n)
         while len(got) < n and self._small:
-            self._fill(held, read=before + got)
+            self._fill(held, before + got)
             got += held.take(n - len(got))
         while len(got) < n:
-            self._check_stop()
             try:
-                data = os.read(self._sock, n - len(got))
-            except (BlockingIOError, InterruptedError):
-                self._wait()
-                continue
+                data = self._from_socket(os.read, self._sock, n - len(got))
             except OSError as exc:
-                self._closed_by(exc, before + got)
+                self._ended(exc, before + got)
             if not data:
-                self._closed_by(None, before + got)
+                self._ended(None, before + got)
             got += data
         return got
 
@@ -312,62 +310,59 @@ class SpliceJob:
         pending, self._pending = self._pending, []
         self._write_views(pending)
 
-    def _fill(self, held: _Held, read: bytes = b"", mid_pdu: bool = False) -> None:
+    def _fill(self, held: _Held, read: bytes | None) -> None:
         """Read what the socket has (waiting until it has something) into the
-        buffer, after what ``held`` still holds. ``read``: what was read of the
-        PDU under way (for :attr:`leftover`, if the connection ends);
-        ``mid_pdu``: it ends inside a fragment."""
+        buffer, for ``held`` to hold: called once all it held is taken.
+        ``read``: what was read of the PDU under way, if the connection ends
+        (see :meth:`_ended`)."""
         self._flush()  # (views of the buffer among them: it is read into again)
-        tail = held.rest()  # (less than a PDU's headers, or nothing)
         if self._buffer is None:
             self._buffer = bytearray(READ_BUFFER)
         view = memoryview(self._buffer)
+        try:
+            n = self._from_socket(os.readv, self._sock, [view])
+        except OSError as exc:
+            self._ended(exc, read)
+        if not n:
+            self._ended(None, read)
+        held.reset([view[:n]])
+
+    def _from_socket(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)``, a read of the socket, once it has something to read
+        (or a reason to stop). An OSError but EAGAIN is the caller's."""
         while True:
             self._check_stop()
             try:
-                n = os.readv(self._sock, [view])
+                return call(*args)
             except (BlockingIOError, InterruptedError):
                 self._wait()
-                continue
-            except OSError as exc:
-                if mid_pdu:
-                    self._lost_mid_pdu(exc)
-                self._closed_by(exc, read + tail)
-            if not n:
-                if mid_pdu:
-                    self._lost_mid_pdu(None)
-                self._closed_by(None, read + tail)
-            held.reset([tail, view[:n]])
-            return
 
-    def _closed_by(self, exc: OSError | None, read: bytes) -> None:
-        """The connection ended: ``read`` is what was read of the PDU under way."""
+    def _ended(self, exc: OSError | None, read: bytes | None) -> NoReturn:
+        """The connection ended (``exc``: how it failed). ``read``: what was
+        read of the PDU under way, given back for the reader to find short;
+        None: it ended inside a fragment, past where a reader can follow."""
         self.socket_error = exc
-        self.leftover = read
-        self.aligned = True  # (the PDU's bytes so far, for the reader to find short)
+        if read is None:
+            self.aligned = False
+        else:
+            self.leftover = read
+            self.aligned = True
         raise _End(Outcome.CLOSED)
 
     def _splice_in(self, pipe: tuple[int, int], size: int) -> None:
         """Move ``size`` bytes from the socket into the file, through ``pipe``."""
         pipe_r, pipe_w = pipe
         while size:
-            self._check_stop()
             try:
-                n = os.splice(self._sock, pipe_w, min(size, PIPE_SIZE), flags=_SPLICE_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                self._wait()
-                continue
+                n = self._from_socket(
+                    os.splice, self._sock, pipe_w, min(size, PIPE_SIZE), None, None, _SPLICE_FLAGS
+                )
             except OSError as exc:
-                self._lost_mid_pdu(exc)
+                self._ended(exc, None)
             if not n:
-                self._lost_mid_pdu(None)
+                self._ended(None, None)
             size -= n
             self._drain(pipe_r, n)
-
-    def _lost_mid_pdu(self, exc: OSError | None) -> None:
-        self.socket_error = exc
-        self.aligned = False
-        raise _End(Outcome.CLOSED)
 
     def _drain(self, pipe_r: int, n: int) -> None:
         """Move the ``n`` bytes in the pipe into the file (or drop them, after a write error)."""

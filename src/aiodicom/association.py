@@ -206,9 +206,8 @@ _splice_limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.Cap
 )
 
 
-def _splice_limiter() -> anyio.CapacityLimiter:
-    """The running event loop's limiter of splice threads."""
-    loop = asyncio.get_running_loop()
+def _splice_limiter(loop: asyncio.AbstractEventLoop) -> anyio.CapacityLimiter:
+    """``loop``'s limiter of splice threads."""
     limiter = _splice_limiters.get(loop)
     if limiter is None:
         limiter = _splice_limiters[loop] = anyio.CapacityLimiter(_SPLICE_THREADS)
@@ -807,10 +806,10 @@ class Association:
 
     async def _apply(self, effects: tuple[Effect, ...]) -> None:
         """Carry out the Upper Layer's effects, in order."""
-        if self._ul.state not in _FLOWING:
+        if self._splicing is not None and self._ul.state not in _FLOWING:
             # Aborting or closing: the rest of a data set being spliced will
             # not be wanted. (Before an A-ABORT goes: the thread stops first.)
-            self._stop_splice()
+            self._splicing.stop()
         for effect in effects:
             if isinstance(effect, Indicate) and isinstance(effect.primitive, AbortIndication):
                 # The association is over from now on (the Upper Layer's state
@@ -1038,9 +1037,14 @@ class Association:
             and self._splicing is None  # (the splicing thread watches it)
             and now >= max(self._last_rx, self._last_tx) + net
         ):
-            LOGGER.error("Network timeout: nothing received or sent for %s s, aborting", net)
-            self._timed_out(TimeoutError(f"no data from the peer for {net} s"))
-            await self._abort_from_timer(now)
+            await self._abort_idle(now, "nothing received or sent")
+
+    async def _abort_idle(self, now: float, silence: str) -> None:
+        """The network timeout passed with ``silence`` on the connection: abort."""
+        net = self.network_timeout
+        LOGGER.error("Network timeout: %s for %s s, aborting", silence, net)
+        self._timed_out(TimeoutError(f"no data from the peer for {net} s"))
+        await self._abort_from_timer(now)
 
     def _timed_out(self, error: TimeoutError) -> None:
         self._was_aborted = True
@@ -1135,21 +1139,17 @@ class Association:
     async def _read_loop(self) -> None:
         self._last_rx = self._clock()
         self._spawn(self._watchdog)
+        # Every PDU is to be logged or notified: none may bypass the reader.
+        pdus_watched = (
+            self._debug or evt.EVT_PDU_RECV in self._bound or evt.EVT_FSM_TRANSITION in self._bound
+        )
         # A data set being spooled may go from the socket into its file
-        # without the reader (see _splice_rest): not while every PDU is to
-        # be logged or notified.
+        # without the reader (see _splice_rest).
         self._splice_ok = (
-            _SPLICE_AVAILABLE
-            and type(self._stream) is AsyncioStream
-            and not self._debug
-            and evt.EVT_PDU_RECV not in self._bound
-            and evt.EVT_FSM_TRANSITION not in self._bound
+            _SPLICE_AVAILABLE and type(self._stream) is AsyncioStream and not pdus_watched
         )
         if isinstance(self._stream, AsyncioStream) and not (
-            self._debug
-            or evt.EVT_PDU_RECV in self._bound
-            or evt.EVT_DIMSE_RECV in self._bound
-            or evt.EVT_FSM_TRANSITION in self._bound
+            pdus_watched or evt.EVT_DIMSE_RECV in self._bound
         ):
             self._stream.set_consumer(self._consume)
         if isinstance(self._stream, AsyncioStream):
@@ -1766,7 +1766,7 @@ class Association:
         current = reassembler.current
         fd = spool.fd
         assert isinstance(stream, AsyncioStream) and current is not None and fd is not None
-        limiter = _splice_limiter()
+        limiter = _splice_limiter(stream.loop)
         if limiter.available_tokens < 1:
             return None  # as many splice as may: this one is read the usual way
         unread = memoryview(self._rbuf)[self._rpos :]
@@ -1825,13 +1825,9 @@ class Association:
             stream.attach_reading(b"")
             return None
         if outcome is Outcome.TIMED_OUT:
-            LOGGER.error(
-                "Network timeout: nothing received for %s s, aborting", self.network_timeout
-            )
-            self._timed_out(TimeoutError(f"no data from the peer for {self.network_timeout} s"))
             self._stream_broken = True  # (mid-PDU: nothing more is parsed)
             stream.attach_reading(b"")
-            await self._abort_from_timer(now)
+            await self._abort_idle(now, "nothing received")
             return None
         if outcome is Outcome.CLOSED and job.socket_error is not None:
             LOGGER.debug("Connection failed while splicing: %s", job.socket_error)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -65,6 +64,7 @@ from .conftest import (
     GUARD,
     RAW_IMPL_UID,
     RawPeer,
+    Splices,
     can_evict,
     evict,
     make_scp_ae,
@@ -912,17 +912,17 @@ async def send_request(peer: RawPeer, command: bytes, data: bytes | None) -> Non
 @pytest.mark.parametrize("reused", [False, True], ids=["new file", "reused file"])
 @pytest.mark.parametrize("how", ["abort", "close"])
 async def test_abort_mid_transfer_leaves_no_spool_file(
-    how: str, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    how: str, reused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, splices: Splices
 ) -> None:
     """``reused``: a first instance is spooled and answered, so the one cut
     off is being written over the file it left (see Spares). The data set
     goes into the file by Spool.write or (asyncio, Linux) by a splice job."""
-    from aiodicom._splice import SpliceJob
     from aiodicom._spool import Spool
 
     spooling = [anyio.Event()]
+    splices.started = spooling[0]
     written_over: list[bool] = []
-    real_open, real_write, real_run = Spool.open, Spool.write, SpliceJob.run
+    real_open, real_write = Spool.open, Spool.write
 
     async def open_(self: Spool, *args: Any) -> None:
         await real_open(self, *args)
@@ -933,13 +933,8 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
         await real_write(self, chunks)
         spooling[0].set()
 
-    def run(job: SpliceJob) -> None:
-        anyio.from_thread.run_sync(spooling[0].set)
-        real_run(job)
-
     monkeypatch.setattr(Spool, "open", open_)
     monkeypatch.setattr(Spool, "write", write)
-    monkeypatch.setattr(SpliceJob, "run", run)
     scp = make_scp_ae(spool_threshold=10_000)
     scp.add_supported_context(sop_class.CTImageStorage, ExplicitVRLittleEndian)
     scp.spool_directory = str(tmp_path)
@@ -955,7 +950,7 @@ async def test_abort_mid_transfer_leaves_no_spool_file(
             if reused:
                 await send_request(peer, store_rq_command(), chunk * 2)
                 await peer.read_pdu()  # its C-STORE-RSP
-                spooling[0] = anyio.Event()
+                spooling[0] = splices.started = anyio.Event()
             await send_request(peer, store_rq_command(2), None)
             # 16 KB fragments of a data set, none of them the last, until
             # the SCP has written some of it to its spool file
