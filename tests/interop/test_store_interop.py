@@ -1140,6 +1140,60 @@ async def test_spool_files_reused_on_one_association(
             assert size - 2 * MiB < job.received < size  # all but the first MiB or so
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("peer", ["storescu", "pynetdicom"])
+async def test_small_pdus_of_a_spooled_data_set_are_read_in_bulk(
+    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, monkeypatch
+):
+    """The aiodicom SCP announces a maximum PDU of 16 KiB, so a real SCU
+    sends a 24 MiB data set in 16 KiB PDUs: past the spool threshold the
+    splicing thread reads them several at a time into its buffer (not one
+    splice each), and the spool file is byte for byte what was sent."""
+    jobs: list[SpliceJob] = []
+    real_run = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        jobs.append(job)
+        real_run(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
+    instance = write_large_instance(tmp_path / "bulk.dcm", 24 * MiB, seed=7)
+    seen: list[tuple[int, str]] = []
+
+    async def on_store(event: evt.Event) -> int:
+        assert event.dataset_path is not None, "not spooled (threshold 1 MiB)"
+        seen.append(await in_thread(dataset_digest, event.dataset_path))
+        return 0x0000
+
+    on_released = ReleaseSeen()
+    ae = storage_scp_ae(syntaxes=[ExplicitVRLittleEndian])
+    ae.spool_threshold = 1 * MiB
+    ae.maximum_pdu_size = 16384
+    ae.spool_directory = str(tmp_path)
+    handlers = [(evt.EVT_C_STORE, on_store), (evt.EVT_RELEASED, on_released)]
+    with deadline():
+        async with ae.start_server((HOST, 0), evt_handlers=handlers) as server:
+            if peer == "storescu":
+                args = ["-aec", "AIOSCP", HOST, server.port, str(instance.path)]
+                cp = await in_thread(run_dcmtk, "storescu", *args, timeout=PEER_TIMEOUT)
+            else:
+                cp, _events = await in_thread(
+                    run_pynetdicom_scu,
+                    "--port",
+                    server.port,
+                    "--store",
+                    instance.path,
+                    timeout=PEER_TIMEOUT,
+                )
+            assert cp.returncode == 0, cp.describe()
+            await on_released.one()
+    assert seen == [(instance.dataset_size, instance.dataset_sha256)]
+    if _splice.AVAILABLE:  # (this process runs asyncio: the SCP splices)
+        assert [job.outcome for job in jobs] == [Outcome.LAST]
+        assert jobs[0].received > 12 * MiB  # (past what the transport held)
+        assert jobs[0]._buffer is not None  # its PDUs were read in bulk
+
+
 # =========================================================================== 7.
 # One instance over 1 GiB; aiodicom in a process of its own, its RSS measured
 

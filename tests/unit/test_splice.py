@@ -341,3 +341,24 @@ def test_a_timeout_past_what_poll_takes_waits_without_one(
     assert (
         run(SpliceJob(b.fileno(), spool, context_id=CTX, timeout=timeout)).outcome is Outcome.LAST
     )
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", "False"), ("1", "True"), (None, "True")])
+def test_aiodicom_splice_0_in_the_environment_turns_it_off(
+    value: str | None, expected: str
+) -> None:
+    """Read once, at import (a fresh interpreter for each setting)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "AIODICOM_SPLICE"}
+    if value is not None:
+        env["AIODICOM_SPLICE"] = value
+    out = subprocess.run(
+        [sys.executable, "-c", "import aiodicom._splice as s; print(s.AVAILABLE)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == expected
