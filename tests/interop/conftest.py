@@ -976,3 +976,20 @@ def dicom_testfile() -> Callable[[str], Path]:
 def anyio_backend() -> str:
     """Interop tests run aiodicom on asyncio (trio is covered by tests/integration)."""
     return "asyncio"
+
+
+@pytest.fixture
+def splice_jobs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The splice jobs (aiodicom._splice.SpliceJob) the in-process aiodicom
+    SCP runs during the test, in order."""
+    from aiodicom._splice import SpliceJob
+
+    jobs: list[Any] = []
+    real_run = SpliceJob.run
+
+    def run(job: SpliceJob) -> None:
+        jobs.append(job)
+        real_run(job)
+
+    monkeypatch.setattr(SpliceJob, "run", run)
+    return jobs

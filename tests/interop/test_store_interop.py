@@ -72,7 +72,7 @@ from pydicom.uid import (
 )
 
 from aiodicom import AE, _splice, evt, sop_class
-from aiodicom._splice import Outcome, SpliceJob
+from aiodicom._splice import Outcome
 from aiodicom.errors import DicomNetworkError, DIMSEError, NoAcceptedContext
 
 HOST = "127.0.0.1"
@@ -1068,7 +1068,7 @@ async def test_spooled_dataset_path_lifecycle(run_pynetdicom_scu, tmp_path, medi
 @pytest.mark.anyio
 @pytest.mark.parametrize("peer", ["storescu", "pynetdicom"])
 async def test_spool_files_reused_on_one_association(
-    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, monkeypatch
+    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, splice_jobs
 ):
     """Three spooled instances from a real SCU on one association, the
     handler leaving each file: the second and third are written over the
@@ -1078,14 +1078,7 @@ async def test_spool_files_reused_on_one_association(
     On Linux the rest of each data set past the threshold is spliced from
     the socket into the file (aiodicom._splice): each job ran to the last
     fragment, none handed back (the peer's PDUs are one PDV each)."""
-    jobs: list[SpliceJob] = []
-    real_run = SpliceJob.run
-
-    def run(job: SpliceJob) -> None:
-        jobs.append(job)
-        real_run(job)
-
-    monkeypatch.setattr(SpliceJob, "run", run)
+    jobs = splice_jobs
     sizes = (6 * MiB, 2 * MiB, 4 * MiB)
     instances = [
         write_large_instance(tmp_path / f"reused{i}.dcm", size, seed=i)
@@ -1143,20 +1136,13 @@ async def test_spool_files_reused_on_one_association(
 @pytest.mark.anyio
 @pytest.mark.parametrize("peer", ["storescu", "pynetdicom"])
 async def test_small_pdus_of_a_spooled_data_set_are_read_in_bulk(
-    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, monkeypatch
+    peer, run_dcmtk, run_pynetdicom_scu, tmp_path, splice_jobs
 ):
     """The aiodicom SCP announces a maximum PDU of 16 KiB, so a real SCU
     sends a 24 MiB data set in 16 KiB PDUs: past the spool threshold the
     splicing thread reads them several at a time into its buffer (not one
     splice each), and the spool file is byte for byte what was sent."""
-    jobs: list[SpliceJob] = []
-    real_run = SpliceJob.run
-
-    def run(job: SpliceJob) -> None:
-        jobs.append(job)
-        real_run(job)
-
-    monkeypatch.setattr(SpliceJob, "run", run)
+    jobs = splice_jobs
     instance = write_large_instance(tmp_path / "bulk.dcm", 24 * MiB, seed=7)
     seen: list[tuple[int, str]] = []
 
